@@ -1,0 +1,205 @@
+"""Typed configuration of one training trial, validated when it is built.
+
+Every section is a frozen dataclass whose ``__post_init__`` rejects a value that cannot work with a
+:class:`ConfigError` that says how to fix it, so a bad flag fails on the driver before Ray starts.
+A :class:`TrialConfig` travels to Ray workers as a plain dict (:meth:`TrialConfig.to_dict`) and is
+logged to MLflow as flat params (:meth:`TrialConfig.to_params`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+NOISE_MODES = ("none", "gaussian", "attribution")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic")
+DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("none", "cosine", "step", "plateau")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says what to do instead."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _positive_int(name: str, value: int) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _finite_at_least(name: str, value: float, low: float) -> None:
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+             and math.isfinite(value) and value >= low,
+             f"{name} must be a finite number >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build.
+
+    arch: a name from :func:`nsde_ray.models.available_archs`: small CIFAR-style nets
+    (``cifar_resnet8`` ...) for 8-32 px inputs or torchvision builders (``resnet50`` ...).
+    """
+
+    arch: str = "cifar_resnet8"
+
+    def __post_init__(self) -> None:
+        from nsde_ray.models import available_archs
+
+        _one_of("arch", self.arch, available_archs())
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Noise N(i) injected after every residual block (smoother-attributions paper, eq. 5).
+
+    mode: ``none`` (plain ResNet, a neural ODE), ``gaussian`` (Brownian) or ``attribution``
+    (Gaussian scaled per sample and location by an attribution map).
+    sigma: normalised magnitude; the noise std is ``sigma * std(block output)`` per sample,
+    so 0.5 means the same in every block and architecture. Unitless, >= 0.
+    """
+
+    mode: str = "gaussian"
+    sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        _one_of("noise mode", self.mode, NOISE_MODES)
+        _finite_at_least("noise sigma", self.sigma, 0.0)
+
+    @property
+    def active(self) -> bool:
+        """Whether any noise is injected in training."""
+        return self.mode != "none" and self.sigma > 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, where it lives and how it is split.
+
+    image_size: side in pixels the images are resized to; ``None`` takes the data set's default
+    (digits, CIFAR and synthetic 32, ImageNet-style folders 224).
+    val_fraction, test_fraction: held-out fractions for data sets without an official split
+    (digits, synthetic); CIFAR takes ``val_fraction`` of its train set for validation.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None
+    download: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    synthetic_samples: int = 600
+    synthetic_classes: int = 4
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("dataset", self.dataset, DATASETS)
+        if self.dataset in DATASETS_ON_DISK and not self.data_dir:
+            raise ConfigError(f"dataset {self.dataset!r} is read from disk: pass --data-dir PATH"
+                              + (" (add --download to fetch CIFAR there)" if "cifar" in self.dataset else ""))
+        if self.download and self.dataset not in ("cifar10", "cifar100"):
+            raise ConfigError("download is only available for cifar10 and cifar100")
+        if self.image_size is not None:
+            _require(isinstance(self.image_size, int) and self.image_size >= 8,
+                     f"image_size must be an integer >= 8 pixels, got {self.image_size!r}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _require(0.0 < value < 0.5, f"{name} must be in (0, 0.5), got {value!r}")
+        _positive_int("synthetic_samples", self.synthetic_samples)
+        _require(self.synthetic_classes >= 2, "synthetic_classes must be >= 2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and distribution of one trial's training.
+
+    batch_size is per DDP worker. lr is the initial learning rate. ``amp`` (bf16 autocast) and
+    ``channels_last`` apply on GPU only. ``max_failures`` is how many worker failures Ray Train
+    recovers from, each time from the latest per-epoch checkpoint.
+    """
+
+    epochs: int = 6
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    amp: bool = True
+    channels_last: bool = True
+    max_failures: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("num_workers (--workers-per-trial)", self.num_workers)
+        _positive_int("cpus_per_worker", self.cpus_per_worker)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+                 f"lr must be a finite number > 0, got {self.lr!r}")
+        _finite_at_least("momentum", self.momentum, 0.0)
+        _finite_at_least("weight_decay", self.weight_decay, 0.0)
+        _require(isinstance(self.max_failures, int) and self.max_failures >= -1,
+                 "max_failures must be an integer >= 0, or -1 for unlimited retries")
+        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+
+
+# Flat MLflow/Tune param names: section fields are prefixed so that the contract's names
+# (noise_mode, noise_sigma, arch, dataset, lr, epochs, seed) come out unchanged.
+_PARAM_PREFIX = {"model": "", "noise": "noise_", "data": "", "train": ""}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs: model, noise, data and training."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict, safe to send to Ray workers and to rebuild with :meth:`from_dict`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> TrialConfig:
+        """Rebuild (and so re-validate) a config from :meth:`to_dict`'s output; missing sections take defaults."""
+        unknown = set(data) - set(_SECTIONS)
+        _require(not unknown, f"unknown config sections {sorted(unknown)}; valid: {sorted(_SECTIONS)}")
+        return cls(**{name: _build_section(section_cls, data.get(name, {}))
+                      for name, section_cls in _SECTIONS.items()})
+
+    def to_params(self) -> dict[str, Any]:
+        """Flat ``{name: value}`` of the whole resolved config, for MLflow params."""
+        params: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                params[_PARAM_PREFIX[section] + key] = value
+        return params
+
+
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "noise": NoiseConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _build_section(section_cls: type, values: dict[str, Any]):
+    valid = {f.name for f in dataclasses.fields(section_cls)}
+    unknown = set(values) - valid
+    _require(not unknown, f"unknown {section_cls.__name__} fields {sorted(unknown)}; valid: {sorted(valid)}")
+    return section_cls(**values)

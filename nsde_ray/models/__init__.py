@@ -1,0 +1,69 @@
+"""Stochastic ResNets by name: discretised neural SDEs with noise after every residual block.
+
+``build_model("resnet50", num_classes=1000, noise=NoiseConfig("gaussian", 0.5))`` builds the
+network with torchvision's own builder (so torchvision state dicts load into it, ``strict=True``),
+then turns every residual block into a :class:`~nsde_ray.models.blocks.StochasticBasicBlock` or
+:class:`~nsde_ray.models.blocks.StochasticBottleneck` carrying its own
+:class:`~nsde_ray.models.noise.BlockNoise`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torchvision
+from torch import nn
+
+from nsde_ray.models.blocks import StochasticBasicBlock, StochasticBottleneck, make_stochastic
+from nsde_ray.models.cifar import CifarResNet
+from nsde_ray.models.noise import BlockNoise, noise_modules, set_noise_shape_maps
+
+if TYPE_CHECKING:
+    from nsde_ray.config import NoiseConfig
+
+CIFAR_DEPTHS = {"cifar_resnet8": 8, "cifar_resnet14": 14, "cifar_resnet20": 20, "cifar_resnet32": 32,
+                "cifar_resnet56": 56}
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                     "wide_resnet50_2", "wide_resnet101_2",
+                     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+__all__ = ["BlockNoise", "StochasticBasicBlock", "StochasticBottleneck", "available_archs", "build_model",
+           "build_plain_model", "noise_modules", "set_noise_shape_maps"]
+
+
+def available_archs() -> tuple[str, ...]:
+    """Every name :func:`build_model` accepts."""
+    return tuple(CIFAR_DEPTHS) + TORCHVISION_ARCHS
+
+
+def build_plain_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """The deterministic network as its builder makes it (torchvision's or :class:`CifarResNet`)."""
+    if arch in CIFAR_DEPTHS:
+        return CifarResNet(CIFAR_DEPTHS[arch], num_classes=num_classes, in_channels=in_channels)
+    if arch not in TORCHVISION_ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(available_archs())}")
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        old = model.conv1
+        model.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                                padding=old.padding, bias=False)
+    return model
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3, noise: NoiseConfig | None = None) -> nn.Module:
+    """A stochastic ResNet: input (B, in_channels, H, W), output logits (B, num_classes).
+
+    ``noise=None`` builds it with the noise off (mode ``none``); the result is then the plain
+    network, with every ReLU a separate, not-in-place module.
+    """
+    model = build_plain_model(arch, num_classes, in_channels)
+    mode, sigma = ("none", 0.0) if noise is None else (noise.mode, noise.sigma)
+    model.relu = nn.ReLU()  # the stem's; torchvision's is in place
+    for stage_name in _STAGES:
+        stage = getattr(model, stage_name, None)
+        if stage is None:
+            continue
+        for index, block in enumerate(stage):
+            stage[index] = make_stochastic(block, BlockNoise(mode, sigma))
+    return model

@@ -1,0 +1,185 @@
+"""One trial's training: ``train_fn_per_worker`` on N DDP workers under Ray Train's ``TorchTrainer``.
+
+Each epoch every worker trains on its shard (DistributedSampler seeded by the config), the
+validation set is split across workers and the counts all-reduced, and rank 0 reports a
+checkpoint through ``ray.train.report``. After a worker failure Ray Train restarts the group
+(``FailureConfig.max_failures``) and ``train_fn_per_worker`` continues from the latest checkpoint.
+A non-finite training loss (too much noise) ends the run cleanly with ``diverged = True``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from nsde_ray.config import TrainConfig, TrialConfig
+from nsde_ray.data import build_datasets
+from nsde_ray.models import build_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class EpochStats:
+    """Sums over all workers of one epoch's training and validation passes."""
+
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Stepped once per epoch; ``plateau`` (the shaping paper's ReduceLROnPlateau) watches val loss."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=2)
+    return None
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by :func:`train_fn_per_worker`, loaded without unpickling code."""
+    return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """Ray Train entry point; ``config`` is :meth:`TrialConfig.to_dict`."""
+    cfg = TrialConfig.from_dict(config)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    memory_format = torch.channels_last if on_gpu and cfg.train.channels_last else torch.contiguous_format
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    splits = build_datasets(cfg.data)
+    model = build_model(cfg.model.arch, splits.num_classes, splits.in_channels, cfg.noise)
+    model = model.to(device=device, memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as checkpoint_dir:
+            state = load_checkpoint(checkpoint_dir)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"]
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+
+    sampler = DistributedSampler(splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed)
+    train_loader = DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, pin_memory=on_gpu)
+    val_loader = DataLoader(Subset(splits.val, range(rank, len(splits.val), world_size)),
+                            batch_size=2 * cfg.train.batch_size, pin_memory=on_gpu)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.train.amp)
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        sampler.set_epoch(epoch)
+        # Noise draws depend only on (seed, rank, epoch), so a resumed epoch is the epoch it replaces.
+        torch.manual_seed(cfg.train.seed + 1_000_003 * (rank + 1) + epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        stats = _run_epoch(ddp_model, model, optimizer, train_loader, val_loader, device, memory_format, autocast)
+        metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
+                   "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
+                   "epoch_time_s": time.perf_counter() - started,
+                   "diverged": not math.isfinite(stats.train_loss)}
+        if metrics["diverged"]:
+            ray.train.report(metrics)
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(stats.val_loss)
+        elif scheduler is not None:
+            scheduler.step()
+        _report_with_checkpoint(metrics, rank, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "epoch": epoch + 1, "config": config})
+
+
+def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
+               val_loader: DataLoader, device: torch.device, memory_format: torch.memory_format,
+               autocast: dict) -> EpochStats:
+    """Train one epoch, then validate (noise off); sums are all-reduced so every rank agrees."""
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # train loss, train n, val loss, val correct, val n
+    ddp_model.train()
+    for images, labels in train_loader:
+        images = images.to(device, memory_format=memory_format, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(**autocast):
+            loss = nn.functional.cross_entropy(ddp_model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        totals[0] += loss.detach().double() * len(labels)
+        totals[1] += len(labels)
+    model.eval()
+    with torch.no_grad(), torch.autocast(**autocast):
+        for images, labels in val_loader:
+            images = images.to(device, memory_format=memory_format, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            logits = model(images)
+            totals[2] += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
+            totals[3] += (logits.argmax(dim=1) == labels).sum()
+            totals[4] += len(labels)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    train_loss, n_train, val_loss, correct, n_val = totals.tolist()
+    return EpochStats(train_loss / max(n_train, 1.0), val_loss / max(n_val, 1.0), correct / max(n_val, 1.0))
+
+
+def _report_with_checkpoint(metrics: dict, rank: int, state: dict) -> None:
+    """Every rank reports the metrics; rank 0 alone writes and attaches the checkpoint."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
+
+
+def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str,
+                  callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
+    """A ``TorchTrainer`` for one trial.
+
+    ``name`` must be stable across restarts (no timestamps): Ray Train restores a run from its
+    latest checkpoint only when ``(storage_path, name)`` is the same. ``storage_path`` is a local
+    directory on one machine, or shared storage (NFS, ``s3://``) across nodes.
+    """
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )

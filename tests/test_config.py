@@ -1,0 +1,44 @@
+"""Typed config: validation messages, dict round trip, the MLflow param names of the contract."""
+
+import pytest
+
+from nsde_ray.config import ConfigError, DataConfig, ModelConfig, NoiseConfig, TrainConfig, TrialConfig
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ModelConfig(arch="resnet9000"), "arch='resnet9000' is not valid; choose one of: cifar_resnet8"),
+    (lambda: NoiseConfig(sigma=-0.1), "noise sigma must be a finite number >= 0"),
+    (lambda: NoiseConfig(sigma=float("nan")), "noise sigma must be a finite number"),
+    (lambda: NoiseConfig(mode="brownian"), "choose one of: none, gaussian, attribution"),
+    (lambda: DataConfig(dataset="mnist"), "dataset='mnist' is not valid"),
+    (lambda: DataConfig(dataset="cifar10"), "pass --data-dir PATH .*--download"),
+    (lambda: DataConfig(dataset="digits", download=True), "only available for cifar10 and cifar100"),
+    (lambda: DataConfig(image_size=4), "image_size must be an integer >= 8"),
+    (lambda: TrainConfig(epochs=0), "epochs must be an integer >= 1"),
+    (lambda: TrainConfig(lr=0.0), "lr must be a finite number > 0"),
+    (lambda: TrainConfig(num_workers=0), "--workers-per-trial"),
+    (lambda: TrainConfig(optimizer="lbfgs"), "choose one of: sgd, adam, adamw"),
+])
+def test_bad_values_fail_with_a_message_that_says_what_to_do(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_round_trip_through_dict_revalidates():
+    cfg = TrialConfig(noise=NoiseConfig("attribution", 0.25), train=TrainConfig(epochs=3, seed=7))
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg
+    data = cfg.to_dict()
+    data["noise"]["sigma"] = -1.0
+    with pytest.raises(ConfigError, match="noise sigma"):
+        TrialConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="unknown NoiseConfig fields \\['sigmaa'\\]"):
+        TrialConfig.from_dict({"noise": {"sigmaa": 1.0}})
+
+
+def test_params_carry_the_contract_names_and_the_whole_config():
+    cfg = TrialConfig()
+    params = cfg.to_params()
+    for name in ("noise_mode", "noise_sigma", "arch", "dataset", "lr", "epochs", "seed"):
+        assert name in params
+    n_fields = sum(len(section) for section in cfg.to_dict().values())
+    assert len(params) == n_fields  # no two fields flatten to the same name
