@@ -59,7 +59,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by :func:`train_fn_per_worker`, loaded without unpickling code."""
+    """A checkpoint written by :func:`train_fn_per_worker`, loaded without unpickling code.
+
+    Keys: ``model``, ``optimizer``, ``scheduler`` (state dicts), ``epoch`` (epochs done),
+    ``train_time_s``, ``config`` (:meth:`TrialConfig.to_dict`). A run that diverged ends with a
+    checkpoint holding ``diverged: True`` and no weights; the one before it has the last good model.
+    """
     return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
 
 
@@ -79,16 +84,18 @@ def train_fn_per_worker(config: dict) -> None:
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
 
-    start_epoch = 0
+    start_epoch, train_time_s = 0, 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as checkpoint_dir:
             state = load_checkpoint(checkpoint_dir)
+        if state.get("diverged"):
+            return
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"]
+        start_epoch, train_time_s = state["epoch"], state["train_time_s"]
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
 
     sampler = DistributedSampler(splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed)
@@ -104,12 +111,17 @@ def train_fn_per_worker(config: dict) -> None:
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         stats = _run_epoch(ddp_model, model, optimizer, train_loader, val_loader, device, memory_format, autocast)
+        epoch_time_s = time.perf_counter() - started
+        train_time_s += epoch_time_s
         metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
                    "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
-                   "epoch_time_s": time.perf_counter() - started,
+                   "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
                    "diverged": not math.isfinite(stats.train_loss)}
         if metrics["diverged"]:
-            ray.train.report(metrics)
+            # A marker checkpoint without weights: the run's result shows the divergence, and a
+            # restore (worker failure, --resume) ends at once instead of training a diverged model.
+            _report_with_checkpoint(metrics, rank, {"epoch": epoch + 1, "diverged": True,
+                                                    "train_time_s": train_time_s, "config": config})
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(stats.val_loss)
@@ -118,7 +130,7 @@ def train_fn_per_worker(config: dict) -> None:
         _report_with_checkpoint(metrics, rank, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "epoch": epoch + 1, "config": config})
+            "epoch": epoch + 1, "train_time_s": train_time_s, "config": config})
 
 
 def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,

@@ -1,0 +1,1 @@
+"""Web dashboards over the sweeps' MLflow runs (Pareto-front browser, side-by-side attributions)."""
