@@ -160,19 +160,66 @@ class TrainConfig:
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """Attribution evaluation of a trained model (the ``evaluate`` step).
+
+    The evaluation set is ``num_images`` correctly classified test images, picked in a seeded order.
+    n_steps: IG integration points (Gauss-Legendre). nt_samples, nt_stdev: SmoothGrad copies and
+    their noise std in pixel units (images in [0, 1]). sensitivity_radius: L-inf radius of the
+    max-sensitivity perturbations, pixel units. baseline: ``black`` (all pixels 0) or ``mean``
+    (the data set's mean image, 0 in normalised units), for IG and DeepLIFT. deepshap_baselines:
+    training images forming DeepSHAP's baseline distribution.
+    """
+
+    methods: tuple[str, ...] = ("ig", "saliency", "deeplift")
+    num_images: int = 100
+    n_steps: int = 32
+    nt_samples: int = 8
+    nt_stdev: float = 0.1
+    sensitivity_radius: float = 0.02
+    n_perturbations: int = 10
+    keep_prediction: bool = True
+    baseline: str = "black"
+    deepshap_baselines: int = 16
+    saturation_images: int = 16
+    grid_images: int = 6
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from nsde_ray.attribution import METHODS
+
+        object.__setattr__(self, "methods", tuple(self.methods))
+        _require(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods),
+                 f"methods must be distinct and not empty, got {self.methods!r}")
+        for method in self.methods:
+            _one_of("attribution method", method, METHODS)
+        _require("ig" in self.methods, "methods must include 'ig': the sweep's sensitivity and sic are those of IG")
+        for name in ("num_images", "n_steps", "nt_samples", "n_perturbations", "batch_size", "grid_images"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("saturation_images", self.saturation_images)
+        _require(self.deepshap_baselines >= 2, "deepshap_baselines must be >= 2")
+        _finite_at_least("nt_stdev", self.nt_stdev, 0.0)
+        _require(math.isfinite(self.sensitivity_radius) and self.sensitivity_radius > 0,
+                 f"sensitivity_radius must be > 0 (pixel units), got {self.sensitivity_radius!r}")
+        _one_of("baseline", self.baseline, ("black", "mean"))
+
+
 # Flat MLflow/Tune param names: section fields are prefixed so that the contract's names
 # (noise_mode, noise_sigma, arch, dataset, lr, epochs, seed) come out unchanged.
-_PARAM_PREFIX = {"model": "", "noise": "noise_", "data": "", "train": ""}
+_PARAM_PREFIX = {"model": "", "noise": "noise_", "data": "", "train": "", "eval": "eval_"}
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial needs: model, noise, data and training."""
+    """Everything one trial needs: model, noise, data, training and attribution evaluation."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict, safe to send to Ray workers and to rebuild with :meth:`from_dict`."""
@@ -195,7 +242,8 @@ class TrialConfig:
         return params
 
 
-_SECTIONS: dict[str, type] = {"model": ModelConfig, "noise": NoiseConfig, "data": DataConfig, "train": TrainConfig}
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "noise": NoiseConfig, "data": DataConfig, "train": TrainConfig,
+                              "eval": EvalConfig}
 
 
 def _build_section(section_cls: type, values: dict[str, Any]):

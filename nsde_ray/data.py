@@ -45,6 +45,7 @@ class DataSplits:
     ``mean`` and ``std`` (pixel = normalised * std + mean gives values in [0, 1]).
     """
 
+    name: str
     train: Dataset
     val: Dataset
     test: Dataset
@@ -106,6 +107,17 @@ def build_datasets(cfg: DataConfig) -> DataSplits:
     return _image_folder(cfg, size)
 
 
+def foreground_masks(splits: DataSplits, pixels: torch.Tensor) -> torch.Tensor | None:
+    """Foreground (B, H, W) bool of images (B, C, H, W) in [0, 1], for data sets that define one.
+
+    digits: the ink, pixels brighter than 0.5 after upsampling. Other data sets have no masks
+    here (localisation AUC is then not computed).
+    """
+    if splits.name == "digits":
+        return pixels.mean(dim=1) > 0.5
+    return None
+
+
 def _normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
@@ -128,7 +140,7 @@ def _tensor_splits(images: torch.Tensor, labels: np.ndarray, cfg: DataConfig, cl
     normalised = _normalise(images, mean, std)
     targets = torch.as_tensor(labels, dtype=torch.long)
     make = lambda idx: TensorDataset(normalised[idx], targets[idx])  # noqa: E731
-    return DataSplits(make(train), make(val), make(test), num_classes=len(class_names), in_channels=images.shape[1],
+    return DataSplits(cfg.dataset, make(train), make(val), make(test), num_classes=len(class_names), in_channels=images.shape[1],
                       image_size=images.shape[-1], class_names=class_names,
                       mean=tuple(mean.tolist()), std=tuple(std.tolist()))
 
@@ -172,7 +184,7 @@ def _cifar(cfg: DataConfig, size: int) -> DataSplits:
                                                cls=reader.__name__)) from err
     order = np.random.default_rng(cfg.split_seed).permutation(len(train_aug))
     n_val = int(round(cfg.val_fraction * len(order)))
-    return DataSplits(Subset(train_aug, order[n_val:].tolist()), Subset(train_eval, order[:n_val].tolist()), test,
+    return DataSplits(cfg.dataset, Subset(train_aug, order[n_val:].tolist()), Subset(train_eval, order[:n_val].tolist()), test,
                       num_classes=len(train_aug.classes), in_channels=3, image_size=size,
                       class_names=list(train_aug.classes), mean=CIFAR_MEAN, std=CIFAR_STD)
 
@@ -193,5 +205,5 @@ def _image_folder(cfg: DataConfig, size: int) -> DataSplits:
         test = datasets.ImageFolder(test_dir, transform=eval_tf) if os.path.isdir(test_dir) else val
     except (FileNotFoundError, RuntimeError) as err:  # e.g. a class folder without images
         raise DataError(f"{cfg.dataset} in {root!r}: {err}; expected {_FOLDER_LAYOUT.format(data_dir=root)}") from err
-    return DataSplits(train, val, test, num_classes=len(train.classes), in_channels=3, image_size=size,
+    return DataSplits(cfg.dataset, train, val, test, num_classes=len(train.classes), in_channels=3, image_size=size,
                       class_names=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD)
