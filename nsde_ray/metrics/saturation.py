@@ -54,7 +54,8 @@ def ig_saturation(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, 
     alignment = torch.cat([nn.functional.cosine_similarity(grads[:, :-1], grads[:, 1:], dim=2),
                            torch.full((batch, 1), float("nan"), device=grads.device)], dim=1)
     gain = logits - logits[:, :1]
-    reached = gain >= level * gain[:, -1:]
+    total = gain[:, -1:]
+    reached = gain * total.sign() >= level * total.abs()
     first = reached.float().argmax(dim=1)  # the last alpha always qualifies
     after = torch.arange(n_alphas, device=inputs.device).unsqueeze(0) >= first.unsqueeze(1)
     grad_norm_after = (grad_norm * after).sum(dim=1) / after.sum(dim=1)

@@ -1,0 +1,97 @@
+"""Attribution methods against references: linear models, completeness, DeepLIFT summation-to-delta."""
+
+import pytest
+import torch
+import torchvision
+from captum.attr import DeepLift
+from torch import nn
+
+from nsde_ray.attribution import (METHODS, AttributionError, attribute, attribution_map, check_applicable,
+                                  make_explainer)
+from nsde_ray.config import NoiseConfig
+from nsde_ray.models import build_model
+
+
+@pytest.fixture(scope="module")
+def sde_model():
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", num_classes=4, in_channels=3, noise=NoiseConfig("gaussian", 0.5))
+    model.train()
+    with torch.no_grad():  # settle batch-norm running statistics away from their identity init
+        for _ in range(5):
+            model(torch.randn(16, 3, 16, 16))
+    return model
+
+
+def test_ig_on_a_linear_model_is_gradient_times_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+    inputs, target = torch.randn(4, 2, 5, 5), torch.tensor([0, 1, 2, 1])
+    weights = model[1].weight[target].view(4, 2, 5, 5)
+    for method in ("ig", "deeplift", "saliency"):
+        expected = weights * inputs if method != "saliency" else weights
+        got = attribute(model, inputs, target, method)
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_ig_completeness_on_a_trained_stochastic_resnet(digits_model):
+    """sum(IG) = F(x) - F(baseline): mean relative error < 1%, worst image < 5% (64 Gauss-Legendre steps)."""
+    model, splits = digits_model
+    inputs, target = splits.test.tensors[0][:16], splits.test.tensors[1][:16]
+    baseline = (-torch.tensor(splits.mean) / torch.tensor(splits.std)).view(1, -1, 1, 1).expand(1, *inputs.shape[1:])
+    model.train()
+    attributions = attribute(model, inputs, target, "ig", n_steps=64, baselines=baseline)
+    assert model.training  # restored after the eval-mode attribution
+    model.eval()
+    with torch.no_grad():
+        gain = model(inputs).gather(1, target[:, None]).squeeze(1) - model(baseline)[0, target]
+    error = (attributions.flatten(1).sum(1) - gain).abs() / gain.abs()
+    assert error.mean() < 0.01 and error.max() < 0.05
+
+
+def test_deeplift_summation_to_delta_holds_on_our_stochastic_resnets():
+    """Captum's convergence delta is ~0 only if every ReLU is used once: this catches torchvision's reused ReLU."""
+    torch.manual_seed(0)
+    for arch in ("cifar_resnet14", "resnet18", "resnet50"):
+        model = build_model(arch, num_classes=3, noise=NoiseConfig("gaussian", 0.5)).eval()
+        inputs = torch.randn(3, 3, 32, 32)
+        attributions, delta = DeepLift(model).attribute(inputs, baselines=torch.zeros_like(inputs),
+                                                        target=torch.tensor([0, 1, 2]), return_convergence_delta=True)
+        with torch.no_grad():
+            gain = (model(inputs) - model(torch.zeros_like(inputs)))[torch.arange(3), torch.tensor([0, 1, 2])]
+        assert (delta.abs() / gain.abs().clamp_min(1e-3)).max() < 1e-3, arch
+
+
+def test_deeplift_refuses_torchvision_blocks_with_a_reused_relu():
+    model = torchvision.models.resnet18(weights=None, num_classes=3)
+    with pytest.raises(AttributionError, match="in-place ReLUs: build it with nsde_ray.models.build_model"):
+        check_applicable(model, "deeplift", torch.randn(1, 3, 32, 32))
+    for relu in (m for m in model.modules() if isinstance(m, nn.ReLU)):
+        relu.inplace = False
+    with pytest.raises(AttributionError, match="reuses one"):
+        check_applicable(model, "deepshap", torch.randn(1, 3, 32, 32))
+    check_applicable(model, "ig", torch.randn(1, 3, 32, 32))  # gradient methods do not care
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_on_a_stochastic_resnet_without_noise(sde_model, method):
+    inputs, target = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    baselines = torch.randn(4, 3, 16, 16) if method == "deepshap" else None
+    first = attribute(sde_model, inputs, target, method, baselines=baselines, n_steps=8, nt_samples=3)
+    assert first.shape == inputs.shape and torch.isfinite(first).all()
+    if method != "ig_nt":  # deterministic: no training noise leaks into attributions
+        again = attribute(sde_model, inputs, target, method, baselines=baselines, n_steps=8)
+        torch.testing.assert_close(first, again)
+    signed, absolute = attribution_map(first), attribution_map(first, absolute=True)
+    assert signed.shape == (3, 16, 16) and (absolute >= signed.abs() - 1e-6).all()
+
+
+def test_bad_requests_fail_clearly(sde_model):
+    with pytest.raises(AttributionError, match="unknown attribution method 'gradcam'; choose one of: saliency, ig"):
+        make_explainer(sde_model, "gradcam")
+    with pytest.raises(AttributionError, match=r"images \(B, C, H, W\)"):
+        attribute(sde_model, torch.randn(3, 16, 16), torch.tensor([0, 1, 2]), "ig")
+    with pytest.raises(AttributionError, match="deepshap needs a baseline distribution"):
+        make_explainer(sde_model, "deepshap")
+    with pytest.raises(AttributionError, match="baseline shape"):
+        attribute(sde_model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), "ig", baselines=torch.zeros(1, 1, 16, 16))

@@ -1,0 +1,87 @@
+"""Metrics against references: Captum's sensitivity_max, scikit-learn's ROC AUC, saturation on known curves."""
+
+import numpy as np
+import pytest
+import torch
+from captum.metrics import sensitivity_max
+from torch import nn
+
+from nsde_ray.attribution import make_explainer
+from nsde_ray.metrics.localisation import box_mask, localisation_auc
+from nsde_ray.metrics.saturation import ig_saturation
+from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
+
+
+@pytest.mark.parametrize("method", ["saliency", "ig"])
+def test_max_sensitivity_equals_captum_on_the_same_perturbations(digits_model, method):
+    model, splits = digits_model
+    images, labels = splits.test.tensors[0][:8], splits.test.tensors[1][:8]
+    deltas = uniform_perturbations(images.shape, 5, 0.05, splits.std, torch.Generator().manual_seed(0))
+    explain = make_explainer(model, method, n_steps=16)
+    ours = max_sensitivity(explain, model, images, labels, deltas, keep_prediction=False, chunk_size=16)
+
+    def same_perturbations(expanded, radius):  # Captum repeats each input n times in a row, as deltas.flatten(0, 1)
+        return expanded + deltas.flatten(0, 1)
+
+    def captum_explain(x, target):  # Captum passes a tuple for the unperturbed inputs and expects one back
+        return (explain(x[0], target),) if isinstance(x, tuple) else explain(x, target)
+
+    theirs = sensitivity_max(captum_explain, images, perturb_func=same_perturbations,
+                             n_perturb_samples=5, target=labels)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    assert (ours > 0).all()
+
+
+def test_perturbations_stay_in_the_pixel_ball_and_prediction_filter_applies(digits_model):
+    model, splits = digits_model
+    deltas = uniform_perturbations((4, 1, 32, 32), 10, 0.02, splits.std, torch.Generator().manual_seed(0))
+    pixel_deltas = deltas * torch.tensor(splits.std).view(1, 1, -1, 1, 1)
+    assert pixel_deltas.abs().max() <= 0.02 + 1e-7 and pixel_deltas.abs().max() > 0.019
+
+    class Flipper(nn.Module):  # predicts class 0 for the clean inputs and class 1 for any perturbed one
+        def forward(self, x):
+            flipped = (x.flatten(1).abs().sum(1) > 1e-3).float()
+            return torch.stack([1 - flipped, flipped], dim=1) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    images = torch.zeros(3, 1, 4, 4)
+    deltas = torch.full((3, 2, 1, 4, 4), 0.01)
+    explain = lambda x, t: x + 1.0  # noqa: E731 - an explanation that changes with the input
+    result = max_sensitivity(explain, Flipper(), images, torch.zeros(3, dtype=torch.long), deltas)
+    assert torch.isnan(result).all()  # every perturbation flips the prediction: no valid max
+
+
+def test_localisation_auc_is_the_tpr_fpr_area():
+    mask = box_mask((2, 2, 6, 6), 8, 8).unsqueeze(0).repeat(3, 1, 1)
+    perfect = mask.float() + 0.01 * torch.rand(3, 8, 8)
+    inverted = -perfect.clone()  # |.| is used: sign does not matter
+    random = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert np.allclose(localisation_auc(perfect, mask), 1.0)
+    assert np.allclose(localisation_auc(inverted, mask), 1.0)
+    assert abs(localisation_auc(1 - mask.float() + 0.01 * random, mask).mean()) < 1e-9
+    assert 0.2 < localisation_auc(random, mask).mean() < 0.8
+    with pytest.raises(ValueError, match="differ"):
+        localisation_auc(random, mask[:, :4])
+
+
+def test_ig_saturation_on_a_model_that_saturates_early():
+    """F(x) = 10 * tanh(20 * w.x): the logit saturates near alpha ~ 0.1 and the gradient then vanishes."""
+
+    class Saturating(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1, 1, 4, 4) / 16)
+
+        def forward(self, x):
+            score = 10 * torch.tanh(20 * (x * self.w).flatten(1).sum(1))
+            return torch.stack([score, -score], dim=1)
+
+    inputs = torch.ones(2, 1, 4, 4)
+    result = ig_saturation(Saturating(), inputs, torch.zeros(2, dtype=torch.long), n_alphas=101)
+    assert result.logits.shape == (2, 101)
+    assert 0.05 < float(result.alpha_95[0]) < 0.15
+    assert float(result.grad_norm_after[0]) < 0.5 * float(result.grad_norm[0, 0])
+
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))  # never saturates: alpha_95 = 0.95, constant gradient
+    result = ig_saturation(linear, torch.randn(3, 1, 4, 4), torch.tensor([0, 1, 0]), n_alphas=21)
+    assert torch.allclose(result.alpha_95, torch.full((3,), 0.95), atol=0.05 + 1e-6)  # within one alpha step
+    assert torch.allclose(result.alignment_after[:2], torch.ones(2), atol=1e-5)
