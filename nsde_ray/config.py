@@ -84,6 +84,45 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class ShapingConfig:
+    """Attribution-driven noise shaping (shaping paper, figure 2), used when the noise mode is ``attribution``.
+
+    Training starts with ``warmup_epochs`` of plain Gaussian noise. From then on, every
+    ``refresh_every`` epochs (or optimizer steps, per ``refresh_unit``) each worker recomputes the
+    attribution maps A(x) of its own training shard with the current model in eval mode (noise
+    off), by ``method`` (``ig`` with ``ig_steps`` Gauss-Legendre points, or the cheaper
+    ``saliency``). Each map is clipped at the ``clip_percentile`` of its |values| and divided by
+    that value, giving Â(x) in [-1, 1]; the noise of a sample is scaled per location by
+    ``blend + (1 - blend) * |Â(x)|`` (Σ_next = Σ Â(x); the noise is symmetric, so only |Â|
+    matters). Maps are cached per sample at ``map_size`` pixels (smaller images keep their size).
+    """
+
+    warmup_epochs: int = 1
+    refresh_every: int = 2
+    refresh_unit: str = "epochs"
+    method: str = "ig"
+    ig_steps: int = 4
+    clip_percentile: float = 99.0
+    blend: float = 0.0
+    map_size: int = 32
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+                 f"shaping warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        _positive_int("shaping refresh_every", self.refresh_every)
+        _one_of("shaping refresh_unit", self.refresh_unit, ("epochs", "steps"))
+        _one_of("shaping method", self.method, ("ig", "saliency"))
+        _positive_int("shaping ig_steps", self.ig_steps)
+        _require(isinstance(self.clip_percentile, (int, float)) and 50.0 < self.clip_percentile <= 100.0,
+                 f"shaping clip_percentile must be in (50, 100] (100 = no clipping), got {self.clip_percentile!r}")
+        _require(isinstance(self.blend, (int, float)) and 0.0 <= self.blend <= 1.0,
+                 f"shaping blend must be in [0, 1] (0 = fully shaped, 1 = plain Gaussian), got {self.blend!r}")
+        _require(isinstance(self.map_size, int) and self.map_size >= 4, "shaping map_size must be an integer >= 4")
+        _positive_int("shaping batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Which data set, where it lives and how it is split.
 
@@ -208,15 +247,16 @@ class EvalConfig:
 
 # Flat MLflow/Tune param names: section fields are prefixed so that the contract's names
 # (noise_mode, noise_sigma, arch, dataset, lr, epochs, seed) come out unchanged.
-_PARAM_PREFIX = {"model": "", "noise": "noise_", "data": "", "train": "", "eval": "eval_"}
+_PARAM_PREFIX = {"model": "", "noise": "noise_", "shaping": "shaping_", "data": "", "train": "", "eval": "eval_"}
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial needs: model, noise, data, training and attribution evaluation."""
+    """Everything one trial needs: model, noise and its shaping, data, training and attribution evaluation."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -242,7 +282,8 @@ class TrialConfig:
         return params
 
 
-_SECTIONS: dict[str, type] = {"model": ModelConfig, "noise": NoiseConfig, "data": DataConfig, "train": TrainConfig,
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "noise": NoiseConfig, "shaping": ShapingConfig, "data": DataConfig,
+                              "train": TrainConfig,
                               "eval": EvalConfig}
 
 

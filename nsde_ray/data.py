@@ -43,6 +43,8 @@ class DataSplits:
 
     Images are float tensors (in_channels, image_size, image_size) normalised per channel with
     ``mean`` and ``std`` (pixel = normalised * std + mean gives values in [0, 1]).
+    ``train_plain`` is the train split with the evaluation transform (no augmentation), sample
+    for sample aligned with ``train``; ``None`` where ``train`` has no augmentation.
     """
 
     name: str
@@ -55,6 +57,12 @@ class DataSplits:
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_plain: Dataset | None = None
+
+    @property
+    def train_unaugmented(self) -> Dataset:
+        """The train split as the model sees it at evaluation: what attribution maps are computed on."""
+        return self.train if self.train_plain is None else self.train_plain
 
 
 def default_image_size(dataset: str) -> int:
@@ -184,9 +192,11 @@ def _cifar(cfg: DataConfig, size: int) -> DataSplits:
                                                cls=reader.__name__)) from err
     order = np.random.default_rng(cfg.split_seed).permutation(len(train_aug))
     n_val = int(round(cfg.val_fraction * len(order)))
-    return DataSplits(cfg.dataset, Subset(train_aug, order[n_val:].tolist()), Subset(train_eval, order[:n_val].tolist()), test,
+    train_indices, val_indices = order[n_val:].tolist(), order[:n_val].tolist()
+    return DataSplits(cfg.dataset, Subset(train_aug, train_indices), Subset(train_eval, val_indices), test,
                       num_classes=len(train_aug.classes), in_channels=3, image_size=size,
-                      class_names=list(train_aug.classes), mean=CIFAR_MEAN, std=CIFAR_STD)
+                      class_names=list(train_aug.classes), mean=CIFAR_MEAN, std=CIFAR_STD,
+                      train_plain=Subset(train_eval, train_indices))
 
 
 def _image_folder(cfg: DataConfig, size: int) -> DataSplits:
@@ -200,10 +210,52 @@ def _image_folder(cfg: DataConfig, size: int) -> DataSplits:
     root = cfg.data_dir
     try:
         train = datasets.ImageFolder(os.path.join(root, "train"), transform=train_tf)
+        train_plain = datasets.ImageFolder(os.path.join(root, "train"), transform=eval_tf)
         val = datasets.ImageFolder(os.path.join(root, "val"), transform=eval_tf)
         test_dir = os.path.join(root, "test")
         test = datasets.ImageFolder(test_dir, transform=eval_tf) if os.path.isdir(test_dir) else val
     except (FileNotFoundError, RuntimeError) as err:  # e.g. a class folder without images
         raise DataError(f"{cfg.dataset} in {root!r}: {err}; expected {_FOLDER_LAYOUT.format(data_dir=root)}") from err
     return DataSplits(cfg.dataset, train, val, test, num_classes=len(train.classes), in_channels=3, image_size=size,
-                      class_names=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                      class_names=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD, train_plain=train_plain)
+
+
+class IndexedDataset(Dataset):
+    """Yields ``(image, label, index)``: the index keys per-sample state such as shaping maps."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """DDP sampling with a fixed shard per worker, reshuffled within the shard every epoch.
+
+    The data set is permuted once (``seed``) and dealt out ``rank::world_size``, padded by wrapping
+    so that every worker does the same number of steps (as ``DistributedSampler`` does). Unlike
+    ``DistributedSampler``, a worker keeps its samples across epochs, so per-sample state computed
+    on a worker (shaping maps) stays on the worker that needs it: no gather of the data set.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int, seed: int = 0) -> None:
+        order = torch.randperm(length, generator=torch.Generator().manual_seed(seed))
+        per_worker = -(-length // world_size)
+        padded = torch.cat([order, order[: per_worker * world_size - length]])
+        self.indices = padded[rank::world_size]
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        shuffle = torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(self.seed + 1 + self.epoch))
+        return iter(self.indices[shuffle].tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)

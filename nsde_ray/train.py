@@ -1,6 +1,6 @@
 """One trial's training: ``train_fn_per_worker`` on N DDP workers under Ray Train's ``TorchTrainer``.
 
-Each epoch every worker trains on its shard (DistributedSampler seeded by the config), the
+Each epoch every worker trains on its own fixed shard (``ShardSampler``, seeded by the config), the
 validation set is split across workers and the counts all-reduced, and rank 0 reports a
 checkpoint through ``ray.train.report``. After a worker failure Ray Train restarts the group
 (``FailureConfig.max_failures``) and ``train_fn_per_worker`` continues from the latest checkpoint.
@@ -20,22 +20,24 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from nsde_ray.config import TrainConfig, TrialConfig
-from nsde_ray.data import build_datasets
-from nsde_ray.models import build_model
+from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets
+from nsde_ray.models import build_model, set_noise_shape_maps
+from nsde_ray.shaping import NoiseShaper
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
 class EpochStats:
-    """Sums over all workers of one epoch's training and validation passes."""
+    """One epoch's training and validation results, averaged over all workers; shaping_time_s is rank-local."""
 
     train_loss: float
     val_loss: float
     val_accuracy: float
+    shaping_time_s: float
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -84,6 +86,15 @@ def train_fn_per_worker(config: dict) -> None:
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
 
+    sampler = ShardSampler(len(splits.train), rank, world_size, seed=cfg.train.seed)
+    train_loader = DataLoader(IndexedDataset(splits.train), batch_size=cfg.train.batch_size, sampler=sampler,
+                              pin_memory=on_gpu)
+    val_loader = DataLoader(Subset(splits.val, range(rank, len(splits.val), world_size)),
+                            batch_size=2 * cfg.train.batch_size, pin_memory=on_gpu)
+    shaper = None
+    if cfg.noise.mode == "attribution" and cfg.noise.active:
+        shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device)
+
     start_epoch, train_time_s = 0, 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -95,13 +106,11 @@ def train_fn_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if shaper is not None:
+            scratch = build_model(cfg.model.arch, splits.num_classes, splits.in_channels, cfg.noise)
+            shaper.load_state_dict(state["shaping"], scratch.to(memory_format=memory_format))
         start_epoch, train_time_s = state["epoch"], state["train_time_s"]
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
-
-    sampler = DistributedSampler(splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed)
-    train_loader = DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, pin_memory=on_gpu)
-    val_loader = DataLoader(Subset(splits.val, range(rank, len(splits.val), world_size)),
-                            batch_size=2 * cfg.train.batch_size, pin_memory=on_gpu)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.train.amp)
 
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -110,12 +119,14 @@ def train_fn_per_worker(config: dict) -> None:
         torch.manual_seed(cfg.train.seed + 1_000_003 * (rank + 1) + epoch)
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        stats = _run_epoch(ddp_model, model, optimizer, train_loader, val_loader, device, memory_format, autocast)
+        stats = _run_epoch(ddp_model, model, optimizer, train_loader, val_loader, device, memory_format, autocast,
+                           shaper, first_step=epoch * len(train_loader))
         epoch_time_s = time.perf_counter() - started
         train_time_s += epoch_time_s
         metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
                    "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
                    "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
+                   "shaping_time_s": stats.shaping_time_s,
                    "diverged": not math.isfinite(stats.train_loss)}
         if metrics["diverged"]:
             # A marker checkpoint without weights: the run's result shows the divergence, and a
@@ -130,16 +141,28 @@ def train_fn_per_worker(config: dict) -> None:
         _report_with_checkpoint(metrics, rank, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "shaping": shaper.state_dict() if shaper is not None else {},
             "epoch": epoch + 1, "train_time_s": train_time_s, "config": config})
 
 
 def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
                val_loader: DataLoader, device: torch.device, memory_format: torch.memory_format,
-               autocast: dict) -> EpochStats:
-    """Train one epoch, then validate (noise off); sums are all-reduced so every rank agrees."""
+               autocast: dict, shaper: NoiseShaper | None, first_step: int) -> EpochStats:
+    """Train one epoch, then validate (noise off); sums are all-reduced so every rank agrees.
+
+    With a shaper, maps are refreshed when due (before global step ``first_step + i``) and each
+    batch's noise is scaled by its samples' maps.
+    """
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # train loss, train n, val loss, val correct, val n
+    shaping_time_s = 0.0
     ddp_model.train()
-    for images, labels in train_loader:
+    for step, (images, labels, indices) in enumerate(train_loader, start=first_step):
+        if shaper is not None:
+            if shaper.due(step):
+                started = time.perf_counter()
+                shaper.refresh(model, step)
+                shaping_time_s += time.perf_counter() - started
+            set_noise_shape_maps(model, shaper.scale_for(indices))
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(**autocast):
@@ -161,7 +184,8 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     train_loss, n_train, val_loss, correct, n_val = totals.tolist()
-    return EpochStats(train_loss / max(n_train, 1.0), val_loss / max(n_val, 1.0), correct / max(n_val, 1.0))
+    return EpochStats(train_loss / max(n_train, 1.0), val_loss / max(n_val, 1.0), correct / max(n_val, 1.0),
+                      shaping_time_s)
 
 
 def _report_with_checkpoint(metrics: dict, rank: int, state: dict) -> None:

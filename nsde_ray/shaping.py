@@ -1,0 +1,100 @@
+"""Attribution-driven noise shaping (shaping paper, "Training Neural SDEs With Attribution-based Noise").
+
+dx(t) = G(x(t), W(t)) dt + Σ_next dB_t with Σ_next = Σ Â(x): attributions computed with the
+previous iteration's model, outliers dropped and normalised to [-1, 1], scale the noise of the next
+iteration. The first iteration (warm-up) uses plain Gaussian noise. Since the noise is symmetric,
+the sign of Â does not matter: a block's noise for a sample is scaled per location by
+``blend + (1 - blend) |Â(x)|`` (``blend = 0`` is the paper's Σ Â(x)), resized to the block.
+
+Cost: maps are computed only at refresh points, in large batches, without parameter gradients,
+for the worker's own shard, and cached by sample index at ``map_size`` pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from nsde_ray.attribution import attribution_map, make_explainer
+from nsde_ray.config import ShapingConfig
+
+
+def normalise_attributions(maps: torch.Tensor, clip_percentile: float) -> torch.Tensor:
+    """Signed maps (B, H, W) -> Â in [-1, 1]: clip at the per-sample ``clip_percentile`` of |A|, divide by it.
+
+    Clipping the top (100 - p)% of |A| keeps a few extreme pixels from squashing the rest of the
+    map towards zero. A map that is zero everywhere stays zero.
+    """
+    magnitude = maps.abs().flatten(1)
+    level = torch.quantile(magnitude.float(), clip_percentile / 100.0, dim=1).view(-1, 1, 1)
+    level = torch.where(level > 0, level, torch.ones_like(level))
+    return torch.maximum(torch.minimum(maps, level), -level) / level
+
+
+def noise_scale(normalised: torch.Tensor, blend: float) -> torch.Tensor:
+    """Â (B, h, w) -> the per-location noise multiplier (B, 1, h, w), ``blend + (1 - blend) |Â|``."""
+    return (blend + (1.0 - blend) * normalised.abs()).unsqueeze(1)
+
+
+class NoiseShaper:
+    """One worker's shaping maps: when to refresh them, computing them, and the noise scale per batch.
+
+    shard: the indices (into ``dataset``) of the training samples this worker sees. Maps are kept
+    as float16 (len(shard), 1, s, s) with s = min(image size, ``cfg.map_size``).
+    """
+
+    def __init__(self, cfg: ShapingConfig, dataset: Dataset, shard: torch.Tensor, steps_per_epoch: int,
+                 device: torch.device) -> None:
+        self.cfg, self.dataset, self.device = cfg, dataset, device
+        self.shard = torch.unique(shard)
+        self.position = torch.full((len(dataset),), -1, dtype=torch.long)
+        self.position[self.shard] = torch.arange(len(self.shard))
+        self.warmup_steps = cfg.warmup_epochs * steps_per_epoch
+        self.interval_steps = cfg.refresh_every * (steps_per_epoch if cfg.refresh_unit == "epochs" else 1)
+        self.maps: torch.Tensor | None = None
+        self.refreshed_at: int | None = None
+        self.source_state: dict[str, torch.Tensor] | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether maps must be (re)computed before global optimizer step ``step`` (0-based)."""
+        return step >= self.warmup_steps and (step - self.warmup_steps) % self.interval_steps == 0
+
+    def refresh(self, model: nn.Module, step: int) -> None:
+        """Recompute the shard's maps with ``model`` as it is now (eval mode, no noise)."""
+        explain = make_explainer(model, self.cfg.method, n_steps=self.cfg.ig_steps,
+                                 internal_batch_size=self.cfg.batch_size * self.cfg.ig_steps)
+        chunks = []
+        loader = DataLoader(Subset(self.dataset, self.shard.tolist()), batch_size=self.cfg.batch_size)
+        for images, labels in loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            normalised = normalise_attributions(attribution_map(explain(images, labels)), self.cfg.clip_percentile)
+            size = min(normalised.shape[-1], self.cfg.map_size)
+            if normalised.shape[-1] != size:
+                normalised = F.interpolate(normalised.unsqueeze(1), size=(size, size), mode="area").squeeze(1)
+            chunks.append(noise_scale(normalised, self.cfg.blend).to(torch.float16).cpu())
+        self.maps = torch.cat(chunks)
+        self.refreshed_at = step
+        self.source_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def scale_for(self, indices: torch.Tensor) -> torch.Tensor | None:
+        """Noise multipliers (B, 1, s, s) for the samples ``indices`` (B,), or None before the first refresh."""
+        if self.maps is None:
+            return None
+        rows = self.position[indices.cpu()]
+        if (rows < 0).any():
+            raise RuntimeError("a training batch holds samples outside this worker's shard; the sampler and "
+                               "the shaper must use the same ShardSampler indices")
+        return self.maps[rows].to(self.device, dtype=torch.float32, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to rebuild identical maps: the refresh step and the model weights then."""
+        return {} if self.source_state is None else {"refreshed_at": self.refreshed_at, "model": self.source_state}
+
+    def load_state_dict(self, state: dict, scratch_model: nn.Module) -> None:
+        """Recompute the maps of the last refresh with its saved weights loaded into ``scratch_model``."""
+        if not state:
+            return
+        scratch_model.load_state_dict(state["model"])
+        self.refresh(scratch_model.to(self.device), state["refreshed_at"])

@@ -1,0 +1,126 @@
+"""Attribution-driven noise shaping: normalisation, clipping, the shaped noise, schedule, resume."""
+
+import io
+
+import pytest
+import torch
+
+from nsde_ray.config import NoiseConfig, ShapingConfig
+from nsde_ray.data import ShardSampler
+from nsde_ray.models import build_model, noise_modules, set_noise_shape_maps
+from nsde_ray.shaping import NoiseShaper, noise_scale, normalise_attributions
+
+
+def test_normalised_maps_lie_in_minus_one_one_and_keep_their_sign():
+    maps = torch.randn(4, 8, 8) * torch.tensor([1.0, 10.0, 0.01, 0.0]).view(4, 1, 1)
+    normalised = normalise_attributions(maps, 99.0)
+    assert normalised.abs().max() <= 1.0 and torch.equal(normalised[3], torch.zeros(8, 8))
+    assert (torch.sign(normalised[:3]) == torch.sign(maps[:3])).all()
+    torch.testing.assert_close(normalise_attributions(maps[:1] * 7.0, 99.0), normalised[:1])  # scale-free
+
+
+def test_outlier_clipping_keeps_one_pixel_from_flattening_the_map():
+    torch.manual_seed(0)
+    maps = torch.rand(1, 16, 16)
+    maps[0, 3, 3] = 1000.0  # one extreme pixel
+    unclipped = normalise_attributions(maps, 100.0)
+    clipped = normalise_attributions(maps, 99.0)
+    rest = torch.ones(16, 16, dtype=torch.bool)
+    rest[3, 3] = False
+    assert unclipped[0][rest].max() < 1e-3  # without clipping everything else is ~0
+    assert clipped[0][rest].median() > 0.3 and clipped[0, 3, 3] == 1.0  # with it the map keeps its structure
+    assert (clipped[0][rest] >= unclipped[0][rest]).all()
+
+
+def test_noise_scale_blends_uniform_and_shaped():
+    normalised = torch.tensor([[[-1.0, 0.0], [0.5, 1.0]]])
+    torch.testing.assert_close(noise_scale(normalised, 0.0), normalised.abs().unsqueeze(1))
+    torch.testing.assert_close(noise_scale(normalised, 1.0), torch.ones(1, 1, 2, 2))
+    torch.testing.assert_close(noise_scale(normalised, 0.25)[0, 0, 0, 1], torch.tensor(0.25))
+
+
+def _shaper(splits, cfg=ShapingConfig(method="ig", ig_steps=4, batch_size=128), shard_size=64):
+    shard = torch.arange(shard_size)
+    return NoiseShaper(cfg, splits.train, shard, steps_per_epoch=2, device=torch.device("cpu"))
+
+
+def test_shaped_noise_is_larger_where_attribution_is_high(digits_model):
+    """Injected noise variance where |Â| > 0.7 is > 10x that where |Â| < 0.15 (ideal ratio > (0.7/0.15)^2 ~ 22)."""
+    model, splits = digits_model
+    shaper = _shaper(splits)
+    shaper.refresh(model, step=0)
+    indices = torch.arange(16)
+    scale = shaper.scale_for(indices)
+    assert scale.shape == (16, 1, 32, 32) and 0 <= scale.min() and scale.max() <= 1
+    shaped = build_model("cifar_resnet8", 10, 1, NoiseConfig("attribution", 0.5))
+    shaped.load_state_dict(model.state_dict())
+    shaped.train()
+    set_noise_shape_maps(shaped, scale)
+    first_block = noise_modules(shaped)[0]  # 32x32, the maps' own resolution
+    captured = {}
+    first_block.register_forward_hook(lambda m, i, o: captured.update(noise=(o - i[0]).detach()))
+    torch.manual_seed(0)
+    images = splits.train.tensors[0][indices]
+    variance = torch.stack([_noise_of(shaped, images, captured) for _ in range(20)]).var(dim=0).mean(dim=1)
+    high, low = scale[:, 0] > 0.7, scale[:, 0] < 0.15
+    assert high.sum() > 50 and low.sum() > 50
+    assert variance[high].mean() > 10 * variance[low].mean()
+
+
+def _noise_of(model, images, captured):
+    with torch.no_grad():
+        model(images)
+    return captured["noise"]
+
+
+def test_schedule_in_epochs_and_steps(digits_model):
+    _, splits = digits_model
+    epochs = NoiseShaper(ShapingConfig(warmup_epochs=1, refresh_every=2), splits.train, torch.arange(8), 10,
+                         torch.device("cpu"))
+    assert [s for s in range(60) if epochs.due(s)] == [10, 30, 50]
+    steps = NoiseShaper(ShapingConfig(warmup_epochs=1, refresh_every=5, refresh_unit="steps"), splits.train,
+                        torch.arange(8), 10, torch.device("cpu"))
+    assert [s for s in range(26) if steps.due(s)] == [10, 15, 20, 25]
+    assert steps.scale_for(torch.arange(4)) is None  # before the first refresh: plain Gaussian noise
+
+
+def test_resume_between_refreshes_rebuilds_identical_maps(digits_model):
+    """Refresh, keep training, checkpoint, 'kill': a new worker rebuilds exactly the maps of the last refresh."""
+    model, splits = digits_model
+    trained = build_model("cifar_resnet8", 10, 1, NoiseConfig("attribution", 0.5))
+    trained.load_state_dict(model.state_dict())
+    running = _shaper(splits)
+    running.refresh(trained, step=4)
+    with torch.no_grad():  # training goes on after the refresh: the current weights are no longer the maps' source
+        for parameter in trained.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    buffer = io.BytesIO()
+    torch.save({"shaping": running.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)["shaping"]
+    resumed = _shaper(splits)
+    resumed.load_state_dict(state, build_model("cifar_resnet8", 10, 1, NoiseConfig("attribution", 0.5)))
+    assert resumed.refreshed_at == 4
+    assert torch.equal(resumed.maps, running.maps)
+    recomputed_now = _shaper(splits)
+    recomputed_now.refresh(trained, step=5)
+    assert not torch.equal(recomputed_now.maps, running.maps)  # the current weights would give other maps
+
+
+def test_a_batch_from_another_shard_is_refused(digits_model):
+    model, splits = digits_model
+    shaper = _shaper(splits, ShapingConfig(method="saliency"), shard_size=8)
+    shaper.refresh(model, step=0)
+    with pytest.raises(RuntimeError, match="outside this worker's shard"):
+        shaper.scale_for(torch.tensor([0, 100]))
+
+
+def test_shard_sampler_gives_fixed_disjoint_equal_shards():
+    samplers = [ShardSampler(103, rank, 4, seed=3) for rank in range(4)]
+    assert {len(s) for s in samplers} == {26}
+    covered = torch.cat([s.indices for s in samplers])
+    assert set(covered.tolist()) == set(range(103))
+    first = list(samplers[1])
+    samplers[1].set_epoch(1)
+    second = list(samplers[1])
+    assert first != second and sorted(first) == sorted(second)  # reshuffled within the same shard
