@@ -64,7 +64,7 @@ class NoiseShaper:
     def refresh(self, model: nn.Module, step: int) -> None:
         """Recompute the shard's maps with ``model`` as it is now (eval mode, no noise)."""
         explain = make_explainer(model, self.cfg.method, n_steps=self.cfg.ig_steps,
-                                 internal_batch_size=self.cfg.batch_size * self.cfg.ig_steps)
+                                 internal_batch_size=self.cfg.batch_size)
         chunks = []
         loader = DataLoader(Subset(self.dataset, self.shard.tolist()), batch_size=self.cfg.batch_size)
         for images, labels in loader:

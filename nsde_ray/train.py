@@ -63,11 +63,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by :func:`train_fn_per_worker`, loaded without unpickling code.
 
-    Keys: ``model``, ``optimizer``, ``scheduler`` (state dicts), ``epoch`` (epochs done),
-    ``train_time_s``, ``config`` (:meth:`TrialConfig.to_dict`). A run that diverged ends with a
+    Keys: ``model``, ``optimizer``, ``scheduler`` (state dicts), ``shaping`` (what rebuilds the
+    shaping maps), ``num_classes``, ``in_channels``, ``epoch`` (epochs done), ``train_time_s``,
+    ``config`` (:meth:`TrialConfig.to_dict`). A run that diverged ends with a
     checkpoint holding ``diverged: True`` and no weights; the one before it has the last good model.
     """
     return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def load_trained_model(checkpoint_dir: str) -> tuple[nn.Module, TrialConfig]:
+    """The model (eval mode, on CPU) and config of a checkpoint written by :func:`train_fn_per_worker`."""
+    state = load_checkpoint(checkpoint_dir)
+    if state.get("diverged"):
+        raise ValueError(f"the checkpoint in {checkpoint_dir} marks a diverged run: it holds no weights")
+    cfg = TrialConfig.from_dict(state["config"])
+    model = build_model(cfg.model.arch, state["num_classes"], state["in_channels"], cfg.noise)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -95,7 +107,7 @@ def train_fn_per_worker(config: dict) -> None:
     if cfg.noise.mode == "attribution" and cfg.noise.active:
         shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device)
 
-    start_epoch, train_time_s = 0, 0.0
+    start_epoch, train_time_s, shaping_time_s = 0, 0.0, 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as checkpoint_dir:
@@ -109,7 +121,7 @@ def train_fn_per_worker(config: dict) -> None:
         if shaper is not None:
             scratch = build_model(cfg.model.arch, splits.num_classes, splits.in_channels, cfg.noise)
             shaper.load_state_dict(state["shaping"], scratch.to(memory_format=memory_format))
-        start_epoch, train_time_s = state["epoch"], state["train_time_s"]
+        start_epoch, train_time_s, shaping_time_s = state["epoch"], state["train_time_s"], state["shaping_time_s"]
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.train.amp)
 
@@ -123,10 +135,11 @@ def train_fn_per_worker(config: dict) -> None:
                            shaper, first_step=epoch * len(train_loader))
         epoch_time_s = time.perf_counter() - started
         train_time_s += epoch_time_s
+        shaping_time_s += stats.shaping_time_s
         metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
                    "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
                    "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
-                   "shaping_time_s": stats.shaping_time_s,
+                   "shaping_time_s": shaping_time_s,
                    "diverged": not math.isfinite(stats.train_loss)}
         if metrics["diverged"]:
             # A marker checkpoint without weights: the run's result shows the divergence, and a
@@ -142,7 +155,8 @@ def train_fn_per_worker(config: dict) -> None:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "shaping": shaper.state_dict() if shaper is not None else {},
-            "epoch": epoch + 1, "train_time_s": train_time_s, "config": config})
+            "num_classes": splits.num_classes, "in_channels": splits.in_channels, "epoch": epoch + 1,
+            "train_time_s": train_time_s, "shaping_time_s": shaping_time_s, "config": config})
 
 
 def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,

@@ -37,11 +37,20 @@ def _train_workers() -> list[psutil.Process]:
     return found
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
-    cfg = TrialConfig(train=TrainConfig(epochs=6, num_workers=2, max_failures=2))
+@pytest.mark.parametrize("noise_mode", ["gaussian", "attribution"])
+def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path, noise_mode):
+    """For attribution noise the kill lands between refreshes (epochs 1, 3, 5): maps come back from the checkpoint."""
+    cfg = TrialConfig(noise=NoiseConfig(noise_mode, 0.5), train=TrainConfig(epochs=6, num_workers=2, max_failures=2))
     trainer = build_trainer(cfg, name="killed", storage_path=str(tmp_path))
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.setdefault("result", trainer.fit()))
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as err:  # surfaced by the assertion below
+            outcome["error"] = err
+
+    runner = threading.Thread(target=fit)
     runner.start()
     deadline = time.monotonic() + 240
     # Two checkpoint folders: the first one's report has surely reached the controller by then.
@@ -52,10 +61,13 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
     assert len(workers) == 2
     os.kill(workers[0].pid, signal.SIGKILL)
     runner.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert result.error is None
     assert result.metrics["epoch"] == 6 and not result.metrics["diverged"]
     assert result.metrics["resumed_from_epoch"] >= 1  # the restarted group continued, it did not start over
+    assert result.metrics["val_accuracy"] >= 0.85
+    assert (result.metrics["shaping_time_s"] > 0) == (noise_mode == "attribution")
 
 
 def test_non_finite_loss_ends_the_run_cleanly(local_ray, tmp_path):
