@@ -65,12 +65,12 @@ def saturation(path: str, result: Saturation) -> None:
     """IG along the path: logit, gradient norm and consecutive-gradient alignment against alpha."""
     alphas = result.alphas.numpy()
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    panels = [(result.logits, "target logit"), (result.grad_norm, "gradient L2 norm"),
-              (result.alignment, "cos(g(alpha), g(next alpha))")]
-    for axis, (curves, title) in zip(axes, panels):
+    panels = [(alphas, result.logits, "target logit"), (alphas, result.grad_norm, "gradient L2 norm"),
+              (alphas[:-1], result.alignment[:, :-1], "cos(g(alpha), g(next alpha))")]
+    for axis, (x, curves, title) in zip(axes, panels):
         values = curves.numpy()
-        axis.plot(alphas, values.T, color="tab:blue", alpha=0.15, linewidth=0.8)
-        axis.plot(alphas, np.nanmean(values, axis=0), color="black", linewidth=2, label="mean")
+        axis.plot(x, values.T, color="tab:blue", alpha=0.15, linewidth=0.8)
+        axis.plot(x, values.mean(axis=0), color="black", linewidth=2, label="mean")
         axis.axvline(float(result.alpha_95.median()), color="tab:red", linestyle="--", label="median alpha_95")
         axis.set_xlabel("alpha")
         axis.set_title(title)

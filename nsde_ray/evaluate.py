@@ -1,0 +1,163 @@
+"""Attribution evaluation of a trained model: every metric for every method, plus figures.
+
+As in the papers, the model is evaluated without noise (eval mode) on a fixed, seeded set of
+correctly classified held-out (test-split) images. Metric names, per method m:
+``sensitivity_m`` (mean max-sensitivity, lower is better), ``sensitivity_valid_fraction_m``
+(share of images with at least one prediction-preserving perturbation), ``sic_m`` and ``aic_m``
+(AUC of the median PIC curves, higher is better; ``sic_valid_fraction_m`` is the share of images
+PAIR's rules keep), ``infidelity_m`` (lower is better),
+``localisation_auc_m`` (where the data set has foreground masks). ``sensitivity`` and ``sic`` are
+IG's (the sweep's objectives). IG saturation: ``ig_alpha_95``, ``ig_grad_norm_after_saturation``,
+``ig_grad_alignment_after_saturation``; IG completeness: ``ig_completeness_error``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from nsde_ray import plots
+from nsde_ray.attribution import attribution_map, check_applicable, eval_mode, make_explainer
+from nsde_ray.config import EvalConfig
+from nsde_ray.data import DataSplits, foreground_masks
+from nsde_ray.metrics.faithfulness import infidelity
+from nsde_ray.metrics.localisation import localisation_auc
+from nsde_ray.metrics.pic import compute_pic
+from nsde_ray.metrics.saturation import ig_saturation
+from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
+
+ARTIFACT_GRID = "attributions.png"
+ARTIFACT_SIC = "sic_curve.png"
+ARTIFACT_SATURATION = "ig_saturation.png"
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run on this model and data; the message says why."""
+
+
+@dataclass
+class EvalResult:
+    """Scalar metrics by name, the evaluated images' labels, and the artifact files written."""
+
+    metrics: dict[str, float]
+    labels: torch.Tensor
+    artifacts: list[str] = field(default_factory=list)
+
+
+def select_eval_images(model: nn.Module, dataset: Dataset, num_images: int, seed: int, device: torch.device,
+                       batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``num_images`` correctly classified images (N, C, H, W) and labels (N,), in a seeded order."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    kept_images, kept_labels, count = [], [], 0
+    with torch.no_grad(), eval_mode(model):
+        for images, labels in DataLoader(Subset(dataset, order), batch_size=batch_size):
+            images, labels = images.to(device), labels.to(device)
+            try:
+                logits = model(images)
+            except RuntimeError as err:  # e.g. a channel or size mismatch deep inside a conv
+                raise EvaluationError(f"the model cannot take the evaluation images of shape "
+                                      f"{tuple(images.shape[1:])} (C, H, W): {err}") from err
+            correct = logits.argmax(dim=1) == labels
+            kept_images.append(images[correct])
+            kept_labels.append(labels[correct])
+            count += int(correct.sum())
+            if count >= num_images:
+                break
+    if count == 0:
+        raise EvaluationError(f"the model classifies none of the {len(dataset)} held-out images correctly; "
+                              "attributions are evaluated on correctly classified images only: train it longer "
+                              "or check that model and data match")
+    return torch.cat(kept_images)[:num_images], torch.cat(kept_labels)[:num_images]
+
+
+def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None = None,
+             device: torch.device | str = "cpu", progress: bool = True) -> EvalResult:
+    """Evaluate every method in ``cfg.methods``; figures go to ``out_dir`` when given."""
+    device = torch.device(device)
+    model = model.to(device)
+    images, labels = select_eval_images(model, splits.test, cfg.num_images, cfg.seed, device, cfg.batch_size)
+    channel_std = torch.as_tensor(splits.std, device=device).view(1, -1, 1, 1)
+    channel_mean = torch.as_tensor(splits.mean, device=device).view(1, -1, 1, 1)
+    if images.shape[1] != len(splits.std):
+        raise EvaluationError(f"images have {images.shape[1]} channels, the data set's normalisation {len(splits.std)}")
+    baseline = (-channel_mean / channel_std) if cfg.baseline == "black" else torch.zeros_like(channel_mean)
+    baseline = baseline.expand(1, *images.shape[1:]).contiguous()
+    options = dict(n_steps=cfg.n_steps, nt_samples=cfg.nt_samples, nt_stdev=cfg.nt_stdev / float(channel_std.mean()),
+                   internal_batch_size=cfg.batch_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    deltas = uniform_perturbations(images.shape, cfg.n_perturbations, cfg.sensitivity_radius, splits.std, generator)
+    shap_baselines = _training_sample(splits.train, cfg.deepshap_baselines, cfg.seed).to(device)
+    pixels = images * channel_std + channel_mean
+    foreground = foreground_masks(splits, pixels)
+
+    metrics: dict[str, float] = {"eval_images": float(len(images))}
+    maps: dict[str, torch.Tensor] = {}
+    sic_curves: dict[str, np.ndarray] = {}
+    stages = tqdm(total=3 * len(cfg.methods) + 1, desc="evaluate", disable=not progress)
+    for method in cfg.methods:
+        check_applicable(model, method, images[:1])
+        explain = make_explainer(model, method, baselines=shap_baselines if method == "deepshap" else baseline,
+                                 **options)
+        stages.set_postfix_str(f"{method}: attributions")
+        attributions = torch.cat([explain(images[s:s + cfg.batch_size], labels[s:s + cfg.batch_size])
+                                  for s in range(0, len(images), cfg.batch_size)])
+        maps[method] = attribution_map(attributions)
+        metrics[f"infidelity_{method}"] = float(infidelity(model, images, labels, attributions, seed=cfg.seed).mean())
+        if foreground is not None:
+            metrics[f"localisation_auc_{method}"] = float(np.nanmean(localisation_auc(maps[method], foreground)))
+        stages.update()
+        stages.set_postfix_str(f"{method}: sensitivity")
+        sensitivity = max_sensitivity(explain, model, images, labels, deltas, keep_prediction=cfg.keep_prediction,
+                                      chunk_size=cfg.batch_size, explanations=attributions)
+        valid = ~torch.isnan(sensitivity)
+        metrics[f"sensitivity_{method}"] = float(sensitivity[valid].mean()) if valid.any() else float("nan")
+        metrics[f"sensitivity_valid_fraction_{method}"] = float(valid.float().mean())
+        stages.update()
+        stages.set_postfix_str(f"{method}: SIC")
+        pic = compute_pic(model, images, attribution_map(attributions, absolute=True), labels, mean=splits.mean,
+                          std=splits.std, seed=cfg.seed, batch_size=cfg.batch_size)
+        metrics[f"sic_{method}"], metrics[f"aic_{method}"] = float(pic.sic_auc), float(pic.aic_auc)
+        metrics[f"sic_valid_fraction_{method}"] = float(np.isfinite(pic.sic).mean())
+        sic_curves[method] = pic.sic_curve
+        stages.update()
+        if method == "ig":
+            metrics["ig_completeness_error"] = _completeness_error(model, images, labels, baseline, attributions)
+    stages.set_postfix_str("IG saturation")
+    count = min(cfg.saturation_images, len(images))
+    saturation = ig_saturation(model, images[:count], labels[:count], baseline, chunk_size=cfg.batch_size)
+    metrics["ig_alpha_95"] = float(saturation.alpha_95.mean())
+    metrics["ig_grad_norm_after_saturation"] = float(saturation.grad_norm_after.mean())
+    metrics["ig_grad_alignment_after_saturation"] = float(np.nanmean(saturation.alignment_after.numpy()))
+    stages.update()
+    stages.close()
+    metrics["sensitivity"], metrics["sic"] = metrics["sensitivity_ig"], metrics["sic_ig"]
+
+    artifacts = []
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        shown = min(cfg.grid_images, len(images))
+        names = [splits.class_names[int(label)] for label in labels[:shown]]
+        artifacts = [os.path.join(out_dir, name) for name in (ARTIFACT_GRID, ARTIFACT_SIC, ARTIFACT_SATURATION)]
+        plots.attribution_grid(artifacts[0], pixels[:shown], {m: v[:shown] for m, v in maps.items()}, names)
+        plots.sic_curves(artifacts[1], pic.curve_x, sic_curves, {m: metrics[f"sic_{m}"] for m in sic_curves})
+        plots.saturation(artifacts[2], saturation)
+    return EvalResult(metrics, labels.cpu(), artifacts)
+
+
+def _training_sample(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))[:count]
+    return torch.stack([dataset[int(i)][0] for i in order])
+
+
+def _completeness_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, baseline: torch.Tensor,
+                        attributions: torch.Tensor) -> float:
+    """Mean |sum(IG) - (F(x) - F(b))| / |F(x) - F(b)| over images: IG's completeness axiom."""
+    with torch.no_grad(), eval_mode(model):
+        gain = model(images).gather(1, labels[:, None]).squeeze(1) - model(baseline)[0, labels]
+    return float(((attributions.flatten(1).sum(dim=1) - gain).abs() / gain.abs().clamp_min(1e-8)).mean())

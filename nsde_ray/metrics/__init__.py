@@ -1,0 +1,1 @@
+"""Attribution-quality metrics: sensitivity, localisation, saturation, faithfulness, PIC (SIC / AIC)."""
