@@ -210,7 +210,8 @@ class EvalConfig:
     their noise std in pixel units (images in [0, 1]). sensitivity_radius: L-inf radius of the
     max-sensitivity perturbations, pixel units. baseline: ``black`` (all pixels 0) or ``mean``
     (the data set's mean image, 0 in normalised units), for IG and DeepLIFT. deepshap_baselines:
-    training images forming DeepSHAP's baseline distribution.
+    training images forming DeepSHAP's baseline distribution. batch_size: inputs (or IG path
+    points) per model call; 64 suits CPU caches (35 s vs 43 s at 256 for the benchmark), raise it on a GPU.
     """
 
     methods: tuple[str, ...] = ("ig", "saliency", "deeplift")
@@ -225,7 +226,7 @@ class EvalConfig:
     deepshap_baselines: int = 16
     saturation_images: int = 16
     grid_images: int = 6
-    batch_size: int = 256
+    batch_size: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
