@@ -42,12 +42,17 @@ class NoiseShaper:
     """One worker's shaping maps: when to refresh them, computing them, and the noise scale per batch.
 
     shard: the indices (into ``dataset``) of the training samples this worker sees. Maps are kept
-    as float16 (len(shard), 1, s, s) with s = min(image size, ``cfg.map_size``).
+    as float16 (len(shard), 1, s, s) with s = min(image size, ``cfg.map_size``). On a GPU with
+    ``amp`` the attributions are computed under bf16 autocast, in the model's ``memory_format``:
+    the maps only set noise scales, after clipping and normalisation, so bf16 precision suffices.
     """
 
     def __init__(self, cfg: ShapingConfig, dataset: Dataset, shard: torch.Tensor, steps_per_epoch: int,
-                 device: torch.device) -> None:
+                 device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+                 amp: bool = False) -> None:
         self.cfg, self.dataset, self.device = cfg, dataset, device
+        self.memory_format = memory_format
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
         self.shard = torch.unique(shard)
         self.position = torch.full((len(dataset),), -1, dtype=torch.long)
         self.position[self.shard] = torch.arange(len(self.shard))
@@ -68,8 +73,10 @@ class NoiseShaper:
         chunks = []
         loader = DataLoader(Subset(self.dataset, self.shard.tolist()), batch_size=self.cfg.batch_size)
         for images, labels in loader:
-            images, labels = images.to(self.device), labels.to(self.device)
-            normalised = normalise_attributions(attribution_map(explain(images, labels)), self.cfg.clip_percentile)
+            images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
+            with torch.autocast(**self.autocast):
+                attributions = explain(images, labels.to(self.device)).float()
+            normalised = normalise_attributions(attribution_map(attributions), self.cfg.clip_percentile)
             size = min(normalised.shape[-1], self.cfg.map_size)
             if normalised.shape[-1] != size:
                 normalised = F.interpolate(normalised.unsqueeze(1), size=(size, size), mode="area").squeeze(1)

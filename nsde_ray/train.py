@@ -105,7 +105,8 @@ def train_fn_per_worker(config: dict) -> None:
                             batch_size=2 * cfg.train.batch_size, pin_memory=on_gpu)
     shaper = None
     if cfg.noise.mode == "attribution" and cfg.noise.active:
-        shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device)
+        shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device,
+                             memory_format, amp=cfg.train.amp)
 
     start_epoch, train_time_s, shaping_time_s = 0, 0.0, 0.0
     checkpoint = ray.train.get_checkpoint()

@@ -101,6 +101,15 @@ def test_attribution_mode_scales_noise_by_the_map():
     assert delta[..., :6].std(dim=(1, 2, 3)) == pytest.approx(expected, rel=0.1)
 
 
+@pytest.mark.parametrize("mode", ["gaussian", "attribution"])
+def test_noise_keeps_channels_last(mode):
+    """A block output that switched to contiguous layout would make every later conv convert it (GPU cost)."""
+    noise = BlockNoise(mode, 0.5).train()
+    noise.set_shape_map(torch.rand(2, 1, 4, 4))
+    x = torch.randn(2, 8, 16, 16).to(memory_format=torch.channels_last)
+    assert noise(x).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_shape_maps_reach_every_block_and_are_validated():
     model = build_model("cifar_resnet8", num_classes=3, noise=NoiseConfig("attribution", 0.5)).train()
     set_noise_shape_maps(model, torch.ones(2, 1, 32, 32))

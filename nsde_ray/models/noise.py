@@ -49,7 +49,8 @@ class BlockNoise(nn.Module):
             if shape_map.shape[-2:] != x.shape[-2:]:
                 shape_map = F.interpolate(shape_map, size=x.shape[-2:], mode="bilinear", align_corners=False)
             scale = scale * shape_map
-        return x + scale * torch.randn_like(x)
+        # in place on the noise, so the sum keeps x's memory format (channels_last stays channels_last)
+        return x + torch.randn_like(x).mul_(scale)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, sigma={self.sigma}"
