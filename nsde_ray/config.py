@@ -284,6 +284,17 @@ class TrialConfig:
                 params[_PARAM_PREFIX[section] + key] = value
         return params
 
+    def with_params(self, params: dict[str, Any]) -> TrialConfig:
+        """A copy with flat params (the names of :meth:`to_params`, e.g. ``noise_sigma``) replaced; validated."""
+        sections = self.to_dict()
+        names = {_PARAM_PREFIX[section] + key: (section, key) for section, values in sections.items() for key in values}
+        unknown = set(params) - set(names)
+        _require(not unknown, f"unknown params {sorted(unknown)}; valid: {sorted(names)}")
+        for name, value in params.items():
+            section, key = names[name]
+            sections[section][key] = value
+        return TrialConfig.from_dict(sections)
+
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "noise": NoiseConfig, "shaping": ShapingConfig, "data": DataConfig,
                               "train": TrainConfig,
@@ -295,3 +306,96 @@ def _build_section(section_cls: type, values: dict[str, Any]):
     unknown = set(values) - valid
     _require(not unknown, f"unknown {section_cls.__name__} fields {sorted(unknown)}; valid: {sorted(valid)}")
     return section_cls(**values)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the sweep searches (each range is ``(low, high)``, inclusive).
+
+    noise_mode is always one of none, gaussian, attribution; noise_sigma (unitless, see
+    :class:`NoiseConfig`) and the learning rate (log scale) are searched for every noisy trial,
+    the shaping schedule (warm-up epochs, refresh interval in epochs, outlier-clipping percentile,
+    shaping method) for ``attribution`` trials only. ``warmup_epochs_max`` and ``refresh_every_max``
+    of ``None`` mean "up to the trial's epochs". The papers' setting (gaussian, sigma 0.5) and
+    the plain ResNet are always evaluated first, at the base learning rate.
+    """
+
+    sigma_range: tuple[float, float] = (0.0, 1.0)
+    lr_range: tuple[float, float] = (0.02, 0.3)
+    warmup_epochs_max: int | None = None
+    refresh_every_max: int | None = None
+    clip_range: tuple[float, float] = (90.0, 100.0)
+    shaping_methods: tuple[str, ...] = ("ig", "saliency")
+
+    def __post_init__(self) -> None:
+        for name in ("sigma_range", "lr_range", "clip_range"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            value = getattr(self, name)
+            _require(len(value) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+                     and value[0] <= value[1], f"{name} must be two finite numbers LOW <= HIGH, got {value!r}")
+        object.__setattr__(self, "shaping_methods", tuple(self.shaping_methods))
+        _require(self.sigma_range[0] >= 0.0,
+                 f"sigma range {self.sigma_range} goes below 0: the noise magnitude sigma is >= 0 (try 0 1)")
+        _require(self.sigma_range[0] <= REFERENCE_SIGMA <= self.sigma_range[1],
+                 f"sigma range {self.sigma_range} must contain {REFERENCE_SIGMA}, the papers' setting, "
+                 "which every sweep evaluates as a reference point")
+        _require(self.lr_range[0] > 0.0, f"lr range {self.lr_range} must be > 0")
+        _require(50.0 < self.clip_range[0] and self.clip_range[1] <= 100.0,
+                 f"clip range {self.clip_range} must lie in (50, 100] (percentiles; 100 = no clipping)")
+        _require(len(self.shaping_methods) > 0, "shaping_methods must not be empty")
+        for method in self.shaping_methods:
+            _one_of("shaping method", method, ("ig", "saliency"))
+        for name in ("warmup_epochs_max", "refresh_every_max"):
+            value = getattr(self, name)
+            _require(value is None or (isinstance(value, int) and value >= (0 if name.startswith("warmup") else 1)),
+                     f"{name} must be None or an integer >= {0 if name.startswith('warmup') else 1}, got {value!r}")
+
+
+REFERENCE_SIGMA = 0.5
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One accuracy-vs-robustness sweep: the base trial, the search space and where things go.
+
+    name: the sweep's name in ``storage`` (Ray Tune state and every trial's checkpoints) and the
+    default MLflow experiment. num_samples: trials in all, the reference points included.
+    max_concurrent: trials at once (``None``: as many as the cluster's CPUs/GPUs allow).
+    tracking_uri: MLflow tracking URI (``None``: MLflow's default, ``sqlite:///mlflow.db`` in the
+    working directory, made absolute so every Ray process writes to the same store).
+    """
+
+    name: str
+    storage: str
+    base: TrialConfig = field(default_factory=TrialConfig)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    num_samples: int = 10
+    max_concurrent: int | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and self.name.strip() != "" and "/" not in self.name,
+                 f"sweep name must be a non-empty name without '/', got {self.name!r}")
+        _positive_int("num_samples (--num-samples)", self.num_samples)
+        _require(self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent >= 1),
+                 f"max_concurrent (--max-concurrent) must be an integer >= 1, got {self.max_concurrent!r}")
+        _require(self.space.lr_range[0] <= self.base.train.lr <= self.space.lr_range[1],
+                 f"the base learning rate {self.base.train.lr} (the reference points') must lie in the lr range "
+                 f"{self.space.lr_range}")
+        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
+        values = dict(data)
+        values["base"] = TrialConfig.from_dict(values.get("base", {}))
+        values["space"] = _build_section(SearchSpace, values.get("space", {}))
+        return _build_section(cls, values)

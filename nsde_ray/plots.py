@@ -1,4 +1,5 @@
-"""PNG figures of an evaluation: attribution grids, SIC curves, IG saturation (matplotlib, Agg)."""
+"""Figures: an evaluation's attribution grids, SIC curves and IG saturation (PNG, matplotlib Agg), and a
+sweep's Pareto front (PNG, and interactive HTML with plotly)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,58 @@ def saturation(path: str, result: Saturation) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+PARETO_PANELS = (("sensitivity", "IG max-sensitivity (lower is better)"), ("sic", "IG SIC (higher is better)"))
+
+
+def _hover(row: dict) -> str:
+    shown = ("trial_id", "noise_mode", "noise_sigma", "lr", "shaping_method", "shaping_warmup_epochs",
+             "shaping_refresh_every", "shaping_clip_percentile", "val_accuracy", "sensitivity", "sic")
+    return "<br>".join(f"{key}: {row[key]:.4g}" if isinstance(row.get(key), float) else f"{key}: {row.get(key, '')}"
+                       for key in shown if row.get(key, "") != "")
+
+
+def pareto_html(path: str, rows: list[dict]) -> None:
+    """Interactive accuracy vs sensitivity and accuracy vs SIC; front points highlighted, params on hover.
+
+    rows: :meth:`nsde_ray.tracking.SweepTracker.front_rows`. plotly.js is embedded, so the file
+    opens offline (from the MLflow UI's artifact view, or saved to disk).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in PARETO_PANELS])
+    for column, (metric, title) in enumerate(PARETO_PANELS, start=1):
+        for on_front, name, marker in ((False, "other trials", dict(color="lightgray", size=9)),
+                                       (True, "Pareto front", dict(color="crimson", size=12, symbol="star"))):
+            chosen = [row for row in rows if row["pareto_front"] == on_front]
+            figure.add_trace(go.Scatter(x=[row[metric] for row in chosen], y=[row["val_accuracy"] for row in chosen],
+                                        mode="markers", name=name, marker=marker, showlegend=column == 1,
+                                        legendgroup=name, text=[_hover(row) for row in chosen],
+                                        hoverinfo="text"), row=1, col=column)
+        figure.update_xaxes(title_text=title, row=1, col=column)
+        figure.update_yaxes(title_text="validation accuracy", row=1, col=column)
+    figure.update_layout(title="Accuracy vs attribution robustness", height=520, width=1100)
+    figure.write_html(path, include_plotlyjs=True)
+
+
+def pareto_png(path: str, rows: list[dict]) -> None:
+    """The same two panels as :func:`pareto_html`, static; front points labelled with their noise mode."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (metric, title) in zip(axes, PARETO_PANELS):
+        for on_front, style in ((False, dict(c="lightgray", s=30)), (True, dict(c="crimson", s=80, marker="*"))):
+            chosen = [row for row in rows if row["pareto_front"] == on_front]
+            ax.scatter([row[metric] for row in chosen], [row["val_accuracy"] for row in chosen],
+                       label="Pareto front" if on_front else "other trials", **style)
+        for row in rows:
+            if row["pareto_front"]:
+                ax.annotate(str(row.get("noise_mode", "")), (row[metric], row["val_accuracy"]), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(title)
+        ax.set_ylabel("validation accuracy")
+    axes[0].legend(loc="lower right")
+    fig.suptitle("Accuracy vs attribution robustness")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
