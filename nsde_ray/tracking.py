@@ -24,6 +24,7 @@ from nsde_ray import pareto
 
 ROLE, TRIAL_ID, STATUS, SWEEP = "nsde.role", "nsde.trial_id", "nsde.status", "nsde.sweep"
 PARENT = "mlflow.parentRunId"
+TRAIN_NODES = "nsde.train_nodes"
 PARETO_TAG = "pareto_front"
 FRONT_FILTER = f"tags.{PARETO_TAG} = 'true'"
 FRONT_CSV, FRONT_HTML, FRONT_PNG = "pareto_front.csv", "pareto_front.html", "pareto_front.png"
@@ -123,6 +124,12 @@ class SweepTracker:
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=epoch))
+
+    def add_train_node(self, run_id: str, node_id: str) -> None:
+        """Add the Ray node that ran rank 0 to the run's ``nsde.train_nodes`` tag (comma-separated)."""
+        nodes = self.client.get_run(run_id).data.tags.get(TRAIN_NODES, "")
+        if node_id and node_id not in nodes.split(","):
+            self.client.set_tag(run_id, TRAIN_NODES, ",".join(filter(None, [nodes, node_id])))
 
     def finish_trial(self, run_id: str, status: str, metrics: dict[str, float], artifact_dir: str | None = None,
                      error: str | None = None) -> None:

@@ -82,6 +82,21 @@ def load_trained_model(checkpoint_dir: str) -> tuple[nn.Module, TrialConfig]:
     return model.eval(), cfg
 
 
+MODEL_KEYS = ("model", "num_classes", "in_channels", "epoch", "config")
+
+
+def export_model(checkpoint_dir: str, out_dir: str) -> str:
+    """Write the weights and config of a checkpoint (no optimizer state) to ``out_dir``; returns the file.
+
+    :func:`load_trained_model` reads ``out_dir`` back; MLflow keeps it as the trial's model.
+    """
+    state = load_checkpoint(checkpoint_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, CHECKPOINT_FILE)
+    torch.save({key: state[key] for key in MODEL_KEYS}, path)
+    return path
+
+
 def train_fn_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` is :meth:`TrialConfig.to_dict`."""
     cfg = TrialConfig.from_dict(config)
@@ -140,7 +155,8 @@ def train_fn_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
                    "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
                    "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
-                   "shaping_time_s": shaping_time_s,
+                   "shaping_time_s": shaping_time_s, 
+                   "node_id": ray.get_runtime_context().get_node_id(),
                    "diverged": not math.isfinite(stats.train_loss)}
         if metrics["diverged"]:
             # A marker checkpoint without weights: the run's result shows the divergence, and a

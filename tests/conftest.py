@@ -1,9 +1,13 @@
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One real local Ray instance (2 CPUs, like this machine and CI) shared by the tests that need it."""
+    """A real local Ray instance (2 CPUs, like this machine and CI) for one test module.
+
+    Module-scoped: the sweep tests start Ray in subprocesses, and a second live local instance on the
+    machine would make Ray's address="auto" lookups ambiguous for them.
+    """
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

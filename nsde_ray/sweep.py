@@ -1,0 +1,322 @@
+"""The accuracy-vs-robustness sweep: Ray Tune + OptunaSearch over Ray Train trials, tracked in MLflow.
+
+Data flow: :class:`SweepConfig` -> ``Tuner`` with a multi-objective ``OptunaSearch`` (maximise
+``val_accuracy``, minimise ``sensitivity``, maximise ``sic``) behind a ``ConcurrencyLimiter`` ->
+per trial :func:`run_trial`, which trains with a ``TorchTrainer`` (per-epoch metrics to MLflow by
+:class:`EpochLogger` on the Train controller), evaluates the final checkpoint in a Ray task that
+holds one worker's resources, and logs everything to the trial's nested MLflow run -> as trials
+finish, :class:`FrontCallback` on the driver recomputes the Pareto front, its tags and its files.
+
+Sampler: Optuna's TPE in its multi-objective form (MOTPE). NSGA-II needs a population (50 by
+default) before selection does anything, more trials than a sweep of tens affords; TPE models
+the non-dominated trials from the first ten or so. ``constant_liar`` keeps concurrent trials from
+being suggested the same point; ``multivariate`` + ``group`` model the conditional space (the
+shaping parameters exist for ``attribution`` trials only).
+
+No early stopping: OptunaSearch takes no intermediate results for several objectives, and a
+stopped trial would enter the front with half-trained metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from nsde_ray.config import NOISE_MODES, REFERENCE_SIGMA, SearchSpace, SweepConfig, TrialConfig
+from nsde_ray.tracking import SweepTracker
+
+SWEEP_FILE = "nsde_sweep.json"
+TRAIN_DIR = "train"
+TRIAL_DRIVER_MEMORY = 256 * 1024 ** 2  # bytes
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or resume as asked; the message says what to do."""
+
+
+class DefineSpace:
+    """Optuna define-by-run search space (see :class:`SearchSpace`); picklable, for the searcher's checkpoints."""
+
+    def __init__(self, space: SearchSpace, epochs: int) -> None:
+        self.space, self.epochs = space, epochs
+
+    def __call__(self, trial) -> None:
+        space = self.space
+        mode = trial.suggest_categorical("noise_mode", list(NOISE_MODES))
+        if mode != "none":
+            trial.suggest_float("noise_sigma", *space.sigma_range)
+        if mode == "attribution":
+            warmup_max = self.epochs - 1 if space.warmup_epochs_max is None else space.warmup_epochs_max
+            refresh_max = self.epochs if space.refresh_every_max is None else space.refresh_every_max
+            trial.suggest_int("shaping_warmup_epochs", 0, max(0, min(warmup_max, self.epochs - 1)))
+            trial.suggest_int("shaping_refresh_every", 1, max(1, refresh_max))
+            trial.suggest_float("shaping_clip_percentile", *space.clip_range)
+            trial.suggest_categorical("shaping_method", list(space.shaping_methods))
+        trial.suggest_float("lr", *space.lr_range, log=True)
+
+
+def reference_points(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The plain ResNet and the papers' setting (gaussian, sigma 0.5), at the base learning rate."""
+    points = [{"noise_mode": "none", "lr": cfg.base.train.lr},
+              {"noise_mode": "gaussian", "noise_sigma": REFERENCE_SIGMA, "lr": cfg.base.train.lr}]
+    return points[:cfg.num_samples]
+
+
+def trial_config(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
+    """The base config with a trial's searched params; the plain ResNet gets sigma 0 so its params say so."""
+    params = dict(params)
+    if params.get("noise_mode") == "none":
+        params["noise_sigma"] = 0.0
+    return base.with_params(params)
+
+
+def build_searcher(cfg: SweepConfig, max_concurrent: int):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True,
+                                         n_startup_trials=max(2, min(10, cfg.num_samples // 3)))
+    searcher = OptunaSearch(space=DefineSpace(cfg.space, cfg.base.train.epochs),
+                            metric=["val_accuracy", "sensitivity", "sic"], mode=["max", "min", "max"],
+                            points_to_evaluate=reference_points(cfg), sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+# --- one trial ------------------------------------------------------------------------------------
+
+class EpochLogger(ray.train.UserCallback):
+    """Runs on the Train controller: each epoch's rank-0 metrics to the trial's MLflow run, and a progress line."""
+
+    def __init__(self, tracker: dict[str, str], run_id: str, label: str, epochs: int) -> None:
+        self.tracker, self.run_id, self.label, self.epochs = tracker, run_id, label, epochs
+        self._client: SweepTracker | None = None
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if self._client is None:
+            self._client = SweepTracker(**self.tracker)
+        epoch_metrics = metrics[0]
+        epoch = int(epoch_metrics["epoch"])
+        self._client.log_epoch(self.run_id, epoch_metrics, epoch)
+        self._client.add_train_node(self.run_id, epoch_metrics.get("node_id", ""))
+        print(f"[nsde-ray] {self.label} epoch {epoch}/{self.epochs}: train_loss={epoch_metrics['train_loss']:.4f} "
+              f"val_accuracy={epoch_metrics['val_accuracy']:.4f}", flush=True)
+
+
+def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool) -> tuple[dict, dict[str, bytes]]:
+    """Evaluate a trial's final checkpoint; returns (metrics, {artifact path: bytes}) including the model file.
+
+    Runs as a Ray task holding one DDP worker's resources, so evaluation is accounted like training.
+    """
+    from nsde_ray.data import build_datasets
+    from nsde_ray.evaluate import evaluate
+    from nsde_ray.train import export_model, load_trained_model
+
+    cfg = TrialConfig.from_dict(config)
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as out_dir:
+        model, _ = load_trained_model(checkpoint_dir)
+        result = evaluate(model, build_datasets(cfg.data), cfg.eval, out_dir=out_dir, device=device, progress=False)
+        export_model(checkpoint_dir, os.path.join(out_dir, "model"))
+        files = {}
+        for folder, _, names in os.walk(out_dir):
+            for name in names:
+                path = os.path.join(folder, name)
+                with open(path, "rb") as handle:
+                    files[os.path.relpath(path, out_dir)] = handle.read()
+    metrics = dict(result.metrics, eval_time_s=time.perf_counter() - started)
+    return metrics, files
+
+
+def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
+    """Tune's trainable: train (Ray Train), evaluate, log to MLflow, report the objectives to Tune.
+
+    A trial whose MLflow run is already finished (it finished after the sweep state was last saved,
+    then the driver died) reports its stored metrics again instead of running twice.
+    """
+    from nsde_ray.train import build_trainer
+
+    started = time.perf_counter()
+    sweep_cfg = SweepConfig.from_dict(sweep)
+    cfg = trial_config(sweep_cfg.base, config)
+    trial_id = tune.get_context().get_trial_id()
+    tracking = SweepTracker(**tracker)
+    run_id, status = tracking.open_trial(trial_id, cfg.to_params())
+    if status in ("finished", "diverged"):
+        tune.report(_objectives(tracking.finished_metrics(run_id), diverged=status == "diverged"))
+        return
+    label = f"trial {trial_id} ({_describe(config)})"
+    trainer = build_trainer(cfg, name=f"trial_{trial_id}", storage_path=train_storage(sweep_cfg),
+                            callbacks=[EpochLogger(tracker, run_id, label, cfg.train.epochs)])
+    try:
+        result = trainer.fit()
+        error = result.error
+    except ray.train.TrainingFailedError as err:
+        result, error = None, err
+    if error is not None:
+        tracking.finish_trial(run_id, "failed", {}, error=f"{type(error).__name__}: {error}")
+        raise SweepError(f"{label} failed in training: {error}")
+    train_metrics = dict(result.metrics or {})
+    if train_metrics.get("diverged"):
+        tracking.finish_trial(run_id, "diverged", train_metrics, error="non-finite training loss")
+        print(f"[nsde-ray] {label} diverged (non-finite loss) at epoch {train_metrics.get('epoch')}", flush=True)
+        tune.report(_objectives(train_metrics, diverged=True))
+        return
+    # Outside the trial's placement group (which holds no CPU): the task takes one worker's resources.
+    resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0,
+                     scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    try:
+        eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
+            result.checkpoint, cfg.to_dict(), cfg.train.use_gpu))
+    except Exception as err:  # the evaluation task's error, re-raised by ray.get
+        tracking.finish_trial(run_id, "failed", train_metrics, error=f"evaluation: {err}")
+        raise SweepError(f"{label} failed in evaluation: {err}") from err
+    final = {key: value for key, value in train_metrics.items() if isinstance(value, (int, float))}
+    final.update(eval_metrics)
+    final["trial_wall_s"] = time.perf_counter() - started
+    final["overhead_s"] = final["trial_wall_s"] - final.get("train_time_s", 0.0) - final["eval_time_s"]
+    with tempfile.TemporaryDirectory() as artifact_dir:
+        for relative, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(artifact_dir, relative)), exist_ok=True)
+            with open(os.path.join(artifact_dir, relative), "wb") as handle:
+                handle.write(data)
+        tracking.finish_trial(run_id, "finished", final, artifact_dir)
+    print(f"[nsde-ray] {label} finished: val_accuracy={final['val_accuracy']:.4f} "
+          f"sensitivity={final['sensitivity']:.4f} sic={final['sic']:.4g} "
+          f"({final['trial_wall_s']:.0f} s: train {final.get('train_time_s', 0.0):.0f}, "
+          f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f})", flush=True)
+    tune.report(_objectives(final, diverged=False))
+
+
+def _objectives(metrics: dict[str, float], diverged: bool) -> dict[str, float]:
+    """What Tune and Optuna see: every numeric metric, with NaN objectives for a diverged trial."""
+    reported = {key: float(value) for key, value in metrics.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    if diverged:
+        reported.update(sensitivity=float("nan"), sic=float("nan"))
+    reported["diverged"] = float(diverged)
+    return reported
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in sorted(params.items()))
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+class FrontCallback(tune.Callback):
+    """On the driver: keep the Pareto front current in MLflow as trials finish or fail."""
+
+    def __init__(self, tracker: dict[str, str], num_samples: int) -> None:
+        self.tracker, self.num_samples = tracker, num_samples
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        rows = SweepTracker(**self.tracker).update_front()
+        done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
+        print(f"[nsde-ray] {done}/{self.num_samples} trials done; Pareto front: "
+              f"{sum(r['pareto_front'] for r in rows)} of {len(rows)} evaluated trials", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        tracking = SweepTracker(**self.tracker)
+        for run in tracking.trial_runs():
+            if run.data.tags.get("nsde.trial_id") == trial.trial_id and run.data.tags.get("nsde.status") == "running":
+                tracking.finish_trial(run.info.run_id, "failed", {}, error=str(trial.error_file or "trial error"))
+        self.on_trial_complete(iteration, trials, trial)
+
+
+def experiment_path(cfg: SweepConfig) -> str:
+    return f"{cfg.storage.rstrip('/')}/{cfg.name}"
+
+
+def train_storage(cfg: SweepConfig) -> str:
+    """Where the trials' Ray Train runs (checkpoints) live: inside the sweep's directory."""
+    return f"{experiment_path(cfg)}/{TRAIN_DIR}"
+
+
+def _filesystem(path: str):
+    import pyarrow.fs
+
+    if "://" not in path:
+        return pyarrow.fs.LocalFileSystem(), path
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def save_sweep_state(cfg: SweepConfig, tracker: dict[str, str]) -> None:
+    """The sweep's settings and MLflow ids, next to Tune's state, for ``--resume``."""
+    filesystem, root = _filesystem(experiment_path(cfg))
+    filesystem.create_dir(root, recursive=True)
+    with filesystem.open_output_stream(f"{root}/{SWEEP_FILE}") as handle:
+        handle.write(json.dumps({"sweep": cfg.to_dict(), "tracker": tracker}, indent=2).encode())
+
+
+def load_sweep_state(storage: str, name: str) -> tuple[SweepConfig, dict[str, str]]:
+    """What :func:`save_sweep_state` wrote for sweep ``name`` in ``storage``; SweepError if there is none."""
+    import pyarrow.fs
+
+    filesystem, root = _filesystem(f"{storage.rstrip('/')}/{name}")
+    if filesystem.get_file_info(f"{root}/{SWEEP_FILE}").type == pyarrow.fs.FileType.NotFound:
+        raise SweepError(f"no sweep named {name!r} in {storage} to resume; check --name and --storage"
+                         f" (sweeps there: {', '.join(list_sweeps(storage)) or 'none'})")
+    with filesystem.open_input_stream(f"{root}/{SWEEP_FILE}") as handle:
+        state = json.loads(handle.read().decode())
+    return SweepConfig.from_dict(state["sweep"]), state["tracker"]
+
+
+def list_sweeps(storage: str) -> list[str]:
+    import pyarrow.fs
+
+    filesystem, root = _filesystem(storage)
+    try:
+        entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return []
+    return sorted(os.path.basename(e.path) for e in entries
+                  if filesystem.get_file_info(f"{e.path}/{SWEEP_FILE}").type == pyarrow.fs.FileType.File)
+
+
+def sweep_exists(storage: str, name: str) -> bool:
+    return name in list_sweeps(storage)
+
+
+def default_max_concurrent(cfg: SweepConfig) -> int:
+    """Trials that fit at once in the connected cluster: each needs its DDP workers' CPUs (and GPUs)."""
+    resources = ray.cluster_resources()
+    train = cfg.base.train
+    fits = int(resources.get("CPU", 1) // (train.num_workers * train.cpus_per_worker))
+    if train.use_gpu:
+        fits = min(fits, int(resources.get("GPU", 0) // train.num_workers))
+    return max(1, fits)
+
+
+def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool) -> tune.Tuner:
+    """A new ``Tuner`` for ``cfg``, or (``resume``) the one restored from its experiment directory.
+
+    The trainable asks Tune for no CPU of its own (only a nominal memory reservation, as Tune
+    refuses an empty request): its ``TorchTrainer`` workers and the evaluation task hold the
+    resources, so N one-worker trials fit on N CPUs without a deadlock.
+    """
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=cfg.to_dict(), tracker=tracker),
+                                    {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+    if resume:
+        return tune.Tuner.restore(experiment_path(cfg), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    max_concurrent = cfg.max_concurrent or default_max_concurrent(cfg)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=build_searcher(cfg, max_concurrent), num_samples=cfg.num_samples,
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.storage, verbose=1,
+                                  callbacks=[FrontCallback(tracker, cfg.num_samples)],
+                                  failure_config=tune.FailureConfig(max_failures=1)))
