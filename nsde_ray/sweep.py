@@ -169,7 +169,7 @@ def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
         raise SweepError(f"{label} failed in training: {error}")
     train_metrics = dict(result.metrics or {})
     if train_metrics.get("diverged"):
-        tracking.finish_trial(run_id, "diverged", train_metrics, error="non-finite training loss")
+        tracking.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
         print(f"[nsde-ray] {label} diverged (non-finite loss) at epoch {train_metrics.get('epoch')}", flush=True)
         tune.report(_objectives(train_metrics, diverged=True))
         return
@@ -180,7 +180,7 @@ def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
         eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
             result.checkpoint, cfg.to_dict(), cfg.train.use_gpu))
     except Exception as err:  # the evaluation task's error, re-raised by ray.get
-        tracking.finish_trial(run_id, "failed", train_metrics, error=f"evaluation: {err}")
+        tracking.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")
         raise SweepError(f"{label} failed in evaluation: {err}") from err
     final = {key: value for key, value in train_metrics.items() if isinstance(value, (int, float))}
     final.update(eval_metrics)
@@ -191,7 +191,9 @@ def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
             os.makedirs(os.path.dirname(os.path.join(artifact_dir, relative)), exist_ok=True)
             with open(os.path.join(artifact_dir, relative), "wb") as handle:
                 handle.write(data)
-        tracking.finish_trial(run_id, "finished", final, artifact_dir)
+        # the per-epoch metrics (train_loss, val_accuracy, ...) are in the run already, from EpochLogger
+        tracking.finish_trial(run_id, "finished", {k: v for k, v in final.items() if k not in train_metrics},
+                              artifact_dir)
     print(f"[nsde-ray] {label} finished: val_accuracy={final['val_accuracy']:.4f} "
           f"sensitivity={final['sensitivity']:.4f} sic={final['sic']:.4g} "
           f"({final['trial_wall_s']:.0f} s: train {final.get('train_time_s', 0.0):.0f}, "
