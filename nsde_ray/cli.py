@@ -25,6 +25,13 @@ SMOKE_SAMPLES, SMOKE_EPOCHS = 3, 2
 SMOKE_EVAL = dict(num_images=16, n_steps=16, n_perturbations=4, saturation_images=4, grid_images=4)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except where the help text already says what no value means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sweeps.accuracy_vs_robustness",
@@ -32,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy against attribution robustness: Ray Tune + Optuna over Ray Train trials, tracked in "
                     "MLflow. With no flags: scikit-learn digits, a small CIFAR-style ResNet, local Ray, MLflow's "
                     "default local store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     data = parser.add_argument_group("data and model")
     data.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
     data.add_argument("--data-dir", default=None, help="where cifar10/cifar100/imagenet/imagefolder live")
