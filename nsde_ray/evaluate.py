@@ -35,6 +35,7 @@ from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
 ARTIFACT_GRID = "attributions.png"
 ARTIFACT_SIC = "sic_curve.png"
 ARTIFACT_SATURATION = "ig_saturation.png"
+GALLERY_DIR = "gallery"  # the first grid images as PNG files, <index>_<class>.png, for the dashboards
 
 
 class EvaluationError(ValueError):
@@ -92,7 +93,7 @@ def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str
                    internal_batch_size=cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     deltas = uniform_perturbations(images.shape, cfg.n_perturbations, cfg.sensitivity_radius, splits.std, generator)
-    shap_baselines = _training_sample(splits.train, cfg.deepshap_baselines, cfg.seed).to(device)
+    shap_baselines = training_sample(splits.train_unaugmented, cfg.deepshap_baselines, cfg.seed).to(device)
     pixels = images * channel_std + channel_mean
     foreground = foreground_masks(splits, pixels)
 
@@ -147,10 +148,19 @@ def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str
         plots.attribution_grid(artifacts[0], pixels[:shown], {m: v[:shown] for m, v in maps.items()}, names)
         plots.sic_curves(artifacts[1], pic.curve_x, sic_curves, {m: metrics[f"sic_{m}"] for m in sic_curves})
         plots.saturation(artifacts[2], saturation)
+        os.makedirs(os.path.join(out_dir, GALLERY_DIR), exist_ok=True)
+        for index, name in enumerate(names):
+            artifacts.append(os.path.join(out_dir, GALLERY_DIR, f"{index:02d}_{_file_safe(name)}.png"))
+            plots.save_image(artifacts[-1], pixels[index])
     return EvalResult(metrics, labels.cpu(), artifacts)
 
 
-def _training_sample(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+def training_sample(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
+    """``count`` images (count, C, H, W) of ``dataset`` in a seeded order: DeepSHAP's baseline distribution."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))[:count]
     return torch.stack([dataset[int(i)][0] for i in order])
 

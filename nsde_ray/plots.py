@@ -19,24 +19,37 @@ def to_display(pixels: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
-def attribution_grid(path: str, pixels: torch.Tensor, maps: dict[str, torch.Tensor], labels: list[str]) -> None:
-    """One row per image: the input, then each method's signed map (B, H, W) over a grey copy of it.
+def save_image(path: str, pixels: torch.Tensor) -> None:
+    """Pixels (C, H, W) in [0, 1] as an 8-bit grey or RGB PNG at their own size."""
+    from PIL import Image
 
-    A diverging colormap (red positive, blue negative) is centred on zero and scaled per map to
-    its 99th percentile of |attribution|, so one extreme pixel does not wash the map out.
+    Image.fromarray(np.round(to_display(pixels) * 255).astype(np.uint8)).save(path)
+
+
+def overlay(pixels: torch.Tensor, attribution: torch.Tensor, alpha: float = 0.65) -> np.ndarray:
+    """A signed map (H, W) over a grey copy of the image (C, H, W) in [0, 1] -> RGB (H, W, 3) in [0, 1].
+
+    A diverging colormap (red positive, blue negative) is centred on zero and scaled to the map's
+    99th percentile of |attribution|, so one extreme pixel does not wash the map out.
     """
+    image = to_display(pixels)
+    grey = image if image.ndim == 2 else image.mean(axis=2)
+    values = attribution.detach().float().cpu().numpy()
+    limit = float(np.percentile(np.abs(values), 99)) or 1.0
+    colours = plt.get_cmap("bwr")((np.clip(values / limit, -1, 1) + 1) / 2)[..., :3]
+    return (1 - alpha) * grey[..., None] + alpha * colours
+
+
+def attribution_grid(path: str, pixels: torch.Tensor, maps: dict[str, torch.Tensor], labels: list[str]) -> None:
+    """One row per image: the input, then each method's signed map (B, H, W) as an :func:`overlay`."""
     rows, columns = len(pixels), 1 + len(maps)
     figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.0 * rows), squeeze=False)
     for row in range(rows):
         image = to_display(pixels[row])
-        grey = image if image.ndim == 2 else image.mean(axis=2)
         axes[row, 0].imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
         axes[row, 0].set_title(labels[row], fontsize=8)
         for column, (method, attribution) in enumerate(maps.items(), start=1):
-            values = attribution[row].cpu().numpy()
-            limit = float(np.percentile(np.abs(values), 99)) or 1.0
-            axes[row, column].imshow(grey, cmap="gray", vmin=0, vmax=1)
-            axes[row, column].imshow(values, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.65)
+            axes[row, column].imshow(overlay(pixels[row], attribution[row]))
             if row == 0:
                 axes[row, column].set_title(method, fontsize=9)
     for axis in axes.flat:
@@ -91,11 +104,10 @@ def _hover(row: dict) -> str:
                        for key in shown if row.get(key, "") != "")
 
 
-def pareto_html(path: str, rows: list[dict]) -> None:
-    """Interactive accuracy vs sensitivity and accuracy vs SIC; front points highlighted, params on hover.
+def pareto_figure(rows: list[dict]):
+    """Interactive (plotly) accuracy vs sensitivity and accuracy vs SIC; front points highlighted, params on hover.
 
-    rows: :meth:`nsde_ray.tracking.SweepTracker.front_rows`. plotly.js is embedded, so the file
-    opens offline (from the MLflow UI's artifact view, or saved to disk).
+    rows: :meth:`nsde_ray.tracking.SweepTracker.front_rows`. Each trial is one point per panel.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -108,10 +120,19 @@ def pareto_html(path: str, rows: list[dict]) -> None:
             figure.add_trace(go.Scatter(x=[row[metric] for row in chosen], y=[row["val_accuracy"] for row in chosen],
                                         mode="markers", name=name, marker=marker, showlegend=column == 1,
                                         legendgroup=name, text=[_hover(row) for row in chosen],
-                                        hoverinfo="text"), row=1, col=column)
+                                        customdata=[row["run_id"] for row in chosen], hoverinfo="text"),
+                             row=1, col=column)
         figure.update_xaxes(title_text=title, row=1, col=column)
         figure.update_yaxes(title_text="validation accuracy", row=1, col=column)
-    figure.update_layout(title="Accuracy vs attribution robustness", height=520, width=1100)
+    figure.update_layout(title="Accuracy vs attribution robustness", height=520)
+    return figure
+
+
+def pareto_html(path: str, rows: list[dict]) -> None:
+    """:func:`pareto_figure` as a standalone HTML file; plotly.js is embedded, so it opens offline
+    (from the MLflow UI's artifact view, or saved to disk)."""
+    figure = pareto_figure(rows)
+    figure.update_layout(width=1100)
     figure.write_html(path, include_plotlyjs=True)
 
 

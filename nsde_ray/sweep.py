@@ -32,7 +32,7 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from nsde_ray.config import NOISE_MODES, REFERENCE_SIGMA, SearchSpace, SweepConfig, TrialConfig
-from nsde_ray.tracking import SweepTracker
+from nsde_ray.tracking import MODEL_DIR, SweepTracker
 
 SWEEP_FILE = "nsde_sweep.json"
 TRAIN_DIR = "train"
@@ -120,15 +120,17 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu:
     """
     from nsde_ray.data import build_datasets
     from nsde_ray.evaluate import evaluate
-    from nsde_ray.train import export_model, load_trained_model
+    from nsde_ray.explain import export_model
+    from nsde_ray.train import load_trained_model
 
     cfg = TrialConfig.from_dict(config)
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as out_dir:
         model, _ = load_trained_model(checkpoint_dir)
-        result = evaluate(model, build_datasets(cfg.data), cfg.eval, out_dir=out_dir, device=device, progress=False)
-        export_model(checkpoint_dir, os.path.join(out_dir, "model"))
+        splits = build_datasets(cfg.data)
+        result = evaluate(model, splits, cfg.eval, out_dir=out_dir, device=device, progress=False)
+        export_model(checkpoint_dir, splits, os.path.join(out_dir, MODEL_DIR), seed=cfg.eval.seed)
         files = {}
         for folder, _, names in os.walk(out_dir):
             for name in names:

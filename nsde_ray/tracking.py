@@ -158,6 +158,8 @@ class SweepTracker:
                 continue
             row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TRIAL_ID, "")}
             row.update({name: run.data.params.get(name, "") for name in FRONT_PARAMS})
+            if row["noise_mode"] != "attribution":  # shaping params are unused defaults there
+                row.update({name: "" for name in FRONT_PARAMS if name.startswith("shaping_")})
             row.update({name: metrics[name] for name, _ in pareto.OBJECTIVES})
             rows.append(row)
         if rows:
@@ -201,7 +203,7 @@ def front_table(rows: list[dict[str, Any]]) -> str:
     """The front (and the trials off it) as a fixed-width text table."""
     columns = ("pareto_front", "val_accuracy", "sensitivity", "sic", "noise_mode", "noise_sigma", "lr", "trial_id")
     lines = io.StringIO()
-    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[format_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)) + "\n")
     for r in cells:
@@ -209,7 +211,8 @@ def front_table(rows: list[dict[str, Any]]) -> str:
     return lines.getvalue()
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell: ``*`` for True, 4 significant digits for numbers and numeric strings (MLflow params)."""
     if isinstance(value, bool):
         return "*" if value else ""
     if isinstance(value, float):

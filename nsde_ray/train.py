@@ -82,21 +82,6 @@ def load_trained_model(checkpoint_dir: str) -> tuple[nn.Module, TrialConfig]:
     return model.eval(), cfg
 
 
-MODEL_KEYS = ("model", "num_classes", "in_channels", "epoch", "config")
-
-
-def export_model(checkpoint_dir: str, out_dir: str) -> str:
-    """Write the weights and config of a checkpoint (no optimizer state) to ``out_dir``; returns the file.
-
-    :func:`load_trained_model` reads ``out_dir`` back; MLflow keeps it as the trial's model.
-    """
-    state = load_checkpoint(checkpoint_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, CHECKPOINT_FILE)
-    torch.save({key: state[key] for key in MODEL_KEYS}, path)
-    return path
-
-
 def train_fn_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` is :meth:`TrialConfig.to_dict`."""
     cfg = TrialConfig.from_dict(config)

@@ -1,0 +1,127 @@
+"""What the dashboards read from MLflow: sweeps, their trials and front, trial artifacts and models.
+
+Read-only, through :class:`mlflow.MlflowClient`, with the names of :mod:`nsde_ray.tracking`.
+Artifacts are downloaded once into a cache folder; models load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow import MlflowClient
+
+from nsde_ray import tracking
+from nsde_ray.evaluate import ARTIFACT_GRID, GALLERY_DIR
+from nsde_ray.explain import MODEL_FILE, ModelBundle, load_model
+
+
+class DashboardError(RuntimeError):
+    """Something the page shows the user instead of a result; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's MLflow experiment and parent run."""
+
+    name: str
+    experiment_id: str
+    parent_run_id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.parent_run_id[:8]})"
+
+
+class SweepStore:
+    """The sweeps in one MLflow tracking store; safe to share between the app's request threads."""
+
+    def __init__(self, tracking_uri: str, ui_url: str | None = None, cache_dir: str | None = None) -> None:
+        self.tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        self.ui_url = (ui_url or (self.tracking_uri if self.tracking_uri.startswith("http") else
+                                  "http://127.0.0.1:5000")).rstrip("/")
+        self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="nsde-dashboards-")
+        self._models: dict[str, ModelBundle] = {}
+        self._lock = threading.Lock()
+
+    def sweeps(self) -> list[Sweep]:
+        """Every sweep (parent run tagged ``nsde.role = sweep``), newest first."""
+        try:
+            experiments = self.client.search_experiments()
+            runs = self.client.search_runs([e.experiment_id for e in experiments],
+                                           filter_string=f"tags.`{tracking.ROLE}` = 'sweep'",
+                                           order_by=["attributes.start_time DESC"]) if experiments else []
+        except Exception as err:  # connection refused, bad URI: MLflow raises many kinds
+            raise DashboardError(f"cannot read the MLflow store {self.tracking_uri!r}: {err}") from err
+        names = {e.experiment_id: e.name for e in experiments}
+        return [Sweep(names.get(run.info.experiment_id, run.info.experiment_id), run.info.experiment_id,
+                      run.info.run_id) for run in runs]
+
+    def sweep(self, label: str) -> Sweep:
+        for sweep in self.sweeps():
+            if sweep.label == label:
+                return sweep
+        raise DashboardError(f"no sweep {label!r} in {self.tracking_uri}; pick one from the list")
+
+    def trials(self, sweep: Sweep) -> list[dict[str, Any]]:
+        """Finished trials with their objectives and ``pareto_front`` flag (:meth:`SweepTracker.front_rows`)."""
+        return tracking.SweepTracker(self.tracking_uri, sweep.experiment_id, sweep.parent_run_id).front_rows()
+
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def run_url(self, sweep: Sweep, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{sweep.experiment_id}/runs/{run_id}"
+
+    def artifact(self, run_id: str, path: str) -> str | None:
+        """A local copy of the run's artifact ``path`` (file or folder), or None if the run has none."""
+        target = os.path.join(self.cache_dir, run_id)
+        local = os.path.join(target, path)
+        if os.path.exists(local):
+            return local
+        parent = os.path.dirname(path)
+        if path not in {a.path for a in self.client.list_artifacts(run_id, parent or None)}:
+            return None
+        os.makedirs(target, exist_ok=True)
+        return self.client.download_artifacts(run_id, path, target)
+
+    def grid(self, run_id: str) -> str | None:
+        return self.artifact(run_id, ARTIFACT_GRID)
+
+    def gallery(self, run_id: str) -> list[str]:
+        """The run's evaluation images (PNG paths), sorted; empty if it logged none."""
+        folder = self.artifact(run_id, GALLERY_DIR)
+        if folder is None:
+            return []
+        return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".png"))
+
+    def model(self, run_id: str) -> ModelBundle:
+        """The run's exported model (``model/checkpoint.pt``), loaded once."""
+        with self._lock:
+            if run_id in self._models:
+                return self._models[run_id]
+            path = self.artifact(run_id, f"{tracking.MODEL_DIR}/{MODEL_FILE}")
+            if path is None:
+                raise DashboardError(f"run {run_id} has no model artifact ({tracking.MODEL_DIR}/{MODEL_FILE}): it "
+                                     "failed, diverged, or its artifacts were deleted; choose another run")
+            try:
+                bundle = load_model(path)
+            except Exception as err:  # a truncated download, a file from an older version
+                raise DashboardError(f"run {run_id}'s model cannot be loaded: {err}") from err
+            self._models[run_id] = bundle
+            return bundle
+
+
+def default_pair(rows: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(plain ResNet, neural SDE) run ids: the most accurate ``none`` trial, and the front's noisy trial with
+    the lowest sensitivity (any noisy trial if none is on the front)."""
+    plain = [r for r in rows if r.get("noise_mode") == "none"]
+    noisy = [r for r in rows if r.get("noise_mode") != "none"]
+    front = [r for r in noisy if r["pareto_front"]] or noisy
+    left = max(plain, key=lambda r: r["val_accuracy"])["run_id"] if plain else None
+    right = min(front, key=lambda r: r["sensitivity"])["run_id"] if front else None
+    return left, right
