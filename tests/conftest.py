@@ -1,4 +1,8 @@
+import os
+
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +42,33 @@ def digits_model():
             loss.backward()
             optimizer.step()
     return model.eval(), splits
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """One ``--smoke-test`` sweep logged to a real ``mlflow server`` on 127.0.0.1, shared by the tests that read it.
+
+    Yields (tracking URI, sweep name, the sweep's printed output). The server stays up for the session.
+    """
+    import subprocess
+    import sys
+
+    from helpers import mlflow_server
+
+    folder = tmp_path_factory.mktemp("smoke_sweep")
+    with mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts", folder / "server.log") as uri:
+        command = [sys.executable, "-m", "sweeps.accuracy_vs_robustness", "--smoke-test", "--storage",
+                   str(folder / "ray"), "--name", "smoke", "--tracking-uri", uri]
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=900,
+                              env=dict(os.environ, PYTHONPATH=REPO))
+        assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+        yield uri, "smoke", done.stdout + done.stderr
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, local artifact store); yields its URI."""
+    from helpers import mlflow_server as serve
+
+    with serve(f"sqlite:///{tmp_path}/server.db", tmp_path / "art", tmp_path / "server.log") as uri:
+        yield uri

@@ -1,90 +1,19 @@
 """The main command end to end: real Ray (local and multi-node), real MLflow (SQLite and a server), SIGKILL."""
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import pytest
 
+from helpers import finish_sweep, start_sweep, trial_runs, wait_until
 from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG
 
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMAND = [sys.executable, "-m", "sweeps.accuracy_vs_robustness"]
-
-
-def _start_sweep(flags: list[str], tmp_path, log_name: str) -> subprocess.Popen:
-    log = open(tmp_path / log_name, "w")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.Popen(COMMAND + flags, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def _finish(process: subprocess.Popen, tmp_path, log_name: str, timeout: float) -> str:
-    try:
-        process.wait(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = (tmp_path / log_name).read_text()
-    assert process.returncode == 0, output[-5000:]
-    return output
-
-
-def _children(uri: str, experiment: str) -> list:
-    client = mlflow.MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'trial'")
-
-
-def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        assert process.poll() is None, f"the sweep exited (code {process.returncode}) before {what}"
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real ``mlflow server`` on 127.0.0.1 with its own artifact store; yields its URI."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"),
-         "--workers", "1"],
-        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(1)
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
-
 
 def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, mlflow_server):
     flags = ["--smoke-test", "--storage", str(tmp_path / "ray"), "--name", "smoke", "--tracking-uri", mlflow_server]
-    output = _finish(_start_sweep(flags, tmp_path, "smoke.log"), tmp_path, "smoke.log", timeout=900)
+    output = finish_sweep(start_sweep(flags, tmp_path, "smoke.log"), tmp_path, "smoke.log", timeout=900)
     assert f"mlflow ui" in output or mlflow_server in output
     assert "tags.pareto_front = 'true'" in output
 
@@ -123,20 +52,21 @@ def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, mlflow_serv
 def test_resume_after_sigkill_keeps_finished_trials_and_duplicates_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     flags = ["--smoke-test", "--storage", str(tmp_path / "ray"), "--name", "resumable", "--tracking-uri", uri]
-    process = _start_sweep(flags, tmp_path, "first.log")
+    process = start_sweep(flags, tmp_path, "first.log")
     try:
-        _wait_for(lambda: any(r.data.tags.get("nsde.status") == "finished" for r in _children(uri, "resumable")),
-                  600, "a finished trial", process)
+        wait_until(lambda: any(r.data.tags.get("nsde.status") == "finished" for r in trial_runs(uri, "resumable")),
+                   process, tmp_path / "first.log", 600, "a finished trial", poll=2)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    before = {r.data.tags["nsde.trial_id"]: r for r in _children(uri, "resumable")}
+    before = {r.data.tags["nsde.trial_id"]: r for r in trial_runs(uri, "resumable")}
     finished_before = {t: r for t, r in before.items() if r.data.tags["nsde.status"] == "finished"}
     assert finished_before and len(before) < 3 + 1
 
-    output = _finish(_start_sweep(flags + ["--resume"], tmp_path, "resume.log"), tmp_path, "resume.log", timeout=900)
+    resumed = start_sweep(flags + ["--resume"], tmp_path, "resume.log")
+    output = finish_sweep(resumed, tmp_path, "resume.log", timeout=900)
     assert "3 trials, 3 evaluated, 0 failed" in output
-    after = _children(uri, "resumable")
+    after = trial_runs(uri, "resumable")
     trial_ids = [r.data.tags["nsde.trial_id"] for r in after]
     assert len(after) == 3 and len(set(trial_ids)) == 3  # num_samples trials, no run duplicated
     assert set(before) <= set(trial_ids)  # runs of trials started before the kill are kept
@@ -157,27 +87,27 @@ def test_node_loss_mid_trial_retries_from_the_checkpoint(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     flags = ["--num-samples", "2", "--epochs", "4", "--eval-images", "16", "--storage", str(tmp_path / "ray"),
              "--name", "nodeloss", "--tracking-uri", uri, "--address", cluster.address]
-    process = _start_sweep(flags, tmp_path, "nodeloss.log")
+    process = start_sweep(flags, tmp_path, "nodeloss.log")
     client = mlflow.MlflowClient(uri)
 
     def one_epoch_done():
-        return [r for r in _children(uri, "nodeloss")
+        return [r for r in trial_runs(uri, "nodeloss")
                 if r.data.tags.get("nsde.train_nodes") and len(client.get_metric_history(r.info.run_id, "epoch")) >= 1
                 and r.data.tags.get("nsde.status") == "running"]
 
     try:
-        _wait_for(lambda: one_epoch_done(), 600, "a trial's first epoch", process)
+        wait_until(lambda: one_epoch_done(), process, tmp_path / "nodeloss.log", 600, "a trial's first epoch", poll=2)
         victim_run = one_epoch_done()[0]
         victim_node = victim_run.data.tags["nsde.train_nodes"].split(",")[0]
         cluster.remove_node(next(n for n in nodes if n.node_id == victim_node))
         cluster.add_node(num_cpus=1)  # a replacement, as an autoscaler would bring
-        output = _finish(process, tmp_path, "nodeloss.log", timeout=900)
+        output = finish_sweep(process, tmp_path, "nodeloss.log", timeout=900)
     finally:
         if process.poll() is None:
             process.kill()
         cluster.shutdown()
     assert "2 trials, 2 evaluated, 0 failed" in output
-    runs = _children(uri, "nodeloss")
+    runs = trial_runs(uri, "nodeloss")
     assert len(runs) == 2 and all(r.data.tags["nsde.status"] == "finished" for r in runs)
     victim = client.get_run(victim_run.info.run_id)
     assert max(m.value for m in client.get_metric_history(victim.info.run_id, "resumed_from_epoch")) >= 1

@@ -1,0 +1,106 @@
+"""Helpers for the end-to-end tests that start real servers: free ports, readiness waits, process-group teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlflow
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEP_COMMAND = [sys.executable, "-m", "sweeps.accuracy_vs_robustness"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_ok(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float, what: str,
+               poll: float = 0.5) -> None:
+    """Poll ``ready`` until it holds; fail with ``log``'s tail if ``process`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        tail = log.read_text()[-3000:] if log.exists() else ""
+        assert process.poll() is None, f"{process.args[:3]} exited (code {process.returncode}) before {what}:\n{tail}"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}:\n{tail}"
+        time.sleep(poll)
+
+
+def start_in_group(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``command`` in a process group of its own (see :func:`stop_group`), output to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group that :func:`start_in_group` made, then SIGKILL what is left of it."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, timeout: float = 120) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 with ``backend_store_uri`` and a local artifact store; yields its URI."""
+    port = free_port()
+    server = start_in_group(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts), "--workers", "1"], log)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{uri}/health"), server, log, timeout, "the mlflow server answered")
+        yield uri
+    finally:
+        stop_group(server)
+
+
+def start_sweep(flags: list[str], tmp_path: Path, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m sweeps.accuracy_vs_robustness FLAGS`` in ``tmp_path`` (extra ``env`` on top of ours)."""
+    with open(tmp_path / log_name, "w") as log:
+        return subprocess.Popen(SWEEP_COMMAND + flags, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
+
+
+def finish_sweep(process: subprocess.Popen, tmp_path: Path, log_name: str, timeout: float) -> str:
+    """Wait for a sweep from :func:`start_sweep`, assert it succeeded, and return its output."""
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = (tmp_path / log_name).read_text()
+    assert process.returncode == 0, output[-5000:]
+    return output
+
+
+def trial_runs(uri: str, experiment: str) -> list:
+    """The trial (child) runs of the sweep whose MLflow experiment is ``experiment``."""
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'trial'")
