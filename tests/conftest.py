@@ -1,8 +1,4 @@
-import os
-
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +46,12 @@ def smoke_sweep(tmp_path_factory):
 
     Yields (tracking URI, sweep name, the sweep's printed output). The server stays up for the session.
     """
-    import subprocess
-    import sys
-
-    from helpers import mlflow_server
+    from helpers import finish_sweep, mlflow_server, start_sweep
 
     folder = tmp_path_factory.mktemp("smoke_sweep")
     with mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts", folder / "server.log") as uri:
-        command = [sys.executable, "-m", "sweeps.accuracy_vs_robustness", "--smoke-test", "--storage",
-                   str(folder / "ray"), "--name", "smoke", "--tracking-uri", uri]
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=900,
-                              env=dict(os.environ, PYTHONPATH=REPO))
-        assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
-        yield uri, "smoke", done.stdout + done.stderr
+        flags = ["--smoke-test", "--storage", str(folder / "ray"), "--name", "smoke", "--tracking-uri", uri]
+        yield uri, "smoke", finish_sweep(start_sweep(flags, folder, "smoke.log"), folder, "smoke.log", timeout=900)
 
 
 @pytest.fixture

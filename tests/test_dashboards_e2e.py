@@ -9,12 +9,11 @@ import sys
 
 import mlflow
 import pytest
-from helpers import free_port, http_ok, start_in_group, stop_group, wait_until
+from helpers import REPO, free_port, http_ok, start_in_group, stop_group, wait_until
 from PIL import Image
 
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCREENSHOTS = os.path.join(REPO, "test-artifacts", "dashboards")
+SCREENSHOTS = str(REPO / "test-artifacts" / "dashboards")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine notes say: no background networking (this machine's network is closed), fresh profile.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -29,7 +28,7 @@ def dashboard(smoke_sweep, tmp_path_factory):
     port = free_port()
     app = start_in_group([sys.executable, "-m", "dashboards", "--tracking-uri", uri, "--port", str(port),
                           "--max-upload-mb", "1"], folder / "app.log",
-                         env=dict(os.environ, PYTHONPATH=REPO, GRADIO_ANALYTICS_ENABLED="False"))
+                         env=dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: http_ok(url), app, folder / "app.log", 120, "the dashboards app")

@@ -11,14 +11,15 @@ from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG
 
 pytestmark = pytest.mark.slow
 
-def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, mlflow_server):
-    flags = ["--smoke-test", "--storage", str(tmp_path / "ray"), "--name", "smoke", "--tracking-uri", mlflow_server]
-    output = finish_sweep(start_sweep(flags, tmp_path, "smoke.log"), tmp_path, "smoke.log", timeout=900)
-    assert f"mlflow ui" in output or mlflow_server in output
+
+def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep):
+    """The session's smoke sweep (tests/conftest.py), run against a real ``mlflow server`` on 127.0.0.1."""
+    mlflow_server, name, output = smoke_sweep
+    assert "mlflow ui" in output or mlflow_server in output
     assert "tags.pareto_front = 'true'" in output
 
     client = mlflow.MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("smoke")
+    experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("nsde.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("nsde.role") == "trial"]
