@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import torch
@@ -113,13 +113,15 @@ class EpochLogger(ray.train.UserCallback):
               f"val_accuracy={epoch_metrics['val_accuracy']:.4f}", flush=True)
 
 
-def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool) -> tuple[dict, dict[str, bytes]]:
+def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool,
+                        repeats: int = 1) -> tuple[dict, dict[str, bytes]]:
     """Evaluate a trial's final checkpoint; returns (metrics, {artifact path: bytes}) including the model file.
 
+    ``repeats`` > 1 repeats the evaluation on new seeded image sets (:func:`evaluate_repeated`).
     Runs as a Ray task holding one DDP worker's resources, so evaluation is accounted like training.
     """
     from nsde_ray.data import build_datasets
-    from nsde_ray.evaluate import evaluate
+    from nsde_ray.evaluate import evaluate_repeated
     from nsde_ray.explain import export_model
     from nsde_ray.train import load_trained_model
 
@@ -129,7 +131,7 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu:
     with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as out_dir:
         model, _ = load_trained_model(checkpoint_dir)
         splits = build_datasets(cfg.data)
-        result = evaluate(model, splits, cfg.eval, out_dir=out_dir, device=device, progress=False)
+        result = evaluate_repeated(model, splits, cfg.eval, repeats, out_dir=out_dir, device=device, progress=False)
         export_model(checkpoint_dir, splits, os.path.join(out_dir, MODEL_DIR), seed=cfg.eval.seed)
         files = {}
         for folder, _, names in os.walk(out_dir):
@@ -141,26 +143,29 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu:
     return metrics, files
 
 
-def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
+def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeats: int = 1) -> None:
     """Tune's trainable: train (Ray Train), evaluate, log to MLflow, report the objectives to Tune.
 
+    ``config`` holds the trial's params, applied to ``base`` (:meth:`TrialConfig.to_dict`);
+    ``storage_path`` is where its Train run keeps checkpoints; ``repeats`` as :func:`evaluate_checkpoint`.
     A trial whose MLflow run is already finished (it finished after the sweep state was last saved,
     then the driver died) reports its stored metrics again instead of running twice.
     """
     from nsde_ray.train import build_trainer
 
     started = time.perf_counter()
-    sweep_cfg = SweepConfig.from_dict(sweep)
-    cfg = trial_config(sweep_cfg.base, config)
+    cfg = trial_config(TrialConfig.from_dict(base), config)
     trial_id = tune.get_context().get_trial_id()
     tracking = SweepTracker(**tracker)
     run_id, status = tracking.open_trial(trial_id, cfg.to_params())
+    logging_s = time.perf_counter() - started
     if status in ("finished", "diverged"):
         tune.report(_objectives(tracking.finished_metrics(run_id), diverged=status == "diverged"))
         return
     label = f"trial {trial_id} ({_describe(config)})"
-    trainer = build_trainer(cfg, name=f"trial_{trial_id}", storage_path=train_storage(sweep_cfg),
+    trainer = build_trainer(cfg, name=f"trial_{trial_id}", storage_path=storage_path,
                             callbacks=[EpochLogger(tracker, run_id, label, cfg.train.epochs)])
+    fit_started = time.perf_counter()
     try:
         result = trainer.fit()
         error = result.error
@@ -169,6 +174,7 @@ def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
     if error is not None:
         tracking.finish_trial(run_id, "failed", {}, error=f"{type(error).__name__}: {error}")
         raise SweepError(f"{label} failed in training: {error}")
+    fit_s = time.perf_counter() - fit_started
     train_metrics = dict(result.metrics or {})
     if train_metrics.get("diverged"):
         tracking.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
@@ -178,16 +184,22 @@ def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
     # Outside the trial's placement group (which holds no CPU): the task takes one worker's resources.
     resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0,
                      scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    eval_started = time.perf_counter()
     try:
         eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
-            result.checkpoint, cfg.to_dict(), cfg.train.use_gpu))
+            result.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats))
     except Exception as err:  # the evaluation task's error, re-raised by ray.get
         tracking.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")
         raise SweepError(f"{label} failed in evaluation: {err}") from err
     final = {key: value for key, value in train_metrics.items() if isinstance(value, (int, float))}
     final.update(eval_metrics)
+    # Where the overhead goes: starting the Train run (controller, workers, process group; plus the
+    # per-epoch checkpoints), starting the evaluation task (process, imports, data), MLflow logging.
+    final["train_startup_s"] = fit_s - final.get("train_time_s", 0.0)
+    final["eval_startup_s"] = time.perf_counter() - eval_started - final["eval_time_s"]
     final["trial_wall_s"] = time.perf_counter() - started
     final["overhead_s"] = final["trial_wall_s"] - final.get("train_time_s", 0.0) - final["eval_time_s"]
+    logging_started = time.perf_counter()
     with tempfile.TemporaryDirectory() as artifact_dir:
         for relative, data in files.items():
             os.makedirs(os.path.dirname(os.path.join(artifact_dir, relative)), exist_ok=True)
@@ -196,10 +208,14 @@ def run_trial(config: dict, sweep: dict, tracker: dict) -> None:
         # the per-epoch metrics (train_loss, val_accuracy, ...) are in the run already, from EpochLogger
         tracking.finish_trial(run_id, "finished", {k: v for k, v in final.items() if k not in train_metrics},
                               artifact_dir)
+    final["logging_s"] = logging_s + time.perf_counter() - logging_started
+    tracking.client.log_metric(run_id, "logging_s", final["logging_s"])
     print(f"[nsde-ray] {label} finished: val_accuracy={final['val_accuracy']:.4f} "
           f"sensitivity={final['sensitivity']:.4f} sic={final['sic']:.4g} "
           f"({final['trial_wall_s']:.0f} s: train {final.get('train_time_s', 0.0):.0f}, "
-          f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f})", flush=True)
+          f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f}: Train start-up "
+          f"{final['train_startup_s']:.0f}, eval start-up {final['eval_startup_s']:.0f}, "
+          f"logging {final['logging_s']:.0f})", flush=True)
     tune.report(_objectives(final, diverged=False))
 
 
@@ -220,17 +236,19 @@ def _describe(params: dict[str, Any]) -> str:
 
 # --- the driver -----------------------------------------------------------------------------------
 
-class FrontCallback(tune.Callback):
-    """On the driver: keep the Pareto front current in MLflow as trials finish or fail."""
+class ProgressCallback(tune.Callback):
+    """On the driver: a progress line as trials finish; a trial that errors has its MLflow run marked failed."""
 
     def __init__(self, tracker: dict[str, str], num_samples: int) -> None:
         self.tracker, self.num_samples = tracker, num_samples
 
+    def summary(self) -> str:
+        """What the progress line adds after "N/M trials done"."""
+        return ""
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        rows = SweepTracker(**self.tracker).update_front()
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
-        print(f"[nsde-ray] {done}/{self.num_samples} trials done; Pareto front: "
-              f"{sum(r['pareto_front'] for r in rows)} of {len(rows)} evaluated trials", flush=True)
+        print(f"[nsde-ray] {done}/{self.num_samples} trials done{self.summary()}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         tracking = SweepTracker(**self.tracker)
@@ -240,11 +258,29 @@ class FrontCallback(tune.Callback):
         self.on_trial_complete(iteration, trials, trial)
 
 
-def experiment_path(cfg: SweepConfig) -> str:
+class FrontCallback(ProgressCallback):
+    """On the driver: keep the Pareto front current in MLflow as trials finish or fail."""
+
+    def summary(self) -> str:
+        rows = SweepTracker(**self.tracker).update_front()
+        return f"; Pareto front: {sum(r['pareto_front'] for r in rows)} of {len(rows)} evaluated trials"
+
+
+class RunSettings(Protocol):
+    """What the helpers below need of a run's settings: :class:`SweepConfig`, or the paper-tables grid's."""
+
+    name: str
+    storage: str
+    base: TrialConfig
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def experiment_path(cfg: RunSettings) -> str:
     return f"{cfg.storage.rstrip('/')}/{cfg.name}"
 
 
-def train_storage(cfg: SweepConfig) -> str:
+def train_storage(cfg: RunSettings) -> str:
     """Where the trials' Ray Train runs (checkpoints) live: inside the sweep's directory."""
     return f"{experiment_path(cfg)}/{TRAIN_DIR}"
 
@@ -257,16 +293,19 @@ def _filesystem(path: str):
     return pyarrow.fs.FileSystem.from_uri(path)
 
 
-def save_sweep_state(cfg: SweepConfig, tracker: dict[str, str]) -> None:
-    """The sweep's settings and MLflow ids, next to Tune's state, for ``--resume``."""
+def save_sweep_state(cfg: RunSettings, tracker: dict[str, str], kind: str = "sweep") -> None:
+    """The run's settings (under ``kind``, the command that made it) and MLflow ids, next to Tune's state."""
     filesystem, root = _filesystem(experiment_path(cfg))
     filesystem.create_dir(root, recursive=True)
     with filesystem.open_output_stream(f"{root}/{SWEEP_FILE}") as handle:
-        handle.write(json.dumps({"sweep": cfg.to_dict(), "tracker": tracker}, indent=2).encode())
+        handle.write(json.dumps({kind: cfg.to_dict(), "tracker": tracker}, indent=2).encode())
 
 
-def load_sweep_state(storage: str, name: str) -> tuple[SweepConfig, dict[str, str]]:
-    """What :func:`save_sweep_state` wrote for sweep ``name`` in ``storage``; SweepError if there is none."""
+def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings as saved, MLflow ids) that :func:`save_sweep_state` wrote for ``name`` with ``kind``.
+
+    SweepError if ``storage`` holds no run ``name``, or one that another command (kind) made.
+    """
     import pyarrow.fs
 
     filesystem, root = _filesystem(f"{storage.rstrip('/')}/{name}")
@@ -275,7 +314,17 @@ def load_sweep_state(storage: str, name: str) -> tuple[SweepConfig, dict[str, st
                          f" (sweeps there: {', '.join(list_sweeps(storage)) or 'none'})")
     with filesystem.open_input_stream(f"{root}/{SWEEP_FILE}") as handle:
         state = json.loads(handle.read().decode())
-    return SweepConfig.from_dict(state["sweep"]), state["tracker"]
+    if kind not in state:
+        other = next((key for key in state if key != "tracker"), "unknown")
+        raise SweepError(f"{name!r} in {storage} is a {other!r} run, not a {kind!r} one: resume it with the command "
+                         "that started it, or choose another --name")
+    return state[kind], state["tracker"]
+
+
+def load_sweep_state(storage: str, name: str) -> tuple[SweepConfig, dict[str, str]]:
+    """What :func:`save_sweep_state` wrote for sweep ``name`` in ``storage``; SweepError if there is none."""
+    settings, tracker = load_state(storage, name, "sweep")
+    return SweepConfig.from_dict(settings), tracker
 
 
 def list_sweeps(storage: str) -> list[str]:
@@ -294,7 +343,7 @@ def sweep_exists(storage: str, name: str) -> bool:
     return name in list_sweeps(storage)
 
 
-def default_max_concurrent(cfg: SweepConfig) -> int:
+def default_max_concurrent(cfg: RunSettings) -> int:
     """Trials that fit at once in the connected cluster: each needs its DDP workers' CPUs (and GPUs)."""
     resources = ray.cluster_resources()
     train = cfg.base.train
@@ -304,23 +353,38 @@ def default_max_concurrent(cfg: SweepConfig) -> int:
     return max(1, fits)
 
 
-def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool) -> tune.Tuner:
-    """A new ``Tuner`` for ``cfg``, or (``resume``) the one restored from its experiment directory.
+def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1):
+    """:func:`run_trial` over ``cfg.base`` as Tune's trainable.
 
-    The trainable asks Tune for no CPU of its own (only a nominal memory reservation, as Tune
-    refuses an empty request): its ``TorchTrainer`` workers and the evaluation task hold the
-    resources, so N one-worker trials fit on N CPUs without a deadlock.
+    It asks Tune for no CPU of its own (only a nominal memory reservation, as Tune refuses an
+    empty request): its ``TorchTrainer`` workers and the evaluation task hold the resources, so N
+    one-worker trials fit on N CPUs without a deadlock.
     """
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=cfg.to_dict(), tracker=tracker),
-                                    {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+    trainable = tune.with_parameters(run_trial, base=cfg.base.to_dict(), storage_path=train_storage(cfg),
+                                     tracker=tracker, repeats=repeats)
+    return tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+
+
+def restore_tuner(cfg: RunSettings, trainable) -> tune.Tuner:
+    """The ``Tuner`` of ``cfg`` from its experiment directory: finished trials kept, unfinished ones resumed."""
+    return tune.Tuner.restore(experiment_path(cfg), trainable=trainable, resume_unfinished=True,
+                              resume_errored=False, restart_errored=False)
+
+
+def run_config(cfg: RunSettings, callback: ProgressCallback) -> tune.RunConfig:
+    """Where Tune keeps ``cfg``'s state (``storage``/``name``), its progress callback, one retry per trial."""
+    return tune.RunConfig(name=cfg.name, storage_path=cfg.storage, verbose=1, callbacks=[callback],
+                          failure_config=tune.FailureConfig(max_failures=1))
+
+
+def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool) -> tune.Tuner:
+    """A new ``Tuner`` for ``cfg``, or (``resume``) the one restored from its experiment directory."""
+    trainable = trial_trainable(cfg, tracker)
     if resume:
-        return tune.Tuner.restore(experiment_path(cfg), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        return restore_tuner(cfg, trainable)
     max_concurrent = cfg.max_concurrent or default_max_concurrent(cfg)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=build_searcher(cfg, max_concurrent), num_samples=cfg.num_samples,
                                     reuse_actors=False),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.storage, verbose=1,
-                                  callbacks=[FrontCallback(tracker, cfg.num_samples)],
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+        run_config=run_config(cfg, FrontCallback(tracker, cfg.num_samples)))
