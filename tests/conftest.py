@@ -53,11 +53,3 @@ def smoke_sweep(tmp_path_factory):
         flags = ["--smoke-test", "--storage", str(folder / "ray"), "--name", "smoke", "--tracking-uri", uri]
         yield uri, "smoke", finish_sweep(start_sweep(flags, folder, "smoke.log"), folder, "smoke.log", timeout=900)
 
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, local artifact store); yields its URI."""
-    from helpers import mlflow_server as serve
-
-    with serve(f"sqlite:///{tmp_path}/server.db", tmp_path / "art", tmp_path / "server.log") as uri:
-        yield uri

@@ -63,19 +63,39 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
     process.wait()
 
 
-@contextmanager
-def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, timeout: float = 120) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 with ``backend_store_uri`` and a local artifact store; yields its URI."""
+def start_mlflow_server(backend_store_uri: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start a real ``mlflow server`` on 127.0.0.1 with ``backend_store_uri`` and a local artifact store, without
+    waiting for it (see :func:`wait_for_mlflow_server`); returns (process, URI). Its job-execution workers (for
+    GenAI jobs, unused here) stay off: they would take CPU that the tests need."""
     port = free_port()
     server = start_in_group(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts), "--workers", "1"], log)
-    uri = f"http://127.0.0.1:{port}"
+         "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts), "--workers", "1"],
+        log, env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    return server, f"http://127.0.0.1:{port}"
+
+
+def wait_for_mlflow_server(server: subprocess.Popen, uri: str, log: Path, timeout: float = 180) -> None:
+    wait_until(lambda: http_ok(f"{uri}/health"), server, log, timeout, "the mlflow server answered")
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path) -> Iterator[str]:
+    """A real ``mlflow server`` (see :func:`start_mlflow_server`), ready; yields its URI."""
+    server, uri = start_mlflow_server(backend_store_uri, artifacts, log)
     try:
-        wait_until(lambda: http_ok(f"{uri}/health"), server, log, timeout, "the mlflow server answered")
+        wait_for_mlflow_server(server, uri, log)
         yield uri
     finally:
         stop_group(server)
+
+
+def readme_section(title: str) -> str:
+    """The README section headed ``title`` (a ``## `` line), up to the next such heading."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n{title}\n") + 1
+    end = text.find("\n## ", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def start_sweep(flags: list[str], tmp_path: Path, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
