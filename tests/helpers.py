@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -96,6 +98,20 @@ def readme_section(title: str) -> str:
     start = text.index(f"\n{title}\n") + 1
     end = text.find("\n## ", start)
     return text[start:] if end < 0 else text[start:end]
+
+
+def readme_commands(title: str) -> list[list[str]]:
+    """Every command in the bash blocks of README's section ``title``, as argv (continuation lines joined,
+    comments dropped, ``&&``/``;``/``|``/``&`` lists split)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme_section(title), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            tokens = shlex.split(line, comments=True)
+            while tokens:
+                end = next((i for i, t in enumerate(tokens) if t in ("&&", "&", ";", "|")), len(tokens))
+                commands.append(tokens[:end])
+                tokens = tokens[end + 1:]
+    return [command for command in commands if command]
 
 
 def start_sweep(flags: list[str], tmp_path: Path, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import secrets
-import shlex
 import shutil
 import subprocess
 import sys
@@ -28,18 +26,10 @@ import psycopg2
 import pytest
 
 from helpers import finish_sweep, free_port, start_in_group, start_mlflow_server, start_sweep, stop_group, \
-    readme_section, trial_runs, wait_for_mlflow_server, wait_until
+    readme_commands, trial_runs, wait_for_mlflow_server, wait_until
 
 pytestmark = pytest.mark.slow
 README_SECTION = "## Running on a cluster"
-
-
-def readme_sweep_command() -> list[str]:
-    """The smoke-sweep command line that README's cluster section documents, as argv."""
-    found = re.search(r"^python -m sweeps\.accuracy_vs_robustness --smoke-test(?:.*\\\n)*.*$",
-                      readme_section(README_SECTION), re.M)
-    assert found, f"README's {README_SECTION!r} documents no smoke sweep command"
-    return shlex.split(found.group(0).replace("\\\n", " "))
 
 
 def _postgres_bindir() -> Path | None:
@@ -78,19 +68,22 @@ def postgres():
         shutil.chown(home / "pw", "postgres")
     data = home / "data"
 
-    def pg(*command: str) -> None:
-        subprocess.run(run_as + [str(bindir / command[0]), *command[1:]], check=True, capture_output=True)
+    def pg(command: list[str], user: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(user + [str(bindir / command[0]), *command[1:]], capture_output=True, text=True,
+                              env=dict(os.environ, PGPASSWORD=password))
 
     try:
-        pg("initdb", "-D", str(data), "-U", "mlflow", f"--pwfile={home / 'pw'}", "--auth=scram-sha-256", "-E", "UTF8")
-        pg("pg_ctl", "-D", str(data), "-l", str(home / "server.log"), "-w", "-t", "60",
-           "-o", f"-h 127.0.0.1 -p {port} -k {home}", "start")
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-                       check=True, capture_output=True, env=dict(os.environ, PGPASSWORD=password))
+        for command, user in (
+                (["initdb", "-D", str(data), "-U", "mlflow", f"--pwfile={home / 'pw'}", "--auth=scram-sha-256",
+                  "--encoding=UTF8", "--locale=C"], run_as),
+                (["pg_ctl", "-D", str(data), "-l", str(home / "server.log"), "-w", "-t", "60",
+                  "-o", f"-h 127.0.0.1 -p {port} -k {home}", "start"], run_as),
+                (["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], [])):
+            done = pg(command, user)
+            assert done.returncode == 0, (command, done.stdout + done.stderr)
         yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
     finally:
-        with suppress(subprocess.CalledProcessError):
-            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        pg(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"], run_as)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -120,7 +113,7 @@ def cluster(tmp_path, postgres):
     try:
         for name, flags in (("head", ["--head", "--port", address.split(":")[1], "--include-dashboard", "false"]),
                             ("worker", ["--address", address])):
-            log = temp / f"{name}.log"
+            log = tmp_path / f"ray-{name}.log"
             nodes.append(start_in_group(
                 [str(Path(sys.executable).with_name("ray")), "start", "--block", "--node-ip-address", "127.0.0.1",
                  "--num-cpus", "1", "--temp-dir", str(temp / name), "--disable-usage-stats",
@@ -131,15 +124,16 @@ def cluster(tmp_path, postgres):
         yield address, auth, uri
     finally:
         for process in [*reversed(nodes), server]:
-            stop_group(process, timeout=10)
+            stop_group(process, timeout=5)
         _kill_leftovers(str(token))
         shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_readme_smoke_sweep_on_a_ray_start_cluster_logs_every_trial_to_postgres(tmp_path, postgres, cluster):
     address, auth, uri = cluster
-    argv = readme_sweep_command()
-    assert argv[:3] == ["python", "-m", "sweeps.accuracy_vs_robustness"]
+    command = ["python", "-m", "sweeps.accuracy_vs_robustness", "--smoke-test"]
+    argv = next((c for c in readme_commands(README_SECTION) if c[:4] == command), None)
+    assert argv, f"README's {README_SECTION!r} documents no {' '.join(command)}"
     flags = argv[3:]
     ours = {"--address": address, "--storage": str(tmp_path / "sweeps"), "--tracking-uri": uri}
     assert {f for f in flags if f.startswith("--")} == {"--smoke-test", "--name", *ours}

@@ -16,7 +16,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from helpers import REPO, readme_section
+from helpers import REPO, readme_commands, readme_section
 from nsde_ray.cli import build_parser
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
@@ -25,6 +25,7 @@ DOCKER = REPO / "docker"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 SWEEP_SH = "/home/ray/sweep.sh"
+CLUSTER_SECTION = "## Running on a cluster"
 
 
 def interpolate(text: str) -> str:
@@ -53,20 +54,7 @@ def env_example() -> dict[str, str]:
 
 
 def cluster_section() -> str:
-    return readme_section("## Running on a cluster")
-
-
-def readme_commands() -> list[list[str]]:
-    """Every command of the section's bash blocks as argv (continuations joined, comments dropped)."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", cluster_section(), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            tokens = shlex.split(line, comments=True)
-            while tokens:
-                end = next((i for i, t in enumerate(tokens) if t in ("&&", "&", ";", "|")), len(tokens))
-                commands.append(tokens[:end])
-                tokens = tokens[end + 1:]
-    return [c for c in commands if c]
+    return readme_section(CLUSTER_SECTION)
 
 
 def sweep_flags(argv: list[str]) -> list[str]:
@@ -84,6 +72,11 @@ def flag(flags: list[str], name: str) -> str:
 
 def image_tag() -> str:
     return f"nsde-ray:{PYPROJECT['version']}"
+
+
+def mlflow_port() -> str:
+    """The port the compose stack's MLflow server listens on, the one every config and README command uses."""
+    return flag(load("docker-compose.yml")["services"]["mlflow"]["command"].split(), "--port")
 
 
 def test_every_yaml_file_parses():
@@ -161,13 +154,12 @@ def test_compose_ports_env_and_storage_agree():
     head, worker, mlflow = services["ray-head"], services["ray-worker"], services["mlflow"]
     gcs = flag(head["command"].split(), "--port")
     assert flag(worker["command"].split(), "--address") == f"ray-head:{gcs}"
-    mlflow_port = flag(mlflow["command"].split(), "--port")
-    assert mlflow["ports"] == [f"127.0.0.1:{env_example()['MLFLOW_PORT']}:{mlflow_port}"]
-    assert f"mlflow:{mlflow_port}" in flag(mlflow["command"].split(), "--allowed-hosts").split(",")
+    assert mlflow["ports"] == [f"127.0.0.1:{env_example()['MLFLOW_PORT']}:{mlflow_port()}"]
+    assert f"mlflow:{mlflow_port()}" in flag(mlflow["command"].split(), "--allowed-hosts").split(",")
     dashboard = flag(head["command"].split(), "--dashboard-port")
     assert head["ports"] == [f"127.0.0.1:{env_example()['RAY_DASHBOARD_PORT']}:{dashboard}"]
     for node in (head, worker):
-        assert node["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}"
+        assert node["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port()}"
         assert node["environment"]["RAY_AUTH_MODE"] == "token"
         assert node["volumes"] == ["sweeps:/shared"]
     assert "${RAY_AUTH_TOKEN:?" in raw  # required, no default token
@@ -204,7 +196,7 @@ def test_cluster_launcher_config_is_valid_for_ray_and_agrees():
     env = dict(option.split(" ", 1)[1].split("=", 1) for option in config["docker"]["run_options"]
                if option.startswith("--env "))
     assert env["RAY_AUTH_MODE"] == "token" and env["SWEEP_STORAGE"].startswith("s3://")
-    assert env["MLFLOW_TRACKING_URI"].endswith(":5000")
+    assert env["MLFLOW_TRACKING_URI"].endswith(f":{mlflow_port()}")
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
     compose = load("docker-compose.yml")["services"]
     head = config["head_start_ray_commands"][-1].split()
@@ -219,7 +211,8 @@ def test_kuberay_rayjob_agrees():
     spec, cluster = job["spec"], job["spec"]["rayClusterSpec"]
     assert cluster["authOptions"] == {"mode": "token"} and spec["backoffLimit"] >= 1
     env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
-    assert env["SWEEP_NAME"] and env["SWEEP_STORAGE"].startswith("s3://") and env["MLFLOW_TRACKING_URI"].endswith(":5000")
+    assert env["SWEEP_NAME"] and env["SWEEP_STORAGE"].startswith("s3://")
+    assert env["MLFLOW_TRACKING_URI"].endswith(f":{mlflow_port()}")
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     group = cluster["workerGroupSpecs"][0]
     worker = group["template"]["spec"]["containers"][0]
@@ -239,7 +232,7 @@ def test_kuberay_rayjob_agrees():
 def test_readme_commands_agree_with_the_files():
     text = (REPO / "README.md").read_text()
     assert text.index("\n## The sweep\n") < text.index("\n## Running on a cluster\n") < text.index("\n## Tests\n")
-    section, commands = cluster_section(), readme_commands()
+    section, commands = cluster_section(), readme_commands(CLUSTER_SECTION)
     for name in re.findall(r"docker/([\w.-]+)", section):
         assert (DOCKER / name).is_file() or name == ".env", name  # .env: the user's copy of .env.example
     for path in DOCKER.iterdir():
@@ -268,7 +261,7 @@ def test_readme_commands_agree_with_the_files():
     assert flag(flags, "--address") == f"127.0.0.1:{flag(head, '--port')}" == flag(
         next(c for c in commands if c[:3] == ["ray", "start", "--address"]), "--address")
     servers = [c for c in commands if c[:2] == ["mlflow", "server"]]
-    assert {flag(c, "--port") for c in servers} == {flag(services["mlflow"]["command"].split(), "--port")}
+    assert {flag(c, "--port") for c in servers} == {mlflow_port()}
     local_server = next(c for c in servers if flag(c, "--host") == "127.0.0.1")
     assert flag(flags, "--tracking-uri") == f"http://127.0.0.1:{flag(local_server, '--port')}"
     assert f"http://127.0.0.1:{env_example()['MLFLOW_PORT']}" in section
