@@ -2,7 +2,8 @@
 
 Every flag becomes part of a typed :class:`SweepConfig`, checked (data directory layout, whether a
 sweep to resume exists, the MLflow store) before Ray starts, so a value that cannot work fails in
-seconds with a message that says what to do.
+seconds with a message that says what to do. The flag groups and the run set-up (:func:`open_run`:
+new or resumed, MLflow parent run, saved state) are shared with ``python -m sweeps.paper_tables``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from nsde_ray.config import (DATASETS, ConfigError, DataConfig, EvalConfig, ModelConfig, SearchSpace, SweepConfig,
@@ -19,18 +21,83 @@ from nsde_ray.data import DataError, check_data
 from nsde_ray.models import available_archs
 
 DEFAULT_STORAGE = os.path.join("~", "ray_results")
-SWEEP_EVAL_METHODS = ("ig", "saliency")
+ARCH_HELP = f"one of: {', '.join(available_archs())}"
+COMMAND = "accuracy_vs_robustness"
+SWEEP_EVAL_IMAGES, SWEEP_EVAL_METHODS = 64, ("ig", "saliency")
 # What --smoke-test shrinks: the same path, in about two minutes on 2 cores.
 SMOKE_SAMPLES, SMOKE_EPOCHS = 3, 2
 SMOKE_EVAL = dict(num_images=16, n_steps=16, n_perturbations=4, saturation_images=4, grid_images=4)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default, except where the help text already says what no value means."""
 
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)
 
+
+# --- flags shared by the commands (this one and python -m sweeps.paper_tables) ---------------------
+
+def add_data_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--dataset, --data-dir, --download; the caller adds its --arch (one, or a list) to the returned group."""
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
+    data.add_argument("--data-dir", default=None, help="where cifar10/cifar100/imagenet/imagefolder live")
+    data.add_argument("--download", action="store_true", help="download CIFAR into --data-dir")
+    return data
+
+
+def add_training_flags(parser: argparse.ArgumentParser, *, lr_help: str, eval_images: int,
+                       eval_methods: tuple[str, ...]) -> argparse._ArgumentGroup:
+    """Training (--epochs, --lr, --batch-size, --workers-per-trial, --use-gpu) and --eval-images, --eval-methods."""
+    train = parser.add_argument_group("training and evaluation")
+    train.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="training epochs per trial")
+    train.add_argument("--lr", type=float, default=TrainConfig.lr, help=lr_help)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="per DDP worker")
+    train.add_argument("--workers-per-trial", type=int, default=TrainConfig.num_workers, help="DDP workers per trial")
+    train.add_argument("--use-gpu", action="store_true", help="each DDP worker takes one GPU")
+    train.add_argument("--eval-images", type=int, default=eval_images, help="held-out images per attribution evaluation")
+    train.add_argument("--eval-methods", nargs="+", default=list(eval_methods),
+                       help="attribution methods evaluated (ig is required: sensitivity and sic are IG's)")
+    return train
+
+
+def add_run_flags(parser: argparse.ArgumentParser, *, command: str, smoke_help: str) -> argparse._ArgumentGroup:
+    """Where and how the run goes: --max-concurrent, --address, --storage, --name, --resume, --tracking-uri, --smoke-test."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--max-concurrent", type=int, default=None,
+                     help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
+    run.add_argument("--address", default=None, help="Ray cluster to join, e.g. auto or ray://head:10001 "
+                                                     "(default: start a local one)")
+    run.add_argument("--storage", default=DEFAULT_STORAGE,
+                     help="where Ray Tune keeps the sweep state and checkpoints: a local dir, NFS or s3://")
+    run.add_argument("--name", default=None,
+                     help=f"sweep name, also the MLflow experiment (default: {command}_<timestamp>); "
+                          "reuse it with --resume")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the sweep --name in --storage with its stored settings")
+    run.add_argument("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: MLflow's own, sqlite:///mlflow.db here); "
+                          "use an mlflow server URI on a multi-node cluster")
+    run.add_argument("--smoke-test", action="store_true", help=smoke_help)
+    return run
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=args.download)
+
+
+def train_config_from_args(args: argparse.Namespace, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_workers=args.workers_per_trial,
+                       use_gpu=args.use_gpu, seed=seed)
+
+
+def capped(section, limits: dict[str, int]):
+    """A copy of a config section with each named field at most its limit (what --smoke-test shrinks)."""
+    return replace(section, **{name: min(limit, getattr(section, name)) for name, limit in limits.items()})
+
+
+# --- this command ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -39,17 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy against attribution robustness: Ray Tune + Optuna over Ray Train trials, tracked in "
                     "MLflow. With no flags: scikit-learn digits, a small CIFAR-style ResNet, local Ray, MLflow's "
                     "default local store.",
-        formatter_class=_HelpFormatter)
-    data = parser.add_argument_group("data and model")
-    data.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
-    data.add_argument("--data-dir", default=None, help="where cifar10/cifar100/imagenet/imagefolder live")
-    data.add_argument("--download", action="store_true", help="download CIFAR into --data-dir")
-    data.add_argument("--arch", default=ModelConfig.arch, help=f"one of: {', '.join(available_archs())}")
+        formatter_class=HelpFormatter)
+    data = add_data_flags(parser)
+    data.add_argument("--arch", default=ModelConfig.arch, help=ARCH_HELP)
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=SweepConfig.num_samples,
                         help="trials in all, the two reference points (plain ResNet; gaussian sigma 0.5) included")
-    search.add_argument("--max-concurrent", type=int, default=None,
-                        help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
     search.add_argument("--sigma-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         default=SearchSpace.sigma_range, help="noise_sigma search range")
     search.add_argument("--lr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
@@ -57,45 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--clip-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         default=SearchSpace.clip_range, help="outlier-clipping percentile range of shaped trials")
     search.add_argument("--seed", type=int, default=TrainConfig.seed, help="search and training seed")
-    train = parser.add_argument_group("training and evaluation")
-    train.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="training epochs per trial")
-    train.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate of the reference points")
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="per DDP worker")
-    train.add_argument("--workers-per-trial", type=int, default=TrainConfig.num_workers, help="DDP workers per trial")
-    train.add_argument("--use-gpu", action="store_true", help="each DDP worker takes one GPU")
-    train.add_argument("--eval-images", type=int, default=64, help="held-out images per attribution evaluation")
-    train.add_argument("--eval-methods", nargs="+", default=list(SWEEP_EVAL_METHODS),
-                       help="attribution methods evaluated (ig is required: sensitivity and sic are IG's)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--address", default=None, help="Ray cluster to join, e.g. auto or ray://head:10001 "
-                                                     "(default: start a local one)")
-    run.add_argument("--storage", default=DEFAULT_STORAGE,
-                     help="where Ray Tune keeps the sweep state and checkpoints: a local dir, NFS or s3://")
-    run.add_argument("--name", default=None,
-                     help="sweep name, also the MLflow experiment (default: timestamped); reuse it with --resume")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the sweep --name in --storage with its stored settings")
-    run.add_argument("--tracking-uri", default=None,
-                     help="MLflow tracking URI (default: MLflow's own, sqlite:///mlflow.db here); "
-                          "use an mlflow server URI on a multi-node cluster")
-    run.add_argument("--smoke-test", action="store_true",
-                     help=f"a tiny version of the same sweep, for CI: {SMOKE_SAMPLES} trials of {SMOKE_EPOCHS} epochs")
+    add_training_flags(parser, lr_help="learning rate of the reference points", eval_images=SWEEP_EVAL_IMAGES,
+                       eval_methods=SWEEP_EVAL_METHODS)
+    add_run_flags(parser, command=COMMAND, smoke_help=f"a tiny version of the same sweep, for CI: {SMOKE_SAMPLES} "
+                                                      f"trials of {SMOKE_EPOCHS} epochs")
     return parser
 
 
 def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) -> SweepConfig:
     """The validated sweep the flags describe; raises ConfigError or DataError."""
     evaluation = EvalConfig(methods=tuple(args.eval_methods), num_images=args.eval_images)
-    train = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_workers=args.workers_per_trial,
-                        use_gpu=args.use_gpu, seed=args.seed)
+    train = train_config_from_args(args, args.seed)
     num_samples = args.num_samples
     if args.smoke_test:
-        train = replace(train, epochs=min(train.epochs, SMOKE_EPOCHS))
-        evaluation = replace(evaluation, **{k: min(v, getattr(evaluation, k)) for k, v in SMOKE_EVAL.items()})
+        train = capped(train, {"epochs": SMOKE_EPOCHS})
+        evaluation = capped(evaluation, SMOKE_EVAL)
         num_samples = min(num_samples, SMOKE_SAMPLES)
-    base = TrialConfig(model=ModelConfig(arch=args.arch),
-                       data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=args.download),
-                       train=train, eval=evaluation)
+    base = TrialConfig(model=ModelConfig(arch=args.arch), data=data_config_from_args(args), train=train,
+                       eval=evaluation)
     space = SearchSpace(sigma_range=tuple(args.sigma_range), lr_range=tuple(args.lr_range),
                         clip_range=tuple(args.clip_range))
     cfg = SweepConfig(name=name, storage=storage, base=base, space=space, num_samples=num_samples,
@@ -109,8 +150,71 @@ def resolve_storage(storage: str) -> str:
     return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
 
 
-def _fail(parser: argparse.ArgumentParser, message: str) -> None:
+def fail(parser: argparse.ArgumentParser, message: str) -> None:
+    """Exit with status 2 and ``message``, as argparse does for a bad flag."""
     parser.exit(2, f"{parser.prog}: error: {message}\n(see --help)\n")
+
+
+def usage_errors() -> tuple[type[Exception], ...]:
+    """What :func:`open_run` raises for flags that cannot work (each message says what to do)."""
+    from nsde_ray.sweep import SweepError
+    from nsde_ray.tracking import TrackingError
+
+    return ConfigError, DataError, SweepError, TrackingError
+
+
+def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Callable, from_dict: Callable,
+             parent_params: Callable | None = None):
+    """The run the flags name, ready for Ray: (settings, :class:`SweepTracker`).
+
+    A new run's settings come from ``from_args(args, name, storage)`` (a name already in the
+    storage fails); it gets its MLflow parent run (params: ``parent_params(settings)``, default
+    the base trial's) and its saved state (:func:`save_sweep_state` under ``kind``). ``--resume``
+    rebuilds the saved settings with ``from_dict`` and reopens the parent run. Raises
+    :func:`usage_errors`; nothing here starts Ray.
+    """
+    from nsde_ray import sweep as sweeps
+    from nsde_ray.tracking import SweepTracker, is_local_store, resolve_tracking_uri
+
+    storage = resolve_storage(args.storage)
+    name = args.name or time.strftime(f"{command}_%Y%m%d_%H%M%S")
+    if args.resume:
+        if not args.name:
+            raise sweeps.SweepError("--resume needs the --name of the sweep to continue")
+        settings, tracker = sweeps.load_state(storage, name, kind)
+        cfg = from_dict(settings)
+    else:
+        cfg = from_args(args, name, storage)
+        if sweeps.sweep_exists(storage, name):
+            raise sweeps.SweepError(f"a sweep named {name!r} already exists in {storage}: pass --resume to "
+                                    "continue it, or choose another --name")
+        tracker = None
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or cfg.tracking_uri)
+    if args.address and is_local_store(tracking_uri):
+        print(f"[nsde-ray] warning: MLflow store {tracking_uri} is local to this machine; on a multi-node "
+              "cluster pass --tracking-uri http://<mlflow server>:5000", file=sys.stderr, flush=True)
+    if tracker is not None:
+        tracking = SweepTracker(**dict(tracker, tracking_uri=tracking_uri))
+        tracking.reopen_parent()
+        return cfg, tracking
+    params = parent_params(cfg) if parent_params is not None else cfg.base.to_params()
+    tracking = SweepTracker.start(tracking_uri, cfg.experiment_name, name, params)
+    cfg = replace(cfg, tracking_uri=tracking_uri)
+    sweeps.save_sweep_state(cfg, tracking.describe(), kind)
+    return cfg, tracking
+
+
+def init_ray(address: str | None) -> None:
+    """Join ``address`` (or start a local Ray) with the MLflow and storage credentials of this environment.
+
+    A process that started Ray itself (a notebook, a test) keeps its instance.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    credentials = _credentials_env()
+    ray.init(address=address, runtime_env={"env_vars": credentials} if credentials else None)
 
 
 def _credentials_env() -> dict[str, str]:
@@ -121,50 +225,27 @@ def _credentials_env() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     from nsde_ray import sweep as sweeps
-    from nsde_ray.tracking import FRONT_FILTER, SweepTracker, TrackingError, front_table, is_local_store, \
-        resolve_tracking_uri, ui_command
+    from nsde_ray.tracking import FRONT_FILTER, front_table, ui_command
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    storage = resolve_storage(args.storage)
-    name = args.name or time.strftime("accuracy_vs_robustness_%Y%m%d_%H%M%S")
     try:
-        if args.resume:
-            if not args.name:
-                raise sweeps.SweepError("--resume needs the --name of the sweep to continue")
-            cfg, tracker = sweeps.load_sweep_state(storage, name)
-            print(f"[nsde-ray] resuming sweep {name!r} with its stored settings ({cfg.num_samples} trials, "
-                  f"{cfg.base.train.epochs} epochs each); search flags given now are not applied", flush=True)
-        else:
-            cfg = sweep_config_from_args(args, name, storage)
-            if sweeps.sweep_exists(storage, name):
-                raise sweeps.SweepError(f"a sweep named {name!r} already exists in {storage}: pass --resume to "
-                                        "continue it, or choose another --name")
-            tracker = None
-        tracking_uri = resolve_tracking_uri(args.tracking_uri or cfg.tracking_uri)
-        if args.address and is_local_store(tracking_uri):
-            print(f"[nsde-ray] warning: MLflow store {tracking_uri} is local to this machine; on a multi-node "
-                  "cluster pass --tracking-uri http://<mlflow server>:5000", file=sys.stderr, flush=True)
-        if tracker is None:
-            tracking = SweepTracker.start(tracking_uri, cfg.experiment_name, name, cfg.base.to_params())
-            tracker = tracking.describe()
-            cfg = replace(cfg, tracking_uri=tracking_uri)
-            sweeps.save_sweep_state(cfg, tracker)
-        else:
-            tracker = dict(tracker, tracking_uri=tracking_uri)
-            tracking = SweepTracker(**tracker)
-            tracking.reopen_parent()
-    except (ConfigError, DataError, sweeps.SweepError, TrackingError) as err:
-        _fail(parser, str(err))
-
-    import ray
+        cfg, tracking = open_run(args, command=COMMAND, kind="sweep", from_args=sweep_config_from_args,
+                                 from_dict=SweepConfig.from_dict)
+    except usage_errors() as err:
+        fail(parser, str(err))
+    name, storage = cfg.name, resolve_storage(args.storage)
+    if args.resume:
+        print(f"[nsde-ray] resuming sweep {name!r} with its stored settings ({cfg.num_samples} trials, "
+              f"{cfg.base.train.epochs} epochs each); search flags given now are not applied", flush=True)
 
     started = time.perf_counter()
-    ray.init(address=args.address, runtime_env={"env_vars": _credentials_env()} if _credentials_env() else None)
+    init_ray(args.address)
     print(f"[nsde-ray] sweep {name!r}: {cfg.num_samples} trials of {cfg.base.model.arch} on {cfg.base.data.dataset}, "
           f"{cfg.base.train.epochs} epochs, {cfg.base.train.num_workers} DDP worker(s) each; Tune state in "
-          f"{sweeps.experiment_path(cfg)}; MLflow {tracking_uri}, experiment {cfg.experiment_name!r}", flush=True)
-    tuner = sweeps.build_tuner(cfg, tracker, resume=args.resume)
+          f"{sweeps.experiment_path(cfg)}; MLflow {tracking.tracking_uri}, experiment {cfg.experiment_name!r}",
+          flush=True)
+    tuner = sweeps.build_tuner(cfg, tracking.describe(), resume=args.resume)
     results = tuner.fit()
     rows = tracking.update_front()
     tracking.finish_sweep()
@@ -173,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(rows)} evaluated, {errors} failed")
     print("[nsde-ray] Pareto front (* = on the front; val_accuracy max, sensitivity min, sic max):")
     print(front_table(rows))
-    print(f"[nsde-ray] browse it: {ui_command(tracking_uri)}")
+    print(f"[nsde-ray] browse it: {ui_command(tracking.tracking_uri)}")
     print(f"[nsde-ray]   experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}")
-    print(f"[nsde-ray] resume or extend it: python -m sweeps.accuracy_vs_robustness --name {name} "
-          f"--storage {storage} --resume")
+    print(f"[nsde-ray] resume or extend it: python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume")
     return 0 if rows else 1

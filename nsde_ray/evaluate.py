@@ -9,12 +9,16 @@ PAIR's rules keep), ``infidelity_m`` (lower is better),
 ``localisation_auc_m`` (where the data set has foreground masks). ``sensitivity`` and ``sic`` are
 IG's (the sweep's objectives). IG saturation: ``ig_alpha_95``, ``ig_grad_norm_after_saturation``,
 ``ig_grad_alignment_after_saturation``; IG completeness: ``ig_completeness_error``.
+:func:`evaluate_repeated` repeats all of it on new seeded image sets (the papers' protocol) and adds
+``<name>_std``, the std over repeats.
 """
 
 from __future__ import annotations
 
+import csv
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -171,3 +175,46 @@ def _completeness_error(model: nn.Module, images: torch.Tensor, labels: torch.Te
     with torch.no_grad(), eval_mode(model):
         gain = model(images).gather(1, labels[:, None]).squeeze(1) - model(baseline)[0, labels]
     return float(((attributions.flatten(1).sum(dim=1) - gain).abs() / gain.abs().clamp_min(1e-8)).mean())
+
+
+REPEATS_FILE = "eval_repeats.csv"
+
+
+def evaluate_repeated(model: nn.Module, splits: DataSplits, cfg: EvalConfig, repeats: int = 1,
+                      out_dir: str | None = None, device: torch.device | str = "cpu",
+                      progress: bool = True) -> EvalResult:
+    """:func:`evaluate` ``repeats`` times, as the papers did (100 images, 5 times): mean and std of every metric.
+
+    Repeat r runs with seed ``cfg.seed + r`` (and the global torch RNG seeded with it, for
+    SmoothGrad's noise), so each repeat draws its own set of correctly classified test images, its
+    own sensitivity perturbations, DeepSHAP baselines, infidelity and SIC randomness; the model is
+    the same. With ``repeats`` 1 this is :func:`evaluate`. Otherwise metrics keep their names and
+    hold the mean over repeats (NaN repeats left out), ``<name>_std`` the sample std (ddof 1);
+    figures come from the first repeat, and ``out_dir`` also gets :data:`REPEATS_FILE` (one row per
+    repeat: seed, then every metric).
+    """
+    if not isinstance(repeats, int) or repeats < 1:
+        raise EvaluationError(f"repeats must be an integer >= 1, got {repeats!r}")
+    results = []
+    for repeat in range(repeats):
+        torch.manual_seed(cfg.seed + repeat)
+        results.append(evaluate(model, splits, replace(cfg, seed=cfg.seed + repeat),
+                                out_dir=out_dir if repeat == 0 else None, device=device, progress=progress))
+    if repeats == 1:
+        return results[0]
+    names = list(results[0].metrics)
+    table = np.array([[result.metrics.get(name, np.nan) for name in names] for result in results], dtype=float)
+    metrics: dict[str, float] = {}
+    with warnings.catch_warnings():  # a metric NaN in every repeat stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, column in zip(names, table.T):
+            metrics[name] = float(np.nanmean(column))
+            metrics[f"{name}_std"] = float(np.nanstd(column, ddof=1)) if np.isfinite(column).sum() > 1 else float("nan")
+    artifacts = list(results[0].artifacts)
+    if out_dir is not None:
+        artifacts.append(os.path.join(out_dir, REPEATS_FILE))
+        with open(artifacts[-1], "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["seed", *names])
+            writer.writerows([cfg.seed + repeat, *row] for repeat, row in enumerate(table.tolist()))
+    return EvalResult(metrics, results[0].labels, artifacts)

@@ -140,3 +140,17 @@ def trial_runs(uri: str, experiment: str) -> list:
     if found is None:
         return []
     return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'trial'")
+
+
+def assert_usage_error(main: Callable[[list[str]], int], argv: list[str], message: str, capsys) -> None:
+    """A command's ``main(argv)`` exits with status 2 and ``message`` within 30 s, before Ray starts."""
+    import pytest
+    import ray
+
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "(see --help)" in err
+    assert not ray.is_initialized() and time.perf_counter() - started < 30

@@ -1,11 +1,10 @@
 """The sweep's parts without Ray: search space, reference points, bad flags, the MLflow records."""
 
-import time
-
 import mlflow
 import optuna
 import pytest
 
+from helpers import assert_usage_error
 from nsde_ray.cli import main
 from nsde_ray.config import SearchSpace, SweepConfig, TrialConfig
 from nsde_ray.sweep import DefineSpace, reference_points, trial_config
@@ -49,16 +48,9 @@ def test_search_space_is_conditional_and_references_come_first():
     (["--num-samples", "0"], "num_samples (--num-samples) must be an integer >= 1"),
 ])
 def test_bad_flags_fail_before_any_trial(flags, message, tmp_path, capsys, monkeypatch):
-    import ray
-
     monkeypatch.chdir(tmp_path)
-    started = time.perf_counter()
-    with pytest.raises(SystemExit) as exit_info:
-        main(flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and "(see --help)" in err
-    assert not ray.is_initialized() and time.perf_counter() - started < 30
+    assert_usage_error(main, flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri",
+                                      f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
 
 
 def test_an_existing_sweep_name_is_not_overwritten(tmp_path, capsys, monkeypatch):

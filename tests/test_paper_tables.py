@@ -1,0 +1,164 @@
+"""python -m sweeps.paper_tables: the tables and their verdicts, repeated evaluation, bad flags, a tiny grid end to end."""
+
+import csv
+import io
+import math
+import os
+
+import mlflow
+import pytest
+
+from helpers import assert_usage_error
+from nsde_ray import tables
+from nsde_ray.config import EvalConfig, SweepConfig
+from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
+from nsde_ray.paper_tables import PaperTablesConfig, main
+from nsde_ray.sweep import save_sweep_state
+
+MODES = ("none", "gaussian", "attribution")
+
+
+def _results() -> list[tables.ModelResult]:
+    """Three seeds of one architecture: IG's sensitivity ordered as the papers say in seeds 0 and 1, not in 2."""
+    sensitivity_ig = {0: (0.5, 0.4, 0.3), 1: (0.6, 0.5, 0.4), 2: (0.5, 0.3, 0.35)}
+    results = []
+    for seed, values in sensitivity_ig.items():
+        for mode, value in zip(MODES, values):
+            metrics = {"val_accuracy": 0.9, "sensitivity_ig": value, "sensitivity_ig_std": 0.01,
+                       "sensitivity_saliency": 0.2 if mode == "none" else 0.3,  # the opposite of the claim
+                       "sic_ig": {"none": 0.1, "gaussian": 0.2, "attribution": 0.3}[mode] + seed / 100,
+                       "sic_saliency": 0.05, "localisation_auc_ig": 0.7}
+            results.append(tables.ModelResult("cifar_resnet8", mode, seed, metrics))
+    return results
+
+
+def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
+    report = {t.name: t for t in tables.paper_tables(_results(), ["cifar_resnet8"], ["ig", "saliency"])}
+    assert list(report) == ["accuracy", "sensitivity_cifar_resnet8", "sic", "localisation_cifar_resnet8"]
+
+    sensitivity = report["sensitivity_cifar_resnet8"]
+    assert sensitivity.header[:4] == ["Attribution", "Standard (ResNet)", "Noise (Gaussian SDE)",
+                                      "Attribution-driven noise"]
+    ig, saliency = sensitivity.rows
+    assert ig[:4] == ["IG", "0.5333 ± 0.058", "0.4 ± 0.1", "0.35 ± 0.05"]
+    assert ig[4:] == ["yes (3/3 seeds)", "yes (2/3 seeds)", "yes (2/3 seeds)"]
+    assert saliency[0] == "Saliency" and saliency[4:] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)"]
+    assert "held on the means for 1 of 2 methods" in sensitivity.notes[0]
+    markdown = sensitivity.markdown()
+    assert markdown.startswith("### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1")
+    assert len({len(line) for line in markdown.splitlines() if line.startswith("|")}) == 1  # aligned columns
+    records = list(csv.DictReader(io.StringIO(sensitivity.csv())))
+    assert records[0]["method"] == "ig" and float(records[0]["none_mean"]) == pytest.approx(0.5333333)
+    assert records[0]["none_per_seed"] == "0:0.5;1:0.6;2:0.5" and float(records[0]["none_repeat_std"]) == 0.01
+    assert records[0]["held_resnet_gt_gaussian_gt_attribution"] == "True"
+    assert records[0]["held_resnet_gt_gaussian_gt_attribution_seeds"] == "2/3"
+
+    sic = report["sic"]
+    assert [row[1:3] for row in sic.rows] == [["ResNet", "Gradients"], ["ResNet", "IG"], ["Gaussian SDE", "IG"],
+                                              ["attribution SDE", "IG"]]  # no IG + NT: not evaluated
+    assert "ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 Table 2): " \
+           "yes (3/3 seeds)" in sic.notes[0]
+
+
+def test_missing_models_leave_dashes_and_no_verdict():
+    results = [r for r in _results() if r.mode != "attribution" and r.seed == 0]
+    sensitivity = tables.sensitivity_table(results, "cifar_resnet8", ["ig"])
+    assert sensitivity.rows[0][1:] == ["0.5", "0.4", tables.MISSING, "yes (1/1 seeds)", "n/a", "n/a"]
+    assert tables.localisation_table([r for r in results if r.arch == "other"], "other", ["ig"]) is None
+
+
+def test_repeated_evaluation_is_the_mean_and_std_of_seeded_repeats(digits_model, tmp_path):
+    model, splits = digits_model
+    cfg = EvalConfig(methods=("ig", "saliency"), num_images=6, n_steps=4, n_perturbations=2, saturation_images=2,
+                     grid_images=2, seed=3)
+    result = evaluate_repeated(model, splits, cfg, repeats=2, out_dir=str(tmp_path), progress=False)
+    single = [evaluate(model, splits, EvalConfig(**{**cfg.__dict__, "seed": seed}), progress=False).metrics
+              for seed in (3, 4)]
+    for name in ("sensitivity_ig", "sic_saliency", "val_accuracy" if "val_accuracy" in single[0] else "eval_images"):
+        values = [m[name] for m in single]
+        assert result.metrics[name] == pytest.approx(sum(values) / 2)
+        assert result.metrics[f"{name}_std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    assert single[0]["sensitivity_ig"] != single[1]["sensitivity_ig"]  # the repeats differ
+    with open(tmp_path / REPEATS_FILE) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["seed"]) for r in rows] == [3, 4]
+    assert float(rows[1]["sensitivity_ig"]) == pytest.approx(single[1]["sensitivity_ig"])
+    assert evaluate_repeated(model, splits, cfg, repeats=1, progress=False).metrics == single[0]
+
+
+def test_config_round_trips_and_spans_the_grid():
+    cfg = PaperTablesConfig(name="g", storage="/tmp", archs=("cifar_resnet8", "resnet18"), seeds=(0, 1, 2))
+    assert PaperTablesConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.grid_size == 2 * 3 * 3
+    assert cfg.parent_params()["noise_mode"] == "none,gaussian,attribution" and cfg.parent_params()["repeats"] == 5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--arch", "cifar_resnet8", "resnet9000"], "arch='resnet9000' is not valid"),
+    (["--noise-modes", "none", "brownian"], "noise mode='brownian' is not valid"),
+    (["--noise-modes", "none", "none"], "noise_modes must be distinct"),
+    (["--sigma", "0"], "sigma (--sigma) must be > 0"),
+    (["--seeds", "0", "-1"], "seeds must be integers >= 0"),
+    (["--repeats", "0"], "repeats (--repeats) must be an integer >= 1"),
+    (["--eval-methods", "saliency"], "must include 'ig'"),
+    (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "/no/such/dir"),
+    (["--name", "never_ran", "--resume"], "no sweep named 'never_ran'"),
+    (["--name", "main_sweep", "--resume"], "is a 'sweep' run, not a 'paper_tables' one"),
+    (["--name", "main_sweep"], "pass --resume to continue it"),
+])
+def test_bad_flags_fail_before_ray_starts(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_sweep_state(SweepConfig(name="main_sweep", storage=str(tmp_path / "ray")), {})
+    assert_usage_error(main, flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri",
+                                      f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
+
+
+@pytest.fixture
+def ray_for_three_trials():
+    """A local Ray with 3 logical CPUs, so that the tiny grid's 3 trials run at once (about 2 minutes on 2 cores)."""
+    import ray
+
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, ray_for_three_trials, capsys,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    flags = ["--storage", str(tmp_path / "ray"), "--name", "tiny", "--tracking-uri", uri]
+    assert main(flags + ["--smoke-test"]) == 0
+    output = capsys.readouterr().out
+    assert "3 trials, 3 evaluated, 0 failed" in output
+    for heading in ("### Validation accuracy", "### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1",
+                    "### SIC (AAAI 2022 Table 2", "### Localisation AUC, cifar_resnet8"):
+        assert heading in output
+    assert "| IG + NT" in output and "| DeepSHAP" in output and " seeds)" in output
+    tables_dir = tmp_path / "tables" / "tiny"
+    assert sorted(os.listdir(tables_dir)) == sorted(
+        ["paper_tables.md"] + [f"{name}.{suffix}" for name in ("accuracy", "sensitivity_cifar_resnet8", "sic",
+                                                              "localisation_cifar_resnet8") for suffix in ("md", "csv")])
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags["nsde.role"] == "sweep")
+    children = [r for r in runs if r.data.tags["nsde.role"] == "trial"]
+    assert parent.data.tags["nsde.kind"] == "paper_tables" and parent.data.params["repeats"] == "2"
+    assert sorted(r.data.params["noise_mode"] for r in children) == sorted(MODES)
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["nsde.status"] == "finished"
+        # every method's metrics (SIC itself is NaN, so not logged, where no image gives a valid curve)
+        assert {f"{metric}_{method}" for metric in ("sensitivity", "sic_valid_fraction") for method in
+                ("ig", "ig_nt", "saliency", "deeplift", "deepshap")} <= set(run.data.metrics)
+        assert "sensitivity_deepshap_std" in run.data.metrics and run.data.metrics["eval_images"] == 8
+        assert REPEATS_FILE in {a.path for a in client.list_artifacts(run.info.run_id)}
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "paper_tables")}
+    assert {"paper_tables/paper_tables.md", "paper_tables/sic.csv", "paper_tables/sensitivity_cifar_resnet8.md"} <= logged
+
+    assert main(flags + ["--resume", "--out-dir", str(tmp_path / "again")]) == 0
+    assert "3 trials, 3 evaluated, 0 failed" in capsys.readouterr().out
+    assert (tmp_path / "again" / "paper_tables.md").read_text() == (tables_dir / "paper_tables.md").read_text()
+    assert len(client.search_runs([experiment.experiment_id])) == 4  # nothing trained or logged twice
