@@ -1,4 +1,12 @@
+import os
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Iterator
+
 import pytest
+
+CLUSTER_SECTION = "## Running on a cluster"
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +48,48 @@ def digits_model():
     return model.eval(), splits
 
 
-@pytest.fixture(scope="session")
-def smoke_sweep(tmp_path_factory):
-    """One ``--smoke-test`` sweep logged to a real ``mlflow server`` on 127.0.0.1, shared by the tests that read it.
+@dataclass(frozen=True)
+class SmokeSweep:
+    """A finished smoke sweep: its MLflow tracking URI, sweep name, printed output and PostgreSQL URI (or None)."""
 
-    Yields (tracking URI, sweep name, the sweep's printed output). The server stays up for the session.
+    uri: str
+    name: str
+    output: str
+    postgres: str | None
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory) -> Iterator[SmokeSweep]:
+    """The README's smoke sweep ("Running on a cluster") on its one-machine cluster: a PostgreSQL-backed
+    ``mlflow server`` and a Ray head and worker started with ``ray start``, run once and read by several tests.
+
+    Without PostgreSQL (a developer's machine) it runs on a local Ray with a SQLite-backed ``mlflow server``
+    instead; in CI, which installs PostgreSQL (.ci/run), that is an error. Servers stay up for the session.
     """
-    from helpers import finish_sweep, mlflow_server, start_sweep
+    from cluster import Unavailable, postgres_server, ray_start_cluster
+    from helpers import finish_sweep, mlflow_server, readme_commands, start_sweep
 
     folder = tmp_path_factory.mktemp("smoke_sweep")
-    with mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts", folder / "server.log") as uri:
-        flags = ["--smoke-test", "--storage", str(folder / "ray"), "--name", "smoke", "--tracking-uri", uri]
-        yield uri, "smoke", finish_sweep(start_sweep(flags, folder, "smoke.log"), folder, "smoke.log", timeout=900)
-
+    command = ["python", "-m", "sweeps.accuracy_vs_robustness", "--smoke-test"]
+    argv = next((c for c in readme_commands(CLUSTER_SECTION) if c[:4] == command), None)
+    assert argv, f"README's {CLUSTER_SECTION!r} documents no {' '.join(command)}"
+    flags = argv[3:]
+    name = flags[flags.index("--name") + 1]
+    with ExitStack() as stack:
+        try:
+            postgres = stack.enter_context(postgres_server())
+            address, env, uri = stack.enter_context(ray_start_cluster(folder, postgres))
+        except Unavailable as reason:
+            if os.environ.get("CI"):
+                raise
+            warnings.warn(f"smoke sweep on a local Ray and SQLite instead of the README's cluster: {reason}")
+            postgres, address, env = None, None, None
+            uri = stack.enter_context(mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts",
+                                                    folder / "server.log"))
+        ours = {"--address": address, "--storage": str(folder / "sweeps"), "--tracking-uri": uri}
+        assert {f for f in flags if f.startswith("--")} == {"--smoke-test", "--name", *ours}
+        argv = [ours.get(previous, value) for previous, value in zip([None] + flags, flags)]
+        if address is None:  # a local Ray: no --address
+            del argv[argv.index("--address"):argv.index("--address") + 2]
+        output = finish_sweep(start_sweep(argv, folder, "sweep.log", env=env), folder, "sweep.log", 900)
+        yield SmokeSweep(uri, name, output, postgres)

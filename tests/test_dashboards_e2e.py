@@ -23,7 +23,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 @pytest.fixture(scope="module")
 def dashboard(smoke_sweep, tmp_path_factory):
     """The app serving the smoke sweep's store on 127.0.0.1; yields its URL."""
-    uri, _, _ = smoke_sweep
+    uri = smoke_sweep.uri
     folder = tmp_path_factory.mktemp("dashboard")
     port = free_port()
     app = start_in_group([sys.executable, "-m", "dashboards", "--tracking-uri", uri, "--port", str(port),
@@ -56,7 +56,7 @@ def _finished_trials(uri: str, experiment: str) -> list:
 
 
 def test_pareto_view_and_side_by_side_explanations_in_a_browser(smoke_sweep, dashboard, page, tmp_path):
-    uri, experiment, _ = smoke_sweep
+    uri, experiment = smoke_sweep.uri, smoke_sweep.name
     finished = _finished_trials(uri, experiment)
     assert finished
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep):
     """The session's smoke sweep (tests/conftest.py), run against a real ``mlflow server`` on 127.0.0.1."""
-    mlflow_server, name, output = smoke_sweep
+    mlflow_server, name, output = smoke_sweep.uri, smoke_sweep.name, smoke_sweep.output
     assert "mlflow ui" in output or mlflow_server in output
     assert "tags.pareto_front = 'true'" in output
 
