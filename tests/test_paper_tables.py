@@ -43,7 +43,8 @@ def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
     assert ig[:4] == ["IG", "0.5333 ± 0.058", "0.4 ± 0.1", "0.35 ± 0.05"]
     assert ig[4:] == ["yes (3/3 seeds)", "yes (2/3 seeds)", "yes (2/3 seeds)"]
     assert saliency[0] == "Saliency" and saliency[4:] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)"]
-    assert "held on the means for 1 of 2 methods" in sensitivity.notes[0]
+    assert sensitivity.notes[0].endswith("held on the means for 1 of 2 methods, in every seed for 1")
+    assert sensitivity.notes[2].endswith("held on the means for 1 of 2 methods, in every seed for 0")
     markdown = sensitivity.markdown()
     assert markdown.startswith("### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1")
     assert len({len(line) for line in markdown.splitlines() if line.startswith("|")}) == 1  # aligned columns
