@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-upload-mb and --max-megapixels must be > 0")
 
     from dashboards.app import Limits, build_app
-    from dashboards.store import SweepStore
+    from dashboards.store import DashboardError, SweepStore
 
     store = SweepStore(args.tracking_uri, ui_url=args.mlflow_ui_url)
+    try:
+        store.check_reachable()
+    except DashboardError as err:
+        parser.exit(2, f"python -m dashboards: error: {err}\n")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_pixels=int(args.max_megapixels * 1e6))
     print(f"[nsde-ray] dashboards for {store.tracking_uri} on http://{args.host}:{args.port}", flush=True)
     # Gradio's own cap stops a runaway upload before it fills the disk; ours gives the clear message.
