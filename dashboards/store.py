@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,15 +48,11 @@ class SweepStore:
         self._models: dict[str, ModelBundle] = {}
         self._lock = threading.Lock()
 
-    def check_reachable(self, timeout: float = 5.0) -> None:
-        """Fail fast if a tracking server does not answer (MLflow's own client retries for minutes)."""
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return
+    def check_reachable(self) -> None:
         try:
-            urllib.request.urlopen(f"{self.tracking_uri.rstrip('/')}/health", timeout=timeout)
-        except OSError as err:
-            raise DashboardError(f"cannot read the MLflow store {self.tracking_uri!r}: the server does not answer "
-                                 f"({err}); start it or check --tracking-uri") from err
+            tracking.check_reachable(self.tracking_uri)
+        except tracking.TrackingError as err:
+            raise DashboardError(f"cannot read the MLflow store: {err}") from err
 
     def sweeps(self) -> list[Sweep]:
         """Every sweep (parent run tagged ``nsde.role = sweep``), newest first."""

@@ -50,6 +50,19 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds if a tracking server does not answer its health check (MLflow's client retries for minutes)."""
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except OSError as err:
+        raise TrackingError(f"the MLflow tracking server {uri!r} does not answer ({err}); start it "
+                            "(mlflow server ...) or check --tracking-uri") from err
+
+
 def is_local_store(uri: str) -> bool:
     """Whether only processes on this machine can reach the store (not so an ``http(s)://`` server)."""
     return uri.startswith(("sqlite:", "file:"))

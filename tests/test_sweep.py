@@ -53,6 +53,12 @@ def test_bad_flags_fail_before_any_trial(flags, message, tmp_path, capsys, monke
                                       f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
 
 
+def test_a_tracking_server_that_does_not_answer_fails_in_seconds(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_usage_error(main, ["--storage", str(tmp_path / "ray"), "--tracking-uri", "http://127.0.0.1:9"],
+                       "does not answer", capsys)
+
+
 def test_an_existing_sweep_name_is_not_overwritten(tmp_path, capsys, monkeypatch):
     from nsde_ray.sweep import save_sweep_state
 
