@@ -174,7 +174,7 @@ def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Ca
     :func:`usage_errors`; nothing here starts Ray.
     """
     from nsde_ray import sweep as sweeps
-    from nsde_ray.tracking import SweepTracker, is_local_store, resolve_tracking_uri
+    from nsde_ray.tracking import SweepTracker, check_reachable, is_local_store, resolve_tracking_uri
 
     storage = resolve_storage(args.storage)
     name = args.name or time.strftime(f"{command}_%Y%m%d_%H%M%S")
@@ -190,6 +190,7 @@ def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Ca
                                     "continue it, or choose another --name")
         tracker = None
     tracking_uri = resolve_tracking_uri(args.tracking_uri or cfg.tracking_uri)
+    check_reachable(tracking_uri)
     if args.address and is_local_store(tracking_uri):
         print(f"[nsde-ray] warning: MLflow store {tracking_uri} is local to this machine; on a multi-node "
               "cluster pass --tracking-uri http://<mlflow server>:5000", file=sys.stderr, flush=True)
