@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -30,10 +31,15 @@ def test_every_metric_for_every_method_and_the_figures(digits_model, tmp_path):
     assert metrics["sensitivity"] == metrics["sensitivity_ig"] and metrics["sic"] == metrics["sic_ig"]
     assert metrics["ig_completeness_error"] < 0.25  # 8 steps only; 64 steps give < 1% (test_attribution)
     assert 0 <= metrics["ig_alpha_95"] <= 1
-    assert len(result.artifacts) == 3
-    for path in result.artifacts:
+    figures, gallery = result.artifacts[:3], result.artifacts[3:]
+    for path in figures:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 300
+    assert len(gallery) == min(SMALL.grid_images, 10)  # the grid's images, as the models see them
+    for path, label in zip(gallery, result.labels):
+        assert os.path.basename(path).endswith(f"_{splits.class_names[int(label)]}.png")
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (32, 32) and image.mode == "L"
     again = evaluate(model, splits, SMALL, progress=False).metrics
     assert again["sensitivity_ig"] == metrics["sensitivity_ig"]  # seeded: the same numbers twice
 
