@@ -18,6 +18,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthet
 DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("none", "cosine", "step", "plateau")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -168,6 +169,11 @@ class TrainConfig:
     batch_size is per DDP worker. lr is the initial learning rate. ``amp`` (bf16 autocast) and
     ``channels_last`` apply on GPU only. ``max_failures`` is how many worker failures Ray Train
     recovers from, each time from the latest per-epoch checkpoint.
+    ``compile``: train through ``torch.compile`` (mode ``compile_mode``: ``default``,
+    ``reduce-overhead``, ``max-autotune`` or ``max-autotune-no-cudagraphs``); the first steps of
+    each worker then pay the compilation (tens of seconds for a ResNet-50 on a GPU, longer on CPU),
+    so it pays off on long runs. Validation and shaping refreshes run eagerly; checkpoints are
+    the same as without it.
     """
 
     epochs: int = 6
@@ -184,9 +190,13 @@ class TrainConfig:
     channels_last: bool = True
     max_failures: int = 2
     seed: int = 0
+    compile: bool = False
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
+        _require(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
+        _one_of("compile_mode", self.compile_mode, COMPILE_MODES)
         _positive_int("batch_size", self.batch_size)
         _positive_int("num_workers (--workers-per-trial)", self.num_workers)
         _positive_int("cpus_per_worker", self.cpus_per_worker)

@@ -7,15 +7,22 @@ the sign of Â does not matter: a block's noise for a sample is scaled per locat
 ``blend + (1 - blend) |Â(x)|`` (``blend = 0`` is the paper's Σ Â(x)), resized to the block.
 
 Cost: maps are computed only at refresh points, in large batches, without parameter gradients,
-for the worker's own shard, and cached by sample index at ``map_size`` pixels.
+for the worker's own shard, and cached by sample index at ``map_size`` pixels. A refresh is
+compute-bound on a GPU (issue 8): attributions by the fast path of :mod:`nsde_ray.attribution`
+(several IG steps per model call, bf16 autocast, channels_last), the next batch gathered and
+pinned on a background thread while the GPU works, and the maps kept on the device, so neither
+the refresh nor the training steps that read the maps wait on a host copy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from nsde_ray.attribution import attribution_map, make_explainer
 from nsde_ray.config import ShapingConfig
@@ -42,7 +49,8 @@ class NoiseShaper:
     """One worker's shaping maps: when to refresh them, computing them, and the noise scale per batch.
 
     shard: the indices (into ``dataset``) of the training samples this worker sees. Maps are kept
-    as float16 (len(shard), 1, s, s) with s = min(image size, ``cfg.map_size``). On a GPU with
+    on ``device`` as float16 (len(shard), 1, s, s) with s = min(image size, ``cfg.map_size``),
+    2 KiB per sample at s = 32. On a GPU with
     ``amp`` the attributions are computed under bf16 autocast, in the model's ``memory_format``:
     the maps only set noise scales, after clipping and normalisation, so bf16 precision suffices.
     """
@@ -69,21 +77,47 @@ class NoiseShaper:
     def refresh(self, model: nn.Module, step: int) -> None:
         """Recompute the shard's maps with ``model`` as it is now (eval mode, no noise)."""
         explain = make_explainer(model, self.cfg.method, n_steps=self.cfg.ig_steps,
-                                 internal_batch_size=self.cfg.batch_size)
+                                 internal_batch_size=self.cfg.batch_size, fast=True,
+                                 amp=self.autocast["enabled"], memory_format=self.memory_format)
         chunks = []
-        loader = DataLoader(Subset(self.dataset, self.shard.tolist()), batch_size=self.cfg.batch_size)
-        for images, labels in loader:
-            images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
-            with torch.autocast(**self.autocast):
-                attributions = explain(images, labels.to(self.device)).float()
+        for images, labels in self._batches():
+            images = images.to(self.device, non_blocking=True)
+            attributions = explain(images, labels.to(self.device, non_blocking=True))
             normalised = normalise_attributions(attribution_map(attributions), self.cfg.clip_percentile)
             size = min(normalised.shape[-1], self.cfg.map_size)
             if normalised.shape[-1] != size:
                 normalised = F.interpolate(normalised.unsqueeze(1), size=(size, size), mode="area").squeeze(1)
-            chunks.append(noise_scale(normalised, self.cfg.blend).to(torch.float16).cpu())
+            chunks.append(noise_scale(normalised, self.cfg.blend).to(torch.float16))
         self.maps = torch.cat(chunks)
         self.refreshed_at = step
         self.source_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) of the shard in order, ``cfg.batch_size`` images at a time, loaded one batch ahead.
+
+        In-memory tensor data sets are gathered by index (no per-sample collation); others go
+        through a DataLoader. On CUDA the batches are pinned so the copy to the device is asynchronous.
+        """
+        pin = self.device.type == "cuda"
+        if isinstance(self.dataset, TensorDataset) and len(self.dataset.tensors) >= 2:
+            images, labels = self.dataset.tensors[:2]
+            order = self.shard.to(images.device)
+
+            def load(start: int):
+                rows = order[start:start + self.cfg.batch_size]
+                if pin and not images.is_cuda:  # gather straight into page-locked memory: one copy, async upload
+                    batch = tuple(torch.index_select(t, 0, rows, out=torch.empty((len(rows), *t.shape[1:]),
+                                                                                 dtype=t.dtype, pin_memory=True))
+                                  for t in (images, labels))
+                    return batch
+                return images.index_select(0, rows), labels.index_select(0, rows.to(labels.device))
+
+            source = (load(start) for start in range(0, len(order), self.cfg.batch_size))
+        else:
+            loader = DataLoader(Subset(self.dataset, self.shard.tolist()), batch_size=self.cfg.batch_size,
+                                pin_memory=pin)
+            source = ((batch[0], batch[1]) for batch in loader)
+        yield from _prefetched(source)
 
     def scale_for(self, indices: torch.Tensor) -> torch.Tensor | None:
         """Noise multipliers (B, 1, s, s) for the samples ``indices`` (B,), or None before the first refresh."""
@@ -93,7 +127,9 @@ class NoiseShaper:
         if (rows < 0).any():
             raise RuntimeError("a training batch holds samples outside this worker's shard; the sampler and "
                                "the shaper must use the same ShardSampler indices")
-        return self.maps[rows].to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.maps.is_cuda:
+            rows = rows.pin_memory()  # a copy from pageable memory would wait for the GPU's queue
+        return self.maps[rows.to(self.maps.device, non_blocking=True)].float()
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to rebuild identical maps: the refresh step and the model weights then."""
@@ -105,3 +141,16 @@ class NoiseShaper:
             return
         scratch_model.load_state_dict(state["model"])
         self.refresh(scratch_model.to(self.device), state["refreshed_at"])
+
+
+def _prefetched(source: Iterator, depth: int = 1) -> Iterator:
+    """The items of ``source``, each produced on a background thread while the caller works on the one before."""
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsde-shaping-prefetch") as pool:
+        pending = [pool.submit(next, source, done) for _ in range(depth)]
+        while True:
+            item = pending.pop(0).result()
+            if item is done:
+                return
+            pending.append(pool.submit(next, source, done))
+            yield item

@@ -123,7 +123,7 @@ def train_fn_per_worker(config: dict) -> None:
             scratch = build_model(cfg.model.arch, splits.num_classes, splits.in_channels, cfg.noise)
             shaper.load_state_dict(state["shaping"], scratch.to(memory_format=memory_format))
         start_epoch, train_time_s, shaping_time_s = state["epoch"], state["train_time_s"], state["shaping_time_s"]
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    ddp_model = compile_for_training(ray.train.torch.prepare_model(model, move_to_device=False), cfg.train)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.train.amp)
 
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -159,6 +159,18 @@ def train_fn_per_worker(config: dict) -> None:
             "shaping": shaper.state_dict() if shaper is not None else {},
             "num_classes": splits.num_classes, "in_channels": splits.in_channels, "epoch": epoch + 1,
             "train_time_s": train_time_s, "shaping_time_s": shaping_time_s, "config": config})
+
+
+def compile_for_training(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``torch.compile(model)`` with ``cfg.compile_mode`` if ``cfg.compile``, else ``model`` itself.
+
+    The compiled module shares its parameters with ``model``; the training loop calls it, while
+    validation, shaping refreshes and checkpoints use the uncompiled module (so state-dict keys
+    do not change). Inductor fuses each block's noise with its residual sum and ReLU.
+    """
+    if not cfg.compile:
+        return model
+    return torch.compile(model, mode=cfg.compile_mode)
 
 
 def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,

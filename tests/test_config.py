@@ -42,3 +42,15 @@ def test_params_carry_the_contract_names_and_the_whole_config():
         assert name in params
     n_fields = sum(len(section) for section in cfg.to_dict().values())
     assert len(params) == n_fields  # no two fields flatten to the same name
+
+
+def test_compile_flag_is_validated_and_round_trips():
+    from nsde_ray.config import TrainConfig, TrialConfig
+
+    cfg = TrialConfig(train=TrainConfig(compile=True, compile_mode="max-autotune-no-cudagraphs"))
+    assert TrialConfig.from_dict(cfg.to_dict()).train.compile is True
+    assert cfg.to_params()["compile"] is True and TrialConfig().train.compile is False
+    with pytest.raises(ConfigError, match="compile must be true or false"):
+        TrainConfig(compile="yes")
+    with pytest.raises(ConfigError, match="compile_mode='fastest' is not valid; choose one of: default"):
+        TrainConfig(compile_mode="fastest")

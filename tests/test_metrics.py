@@ -87,3 +87,18 @@ def test_ig_saturation_on_a_model_that_saturates_early():
     result = ig_saturation(linear, torch.randn(3, 1, 4, 4), torch.tensor([0, 1, 0]), n_alphas=21, level=0.93)
     assert torch.allclose(result.alpha_95, torch.full((3,), 0.95), atol=1e-6)
     assert torch.allclose(result.alignment_after[:2], torch.ones(2), atol=1e-5)
+
+
+def test_max_sensitivity_of_fast_ig_equals_captum_sensitivity_max_of_captum_ig(digits_model):
+    """The GPU benchmark's comparison (benchmarks/gpu_targets.py) at CPU size: our batched metric over the fast
+    IG against captum.metrics.sensitivity_max over Captum's IntegratedGradients, same perturbations."""
+    from captum.attr import IntegratedGradients
+
+    model, splits = digits_model
+    images, labels = splits.test.tensors[0][:6], splits.test.tensors[1][:6]
+    deltas = uniform_perturbations(images.shape, 4, 0.05, splits.std, torch.Generator().manual_seed(0))
+    fast = make_explainer(model, "ig", n_steps=16, fast=True, internal_batch_size=128)
+    ours = max_sensitivity(fast, model, images, labels, deltas, keep_prediction=False, chunk_size=24)
+    theirs = sensitivity_max(IntegratedGradients(model).attribute, images, perturb_func=lambda x, r: x + deltas.flatten(0, 1),
+                             n_perturb_samples=4, target=labels, n_steps=16)
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-6)

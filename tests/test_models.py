@@ -138,3 +138,147 @@ def test_every_relu_is_its_own_module_used_once_and_not_in_place(arch):
 def test_grey_input_channels():
     model = build_model("resnet18", num_classes=10, in_channels=1)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+# The fused block tail (issue 8): on a GPU each block computes relu(out + identity) + noise with two
+# Triton kernels (nsde_ray.models.fused_noise). The tests marked with `fused_kernel` run those kernels
+# on a GPU when there is one, and otherwise on the CPU under Triton's interpreter: the test
+# test_fused_kernels_under_the_triton_interpreter runs them in a subprocess with TRITON_INTERPRET=1.
+
+from nsde_ray.models import fused_noise  # noqa: E402
+
+_FUSED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+fused_kernel = pytest.mark.skipif(fused_noise.triton is None or not fused_noise.available(torch.empty(0, device=_FUSED_DEVICE)),
+                                  reason="needs Triton on a GPU, or TRITON_INTERPRET=1 (see the test below)")
+
+
+def test_fused_kernels_under_the_triton_interpreter():
+    import os
+    import subprocess
+    import sys
+
+    if fused_noise.triton is None:
+        pytest.skip("Triton is not installed")
+    if fused_noise.available(torch.empty(0, device=_FUSED_DEVICE)):
+        pytest.skip("the fused_kernel tests run directly here")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             "fused_kernel and not interpreter"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], result.stdout[-1000:]
+
+
+def _tail_inputs(batch=8, channels=16, size=8, dtype=torch.float32, channels_last=True):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    make = lambda: torch.randn(batch, channels, size, size, device=_FUSED_DEVICE).to(dtype=dtype, memory_format=fmt)  # noqa: E731
+    return make().requires_grad_(), make().requires_grad_()
+
+
+@fused_kernel
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fused_kernel_is_relu_of_the_sum_plus_normalised_gaussian_noise(channels_last):
+    out, identity = _tail_inputs(batch=16, channels=32, size=16, channels_last=channels_last)
+    noise = BlockNoise("gaussian", 0.5).train()
+    assert noise._use_fused(out, identity)
+    y = noise.residual_out(out, identity, nn.ReLU())
+    clean = torch.relu(out + identity).detach()
+    assert y.stride() == out.stride() and y.dtype == out.dtype
+    ratio = (y.detach() - clean).std(dim=(1, 2, 3)) / clean.std(dim=(1, 2, 3))
+    assert ratio.mean().item() == pytest.approx(0.5, rel=0.01) and ratio.min() > 0.47 and ratio.max() < 0.53  # 8192 draws
+    standardised = ((y.detach() - clean) / (0.5 * clean.std(dim=(1, 2, 3), keepdim=True))).flatten()
+    assert standardised.mean().abs() < 0.02 and 0.001 < (standardised.abs() > 3).float().mean() < 0.005  # Gaussian tails
+    y.sum().backward()  # the noise scale is detached: d y / d out = 1[out + identity > 0] exactly
+    assert torch.equal(out.grad, (clean > 0).to(out.dtype)) and torch.equal(identity.grad, out.grad)
+    assert not torch.equal(noise.residual_out(out, identity, nn.ReLU()), y)  # fresh noise on every forward pass
+    torch.manual_seed(3)
+    first = noise.residual_out(out, identity, nn.ReLU())
+    torch.manual_seed(3)
+    assert torch.equal(noise.residual_out(out, identity, nn.ReLU()), first)  # torch.manual_seed reproduces it
+
+
+@fused_kernel
+def test_fused_kernel_noise_is_uncorrelated_across_elements_and_samples():
+    out, identity = _tail_inputs(batch=4, channels=64, size=32)
+    with torch.no_grad():
+        clean = torch.relu(out + identity)
+        eps = (fused_noise.residual_noise(out, identity, 1.0) - clean) / clean.std(dim=(1, 2, 3), keepdim=True)
+    flat = eps.flatten(1)
+    assert flat.mean().abs() < 0.02 and flat.std().item() == pytest.approx(1.0, rel=0.02)
+    for lag in (1, 4, 512, 2048):  # within one sample, in memory order (sub-blocks of the Philox draws)
+        memory = eps.permute(0, 2, 3, 1).flatten(1)
+        assert torch.corrcoef(torch.stack([memory[:, :-lag].flatten(), memory[:, lag:].flatten()]))[0, 1].abs() < 0.02
+    assert torch.corrcoef(flat[:2])[0, 1].abs() < 0.02  # across samples
+
+
+@fused_kernel
+def test_fused_kernel_in_bf16_and_with_sigma_zero_scale():
+    out, identity = _tail_inputs(dtype=torch.bfloat16)
+    y, mask = fused_noise._forward(out.detach(), identity.detach(), 0.0, None)
+    exact = (out.detach().float() + identity.detach().float())  # summed in fp32, rounded once (eager rounds twice)
+    # at most one bf16 rounding step apart (Triton's interpreter truncates where the GPU rounds to nearest)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), torch.relu(exact), rtol=2**-7, atol=0.0)
+    assert torch.equal(mask.bool(), exact > 0)
+
+
+@fused_kernel
+def test_fused_kernel_scales_noise_by_the_map():
+    """As test_attribution_mode_scales_noise_by_the_map, through the fused kernels, in both layouts."""
+    for channels_last in (True, False):
+        out, identity = _tail_inputs(batch=4, channels=8, size=16, channels_last=channels_last)
+        noise = BlockNoise("attribution", 0.5).train()
+        shape_map = torch.zeros(4, 1, 4, 4, device=_FUSED_DEVICE)
+        shape_map[..., :2] = 1.0
+        noise.set_shape_map(shape_map)
+        clean = torch.relu(out + identity).detach()
+        delta = noise.residual_out(out, identity, nn.ReLU()).detach() - clean
+        assert torch.equal(delta[..., 10:], torch.zeros_like(delta[..., 10:]))
+        expected = 0.5 * clean.std(dim=(1, 2, 3))
+        assert delta[..., :6].std(dim=(1, 2, 3)).cpu() == pytest.approx(expected.cpu(), rel=0.1)
+        with pytest.raises(ValueError, match="for 4 samples, batch has 2"):
+            noise.residual_out(out[:2], identity[:2], nn.ReLU())
+
+
+@fused_kernel
+def test_fused_kernel_model_trains_and_compiles():
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", num_classes=3, noise=NoiseConfig("gaussian", 0.5)).to(_FUSED_DEVICE)
+    images = torch.randn(4, 3, 8, 8, device=_FUSED_DEVICE)
+    model.train()
+    calls = []
+    model.layer1[0].noise.register_forward_hook(lambda m, i, o: calls.append(1))
+    model(images).sum().backward()
+    assert calls == []  # the fused path ran (the module path would have called the hook)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    compiled = torch.compile(model)  # the tail is a custom op: compiled graphs call the kernels as they are
+    first = compiled(images)
+    first.sum().backward()
+    assert torch.isfinite(first).all() and not torch.equal(compiled(images), first)  # noise drawn in the graph
+
+
+def test_tail_without_noise_is_exactly_the_module_path():
+    out, identity = _tail_inputs()
+    reference = torch.relu(out + identity)
+    for noise in (BlockNoise("gaussian", 0.5).eval(), BlockNoise("gaussian", 0.0).train(),
+                  BlockNoise("none", 0.5).train(), BlockNoise("gaussian", 0.5, fused=False).eval()):
+        calls = []
+        relu = nn.ReLU()
+        relu.register_forward_hook(lambda m, i, o: calls.append(1))
+        assert torch.equal(noise.residual_out(out, identity, relu), reference)
+        assert calls == [1]  # eval / no noise: the ReLU module is called (DeepLIFT hooks see it)
+
+
+def test_fused_path_is_skipped_for_inputs_it_does_not_support():
+    out, identity = _tail_inputs()
+    assert not fused_noise.supported(out, identity.contiguous())  # mixed layouts
+    assert not fused_noise.supported(out, identity.double())
+    assert not fused_noise.supported(out[:, :, ::2], identity[:, :, ::2])  # not dense
+    assert not BlockNoise("gaussian", 0.5, fused=False).train()._use_fused(out, identity)
+
+
+def test_eager_noise_keeps_bf16_and_channels_last():
+    noise = BlockNoise("gaussian", 0.5, fused=False).train()
+    x = torch.rand(2, 8, 16, 16).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    y = noise(x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)

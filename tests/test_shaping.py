@@ -124,3 +124,43 @@ def test_shard_sampler_gives_fixed_disjoint_equal_shards():
     samplers[1].set_epoch(1)
     second = list(samplers[1])
     assert first != second and sorted(first) == sorted(second)  # reshuffled within the same shard
+
+
+class _NotATensorDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+def test_refresh_gives_the_same_maps_from_tensors_and_through_a_data_loader(digits_model):
+    """The in-memory gather (with prefetch) and the DataLoader path read the same samples in the same order."""
+    model, splits = digits_model
+    cfg = ShapingConfig(method="ig", ig_steps=2, batch_size=24)
+    shard = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:50]
+    gathered = NoiseShaper(cfg, splits.train, shard, 2, torch.device("cpu"))
+    loaded = NoiseShaper(cfg, _NotATensorDataset(splits.train), shard, 2, torch.device("cpu"))
+    gathered.refresh(model, 0)
+    loaded.refresh(model, 0)
+    assert gathered.maps.shape == (50, 1, 32, 32) and gathered.maps.dtype == torch.float16
+    assert torch.equal(gathered.maps, loaded.maps)
+    indices = torch.sort(shard).values[[3, 0, 7]]
+    torch.testing.assert_close(gathered.scale_for(indices), loaded.scale_for(indices))
+
+
+def test_prefetch_keeps_order_and_propagates_errors():
+    from nsde_ray.shaping import _prefetched
+
+    assert list(_prefetched(iter(range(7)))) == list(range(7))
+    assert list(_prefetched(iter([]))) == []
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(_prefetched(failing()))

@@ -75,3 +75,34 @@ def test_non_finite_loss_ends_the_run_cleanly(local_ray, tmp_path):
     result = build_trainer(cfg, name="diverged", storage_path=str(tmp_path)).fit()
     assert result.error is None
     assert result.metrics["diverged"] and result.metrics["epoch"] < 4
+
+
+@pytest.mark.parametrize("noise_mode", ["gaussian", "attribution"])
+def test_compiled_training_steps_run_and_keep_the_state_dict(noise_mode):
+    """TrainConfig.compile: the loop's module is torch.compile'd (CPU here, tiny sizes); weights are shared."""
+    from nsde_ray.models import build_model, set_noise_shape_maps
+    from nsde_ray.train import build_optimizer, compile_for_training
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", 3, 1, NoiseConfig(noise_mode, 0.5))
+    cfg = TrainConfig(compile=True)
+    assert compile_for_training(model, TrainConfig()) is model
+    compiled = compile_for_training(model, cfg)
+    optimizer = build_optimizer(model, cfg)
+    images, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    if noise_mode == "attribution":
+        set_noise_shape_maps(model, torch.rand(4, 1, 8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled.train()
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(compiled(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss) and list(model.state_dict()) == list(before)
+    assert not torch.equal(model.state_dict()["fc.weight"], before["fc.weight"])
+    first, second = compiled(images), compiled(images)
+    assert not torch.equal(first, second)  # the noise is still drawn fresh inside the compiled graph
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images), model(images))  # eval: no noise, same network (Inductor's rounding)

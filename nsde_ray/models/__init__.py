@@ -16,7 +16,7 @@ from torch import nn
 
 from nsde_ray.models.blocks import StochasticBasicBlock, StochasticBottleneck, make_stochastic
 from nsde_ray.models.cifar import CifarResNet
-from nsde_ray.models.noise import BlockNoise, noise_modules, set_noise_shape_maps
+from nsde_ray.models.noise import BlockNoise, noise_modules, set_fused_noise, set_noise_shape_maps
 
 if TYPE_CHECKING:
     from nsde_ray.config import NoiseConfig
@@ -29,7 +29,7 @@ TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 __all__ = ["BlockNoise", "StochasticBasicBlock", "StochasticBottleneck", "available_archs", "build_model",
-           "build_plain_model", "noise_modules", "set_noise_shape_maps"]
+           "build_plain_model", "noise_modules", "set_fused_noise", "set_noise_shape_maps"]
 
 
 def available_archs() -> tuple[str, ...]:

@@ -3,7 +3,8 @@
 Each block wraps the convolutions and batch norms of a torchvision ``BasicBlock`` or
 ``Bottleneck`` under the same attribute names, so torchvision state dicts load unchanged, and
 computes the same function, plus the noise term after the residual sum:
-``X(i+1) = relu(X(i) + R(X(i))) + N(i)``.
+``X(i+1) = relu(X(i) + R(X(i))) + N(i)``. The tail ``relu(. + identity) + N`` is
+:meth:`BlockNoise.residual_out`, one fused kernel pair in GPU training.
 
 Unlike torchvision's blocks, each ReLU is its own module, used once and not in place: Captum's
 DeepLIFT and DeepSHAP attach their rescale rule to ReLU modules and go wrong on a reused one.
@@ -34,7 +35,7 @@ class StochasticBasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.noise(self.relu_out(out + identity))
+        return self.noise.residual_out(out, identity, self.relu_out)
 
 
 class StochasticBottleneck(nn.Module):
@@ -55,7 +56,7 @@ class StochasticBottleneck(nn.Module):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.noise(self.relu_out(out + identity))
+        return self.noise.residual_out(out, identity, self.relu_out)
 
 
 def make_stochastic(block: nn.Module, noise: BlockNoise) -> nn.Module:
