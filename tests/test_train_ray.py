@@ -37,10 +37,10 @@ def _train_workers() -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize("noise_mode", ["gaussian", "attribution"])
-def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path, noise_mode):
-    """For attribution noise the kill lands between refreshes (epochs 1, 3, 5): maps come back from the checkpoint."""
-    cfg = TrialConfig(noise=NoiseConfig(noise_mode, 0.5), train=TrainConfig(epochs=6, num_workers=2, max_failures=2))
+def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
+    """Attribution noise, the superset of Gaussian's state: the kill lands between refreshes (epochs 1, 3, 5),
+    so the weights, the optimiser and the noise maps must all come back from the checkpoint."""
+    cfg = TrialConfig(noise=NoiseConfig("attribution", 0.5), train=TrainConfig(epochs=6, num_workers=2, max_failures=2))
     trainer = build_trainer(cfg, name="killed", storage_path=str(tmp_path))
     outcome = {}
 
@@ -67,7 +67,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path, noi
     assert result.metrics["epoch"] == 6 and not result.metrics["diverged"]
     assert result.metrics["resumed_from_epoch"] >= 1  # the restarted group continued, it did not start over
     assert result.metrics["val_accuracy"] >= 0.85
-    assert (result.metrics["shaping_time_s"] > 0) == (noise_mode == "attribution")
+    assert result.metrics["shaping_time_s"] > 0
 
 
 def test_non_finite_loss_ends_the_run_cleanly(local_ray, tmp_path):
