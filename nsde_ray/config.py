@@ -168,7 +168,9 @@ class TrainConfig:
 
     batch_size is per DDP worker. lr is the initial learning rate. ``amp`` (bf16 autocast) and
     ``channels_last`` apply on GPU only. ``max_failures`` is how many worker failures Ray Train
-    recovers from, each time from the latest per-epoch checkpoint.
+    recovers from, each time from the latest per-epoch checkpoint. ``cpus_per_worker``: CPU cores
+    Ray reserves for each DDP worker; data sets decoded from disk (CIFAR, ImageNet folders) use all
+    but one of them as DataLoader processes (:func:`nsde_ray.data.loader_processes`).
     ``compile``: train through ``torch.compile`` (mode ``compile_mode``: ``default``,
     ``reduce-overhead``, ``max-autotune`` or ``max-autotune-no-cudagraphs``); the first steps of
     each worker then pay the compilation (tens of seconds for a ResNet-50 on a GPU, longer on CPU),
@@ -199,7 +201,7 @@ class TrainConfig:
         _one_of("compile_mode", self.compile_mode, COMPILE_MODES)
         _positive_int("batch_size", self.batch_size)
         _positive_int("num_workers (--workers-per-trial)", self.num_workers)
-        _positive_int("cpus_per_worker", self.cpus_per_worker)
+        _positive_int("cpus_per_worker (--cpus-per-worker)", self.cpus_per_worker)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,

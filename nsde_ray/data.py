@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from nsde_ray.config import DataConfig
+from nsde_ray.config import DATASETS_ON_DISK, DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -218,6 +218,15 @@ def _image_folder(cfg: DataConfig, size: int) -> DataSplits:
         raise DataError(f"{cfg.dataset} in {root!r}: {err}; expected {_FOLDER_LAYOUT.format(data_dir=root)}") from err
     return DataSplits(cfg.dataset, train, val, test, num_classes=len(train.classes), in_channels=3, image_size=size,
                       class_names=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD, train_plain=train_plain)
+
+
+def loader_processes(dataset: str, cpus_per_worker: int) -> int:
+    """DataLoader worker processes for one DDP worker holding ``cpus_per_worker`` CPU cores.
+
+    Data sets read from disk decode and augment image by image, so they get every core but the
+    training process's own; in-memory tensors (digits, synthetic) are cheaper to index in-process.
+    """
+    return cpus_per_worker - 1 if dataset in DATASETS_ON_DISK else 0
 
 
 class IndexedDataset(Dataset):

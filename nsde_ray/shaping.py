@@ -53,12 +53,14 @@ class NoiseShaper:
     2 KiB per sample at s = 32. On a GPU with
     ``amp`` the attributions are computed under bf16 autocast, in the model's ``memory_format``:
     the maps only set noise scales, after clipping and normalisation, so bf16 precision suffices.
+    ``loader_processes``: DataLoader worker processes for data sets that are not in-memory tensors.
     """
 
     def __init__(self, cfg: ShapingConfig, dataset: Dataset, shard: torch.Tensor, steps_per_epoch: int,
                  device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
-                 amp: bool = False) -> None:
+                 amp: bool = False, loader_processes: int = 0) -> None:
         self.cfg, self.dataset, self.device = cfg, dataset, device
+        self.loader_processes = loader_processes
         self.memory_format = memory_format
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
         self.shard = torch.unique(shard)
@@ -115,7 +117,7 @@ class NoiseShaper:
             source = (load(start) for start in range(0, len(order), self.cfg.batch_size))
         else:
             loader = DataLoader(Subset(self.dataset, self.shard.tolist()), batch_size=self.cfg.batch_size,
-                                pin_memory=pin)
+                                pin_memory=pin, num_workers=self.loader_processes)
             source = ((batch[0], batch[1]) for batch in loader)
         yield from _prefetched(source)
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from nsde_ray.config import TrainConfig, TrialConfig
-from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets
+from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets, loader_processes
 from nsde_ray.models import build_model, set_noise_shape_maps
 from nsde_ray.shaping import NoiseShaper
 
@@ -99,14 +99,15 @@ def train_fn_per_worker(config: dict) -> None:
     scheduler = build_scheduler(optimizer, cfg.train)
 
     sampler = ShardSampler(len(splits.train), rank, world_size, seed=cfg.train.seed)
-    train_loader = DataLoader(IndexedDataset(splits.train), batch_size=cfg.train.batch_size, sampler=sampler,
-                              pin_memory=on_gpu)
+    processes = loader_processes(cfg.data.dataset, cfg.train.cpus_per_worker)
+    loading = dict(pin_memory=on_gpu, num_workers=processes, persistent_workers=processes > 0)
+    train_loader = DataLoader(IndexedDataset(splits.train), batch_size=cfg.train.batch_size, sampler=sampler, **loading)
     val_loader = DataLoader(Subset(splits.val, range(rank, len(splits.val), world_size)),
-                            batch_size=2 * cfg.train.batch_size, pin_memory=on_gpu)
+                            batch_size=2 * cfg.train.batch_size, **loading)
     shaper = None
     if cfg.noise.mode == "attribution" and cfg.noise.active:
         shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device,
-                             memory_format, amp=cfg.train.amp)
+                             memory_format, amp=cfg.train.amp, loader_processes=processes)
 
     start_epoch, train_time_s, shaping_time_s = 0, 0.0, 0.0
     checkpoint = ray.train.get_checkpoint()
@@ -140,7 +141,7 @@ def train_fn_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
                    "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
                    "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
-                   "shaping_time_s": shaping_time_s, 
+                   "shaping_time_s": shaping_time_s,
                    "node_id": ray.get_runtime_context().get_node_id(),
                    "diverged": not math.isfinite(stats.train_loss)}
         if metrics["diverged"]:

@@ -142,6 +142,16 @@ def trial_runs(uri: str, experiment: str) -> list:
     return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'trial'")
 
 
+def write_images(folder: Path, n: int, colour: int) -> None:
+    """``n`` 40x30 RGB PNGs of one flat ``colour`` (0-255) in ``folder`` (created): an image-folder class."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(np.full((40, 30, 3), colour, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
 def assert_usage_error(main: Callable[[list[str]], int], argv: list[str], message: str, capsys) -> None:
     """A command's ``main(argv)`` exits with status 2 and ``message`` within 30 s, before Ray starts."""
     import pytest

@@ -1,12 +1,11 @@
 """Data sets: the digits default, synthetic data, on-disk layouts and their error messages."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers import write_images
 from nsde_ray.config import DataConfig
-from nsde_ray.data import DataError, build_datasets, check_data
+from nsde_ray.data import DataError, build_datasets, check_data, loader_processes
 
 
 def test_digits_is_a_seeded_stratified_split_upsampled_to_32px():
@@ -39,16 +38,10 @@ def test_missing_cifar_names_the_expected_layout(tmp_path):
         check_data(DataConfig(dataset="cifar100", data_dir=str(tmp_path / "nope"), download=True))
 
 
-def _write_images(folder, n, colour):
-    folder.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(np.full((40, 30, 3), colour, dtype=np.uint8)).save(folder / f"{i}.png")
-
-
 def test_image_folder_layout(tmp_path):
     for split in ("train", "val"):
-        _write_images(tmp_path / split / "cat", 3, 10)
-        _write_images(tmp_path / split / "dog", 2, 200)
+        write_images(tmp_path / split / "cat", 3, 10)
+        write_images(tmp_path / split / "dog", 2, 200)
     splits = build_datasets(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=32))
     assert splits.class_names == ["cat", "dog"] and len(splits.train) == 5 and splits.test is splits.val
     assert splits.val[0][0].shape == (3, 32, 32)
@@ -56,9 +49,9 @@ def test_image_folder_layout(tmp_path):
 
 @pytest.mark.parametrize("make_layout, message", [
     (lambda root: None, "does not exist"),
-    (lambda root: _write_images(root / "train" / "cat", 1, 0), "val'? is missing"),
+    (lambda root: write_images(root / "train" / "cat", 1, 0), "val'? is missing"),
     (lambda root: ((root / "train").mkdir(parents=True), (root / "val").mkdir()), "has no class folders"),
-    (lambda root: (_write_images(root / "train" / "cat", 1, 0), _write_images(root / "val" / "dog", 1, 0)),
+    (lambda root: (write_images(root / "train" / "cat", 1, 0), write_images(root / "val" / "dog", 1, 0)),
      "different class folders"),
 ])
 def test_image_folder_errors_name_the_layout(tmp_path, make_layout, message):
@@ -67,3 +60,8 @@ def test_image_folder_errors_name_the_layout(tmp_path, make_layout, message):
     with pytest.raises(DataError, match=message) as info:
         build_datasets(DataConfig(dataset="imagenet", data_dir=str(root)))
     assert "train/<class>/<image>" in str(info.value)
+
+
+def test_images_read_from_disk_decode_in_every_reserved_core_but_one():
+    assert loader_processes("imagenet", cpus_per_worker=8) == 7 and loader_processes("cifar10", 1) == 0
+    assert loader_processes("digits", cpus_per_worker=8) == 0  # in-memory tensors: indexed in-process

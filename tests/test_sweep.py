@@ -46,6 +46,7 @@ def test_search_space_is_conditional_and_references_come_first():
     (["--sigma-range", "0.6", "1"], "must contain 0.5"),
     (["--eval-methods", "saliency"], "must include 'ig'"),
     (["--num-samples", "0"], "num_samples (--num-samples) must be an integer >= 1"),
+    (["--cpus-per-worker", "0"], "cpus_per_worker (--cpus-per-worker) must be an integer >= 1"),
 ])
 def test_bad_flags_fail_before_any_trial(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

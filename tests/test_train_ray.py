@@ -10,7 +10,8 @@ import psutil
 import pytest
 import torch
 
-from nsde_ray.config import NoiseConfig, TrainConfig, TrialConfig
+from helpers import write_images
+from nsde_ray.config import DataConfig, NoiseConfig, ShapingConfig, TrainConfig, TrialConfig
 from nsde_ray.train import build_trainer, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -68,6 +69,20 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
     assert result.metrics["resumed_from_epoch"] >= 1  # the restarted group continued, it did not start over
     assert result.metrics["val_accuracy"] >= 0.85
     assert result.metrics["shaping_time_s"] > 0
+
+
+def test_an_image_folder_trains_with_loader_processes_and_shaping(local_ray, tmp_path):
+    """Images from disk: 2 reserved cores give the training loop and the shaping refresh one DataLoader process."""
+    for split in ("train", "val"):
+        write_images(tmp_path / "data" / split / "dark", 12, 20)
+        write_images(tmp_path / "data" / split / "light", 12, 230)
+    cfg = TrialConfig(noise=NoiseConfig("attribution", 0.5),
+                      shaping=ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency"),
+                      data=DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=32),
+                      train=TrainConfig(epochs=2, batch_size=8, cpus_per_worker=2))
+    result = build_trainer(cfg, name="folder", storage_path=str(tmp_path / "ray")).fit()
+    assert result.error is None
+    assert result.metrics["epoch"] == 2 and not result.metrics["diverged"] and result.metrics["shaping_time_s"] > 0
 
 
 def test_non_finite_loss_ends_the_run_cleanly(local_ray, tmp_path):
