@@ -160,15 +160,32 @@ def accuracy_table(results: list[ModelResult], archs: list[str]) -> Table:
     return Table("accuracy", "Validation accuracy", ["Architecture", *MODE_NAMES.values()], rows, records)
 
 
+def spread_note(cells: list[Cell]) -> list[str]:
+    """Where the spread comes from: training seeds or evaluation repeats (empty without both).
+
+    The seed std of a cell is that of the per-model means (models of different training seeds, the
+    same evaluation draws); its repeat std is the mean std over one model's evaluation repeats.
+    """
+    pairs = [(c.seed_std, c.repeat_std) for c in cells if math.isfinite(c.seed_std) and c.repeat_std > 0]
+    if not pairs:
+        return []
+    seed_std, repeat_std = (statistics.median(values) for values in zip(*pairs))
+    return [f"spread: the std across training seeds (median over cells {seed_std:.2g}) is "
+            f"{seed_std / repeat_std:.1f}x the std across evaluation repeats of one model ({repeat_std:.2g}); "
+            + ("training seeds, not evaluation repeats, decide how sure an ordering is" if seed_std > repeat_std
+               else "evaluation repeats, not training seeds, decide how sure an ordering is")]
+
+
 def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str]) -> Table:
     """AAAI 2022 Table 1 for one architecture: max-sensitivity per method and noise mode, with the orderings."""
     steps = {"ResNet > Gaussian": ("none", "gaussian"), "Gaussian > attribution": ("gaussian", "attribution"),
              "ResNet > Gaussian > attribution": NOISE_MODES}
-    rows, records = [], []
+    rows, records, every_cell = [], [], []
     counts = {claim: [0, 0] for claim in steps}  # methods where it held on the means, and in every seed
     shown = [m for m in TABLE1_METHODS if m in methods]
     for method in shown:
         cells = {mode: cell(results, arch, mode, f"sensitivity_{method}") for mode in NOISE_MODES}
+        every_cell += cells.values()
         verdicts = {claim: ordering([cells[m] for m in modes], decreasing=True) for claim, modes in steps.items()}
         rows.append([METHOD_NAMES[method], *(cells[m].text() for m in NOISE_MODES), *(v.text() for v in verdicts.values())])
         record: dict[str, object] = {"arch": arch, "method": method}
@@ -183,6 +200,7 @@ def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str])
     notes = [f"{claim} (lower sensitivity is better; the {source} claim) held on the means for "
              f"{counts[claim][0]} of {len(shown)} methods, in every seed for {counts[claim][1]}"
              for claim, source in zip(steps, ("IJCAI 2021", "AAAI 2022", "AAAI 2022 Table 1"))]
+    notes += spread_note(every_cell)
     return Table(f"sensitivity_{arch}", f"Sensitivity, {arch} (AAAI 2022 Table 1; lower is better)",
                  ["Attribution", *TABLE1_COLUMNS.values(), *steps], rows, records, notes)
 

@@ -46,6 +46,9 @@ def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
     assert saliency[0] == "Saliency" and saliency[4:] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)"]
     assert sensitivity.notes[0].endswith("held on the means for 1 of 2 methods, in every seed for 1")
     assert sensitivity.notes[2].endswith("held on the means for 1 of 2 methods, in every seed for 0")
+    assert sensitivity.notes[3] == ("spread: the std across training seeds (median over cells 0.058) is 5.8x the std "
+                                    "across evaluation repeats of one model (0.01); training seeds, not evaluation "
+                                    "repeats, decide how sure an ordering is")
     markdown = sensitivity.markdown()
     assert markdown.startswith("### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1")
     assert len({len(line) for line in markdown.splitlines() if line.startswith("|")}) == 1  # aligned columns
