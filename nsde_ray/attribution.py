@@ -15,8 +15,8 @@ target logit (IG and DeepLIFT sum, approximately, to logit(x) - logit(baseline))
 Fast path (issue 8): :func:`integrated_gradients` and :func:`saliency` compute the same quantities
 as Captum's ``IntegratedGradients`` (same Gauss-Legendre points and weights) and ``Saliency`` without
 Captum's copies, with path points of several images and steps in one large model call, batch norm
-folded into the convolutions, optionally under bf16 autocast and in channels_last. ``make_explainer(..., fast=True)`` uses them; in fp32 they
-equal Captum's to float rounding (tested). Under bf16 autocast the gradients carry bf16 rounding
+folded into the convolutions, optionally under bf16 autocast and in channels_last.
+``make_explainer(..., fast=True)`` uses them; in fp32 they equal Captum's to float rounding (tested). Under bf16 autocast the gradients carry bf16 rounding
 (about 1% of the map); measure what that costs with :func:`completeness_error`.
 """
 
@@ -148,7 +148,7 @@ def _broadcast_baseline(baseline: torch.Tensor | None, inputs: torch.Tensor) -> 
         return torch.zeros_like(inputs)
     if baseline.shape[1:] != inputs.shape[1:]:
         raise AttributionError(f"baseline shape {tuple(baseline.shape)} does not match inputs {tuple(inputs.shape)}")
-    return baseline.to(inputs.device).expand_as(inputs).contiguous()
+    return baseline.to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs).contiguous()
 
 
 def attribute(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, method: str, **options) -> torch.Tensor:
@@ -285,6 +285,17 @@ def _targets(target: torch.Tensor | int, batch: int, device: torch.device) -> to
     return target.expand(batch) if target.ndim == 0 else target
 
 
+def _prepared(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int, amp: bool,
+              memory_format: torch.memory_format, stem_gradient: bool, fold_bn: bool):
+    """What both fast methods start from: (model to differentiate, inputs (B, C, H, W) as float32 or wider in
+    ``memory_format``, targets (B,), autocast options, stem convolution or None)."""
+    target = _targets(target, len(inputs), inputs.device)
+    x = inputs.detach().to(torch.promote_types(inputs.dtype, torch.float32)).contiguous(memory_format=memory_format)
+    if fold_bn:
+        model = _folded(model, x[:2], memory_format)
+    return model, x, target, _autocast(inputs.device, amp), _stem_conv(model) if stem_gradient else None
+
+
 def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
                          baselines: torch.Tensor | None = None, *, n_steps: int = 50, internal_batch_size: int = 512,
                          amp: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
@@ -302,18 +313,12 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.T
     """
     if inputs.ndim != 4:
         raise AttributionError(f"inputs must be images (B, C, H, W), got shape {tuple(inputs.shape)}")
-    batch, device = len(inputs), inputs.device
-    target = _targets(target, batch, device)
-    x = inputs.detach().to(torch.promote_types(inputs.dtype, torch.float32)).contiguous(memory_format=memory_format)
-    base = torch.zeros_like(x) if baselines is None else _broadcast_baseline(baselines.float(), x)
-    base = base.contiguous(memory_format=memory_format)
+    batch = len(inputs)
+    model, x, target, autocast, stem = _prepared(model, inputs, target, amp, memory_format, stem_gradient, fold_bn)
+    base = _broadcast_baseline(baselines, x).contiguous(memory_format=memory_format)
     diff = x - base
     alphas, weights = gauss_legendre(n_steps)
     total = torch.zeros_like(x)
-    autocast = _autocast(device, amp)
-    if fold_bn:
-        model = _folded(model, x[:2], memory_format)
-    stem = _stem_conv(model) if stem_gradient else None
     with eval_mode(model), torch.enable_grad():
         if batch >= internal_batch_size:  # one step of a slice of the batch per call
             for alpha, weight in zip(alphas, weights):
@@ -341,12 +346,7 @@ def saliency(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
 
     Options as :func:`integrated_gradients`.
     """
-    target = _targets(target, len(inputs), inputs.device)
-    x = inputs.detach().to(torch.promote_types(inputs.dtype, torch.float32)).contiguous(memory_format=memory_format)
-    autocast = _autocast(inputs.device, amp)
-    if fold_bn:
-        model = _folded(model, x[:2], memory_format)
-    stem = _stem_conv(model) if stem_gradient else None
+    model, x, target, autocast, stem = _prepared(model, inputs, target, amp, memory_format, stem_gradient, fold_bn)
     with eval_mode(model), torch.enable_grad():
         grads = [_target_gradients(model, x[s:s + internal_batch_size], target[s:s + internal_batch_size], autocast,
                                    stem) for s in range(0, len(x), internal_batch_size)]
@@ -358,7 +358,7 @@ def completeness_error(model: nn.Module, inputs: torch.Tensor, target: torch.Ten
     """Per image |sum(A) - (f(x) - f(b))| / |f(x) - f(b)|, f the target logit in float32 (IG's completeness axiom)."""
     target = _targets(target, len(inputs), inputs.device)
     x = inputs.float()
-    base = torch.zeros_like(x) if baselines is None else _broadcast_baseline(baselines.float(), x)
+    base = _broadcast_baseline(baselines, x)
     with torch.no_grad(), eval_mode(model):
         gap = (model(x).float().gather(1, target.view(-1, 1)) - model(base).float().gather(1, target.view(-1, 1)))[:, 0]
     total = attributions.float().flatten(1).sum(dim=1)

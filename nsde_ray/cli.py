@@ -59,7 +59,7 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr_help: str, eval_im
     train.add_argument("--use-gpu", action="store_true", help="each DDP worker takes one GPU")
     train.add_argument("--cpus-per-worker", type=int, default=TrainConfig.cpus_per_worker,
                        help="CPU cores reserved per DDP worker; CIFAR and ImageNet folders decode images in all but "
-                            "one of them (e.g. 8 per GPU on an 8-GPU, 96-core node)")
+                            "one of them (e.g. 10 on an 8-GPU, 96-core node)")
     train.add_argument("--compile", action="store_true",
                        help="train through torch.compile (about 1.3x faster on an H100 for ResNet-50 after a "
                             "compile of about a minute per worker; pays off on long runs)")

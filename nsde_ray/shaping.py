@@ -108,10 +108,9 @@ class NoiseShaper:
             def load(start: int):
                 rows = order[start:start + self.cfg.batch_size]
                 if pin and not images.is_cuda:  # gather straight into page-locked memory: one copy, async upload
-                    batch = tuple(torch.index_select(t, 0, rows, out=torch.empty((len(rows), *t.shape[1:]),
-                                                                                 dtype=t.dtype, pin_memory=True))
-                                  for t in (images, labels))
-                    return batch
+                    return tuple(torch.index_select(t, 0, rows, out=torch.empty((len(rows), *t.shape[1:]),
+                                                                                dtype=t.dtype, pin_memory=True))
+                                 for t in (images, labels))
                 return images.index_select(0, rows), labels.index_select(0, rows.to(labels.device))
 
             source = (load(start) for start in range(0, len(order), self.cfg.batch_size))
@@ -145,14 +144,11 @@ class NoiseShaper:
         self.refresh(scratch_model.to(self.device), state["refreshed_at"])
 
 
-def _prefetched(source: Iterator, depth: int = 1) -> Iterator:
+def _prefetched(source: Iterator) -> Iterator:
     """The items of ``source``, each produced on a background thread while the caller works on the one before."""
     done = object()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsde-shaping-prefetch") as pool:
-        pending = [pool.submit(next, source, done) for _ in range(depth)]
-        while True:
-            item = pending.pop(0).result()
-            if item is done:
-                return
-            pending.append(pool.submit(next, source, done))
+        pending = pool.submit(next, source, done)
+        while (item := pending.result()) is not done:
+            pending = pool.submit(next, source, done)
             yield item

@@ -167,7 +167,8 @@ def compile_for_training(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
     The compiled module shares its parameters with ``model``; the training loop calls it, while
     validation, shaping refreshes and checkpoints use the uncompiled module (so state-dict keys
-    do not change). Inductor fuses each block's noise with its residual sum and ReLU.
+    do not change). On CPU Inductor fuses each block's noise with its residual sum and ReLU; on a GPU
+    the fused Triton tail (:mod:`nsde_ray.models.fused_noise`) stays one opaque op in the graph.
     """
     if not cfg.compile:
         return model

@@ -27,7 +27,6 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 try:  # Triton ships with CUDA builds of torch; without it the eager path is used
     import triton
@@ -140,10 +139,6 @@ if triton is not None:
                     C, HAS_MAP, CHANNELS_LAST)
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(1, (n - 1).bit_length())
-
-
 def _forward(out: torch.Tensor, identity: torch.Tensor, sigma: float,
              shape_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = out.shape
@@ -158,14 +153,11 @@ def _forward(out: torch.Tensor, identity: torch.Tensor, sigma: float,
                                    num_warps=REDUCE_WARPS)
     seed = torch.randint(0, 2**31 - 1, (1,), device=out.device, dtype=torch.int64)
     if shape_map is not None:
-        shape_map = shape_map.to(device=out.device, dtype=torch.float32)
-        if shape_map.shape[-2:] != (height, width):
-            shape_map = F.interpolate(shape_map, size=(height, width), mode="bilinear", align_corners=False)
-        shape_map = shape_map.reshape(batch, height * width).contiguous()
+        shape_map = shape_map.reshape(batch, height * width).float().contiguous()
     channels_last = not out.is_contiguous()
     _apply_kernel[(triton.cdiv(n, APPLY_BLOCK), batch)](
         out, identity, y, mask, partial, shape_map if shape_map is not None else partial, seed, float(sigma), n,
-        height * width, channels, splits, SPLITS_P2=_next_power_of_2(splits), BLOCK=APPLY_BLOCK,
+        height * width, channels, splits, SPLITS_P2=max(2, triton.next_power_of_2(splits)), BLOCK=APPLY_BLOCK,
         HAS_MAP=shape_map is not None, CHANNELS_LAST=channels_last, num_warps=APPLY_WARPS)
     return y, mask
 
@@ -200,6 +192,7 @@ def residual_noise(out: torch.Tensor, identity: torch.Tensor, sigma: float,
     """``relu(out + identity) + sigma * std * m * eps`` (std per sample over (C, H, W) of the ReLU output).
 
     out, identity: (B, C, H, W), same dtype and layout (see :func:`supported`); shape_map: None or
-    (B, 1, h, w), resized bilinearly to (H, W). Returns a tensor like ``out``.
+    (B, 1, H, W) on the same device (:class:`nsde_ray.models.BlockNoise` resizes the per-sample maps).
+    Returns a tensor like ``out``.
     """
     return _residual_noise_op(out, identity, float(sigma), shape_map)[0]

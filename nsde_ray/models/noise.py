@@ -83,6 +83,8 @@ class BlockNoise(nn.Module):
         """The block's tail ``relu(out + identity) + N``: fused on a GPU, else ``self(relu(out + identity))``."""
         if self.active and self._use_fused(out, identity):
             shape_map = self._map_for(out)
+            if shape_map is not None:
+                shape_map = _resized(shape_map, out, torch.float32)
             if torch.compiler.is_compiling():  # an opaque op in the graph; failures surface when it runs
                 return fused_noise.residual_noise(out, identity, self.sigma, shape_map)
             try:
