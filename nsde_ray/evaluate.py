@@ -34,7 +34,7 @@ from nsde_ray.metrics.faithfulness import infidelity
 from nsde_ray.metrics.localisation import localisation_auc
 from nsde_ray.metrics.pic import compute_pic
 from nsde_ray.metrics.saturation import ig_saturation
-from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
+from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
 
 ARTIFACT_GRID = "attributions.png"
 ARTIFACT_SIC = "sic_curve.png"
@@ -120,9 +120,7 @@ def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str
         stages.set_postfix_str(f"{method}: sensitivity")
         sensitivity = max_sensitivity(explain, model, images, labels, deltas, keep_prediction=cfg.keep_prediction,
                                       chunk_size=cfg.batch_size, explanations=attributions)
-        valid = ~torch.isnan(sensitivity)
-        metrics[f"sensitivity_{method}"] = float(sensitivity[valid].mean()) if valid.any() else float("nan")
-        metrics[f"sensitivity_valid_fraction_{method}"] = float(valid.float().mean())
+        metrics[f"sensitivity_{method}"], metrics[f"sensitivity_valid_fraction_{method}"] = mean_sensitivity(sensitivity)
         stages.update()
         stages.set_postfix_str(f"{method}: SIC")
         pic = compute_pic(model, images, attribution_map(attributions, absolute=True), labels, mean=splits.mean,

@@ -1,5 +1,6 @@
 """Metrics against references: Captum's sensitivity_max, scikit-learn's ROC AUC, saturation on known curves."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from nsde_ray.attribution import make_explainer
 from nsde_ray.metrics.localisation import box_mask, localisation_auc
 from nsde_ray.metrics.saturation import ig_saturation
-from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
+from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
 
 
 @pytest.mark.parametrize("method", ["saliency", "ig"])
@@ -48,6 +49,32 @@ def test_perturbations_stay_in_the_pixel_ball_and_prediction_filter_applies(digi
     explain = lambda x, t: x + 1.0  # noqa: E731 - an explanation that changes with the input
     result = max_sensitivity(explain, Flipper(), images, torch.zeros(3, dtype=torch.long), deltas)
     assert torch.isnan(result).all()  # every perturbation flips the prediction: no valid max
+
+
+@pytest.mark.parametrize("broken", ["nan", "inf", "zero", "nan_when_perturbed"])
+def test_broken_maps_give_a_nan_sensitivity_never_a_good_one(digits_model, broken):
+    model, splits = digits_model
+    images, labels = splits.test[0][0].unsqueeze(0).repeat(3, 1, 1, 1), torch.full((3,), splits.test[0][1])
+    deltas = uniform_perturbations(images.shape, 4, 0.02, splits.std, torch.Generator().manual_seed(0))
+    clean = images.clone()
+
+    def explain(x, t):
+        maps = x.clone()
+        hit = slice(None) if broken != "nan_when_perturbed" else ~torch.isclose(x, clean[:1]).flatten(1).all(1)
+        maps[hit] = {"nan": float("nan"), "inf": float("inf"), "zero": 0.0, "nan_when_perturbed": float("nan")}[broken]
+        return maps
+
+    per_image = max_sensitivity(explain, model, images, labels, deltas, keep_prediction=False)
+    assert torch.isinf(per_image).all()
+    metric, valid = mean_sensitivity(per_image)
+    assert math.isnan(metric) and valid == 1.0
+
+
+def test_mean_sensitivity_leaves_out_images_without_a_kept_perturbation_only():
+    metric, valid = mean_sensitivity(torch.tensor([0.1, float("nan"), 0.3, 0.2]))
+    assert metric == pytest.approx(0.2) and valid == 0.75
+    assert math.isnan(mean_sensitivity(torch.tensor([float("nan")] * 2))[0])
+    assert math.isnan(mean_sensitivity(torch.tensor([0.1, float("inf"), float("nan")]))[0])
 
 
 def test_localisation_auc_is_the_tpr_fpr_area():

@@ -12,7 +12,11 @@ ball. What we do beyond Captum, exactly:
   left out of the max, as S_r's "perturbations that do not change the output" asks; an image whose
   every perturbation changes the prediction gets NaN, and callers report how many that were;
 - we return the per-image value; the data-set metric is their mean (S_r / |D|), so it does not
-  grow with the number of evaluated images.
+  grow with the number of evaluated images;
+- a map that is not finite (NaN or inf, in the image's own map or a counted perturbation's) gives
+  ``inf`` for that image, and an all-zero map (whose relative change is undefined; Captum divides by
+  1 instead) gives ``inf`` too: neither can score better than a real map. :func:`mean_sensitivity`
+  turns any such image into a NaN metric.
 
 All perturbed inputs are explained in batched calls (``chunk_size`` inputs at a time); with
 ``keep_prediction=False`` and the same perturbations the result equals Captum's (tested). On a GPU,
@@ -60,13 +64,26 @@ def max_sensitivity(explain: Explainer, model: nn.Module, inputs: torch.Tensor, 
         changes.append(explain(chunk, perturbed_target[start:start + chunk_size]).flatten(1))
     diff = torch.cat(changes).view(batch, n_perturbations, -1) - base.flatten(1).unsqueeze(1)
     base_norm = base.flatten(1).norm(dim=1, keepdim=True)
-    relative = diff.norm(dim=2) / torch.where(base_norm > 0, base_norm, torch.ones_like(base_norm))
-    if keep_prediction:
-        with torch.no_grad(), eval_mode(model):
-            predicted = torch.cat([model(perturbed[s:s + chunk_size]).argmax(dim=1)
-                                   for s in range(0, len(perturbed), chunk_size)])
-        same = (predicted == perturbed_target).view(batch, n_perturbations)
-        relative = torch.where(same, relative, torch.full_like(relative, float("nan")))
-        return torch.where(same.any(dim=1), relative.nan_to_num(-1.0).amax(dim=1),
-                           torch.full((batch,), float("nan"), device=relative.device))
-    return relative.amax(dim=1)
+    relative = diff.norm(dim=2) / base_norm  # inf for an all-zero map, NaN for 0/0
+    relative = torch.where(torch.isfinite(relative), relative, torch.full_like(relative, float("inf")))
+    if not keep_prediction:
+        return relative.amax(dim=1)
+    with torch.no_grad(), eval_mode(model):
+        predicted = torch.cat([model(perturbed[s:s + chunk_size]).argmax(dim=1)
+                               for s in range(0, len(perturbed), chunk_size)])
+    same = (predicted == perturbed_target).view(batch, n_perturbations)
+    counted = torch.where(same, relative, torch.full_like(relative, -float("inf"))).amax(dim=1)
+    return torch.where(same.any(dim=1), counted, torch.full_like(counted, float("nan")))
+
+
+def mean_sensitivity(per_image: torch.Tensor) -> tuple[float, float]:
+    """(metric, valid fraction) of :func:`max_sensitivity`'s per-image values (B,).
+
+    The metric is the mean over images with a prediction-preserving perturbation (non-NaN); it is
+    NaN when there is none, or when any image's map was not finite or all zero (an ``inf``), so a
+    broken explainer can never look robust. The valid fraction is the share of non-NaN images.
+    """
+    valid = ~torch.isnan(per_image)
+    if not valid.any() or torch.isinf(per_image[valid]).any():
+        return float("nan"), float(valid.float().mean())
+    return float(per_image[valid].mean()), float(valid.float().mean())
