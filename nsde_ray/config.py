@@ -13,12 +13,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-NOISE_MODES = ("none", "gaussian", "attribution")
+NOISE_MODES = ("none", "gaussian", "attribution", "input")
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic")
 DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
+AUGMENTATIONS = ("auto", "cifar", "imagenet", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("none", "cosine", "step", "plateau")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SHAPING_ENERGIES = ("raw", "preserve")
 
 
 class ConfigError(ValueError):
@@ -65,10 +67,13 @@ class ModelConfig:
 class NoiseConfig:
     """Noise N(i) injected after every residual block (smoother-attributions paper, eq. 5).
 
-    mode: ``none`` (plain ResNet, a neural ODE), ``gaussian`` (Brownian) or ``attribution``
-    (Gaussian scaled per sample and location by an attribution map).
+    mode: ``none`` (plain ResNet, a neural ODE), ``gaussian`` (Brownian), ``attribution``
+    (Gaussian scaled per sample and location by an attribution map) or ``input`` (no noise in the
+    blocks; the same normalised Gaussian noise added to the input image only: the baseline of
+    plain noise augmentation).
     sigma: normalised magnitude; the noise std is ``sigma * std(block output)`` per sample,
-    so 0.5 means the same in every block and architecture. Unitless, >= 0.
+    so 0.5 means the same in every block and architecture (``input``: ``sigma * std(image)``,
+    the per-sample std of the normalised image over (C, H, W)). Unitless, >= 0.
     """
 
     mode: str = "gaussian"
@@ -98,6 +103,13 @@ class ShapingConfig:
     matters). Maps are cached per sample at ``map_size`` pixels (smaller images keep their size).
     ``batch_size`` is the number of path points per attribution call (64 is fastest on CPU caches;
     raise it on a GPU). A full refresh with IG costs about ``ig_steps`` x 2/3 of a training epoch.
+
+    ``energy``: ``raw`` keeps the multipliers as they are (mostly below 1: with the 99th-percentile
+    clip their mean square is about 0.06, so shaped noise is also much less noise than Gaussian at
+    the same sigma); ``preserve`` rescales each sample's map so that its mean square is 1 (the
+    noise variance of Gaussian noise at the same sigma, redistributed by the map), then caps it at
+    ``max_multiplier`` (>= 1) so that hot spots cannot wreck training. The training metric
+    ``noise_energy`` reports the amount either way.
     """
 
     warmup_epochs: int = 1
@@ -109,6 +121,8 @@ class ShapingConfig:
     blend: float = 0.0
     map_size: int = 32
     batch_size: int = 64
+    energy: str = "raw"
+    max_multiplier: float = 4.0
 
     def __post_init__(self) -> None:
         _require(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
@@ -123,6 +137,11 @@ class ShapingConfig:
                  f"shaping blend must be in [0, 1] (0 = fully shaped, 1 = plain Gaussian), got {self.blend!r}")
         _require(isinstance(self.map_size, int) and self.map_size >= 4, "shaping map_size must be an integer >= 4")
         _positive_int("shaping batch_size", self.batch_size)
+        _one_of("shaping energy", self.energy, SHAPING_ENERGIES)
+        _require(isinstance(self.max_multiplier, (int, float)) and not isinstance(self.max_multiplier, bool)
+                 and math.isfinite(self.max_multiplier) and self.max_multiplier >= 1.0,
+                 f"shaping max_multiplier must be a finite number >= 1 (the cap on energy-preserving multipliers, "
+                 f"whose mean square is 1; 4 by default), got {self.max_multiplier!r}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +149,12 @@ class DataConfig:
     """Which data set, where it lives and how it is split.
 
     image_size: side in pixels the images are resized to; ``None`` takes the data set's default
-    (digits, CIFAR and synthetic 32, ImageNet-style folders 224).
+    (digits, CIFAR and synthetic 32; image folders their own side if their images are at most 64 px,
+    else 224).
+    augmentation: the training recipe of images read from disk (:mod:`nsde_ray.augment`):
+    ``cifar`` (pad-and-crop, flip; CIFAR normalisation), ``imagenet`` (RandomResizedCrop, flip;
+    ImageNet normalisation), ``none`` (train on the evaluation view) or ``auto``: ``cifar`` for
+    CIFAR and folders of images of at most 64 px, ``imagenet`` for larger ones.
     val_fraction, test_fraction: held-out fractions for data sets without an official split
     (digits, synthetic); CIFAR takes ``val_fraction`` of its train set for validation.
     """
@@ -138,6 +162,7 @@ class DataConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     image_size: int | None = None
+    augmentation: str = "auto"
     download: bool = False
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -155,6 +180,10 @@ class DataConfig:
         if self.image_size is not None:
             _require(isinstance(self.image_size, int) and self.image_size >= 8,
                      f"image_size must be an integer >= 8 pixels, got {self.image_size!r}")
+        _one_of("augmentation", self.augmentation, AUGMENTATIONS)
+        _require(self.dataset in DATASETS_ON_DISK or self.augmentation in ("auto", "none"),
+                 f"augmentation={self.augmentation!r} applies to images read from disk ({', '.join(DATASETS_ON_DISK)}); "
+                 f"{self.dataset} is in-memory tensors without augmentation: leave augmentation at 'auto'")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             _require(0.0 < value < 0.5, f"{name} must be in (0, 0.5), got {value!r}")
@@ -175,7 +204,9 @@ class TrainConfig:
     ``reduce-overhead``, ``max-autotune`` or ``max-autotune-no-cudagraphs``); the first steps of
     each worker then pay the compilation (tens of seconds for a ResNet-50 on a GPU, longer on CPU),
     so it pays off on long runs. Validation and shaping refreshes run eagerly; checkpoints are
-    the same as without it.
+    the same as without it. ``init_from``: initial weights (absolute path, visible to every
+    worker) of a run that does not resume: a state dict saved with ``torch.save`` (torchvision's
+    load unchanged) or a checkpoint of this package, file or directory (:mod:`nsde_ray.weights`).
     """
 
     epochs: int = 6
@@ -194,6 +225,7 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False
     compile_mode: str = "default"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -211,6 +243,8 @@ class TrainConfig:
         _require(isinstance(self.max_failures, int) and self.max_failures >= -1,
                  "max_failures must be an integer >= 0, or -1 for unlimited retries")
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+        _require(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+                 f"init_from must be the path of initial weights, or None, got {self.init_from!r}")
 
 
 @dataclass(frozen=True)
@@ -327,7 +361,7 @@ class SearchSpace:
     noise_mode is always one of none, gaussian, attribution; noise_sigma (unitless, see
     :class:`NoiseConfig`) and the learning rate (log scale) are searched for every noisy trial,
     the shaping schedule (warm-up epochs, refresh interval in epochs, outlier-clipping percentile,
-    shaping method) for ``attribution`` trials only. ``warmup_epochs_max`` and ``refresh_every_max``
+    shaping method, energy: ``raw`` or ``preserve``, see :class:`ShapingConfig`) for ``attribution`` trials only. ``warmup_epochs_max`` and ``refresh_every_max``
     of ``None`` mean "up to the trial's epochs". The papers' setting (gaussian, sigma 0.5) and
     the plain ResNet are always evaluated first, at the base learning rate.
     """
@@ -338,6 +372,7 @@ class SearchSpace:
     refresh_every_max: int | None = None
     clip_range: tuple[float, float] = (90.0, 100.0)
     shaping_methods: tuple[str, ...] = ("ig", "saliency")
+    shaping_energies: tuple[str, ...] = SHAPING_ENERGIES
 
     def __post_init__(self) -> None:
         for name in ("sigma_range", "lr_range", "clip_range"):
@@ -346,6 +381,7 @@ class SearchSpace:
             _require(len(value) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
                      and value[0] <= value[1], f"{name} must be two finite numbers LOW <= HIGH, got {value!r}")
         object.__setattr__(self, "shaping_methods", tuple(self.shaping_methods))
+        object.__setattr__(self, "shaping_energies", tuple(self.shaping_energies))
         _require(self.sigma_range[0] >= 0.0,
                  f"sigma range {self.sigma_range} goes below 0: the noise magnitude sigma is >= 0 (try 0 1)")
         _require(self.sigma_range[0] <= REFERENCE_SIGMA <= self.sigma_range[1],
@@ -357,6 +393,9 @@ class SearchSpace:
         _require(len(self.shaping_methods) > 0, "shaping_methods must not be empty")
         for method in self.shaping_methods:
             _one_of("shaping method", method, ("ig", "saliency"))
+        _require(len(self.shaping_energies) > 0, f"shaping_energies must not be empty; choose from {SHAPING_ENERGIES}")
+        for energy in self.shaping_energies:
+            _one_of("shaping energy", energy, SHAPING_ENERGIES)
         for name in ("warmup_epochs_max", "refresh_every_max"):
             value = getattr(self, name)
             _require(value is None or (isinstance(value, int) and value >= (0 if name.startswith("warmup") else 1)),

@@ -4,7 +4,19 @@ dx(t) = G(x(t), W(t)) dt + Σ_next dB_t with Σ_next = Σ Â(x): attributions co
 previous iteration's model, outliers dropped and normalised to [-1, 1], scale the noise of the next
 iteration. The first iteration (warm-up) uses plain Gaussian noise. Since the noise is symmetric,
 the sign of Â does not matter: a block's noise for a sample is scaled per location by
-``blend + (1 - blend) |Â(x)|`` (``blend = 0`` is the paper's Σ Â(x)), resized to the block.
+``blend + (1 - blend) |Â(x)|`` (``blend = 0`` is the paper's Σ Â(x)), resized to the block. Those
+multipliers are mostly below 1, so shaped noise is also less noise; ``ShapingConfig.energy =
+"preserve"`` rescales each map to the noise variance of Gaussian noise (:func:`preserve_energy`),
+and :func:`noise_energy` measures the amount in either case.
+
+Attributions are taken on the evaluation view of each training image (``DataSplits.train_unaugmented``)
+against the black baseline of evaluation (:func:`nsde_ray.attribution.ig_baseline`). A training
+batch is augmented (crop, flip): :meth:`NoiseShaper.scale_for` applies each sample's crop box and
+flip to its cached map (:func:`nsde_ray.augment.apply_geometry`), so the noise multipliers cover
+the pixels the model is given. Where a crop reaches beyond the evaluation view (zero padding, the
+margins of a RandomResizedCrop box) no attribution is cached; there a sample gets its map's
+smallest multiplier, that of its least attributed pixel (a black padding pixel's IG attribution
+against the black baseline is 0).
 
 Cost: maps are computed only at refresh points, in large batches, without parameter gradients,
 for the worker's own shard, and cached by sample index at ``map_size`` pixels. A refresh is
@@ -25,7 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from nsde_ray.attribution import attribution_map, make_explainer
-from nsde_ray.config import ShapingConfig
+from nsde_ray.augment import IDENTITY_PARAMS, apply_geometry
+from nsde_ray.config import NoiseConfig, ShapingConfig
 
 
 def normalise_attributions(maps: torch.Tensor, clip_percentile: float) -> torch.Tensor:
@@ -45,6 +58,36 @@ def noise_scale(normalised: torch.Tensor, blend: float) -> torch.Tensor:
     return (blend + (1.0 - blend) * normalised.abs()).unsqueeze(1)
 
 
+def preserve_energy(multipliers: torch.Tensor, max_multiplier: float) -> torch.Tensor:
+    """Multipliers (B, 1, h, w) >= 0 rescaled per sample to mean square 1, then capped at ``max_multiplier``.
+
+    Mean square 1 is the noise variance of Gaussian noise at the same sigma: the map then decides
+    where the noise goes, not how much there is. After the cap the mean square can fall below 1
+    (slightly for clipped attribution maps; more for a map with a few hot pixels and zeros elsewhere);
+    :func:`noise_energy` reports the true value. A map that is zero everywhere becomes 1 everywhere
+    (plain Gaussian noise: it says nothing about where to put the noise).
+    """
+    rms = multipliers.float().square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    rescaled = torch.where(rms > 0, multipliers / torch.where(rms > 0, rms, 1.0), 1.0)
+    return rescaled.clamp(max=max_multiplier).to(multipliers.dtype)
+
+
+def noise_energy(noise: NoiseConfig, multipliers: torch.Tensor | None) -> float:
+    """The noise variance relative to Gaussian noise at the same sigma: the mean squared multiplier m² (unitless).
+
+    0 without noise (mode ``none`` or sigma 0); 1 for every other mode without a map (``gaussian``,
+    and ``attribution`` before its first maps: warm-up is plain Gaussian noise); with ``attribution``
+    maps ``multipliers`` (N, 1, h, w), the mean of m² over all samples and pixels, at the maps'
+    resolution (each block sees the maps resized). Summed in float64, a chunk of samples at a time.
+    """
+    if not noise.active:
+        return 0.0
+    if noise.mode != "attribution" or multipliers is None:
+        return 1.0
+    total = sum(chunk.double().square().sum() for chunk in multipliers.split(4096))
+    return float(total) / max(multipliers.numel(), 1)
+
+
 class NoiseShaper:
     """One worker's shaping maps: when to refresh them, computing them, and the noise scale per batch.
 
@@ -54,12 +97,16 @@ class NoiseShaper:
     ``amp`` the attributions are computed under bf16 autocast, in the model's ``memory_format``:
     the maps only set noise scales, after clipping and normalisation, so bf16 precision suffices.
     ``loader_processes``: DataLoader worker processes for data sets that are not in-memory tensors.
+    ``baseline``: IG's reference input in normalised units, (1, C, 1, 1) or (1, C, H, W); training
+    passes :func:`~nsde_ray.attribution.ig_baseline` (black, as evaluation). ``None``: zeros, for
+    data without pixel units (random benchmark tensors).
     """
 
     def __init__(self, cfg: ShapingConfig, dataset: Dataset, shard: torch.Tensor, steps_per_epoch: int,
                  device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
-                 amp: bool = False, loader_processes: int = 0) -> None:
+                 amp: bool = False, loader_processes: int = 0, baseline: torch.Tensor | None = None) -> None:
         self.cfg, self.dataset, self.device = cfg, dataset, device
+        self.baseline = None if baseline is None else baseline.to(device)
         self.loader_processes = loader_processes
         self.memory_format = memory_format
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
@@ -78,7 +125,7 @@ class NoiseShaper:
 
     def refresh(self, model: nn.Module, step: int) -> None:
         """Recompute the shard's maps with ``model`` as it is now (eval mode, no noise)."""
-        explain = make_explainer(model, self.cfg.method, n_steps=self.cfg.ig_steps,
+        explain = make_explainer(model, self.cfg.method, baselines=self.baseline, n_steps=self.cfg.ig_steps,
                                  internal_batch_size=self.cfg.batch_size, fast=True,
                                  amp=self.autocast["enabled"], memory_format=self.memory_format)
         chunks = []
@@ -89,7 +136,10 @@ class NoiseShaper:
             size = min(normalised.shape[-1], self.cfg.map_size)
             if normalised.shape[-1] != size:
                 normalised = F.interpolate(normalised.unsqueeze(1), size=(size, size), mode="area").squeeze(1)
-            chunks.append(noise_scale(normalised, self.cfg.blend).to(torch.float16))
+            scale = noise_scale(normalised, self.cfg.blend)
+            if self.cfg.energy == "preserve":
+                scale = preserve_energy(scale, self.cfg.max_multiplier)
+            chunks.append(scale.to(torch.float16))
         self.maps = torch.cat(chunks)
         self.refreshed_at = step
         self.source_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -120,17 +170,22 @@ class NoiseShaper:
             source = ((batch[0], batch[1]) for batch in loader)
         yield from _prefetched(source)
 
-    def scale_for(self, indices: torch.Tensor) -> torch.Tensor | None:
-        """Noise multipliers (B, 1, s, s) for the samples ``indices`` (B,), or None before the first refresh."""
+    def scale_for(self, indices: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Noise multipliers (B, 1, s, s) for the samples ``indices`` (B,), or None before the first refresh.
+
+        params: (B, 5) each sample's augmentation (:mod:`nsde_ray.augment`), applied to its map;
+        ``None`` or identity rows: the maps as cached.
+        """
         if self.maps is None:
             return None
         rows = self.position[indices.cpu()]
         if (rows < 0).any():
             raise RuntimeError("a training batch holds samples outside this worker's shard; the sampler and "
                                "the shaper must use the same ShardSampler indices")
-        if self.maps.is_cuda:
-            rows = rows.pin_memory()  # a copy from pageable memory would wait for the GPU's queue
-        return self.maps[rows.to(self.maps.device, non_blocking=True)].float()
+        maps = self.maps[_to_device(rows, self.maps.device)].float()
+        if params is None or torch.equal(params.cpu(), IDENTITY_PARAMS.expand_as(params)):
+            return maps
+        return apply_geometry(maps, _to_device(params.cpu().float(), maps.device), fill=maps.amin(dim=(1, 2, 3)))
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to rebuild identical maps: the refresh step and the model weights then."""
@@ -142,6 +197,13 @@ class NoiseShaper:
             return
         scratch_model.load_state_dict(state["model"])
         self.refresh(scratch_model.to(self.device), state["refreshed_at"])
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``, copied without waiting for the GPU's queue (pinned first)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _prefetched(source: Iterator) -> Iterator:

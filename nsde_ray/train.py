@@ -22,22 +22,27 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from nsde_ray.config import TrainConfig, TrialConfig
+from nsde_ray.attribution import ig_baseline
+from nsde_ray.config import NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets, loader_processes
 from nsde_ray.models import build_model, set_noise_shape_maps
-from nsde_ray.shaping import NoiseShaper
-
-CHECKPOINT_FILE = "checkpoint.pt"
+from nsde_ray.shaping import NoiseShaper, noise_energy
+from nsde_ray.weights import CHECKPOINT_FILE, load_init_weights
 
 
 @dataclass
 class EpochStats:
-    """One epoch's training and validation results, averaged over all workers; shaping_time_s is rank-local."""
+    """One epoch's training and validation results, averaged over all workers; shaping_time_s is rank-local.
+
+    noise_energy: :func:`nsde_ray.shaping.noise_energy` in force at each training step, averaged over
+    the epoch's steps and over the workers (all-reduced; the shards have equal sizes).
+    """
 
     train_loss: float
     val_loss: float
     val_accuracy: float
     shaping_time_s: float
+    noise_energy: float
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -65,6 +70,7 @@ def load_checkpoint(path: str) -> dict:
 
     Keys: ``model``, ``optimizer``, ``scheduler`` (state dicts), ``shaping`` (what rebuilds the
     shaping maps), ``num_classes``, ``in_channels``, ``epoch`` (epochs done), ``train_time_s``,
+    ``noise_energy_sum`` (the sum of the epochs' ``noise_energy_epoch``),
     ``config`` (:meth:`TrialConfig.to_dict`). A run that diverged ends with a
     checkpoint holding ``diverged: True`` and no weights; the one before it has the last good model.
     """
@@ -94,6 +100,9 @@ def train_fn_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     splits = build_datasets(cfg.data)
     model = build_model(cfg.model.arch, splits.num_classes, splits.in_channels, cfg.noise)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and cfg.train.init_from:  # a resumed run continues from its own checkpoint instead
+        load_init_weights(cfg.train.init_from, model)
     model = model.to(device=device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
@@ -107,10 +116,10 @@ def train_fn_per_worker(config: dict) -> None:
     shaper = None
     if cfg.noise.mode == "attribution" and cfg.noise.active:
         shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device,
-                             memory_format, amp=cfg.train.amp, loader_processes=processes)
+                             memory_format, amp=cfg.train.amp, loader_processes=processes,
+                             baseline=ig_baseline(splits.mean, splits.std, "black"))
 
-    start_epoch, train_time_s, shaping_time_s = 0, 0.0, 0.0
-    checkpoint = ray.train.get_checkpoint()
+    start_epoch, train_time_s, shaping_time_s, noise_energy_sum = 0, 0.0, 0.0, 0.0
     if checkpoint is not None:
         with checkpoint.as_directory() as checkpoint_dir:
             state = load_checkpoint(checkpoint_dir)
@@ -124,6 +133,7 @@ def train_fn_per_worker(config: dict) -> None:
             scratch = build_model(cfg.model.arch, splits.num_classes, splits.in_channels, cfg.noise)
             shaper.load_state_dict(state["shaping"], scratch.to(memory_format=memory_format))
         start_epoch, train_time_s, shaping_time_s = state["epoch"], state["train_time_s"], state["shaping_time_s"]
+        noise_energy_sum = state["noise_energy_sum"]
     ddp_model = compile_for_training(ray.train.torch.prepare_model(model, move_to_device=False), cfg.train)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.train.amp)
 
@@ -134,14 +144,16 @@ def train_fn_per_worker(config: dict) -> None:
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         stats = _run_epoch(ddp_model, model, optimizer, train_loader, val_loader, device, memory_format, autocast,
-                           shaper, first_step=epoch * len(train_loader))
+                           cfg.noise, shaper, first_step=epoch * len(train_loader))
         epoch_time_s = time.perf_counter() - started
         train_time_s += epoch_time_s
         shaping_time_s += stats.shaping_time_s
+        noise_energy_sum += stats.noise_energy
         metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
                    "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
                    "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
-                   "shaping_time_s": shaping_time_s,
+                   "shaping_time_s": shaping_time_s, "noise_energy_epoch": stats.noise_energy,
+                   "noise_energy": noise_energy_sum / (epoch + 1),
                    "node_id": ray.get_runtime_context().get_node_id(),
                    "diverged": not math.isfinite(stats.train_loss)}
         if metrics["diverged"]:
@@ -159,7 +171,8 @@ def train_fn_per_worker(config: dict) -> None:
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "shaping": shaper.state_dict() if shaper is not None else {},
             "num_classes": splits.num_classes, "in_channels": splits.in_channels, "epoch": epoch + 1,
-            "train_time_s": train_time_s, "shaping_time_s": shaping_time_s, "config": config})
+            "train_time_s": train_time_s, "shaping_time_s": shaping_time_s, "noise_energy_sum": noise_energy_sum,
+            "config": config})
 
 
 def compile_for_training(model: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -177,22 +190,26 @@ def compile_for_training(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
 def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
                val_loader: DataLoader, device: torch.device, memory_format: torch.memory_format,
-               autocast: dict, shaper: NoiseShaper | None, first_step: int) -> EpochStats:
+               autocast: dict, noise: NoiseConfig, shaper: NoiseShaper | None, first_step: int) -> EpochStats:
     """Train one epoch, then validate (noise off); sums are all-reduced so every rank agrees.
 
     With a shaper, maps are refreshed when due (before global step ``first_step + i``) and each
-    batch's noise is scaled by its samples' maps.
+    batch's noise is scaled by its samples' maps, cropped and flipped as the batch's images were.
     """
-    totals = torch.zeros(5, dtype=torch.float64, device=device)  # train loss, train n, val loss, val correct, val n
-    shaping_time_s = 0.0
+    # train loss, train n, val loss, val correct, val n, noise energy summed over steps, steps
+    totals = torch.zeros(7, dtype=torch.float64, device=device)
+    shaping_time_s, energy_sum, steps = 0.0, 0.0, 0
+    energy = noise_energy(noise, shaper.maps if shaper is not None else None)
     ddp_model.train()
-    for step, (images, labels, indices) in enumerate(train_loader, start=first_step):
+    for step, (images, labels, indices, params) in enumerate(train_loader, start=first_step):
         if shaper is not None:
             if shaper.due(step):
                 started = time.perf_counter()
                 shaper.refresh(model, step)
                 shaping_time_s += time.perf_counter() - started
-            set_noise_shape_maps(model, shaper.scale_for(indices))
+                energy = noise_energy(noise, shaper.maps)
+            set_noise_shape_maps(model, shaper.scale_for(indices, params))
+        energy_sum, steps = energy_sum + energy, steps + 1
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(**autocast):
@@ -211,11 +228,12 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
             totals[2] += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
             totals[3] += (logits.argmax(dim=1) == labels).sum()
             totals[4] += len(labels)
+    totals[5], totals[6] = energy_sum, steps
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
-    train_loss, n_train, val_loss, correct, n_val = totals.tolist()
+    train_loss, n_train, val_loss, correct, n_val, energy_sum, steps = totals.tolist()
     return EpochStats(train_loss / max(n_train, 1.0), val_loss / max(n_val, 1.0), correct / max(n_val, 1.0),
-                      shaping_time_s)
+                      shaping_time_s, energy_sum / max(steps, 1.0))
 
 
 def _report_with_checkpoint(metrics: dict, rank: int, state: dict) -> None:

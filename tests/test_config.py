@@ -2,7 +2,8 @@
 
 import pytest
 
-from nsde_ray.config import ConfigError, DataConfig, ModelConfig, NoiseConfig, TrainConfig, TrialConfig
+from nsde_ray.config import (ConfigError, DataConfig, ModelConfig, NoiseConfig, SearchSpace, ShapingConfig, TrainConfig,
+                             TrialConfig)
 
 
 @pytest.mark.parametrize("build, message", [
@@ -18,6 +19,9 @@ from nsde_ray.config import ConfigError, DataConfig, ModelConfig, NoiseConfig, T
     (lambda: TrainConfig(lr=0.0), "lr must be a finite number > 0"),
     (lambda: TrainConfig(num_workers=0), "--workers-per-trial"),
     (lambda: TrainConfig(optimizer="lbfgs"), "choose one of: sgd, adam, adamw"),
+    (lambda: ShapingConfig(energy="keep"), "shaping energy='keep' is not valid; choose one of: raw, preserve"),
+    (lambda: ShapingConfig(max_multiplier=0.5), "shaping max_multiplier must be a finite number >= 1"),
+    (lambda: SearchSpace(shaping_energies=()), "shaping_energies must not be empty"),
 ])
 def test_bad_values_fail_with_a_message_that_says_what_to_do(build, message):
     with pytest.raises(ConfigError, match=message):

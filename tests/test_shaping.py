@@ -8,7 +8,7 @@ import torch
 from nsde_ray.config import NoiseConfig, ShapingConfig
 from nsde_ray.data import ShardSampler
 from nsde_ray.models import build_model, noise_modules, set_noise_shape_maps
-from nsde_ray.shaping import NoiseShaper, noise_scale, normalise_attributions
+from nsde_ray.shaping import NoiseShaper, noise_energy, noise_scale, normalise_attributions, preserve_energy
 
 
 def test_normalised_maps_lie_in_minus_one_one_and_keep_their_sign():
@@ -37,6 +37,80 @@ def test_noise_scale_blends_uniform_and_shaped():
     torch.testing.assert_close(noise_scale(normalised, 0.0), normalised.abs().unsqueeze(1))
     torch.testing.assert_close(noise_scale(normalised, 1.0), torch.ones(1, 1, 2, 2))
     torch.testing.assert_close(noise_scale(normalised, 0.25)[0, 0, 0, 1], torch.tensor(0.25))
+
+
+def test_noise_energy_is_the_mean_squared_multiplier_relative_to_gaussian():
+    multipliers = torch.tensor([[[[0.0, 0.5], [1.0, 1.0]]], [[[2.0, 0.0], [0.0, 0.0]]]])  # m²: 2.25 and 4 of 8 pixels
+    assert noise_energy(NoiseConfig("attribution", 0.5), multipliers) == pytest.approx(6.25 / 8)
+    assert noise_energy(NoiseConfig("attribution", 0.5), multipliers.half()) == pytest.approx(6.25 / 8)
+    assert noise_energy(NoiseConfig("attribution", 0.5), None) == 1.0  # warm-up: plain Gaussian noise
+    assert noise_energy(NoiseConfig("gaussian", 0.5), None) == 1.0
+    assert noise_energy(NoiseConfig("gaussian", 0.5), multipliers) == 1.0  # a map only shapes attribution noise
+    assert noise_energy(NoiseConfig("none", 0.5), None) == 0.0
+    assert noise_energy(NoiseConfig("attribution", 0.0), multipliers) == 0.0
+
+
+def test_energy_preserving_multipliers_have_mean_square_one_within_the_cap():
+    torch.manual_seed(0)
+    raw = torch.rand(3, 1, 8, 8) * 0.5
+    raw[1] = 0.0  # no attribution anywhere
+    preserved = preserve_energy(raw, max_multiplier=10.0)
+    torch.testing.assert_close(preserved.square().mean(dim=(1, 2, 3)), torch.ones(3))
+    assert torch.equal(preserved[1], torch.ones(1, 8, 8))  # a zero map becomes plain Gaussian noise
+    torch.testing.assert_close(preserved[0] / raw[0], torch.full((1, 8, 8), float(preserved[0, 0, 0, 0] / raw[0, 0, 0, 0])))
+
+    hot = torch.full((1, 1, 10, 10), 0.01)
+    hot[0, 0, 0, 0] = 1.0  # one hot pixel: rescaled to mean square 1 it would be ~9.9
+    capped = preserve_energy(hot, max_multiplier=4.0)
+    assert capped.max() == 4.0 and capped.square().mean() < 1.0
+    assert noise_energy(NoiseConfig("attribution", 0.5), capped) == pytest.approx(capped.square().mean().item())
+
+
+def test_refresh_shapes_raw_or_energy_preserving_maps(digits_model):
+    """Raw IG maps clipped at the 99th percentile carry a small fraction of Gaussian noise's energy; preserve gives ~1."""
+    model, splits = digits_model
+    noise = NoiseConfig("attribution", 0.5)
+    maps = {}
+    for energy in ("raw", "preserve"):
+        shaper = _shaper(splits, ShapingConfig(method="ig", ig_steps=4, batch_size=128, energy=energy))
+        shaper.refresh(model, step=0)
+        maps[energy] = shaper.maps.float()
+    manual = noise_scale(normalise_attributions(_ig_maps(model, splits, torch.arange(64)), 99.0), 0.0)
+    torch.testing.assert_close(maps["raw"], manual, atol=1e-3, rtol=1e-3)  # raw: unchanged by the option
+    assert maps["raw"].max() <= 1.0 and noise_energy(noise, maps["raw"]) < 0.2
+    assert maps["preserve"].max() <= 4.0
+    assert 0.97 < noise_energy(noise, maps["preserve"]) <= 1.0 + 1e-3
+
+
+def _ig_maps(model, splits, indices):
+    from nsde_ray.attribution import attribution_map, make_explainer
+
+    explain = make_explainer(model, "ig", n_steps=4, internal_batch_size=128, fast=True)
+    return attribution_map(explain(splits.train.tensors[0][indices], splits.train.tensors[1][indices]))
+
+
+def test_an_epoch_reports_the_noise_energy_in_force_at_each_step(digits_model):
+    """Two warm-up steps of Gaussian noise (energy 1), a refresh, two shaped steps: the epoch's energy is the mean."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nsde_ray.config import TrainConfig
+    from nsde_ray.data import IndexedDataset
+    from nsde_ray.train import _run_epoch, build_optimizer
+
+    trained, splits = digits_model
+    model = build_model("cifar_resnet8", 10, 1, NoiseConfig("attribution", 0.5))
+    model.load_state_dict(trained.state_dict())
+    images, labels = (t[:32] for t in splits.train.tensors[:2])
+    loader = DataLoader(IndexedDataset(TensorDataset(images, labels)), batch_size=8)
+    shaper = NoiseShaper(ShapingConfig(warmup_epochs=1, refresh_every=100, refresh_unit="steps", method="saliency"),
+                         splits.train, torch.arange(32), steps_per_epoch=2, device=torch.device("cpu"))
+    stats = _run_epoch(model, model, build_optimizer(model, TrainConfig(lr=1e-4)), loader,
+                       DataLoader(TensorDataset(images, labels), batch_size=16), torch.device("cpu"),
+                       torch.contiguous_format, dict(device_type="cpu", enabled=False), NoiseConfig("attribution", 0.5),
+                       shaper, first_step=0)
+    shaped = noise_energy(NoiseConfig("attribution", 0.5), shaper.maps)
+    assert shaper.refreshed_at == 2 and shaped < 0.5
+    assert stats.noise_energy == pytest.approx((2 * 1.0 + 2 * shaped) / 4)
 
 
 def _shaper(splits, cfg=ShapingConfig(method="ig", ig_steps=4, batch_size=128), shard_size=64):
