@@ -86,6 +86,33 @@ def test_injected_noise_scale_matches_sigma(sigma):
         assert ratio == pytest.approx(sigma, rel=0.03)
 
 
+@pytest.mark.parametrize("sigma", [0.25, 1.0])
+def test_input_mode_adds_normalised_noise_to_the_image_only_and_only_in_training(sigma):
+    """std(noisy - clean image) / std(image) == sigma per sample; no block adds noise; eval is the plain network."""
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", num_classes=4, noise=NoiseConfig("input", sigma))
+    plain = build_model("cifar_resnet8", num_classes=4)
+    assert model.state_dict().keys() == plain.state_dict().keys()  # no parameters or buffers of its own
+    plain.load_state_dict(model.state_dict())
+    images = 3.0 * torch.randn(16, 3, 32, 32)
+    seen = []
+    model.layer1.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), plain(images))
+        model.train()
+        model(images)
+    assert all(m.sigma == 0 or m.mode == "none" for m in noise_modules(model) if m is not model.input_noise)
+    stem = model.relu(model.bn1(model.conv1(images)))  # what layer1 would see from the clean image (train-mode BN)
+    assert not torch.allclose(seen[-1], stem)
+    noisy = []
+    model.conv1.register_forward_pre_hook(lambda module, args: noisy.append(args[0]))
+    with torch.no_grad():
+        model(images)
+    ratio = (noisy[0] - images).std(dim=(1, 2, 3)) / images.std(dim=(1, 2, 3))
+    assert ratio.mean().item() == pytest.approx(sigma, rel=0.03)
+
+
 def test_attribution_mode_scales_noise_by_the_map():
     """A map of 1 on the left half and 0 on the right: noise only on the left, at full scale."""
     torch.manual_seed(0)

@@ -38,15 +38,15 @@ def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
     assert list(report) == ["accuracy", "sensitivity_cifar_resnet8", "sic", "localisation_cifar_resnet8"]
 
     sensitivity = report["sensitivity_cifar_resnet8"]
-    assert sensitivity.header[:4] == ["Attribution", "Standard (ResNet)", "Noise (Gaussian SDE)",
-                                      "Attribution-driven noise"]
+    assert sensitivity.header[:5] == ["Attribution", "Standard (ResNet)", "Noise (Gaussian SDE)",
+                                      "Attribution-driven noise", "Input noise (baseline)"]
     ig, saliency = sensitivity.rows
-    assert ig[:4] == ["IG", "0.5333 ± 0.058", "0.4 ± 0.1", "0.35 ± 0.05"]
-    assert ig[4:] == ["yes (3/3 seeds)", "yes (2/3 seeds)", "yes (2/3 seeds)"]
-    assert saliency[0] == "Saliency" and saliency[4:] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)"]
+    assert ig[:5] == ["IG", "0.5333 ± 0.058", "0.4 ± 0.1", "0.35 ± 0.05", tables.MISSING]  # no input-noise models
+    assert ig[5:] == ["yes (3/3 seeds)", "yes (2/3 seeds)", "yes (2/3 seeds)", "n/a"]
+    assert saliency[0] == "Saliency" and saliency[5:] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)", "n/a"]
     assert sensitivity.notes[0].endswith("held on the means for 1 of 2 methods, in every seed for 1")
     assert sensitivity.notes[2].endswith("held on the means for 1 of 2 methods, in every seed for 0")
-    assert sensitivity.notes[3] == ("spread: the std across training seeds (median over cells 0.058) is 5.8x the std "
+    assert sensitivity.notes[4] == ("spread: the std across training seeds (median over cells 0.058) is 5.8x the std "
                                     "across evaluation repeats of one model (0.01); training seeds, not evaluation "
                                     "repeats, decide how sure an ordering is")
     markdown = sensitivity.markdown()
@@ -60,15 +60,28 @@ def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
 
     sic = report["sic"]
     assert [row[1:3] for row in sic.rows] == [["ResNet", "Gradients"], ["ResNet", "IG"], ["Gaussian SDE", "IG"],
-                                              ["attribution SDE", "IG"]]  # no IG + NT: not evaluated
+                                              ["attribution SDE", "IG"], ["input noise", "IG"]]  # no IG + NT
     assert "ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 Table 2): " \
            "yes (3/3 seeds)" in sic.notes[0]
+
+
+def test_the_input_noise_baseline_is_a_column_with_its_own_verdict():
+    results = _results() + [tables.ModelResult("cifar_resnet8", "input", seed, {"sensitivity_ig": 0.45 + seed / 10,
+                                                                                "sic_ig": 0.1})
+                            for seed in range(3)]
+    sensitivity = tables.sensitivity_table(results, "cifar_resnet8", ["ig"])
+    assert sensitivity.rows[0][4] == "0.55 ± 0.1"
+    assert sensitivity.rows[0][-1] == "yes (3/3 seeds)"  # input noise more sensitive than Gaussian in every seed
+    assert sensitivity.notes[3].startswith("input > Gaussian (lower sensitivity is better; the input-noise baseline")
+    sic = tables.sic_table(results, ["cifar_resnet8"], ["ig"])
+    assert sic.rows[-1][1:] == ["input noise", "IG", "0.1 ± 0"]
 
 
 def test_missing_models_leave_dashes_and_no_verdict():
     results = [r for r in _results() if r.mode != "attribution" and r.seed == 0]
     sensitivity = tables.sensitivity_table(results, "cifar_resnet8", ["ig"])
-    assert sensitivity.rows[0][1:] == ["0.5", "0.4", tables.MISSING, "yes (1/1 seeds)", "n/a", "n/a"]
+    assert sensitivity.rows[0][1:] == ["0.5", "0.4", tables.MISSING, tables.MISSING, "yes (1/1 seeds)", "n/a", "n/a",
+                                       "n/a"]
     assert tables.localisation_table([r for r in results if r.arch == "other"], "other", ["ig"]) is None
 
 
@@ -93,8 +106,9 @@ def test_repeated_evaluation_is_the_mean_and_std_of_seeded_repeats(digits_model,
 def test_config_round_trips_and_spans_the_grid():
     cfg = PaperTablesConfig(name="g", storage="/tmp", archs=("cifar_resnet8", "resnet18"), seeds=(0, 1, 2))
     assert PaperTablesConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.grid_size == 2 * 3 * 3
-    assert cfg.parent_params()["noise_mode"] == "none,gaussian,attribution" and cfg.parent_params()["repeats"] == 5
+    assert cfg.grid_size == 2 * 4 * 3  # archs x noise modes (the papers' three and the input-noise baseline) x seeds
+    assert cfg.parent_params()["noise_mode"] == "none,gaussian,attribution,input"
+    assert cfg.parent_params()["repeats"] == 5
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -55,15 +55,25 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, noise: NoiseC
     """A stochastic ResNet: input (B, in_channels, H, W), output logits (B, num_classes).
 
     ``noise=None`` builds it with the noise off (mode ``none``); the result is then the plain
-    network, with every ReLU a separate, not-in-place module.
+    network, with every ReLU a separate, not-in-place module. Mode ``input`` puts the noise on the
+    input image instead of the blocks: ``model.input_noise``, a :class:`BlockNoise` applied by a
+    forward pre-hook (no parameters, so state dicts are those of the plain network).
     """
     model = build_plain_model(arch, num_classes, in_channels)
     mode, sigma = ("none", 0.0) if noise is None else (noise.mode, noise.sigma)
+    block_mode = "none" if mode == "input" else mode
     model.relu = nn.ReLU()  # the stem's; torchvision's is in place
     for stage_name in _STAGES:
         stage = getattr(model, stage_name, None)
         if stage is None:
             continue
         for index, block in enumerate(stage):
-            stage[index] = make_stochastic(block, BlockNoise(mode, sigma))
+            stage[index] = make_stochastic(block, BlockNoise(block_mode, sigma))
+    if mode == "input":
+        model.input_noise = BlockNoise("gaussian", sigma)
+        model.register_forward_pre_hook(_noisy_input)
     return model
+
+
+def _noisy_input(model: nn.Module, args: tuple) -> tuple:
+    return (model.input_noise(args[0]), *args[1:])
