@@ -61,6 +61,7 @@ class DefineSpace:
             trial.suggest_int("shaping_refresh_every", 1, max(1, refresh_max))
             trial.suggest_float("shaping_clip_percentile", *space.clip_range)
             trial.suggest_categorical("shaping_method", list(space.shaping_methods))
+            trial.suggest_categorical("shaping_energy", list(space.shaping_energies))
         trial.suggest_float("lr", *space.lr_range, log=True)
 
 

@@ -33,6 +33,7 @@ def test_search_space_is_conditional_and_references_come_first():
         if params["noise_mode"] == "attribution":
             assert 0 <= params["shaping_warmup_epochs"] <= 5 and 1 <= params["shaping_refresh_every"] <= 6
             assert 90 <= params["shaping_clip_percentile"] <= 100
+            assert trial_config(TrialConfig(), params).shaping.energy == params["shaping_energy"]
     assert {p["noise_mode"] for p in trials} == {"none", "gaussian", "attribution"}
     plain = trial_config(TrialConfig(), trials[0])
     assert plain.noise.mode == "none" and plain.noise.sigma == 0.0  # its logged params say "no noise"
