@@ -6,12 +6,25 @@
 - ``cifar10`` / ``cifar100``: torchvision's readers over ``data_dir``; downloaded only with
   ``download=True``. Validation is a seeded slice of the official train set; test is the test set.
 - ``imagenet`` / ``imagefolder``: ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*``
-  (``data_dir/test/<class>/*`` too if present, else test = val), standard ImageNet transforms.
+  (``data_dir/test/<class>/*`` too if present, else test = val).
 - ``synthetic``: seeded class prototypes plus noise, for tests.
+
+Images read from disk train with one of the recipes of :mod:`nsde_ray.augment`
+(``DataConfig.augmentation``; ``auto`` chooses). ``cifar`` (pad-and-crop by ``size // 8``, flip;
+evaluation: resized only if needed) for CIFAR and for folders of small images: a folder whose
+first images (the first of each of up to 16 classes, sizes read from the file headers) are all at
+most 64 px on their longer side; such a folder keeps its own size (the smallest shorter side
+seen) unless ``image_size`` is set. ``imagenet`` (RandomResizedCrop, flip; evaluation: resize to
+``size * 256 / 224``, centre crop) for folders of larger images, at 224 px by default.
+Normalisation goes with the recipe: CIFAR's per-channel mean and std for ``cifar``, ImageNet's for
+``imagenet``, whatever the folder holds (no statistics are computed). ``none`` trains on the
+evaluation view of the recipe ``auto`` would choose. Each augmented training sample also yields
+where its crop lies in its evaluation view (see :class:`IndexedDataset`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -20,12 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from nsde_ray.augment import IDENTITY_PARAMS, RandomCropFlip, eval_view
 from nsde_ray.config import DATASETS_ON_DISK, DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+RECIPE_STATS = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+SMALL_IMAGE_SIDE = 64
+_PROBED_CLASSES = 16
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_LAYOUT = ("{data_dir}/{folder}/ as torchvision's {cls} reader expects it (the python version of the "
                  "archive, unpacked); pass --download to fetch it there")
@@ -45,6 +62,8 @@ class DataSplits:
     ``mean`` and ``std`` (pixel = normalised * std + mean gives values in [0, 1]).
     ``train_plain`` is the train split with the evaluation transform (no augmentation), sample
     for sample aligned with ``train``; ``None`` where ``train`` has no augmentation.
+    ``augmentation``: the training recipe in use, ``cifar``, ``imagenet`` or ``none``; an
+    augmented ``train`` yields ``((image, params), label)`` (:class:`nsde_ray.augment.RandomCropFlip`).
     """
 
     name: str
@@ -58,6 +77,7 @@ class DataSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_plain: Dataset | None = None
+    augmentation: str = "none"
 
     @property
     def train_unaugmented(self) -> Dataset:
@@ -66,7 +86,7 @@ class DataSplits:
 
 
 def default_image_size(dataset: str) -> int:
-    """Side in pixels a data set is resized to unless the config says otherwise."""
+    """Side in pixels a data set is resized to unless the config says otherwise (folders of small images: their own)."""
     return 224 if dataset in ("imagenet", "imagefolder") else 32
 
 
@@ -105,14 +125,14 @@ def check_data(cfg: DataConfig) -> None:
 def build_datasets(cfg: DataConfig) -> DataSplits:
     """Load and split the data set ``cfg`` names. Raises :class:`DataError` for missing files."""
     check_data(cfg)
+    if cfg.dataset in ("imagenet", "imagefolder"):
+        return _image_folder(cfg)
     size = cfg.image_size or default_image_size(cfg.dataset)
     if cfg.dataset == "digits":
         return _digits(cfg, size)
     if cfg.dataset == "synthetic":
         return _synthetic(cfg, size)
-    if cfg.dataset in _CIFAR_FOLDERS:
-        return _cifar(cfg, size)
-    return _image_folder(cfg, size)
+    return _cifar(cfg, size)
 
 
 def foreground_masks(splits: DataSplits, pixels: torch.Tensor) -> torch.Tensor | None:
@@ -173,15 +193,35 @@ def _synthetic(cfg: DataConfig, size: int) -> DataSplits:
     return _tensor_splits(images, labels.numpy(), cfg, [f"class_{k}" for k in range(cfg.synthetic_classes)])
 
 
+def resolve_recipe(augmentation: str, auto: str) -> tuple[str, str]:
+    """(recipe, training augmentation) for ``DataConfig.augmentation`` where ``auto`` would pick recipe ``auto``.
+
+    The recipe sets the evaluation view and the normalisation; the training augmentation is the
+    recipe's, or ``none`` (training on the evaluation view).
+    """
+    recipe = auto if augmentation in ("auto", "none") else augmentation
+    return recipe, "none" if augmentation == "none" else recipe
+
+
+def recipe_transforms(recipe: str, augmentation: str, size: int):
+    """(train transform, evaluation transform) of ``recipe`` at ``size`` px, normalised with its ``RECIPE_STATS``.
+
+    ``augmentation`` ``none`` trains on the evaluation transform; otherwise training is
+    :class:`~nsde_ray.augment.RandomCropFlip` of ``recipe``, which also returns its params.
+    """
+    from torchvision import transforms
+
+    finish = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*RECIPE_STATS[recipe])])
+    eval_tf = transforms.Compose([eval_view(recipe, size), finish])
+    return (eval_tf if augmentation == "none" else RandomCropFlip(recipe, size, finish)), eval_tf
+
+
 def _cifar(cfg: DataConfig, size: int) -> DataSplits:
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     reader = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
-    normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
-    resize = [transforms.Resize(size)] if size != 32 else []
-    train_tf = transforms.Compose(resize + [transforms.RandomCrop(size, padding=size // 8),
-                                            transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
-    eval_tf = transforms.Compose(resize + [transforms.ToTensor(), normalize])
+    recipe, augmentation = resolve_recipe(cfg.augmentation, "cifar")
+    train_tf, eval_tf = recipe_transforms(recipe, augmentation, size)
     try:
         train_aug = reader(cfg.data_dir, train=True, transform=train_tf, download=cfg.download)
         train_eval = reader(cfg.data_dir, train=True, transform=eval_tf)
@@ -195,29 +235,52 @@ def _cifar(cfg: DataConfig, size: int) -> DataSplits:
     train_indices, val_indices = order[n_val:].tolist(), order[:n_val].tolist()
     return DataSplits(cfg.dataset, Subset(train_aug, train_indices), Subset(train_eval, val_indices), test,
                       num_classes=len(train_aug.classes), in_channels=3, image_size=size,
-                      class_names=list(train_aug.classes), mean=CIFAR_MEAN, std=CIFAR_STD,
-                      train_plain=Subset(train_eval, train_indices))
+                      class_names=list(train_aug.classes), mean=RECIPE_STATS[recipe][0], std=RECIPE_STATS[recipe][1],
+                      train_plain=Subset(train_eval, train_indices), augmentation=augmentation)
 
 
-def _image_folder(cfg: DataConfig, size: int) -> DataSplits:
-    from torchvision import datasets, transforms
+def probe_sides(samples: list[tuple[str, int]]) -> tuple[int, int]:
+    """(smallest shorter side, largest longer side) in pixels of the first image of each of up to 16 classes.
 
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])
-    eval_tf = transforms.Compose([transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size),
-                                  transforms.ToTensor(), normalize])
+    ``samples``: an ``ImageFolder``'s (path, class index) list, sorted by class. Sizes come from
+    the file headers (PIL opens lazily), so this costs a few small reads, not decodes.
+    """
+    from PIL import Image
+
+    first: dict[int, str] = {}
+    for path, label in samples:
+        if len(first) == _PROBED_CLASSES and label not in first:
+            break
+        first.setdefault(label, path)
+    sizes = []
+    for path in first.values():
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    return min(min(size) for size in sizes), max(max(size) for size in sizes)
+
+
+def _image_folder(cfg: DataConfig) -> DataSplits:
+    from torchvision import datasets
+
     root = cfg.data_dir
     try:
-        train = datasets.ImageFolder(os.path.join(root, "train"), transform=train_tf)
-        train_plain = datasets.ImageFolder(os.path.join(root, "train"), transform=eval_tf)
-        val = datasets.ImageFolder(os.path.join(root, "val"), transform=eval_tf)
+        train = datasets.ImageFolder(os.path.join(root, "train"))
+        train_plain = copy.copy(train)  # the same file list, its own transform
+        val = datasets.ImageFolder(os.path.join(root, "val"))
         test_dir = os.path.join(root, "test")
-        test = datasets.ImageFolder(test_dir, transform=eval_tf) if os.path.isdir(test_dir) else val
+        test = datasets.ImageFolder(test_dir) if os.path.isdir(test_dir) else val
     except (FileNotFoundError, RuntimeError) as err:  # e.g. a class folder without images
         raise DataError(f"{cfg.dataset} in {root!r}: {err}; expected {_FOLDER_LAYOUT.format(data_dir=root)}") from err
+    shorter, longer = probe_sides(train.samples)
+    small = longer <= SMALL_IMAGE_SIDE
+    size = cfg.image_size or (shorter if small else default_image_size(cfg.dataset))
+    recipe, augmentation = resolve_recipe(cfg.augmentation, "cifar" if small else "imagenet")
+    train.transform, eval_tf = recipe_transforms(recipe, augmentation, size)
+    for split in (train_plain, val, test):
+        split.transform = eval_tf
     return DataSplits(cfg.dataset, train, val, test, num_classes=len(train.classes), in_channels=3, image_size=size,
-                      class_names=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD, train_plain=train_plain)
+                      class_names=list(train.classes), mean=RECIPE_STATS[recipe][0], std=RECIPE_STATS[recipe][1],
+                      train_plain=train_plain, augmentation=augmentation)
 
 
 def loader_processes(dataset: str, cpus_per_worker: int) -> int:
@@ -230,7 +293,12 @@ def loader_processes(dataset: str, cpus_per_worker: int) -> int:
 
 
 class IndexedDataset(Dataset):
-    """Yields ``(image, label, index)``: the index keys per-sample state such as shaping maps."""
+    """Yields ``(image, label, index, params)``: the index keys per-sample state such as shaping maps.
+
+    params, float32 (5,): where the sample's augmented crop lies in its evaluation view
+    (:mod:`nsde_ray.augment`), taken from data sets that yield ``((image, params), label)``;
+    :data:`~nsde_ray.augment.IDENTITY_PARAMS` for data sets without augmentation.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -239,8 +307,9 @@ class IndexedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        image, label = self.dataset[index]
-        return image, label, index
+        sample, label = self.dataset[index]
+        image, params = sample if isinstance(sample, tuple) else (sample, IDENTITY_PARAMS)
+        return image, label, index, params
 
 
 class ShardSampler(torch.utils.data.Sampler[int]):

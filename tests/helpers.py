@@ -142,14 +142,15 @@ def trial_runs(uri: str, experiment: str) -> list:
     return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'trial'")
 
 
-def write_images(folder: Path, n: int, colour: int) -> None:
-    """``n`` 40x30 RGB PNGs of one flat ``colour`` (0-255) in ``folder`` (created): an image-folder class."""
+def write_images(folder: Path, n: int, colour: int, size: tuple[int, int] = (40, 30)) -> None:
+    """``n`` RGB PNGs of ``size`` (height, width) and one flat ``colour`` (0-255) in ``folder`` (created): an
+    image-folder class."""
     import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True)
     for i in range(n):
-        Image.fromarray(np.full((40, 30, 3), colour, dtype=np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray(np.full((*size, 3), colour, dtype=np.uint8)).save(folder / f"{i}.png")
 
 
 def assert_usage_error(main: Callable[[list[str]], int], argv: list[str], message: str, capsys) -> None:

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from helpers import write_images
-from nsde_ray.config import DataConfig
-from nsde_ray.data import DataError, build_datasets, check_data, loader_processes
+from nsde_ray.augment import IDENTITY_PARAMS, RandomCropFlip
+from nsde_ray.config import ConfigError, DataConfig
+from nsde_ray.data import (CIFAR_MEAN, IMAGENET_MEAN, DataError, IndexedDataset, build_datasets, check_data,
+                           loader_processes)
 
 
 def test_digits_is_a_seeded_stratified_split_upsampled_to_32px():
@@ -45,6 +47,58 @@ def test_image_folder_layout(tmp_path):
     splits = build_datasets(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=32))
     assert splits.class_names == ["cat", "dog"] and len(splits.train) == 5 and splits.test is splits.val
     assert splits.val[0][0].shape == (3, 32, 32)
+
+
+def _folder(root, size):
+    for split in ("train", "val"):
+        write_images(root / split / "cat", 3, 10, size=size)
+        write_images(root / split / "dog", 2, 200, size=size)
+    return str(root)
+
+
+def test_a_folder_of_small_images_trains_at_its_own_size_with_the_cifar_recipe(tmp_path):
+    splits = build_datasets(DataConfig(dataset="imagefolder", data_dir=_folder(tmp_path, (32, 32))))
+    assert splits.image_size == 32 and splits.augmentation == "cifar" and splits.mean == CIFAR_MEAN
+    transform = splits.train.transform
+    assert isinstance(transform, RandomCropFlip) and transform.recipe == "cifar" and transform.padding == 4
+    torch.manual_seed(0)
+    draws = [splits.train[0][0] for _ in range(40)]
+    assert all(image.shape == (3, 32, 32) for image, _ in draws)
+    params = torch.stack([p for _, p in draws])  # (top, left, height, width, flip), fractions of the 32 px view
+    assert (params[:, 2:4] == 1.0).all()  # pad-and-crop: never rescaled, unlike RandomResizedCrop
+    offsets = params[:, :2] * 32
+    assert torch.equal(offsets, offsets.round()) and offsets.abs().max() <= 4 and offsets.abs().max() > 0
+    assert set(params[:, 4].tolist()) == {0.0, 1.0}
+    assert splits.val[0][0].shape == splits.train_unaugmented[0][0].shape == (3, 32, 32)
+
+
+def test_a_folder_of_large_images_keeps_the_imagenet_recipe(tmp_path):
+    splits = build_datasets(DataConfig(dataset="imagefolder", data_dir=_folder(tmp_path, (100, 80))))
+    assert splits.image_size == 224 and splits.augmentation == "imagenet" and splits.mean == IMAGENET_MEAN
+    (image, params), _ = splits.train[0]
+    assert image.shape == (3, 224, 224) and splits.val[0][0].shape == (3, 224, 224)
+
+
+def test_the_augmentation_can_be_overridden(tmp_path):
+    root = _folder(tmp_path, (32, 32))
+    resized = build_datasets(DataConfig(dataset="imagefolder", data_dir=root, augmentation="imagenet"))
+    assert resized.augmentation == "imagenet" and resized.image_size == 32 and resized.mean == IMAGENET_MEAN
+    torch.manual_seed(0)
+    boxes = torch.stack([resized.train[0][0][1] for _ in range(20)])
+    assert resized.train[0][0][0].shape == (3, 32, 32) and boxes[:, 2].std() > 0  # RandomResizedCrop: varied scales
+    plain = build_datasets(DataConfig(dataset="imagefolder", data_dir=root, augmentation="none", image_size=16))
+    assert plain.augmentation == "none" and plain.mean == CIFAR_MEAN
+    image, label, index, params = IndexedDataset(plain.train)[1]
+    assert image.shape == (3, 16, 16) and index == 1 and torch.equal(params, IDENTITY_PARAMS)
+    assert torch.equal(image, plain.train_unaugmented[1][0])
+
+
+def test_augmentation_is_validated():
+    with pytest.raises(ConfigError, match="augmentation='crop' is not valid; choose one of: auto, cifar"):
+        DataConfig(dataset="imagefolder", data_dir="x", augmentation="crop")
+    with pytest.raises(ConfigError, match="applies to images read from disk.*leave augmentation at 'auto'"):
+        DataConfig(dataset="digits", augmentation="cifar")
+    assert DataConfig(augmentation="none").augmentation == "none"
 
 
 @pytest.mark.parametrize("make_layout, message", [
