@@ -35,6 +35,7 @@ from captum.attr import DeepLift, DeepLiftShap, IntegratedGradients, NoiseTunnel
 from torch import nn
 
 METHODS = ("saliency", "ig", "ig_nt", "deeplift", "deepshap")
+BASELINES = ("black", "mean")
 _NEEDS_SEPARATE_RELUS = ("deeplift", "deepshap")
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -93,8 +94,9 @@ def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | N
                    stem_gradient: bool = True, fold_bn: bool = True) -> Explainer:
     """A function ``(inputs (B, C, H, W), target (B,)) -> attributions (B, C, H, W)``.
 
-    baselines: for ``ig`` and ``deeplift`` one reference input (1, C, H, W) broadcast over the
-    batch (``None``: zeros in the model's input space); for ``deepshap`` a distribution
+    baselines: for ``ig`` and ``deeplift`` one reference input (1, C, H, W), or one colour
+    (1, C, 1, 1) such as :func:`ig_baseline`'s, broadcast over the batch (``None``: zeros in the
+    model's input space); for ``deepshap`` a distribution
     (N, C, H, W), required. nt_stdev is the SmoothGrad noise std in the model's input units.
     The model is switched to eval mode for each call, so no training noise is injected.
 
@@ -143,10 +145,24 @@ def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | N
     return explain
 
 
+def ig_baseline(mean: tuple[float, ...], std: tuple[float, ...], kind: str = "black") -> torch.Tensor:
+    """The reference input of IG and DeepLIFT, (1, C, 1, 1) in normalised units, for shaping and evaluation alike.
+
+    ``black``: every pixel 0 in pixel units, -mean / std once normalised; the papers' baseline
+    x_b = 0 read as a black image in pixel space. ``mean``: the data set's mean colour, 0 once
+    normalised. ``mean``, ``std``: the data set's per-channel normalisation (``DataSplits``).
+    """
+    if kind not in BASELINES:
+        raise AttributionError(f"unknown baseline {kind!r}; choose one of: {', '.join(BASELINES)}")
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return -mean_t / std_t if kind == "black" else torch.zeros_like(mean_t)
+
+
 def _broadcast_baseline(baseline: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor:
+    """``baseline`` (1 or B, C, H, W), or (1, C, 1, 1) for one colour, expanded to ``inputs`` (B, C, H, W)."""
     if baseline is None:
         return torch.zeros_like(inputs)
-    if baseline.shape[1:] != inputs.shape[1:]:
+    if baseline.shape[1:] not in (inputs.shape[1:], (inputs.shape[1], 1, 1)):
         raise AttributionError(f"baseline shape {tuple(baseline.shape)} does not match inputs {tuple(inputs.shape)}")
     return baseline.to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs).contiguous()
 
@@ -305,9 +321,9 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.T
     The same Gauss-Legendre points a_k and weights w_k as Captum's default. Path points go to the
     model ``internal_batch_size`` at a time (several steps of every image per call when the batch is
     smaller than that), in ``memory_format``, under bf16 autocast if ``amp`` on CUDA. Gradients are
-    accumulated in float32. Returns float32 (B, C, H, W), contiguous. baselines: (1, C, H, W) or
-    (B, C, H, W); ``None`` = zeros. stem_gradient: form the gradient through the model's first
-    convolution by hand (see :func:`_target_gradients`). fold_bn: differentiate a copy of the model
+    accumulated in float32. Returns float32 (B, C, H, W), contiguous. baselines: (1, C, H, W),
+    (1, C, 1, 1) or (B, C, H, W); ``None`` = zeros. stem_gradient: form the gradient through the
+    model's first convolution by hand (see :func:`_target_gradients`). fold_bn: differentiate a copy of the model
     with batch norm folded into the convolutions (:func:`fold_batchnorm`; cached per model until its
     weights change), which saves the batch-norm passes forward and backward.
     """

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from nsde_ray import plots
-from nsde_ray.attribution import attribution_map, check_applicable, eval_mode, make_explainer
+from nsde_ray.attribution import attribution_map, check_applicable, eval_mode, ig_baseline, make_explainer
 from nsde_ray.config import EvalConfig
 from nsde_ray.data import DataSplits, foreground_masks
 from nsde_ray.metrics.faithfulness import infidelity
@@ -91,7 +91,7 @@ def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str
     channel_mean = torch.as_tensor(splits.mean, device=device).view(1, -1, 1, 1)
     if images.shape[1] != len(splits.std):
         raise EvaluationError(f"images have {images.shape[1]} channels, the data set's normalisation {len(splits.std)}")
-    baseline = (-channel_mean / channel_std) if cfg.baseline == "black" else torch.zeros_like(channel_mean)
+    baseline = ig_baseline(splits.mean, splits.std, cfg.baseline).to(device)
     baseline = baseline.expand(1, *images.shape[1:]).contiguous()
     options = dict(n_steps=cfg.n_steps, nt_samples=cfg.nt_samples, nt_stdev=cfg.nt_stdev / float(channel_std.mean()),
                    internal_batch_size=cfg.batch_size)

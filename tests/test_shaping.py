@@ -238,3 +238,45 @@ def test_prefetch_keeps_order_and_propagates_errors():
 
     with pytest.raises(OSError, match="disk gone"):
         list(_prefetched(failing()))
+
+
+def test_noise_multipliers_follow_each_sample_s_crop_and_flip(digits_model):
+    """A flipped sample gets the mirror image of its map, a padded crop the same box of it; identity params, the map."""
+    model, splits = digits_model
+    shaper = _shaper(splits, ShapingConfig(method="saliency"), shard_size=8)
+    shaper.refresh(model, step=0)
+    indices = torch.tensor([5, 2, 7])
+    maps = shaper.scale_for(indices)
+    identity = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]]).repeat(3, 1)
+    assert torch.equal(shaper.scale_for(indices, identity), maps)
+    flipped = identity.clone()
+    flipped[1, 4] = 1.0
+    moved = shaper.scale_for(indices, flipped)
+    torch.testing.assert_close(moved[1], maps[1].flip(-1))
+    torch.testing.assert_close(moved[[0, 2]], maps[[0, 2]])
+    cropped = identity.clone()
+    cropped[0, :2] = torch.tensor([3 / 32, -2 / 32])  # a pad-and-crop box: 3 rows down, 2 columns of padding
+    moved = shaper.scale_for(indices, cropped)
+    torch.testing.assert_close(moved[0, 0, :29, 2:], maps[0, 0, 3:, :30])
+    assert (moved[0, 0, :, :2] == maps[0].min()).all()  # padding: the map's least attributed pixel's multiplier
+
+
+def test_shaping_attributes_against_evaluation_s_black_baseline(digits_model):
+    """With x_b = black (pixel 0) a black pixel's IG attribution is exactly 0, so its noise multiplier is blend (0)."""
+    from nsde_ray.attribution import ig_baseline
+
+    model, splits = digits_model
+    cfg = ShapingConfig(method="ig", ig_steps=4, batch_size=128)
+    black = ig_baseline(splits.mean, splits.std, "black")
+    assert torch.equal(ig_baseline(splits.mean, splits.std, "mean"), torch.zeros(1, 1, 1, 1))
+    images = splits.train.tensors[0][:64]
+    pixels = images * torch.tensor(splits.std).view(1, -1, 1, 1) + torch.tensor(splits.mean).view(1, -1, 1, 1)
+    assert pixels.flatten().abs().min() < 1e-6 and torch.equal(images.amin(), black.flatten()[0])
+    background = images.amax(dim=1) == black.flatten()[0]
+    assert background.float().mean() > 0.2  # about 30% of the upsampled digits is exactly black
+    shaper = NoiseShaper(cfg, splits.train, torch.arange(64), 2, torch.device("cpu"), baseline=black)
+    shaper.refresh(model, step=0)
+    assert (shaper.maps[:, 0][background] == 0).all() and shaper.maps.max() > 0.5
+    mean_baseline = _shaper(splits, cfg)  # the data set's mean colour: background pixels are attributed too
+    mean_baseline.refresh(model, step=0)
+    assert (mean_baseline.maps[:, 0][background] > 0).float().mean() > 0.5
