@@ -1,24 +1,29 @@
 """Command line of ``python -m sweeps.accuracy_vs_robustness``: flags -> validated SweepConfig -> Ray Tune.
 
-Every flag becomes part of a typed :class:`SweepConfig`, checked (data directory layout, whether a
-sweep to resume exists, the MLflow store) before Ray starts, so a value that cannot work fails in
-seconds with a message that says what to do. The flag groups and the run set-up (:func:`open_run`:
-new or resumed, MLflow parent run, saved state) are shared with ``python -m sweeps.paper_tables``.
+Every flag becomes part of a typed :class:`SweepConfig`, checked (data directory layout, initial
+weights, whether a sweep to resume exists, the MLflow store) before Ray starts, so a value that
+cannot work fails in seconds with a message that says what to do. The base trial comes from layers
+of :mod:`nsde_ray.overrides` (:func:`trial_config_from_args`): defaults < ``--config`` < shortcut
+flags given on the command line < ``--recipe`` < ``--set``. The flag groups and the run set-up
+(:func:`open_run`: new or resumed, MLflow parent run, saved state) are shared with
+``python -m sweeps.paper_tables``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from nsde_ray.config import (DATASETS, ConfigError, DataConfig, EvalConfig, ModelConfig, SearchSpace, SweepConfig,
-                             TrainConfig, TrialConfig)
+from nsde_ray import overrides
+from nsde_ray.config import DATASETS, ConfigError, ModelConfig, SearchSpace, SweepConfig, TrainConfig, TrialConfig
 from nsde_ray.data import DataError, check_data
 from nsde_ray.models import available_archs
+from nsde_ray.weights import WeightsError, check_init_weights
 
 DEFAULT_STORAGE = os.path.join("~", "ray_results")
 ARCH_HELP = f"one of: {', '.join(available_archs())}"
@@ -39,18 +44,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # --- flags shared by the commands (this one and python -m sweeps.paper_tables) ---------------------
 
 def add_data_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """--dataset, --data-dir, --download; the caller adds its --arch (one, or a list) to the returned group."""
+    """--dataset, --data-dir, --download, --image-size; the caller adds its --arch (one, or a list) to the group."""
     data = parser.add_argument_group("data and model")
     data.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
     data.add_argument("--data-dir", default=None, help="where cifar10/cifar100/imagenet/imagefolder live")
     data.add_argument("--download", action="store_true", help="download CIFAR into --data-dir")
+    data.add_argument("--image-size", type=int, default=None, metavar="N",
+                      help="side in pixels the images are resized to (default: the data set's own; 32 for digits, "
+                           "CIFAR and synthetic data)")
     return data
 
 
 def add_training_flags(parser: argparse.ArgumentParser, *, lr_help: str, eval_images: int,
                        eval_methods: tuple[str, ...]) -> argparse._ArgumentGroup:
-    """Training (--epochs, --lr, --batch-size, --workers-per-trial, --use-gpu, --cpus-per-worker, --compile) and
-    --eval-images, --eval-methods."""
+    """Training (--epochs, --lr, --batch-size, --workers-per-trial, --use-gpu, --cpus-per-worker, --compile,
+    --init-from) and --eval-images, --eval-methods."""
     train = parser.add_argument_group("training and evaluation")
     train.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="training epochs per trial")
     train.add_argument("--lr", type=float, default=TrainConfig.lr, help=lr_help)
@@ -63,6 +71,11 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr_help: str, eval_im
     train.add_argument("--compile", action="store_true",
                        help="train through torch.compile (about 1.3x faster on an H100 for ResNet-50 after a "
                             "compile of about a minute per worker; pays off on long runs)")
+    train.add_argument("--init-from", default=None, metavar="PATH",
+                       help="initial weights of every trial: a state dict saved with torch.save (torchvision's load "
+                            "unchanged) or a trial's checkpoint (checkpoint.pt or its directory); read as plain "
+                            "tensors, checked against each model before Ray starts; a resumed trial continues "
+                            "from its own checkpoint. On a cluster, a path every node sees")
     train.add_argument("--eval-images", type=int, default=eval_images, help="held-out images per attribution evaluation")
     train.add_argument("--eval-methods", nargs="+", default=list(eval_methods),
                        help="attribution methods evaluated (ig is required: sensitivity and sic are IG's)")
@@ -90,13 +103,65 @@ def add_run_flags(parser: argparse.ArgumentParser, *, command: str, smoke_help: 
     return run
 
 
-def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=args.download)
+def add_config_flags(parser: argparse.ArgumentParser, *, recipe_note: str = "") -> argparse._ArgumentGroup:
+    """--config, --set, --recipe: any field of the base trial, over the shortcut flags."""
+    group = parser.add_argument_group(
+        "any config field", f"Every field of the trial config (sections {', '.join(overrides.field_types())}; "
+                            "see nsde_ray.config) can be set. Later sources win: defaults < --config < the flags above "
+                            "given on the command line < --recipe < --set.")
+    group.add_argument("--config", default=None, metavar="FILE",
+                       help="a whole or partial trial config, JSON or YAML (.json, .yaml, .yml), in the form of "
+                            "TrialConfig.to_dict(): {section: {field: value}}")
+    group.add_argument("--set", action="append", default=None, metavar="SECTION.FIELD=VALUE",
+                       help="set one field, VALUE parsed as the field's type: numbers, true/false (1/0, yes/no), "
+                            "none, comma-separated lists; repeatable (e.g. --set train.optimizer=adam "
+                            "--set eval.methods=ig,saliency)")
+    group.add_argument("--recipe", choices=list(overrides.RECIPES), default=None,
+                       help="a named preset of --set values; paper: the papers' optimiser, "
+                            + " ".join(overrides.RECIPES["paper"]) + recipe_note)
+    return group
 
 
-def train_config_from_args(args: argparse.Namespace, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_workers=args.workers_per_trial,
-                       cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu, compile=args.compile, seed=seed)
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed flags; ``args.given`` is the set of those given on the command line (not left at their defaults)."""
+    args = parser.parse_args(argv)
+    probe = copy.deepcopy(parser)  # parsed again with no defaults at all: what is left was given
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    args.given = frozenset(vars(probe.parse_args(argv)))
+    return args
+
+
+# Shortcut flags (their dests) -> the config field each sets; the commands add their own.
+DATA_SHORTCUTS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download",
+                  "image_size": "data.image_size"}
+TRAINING_SHORTCUTS = {"epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
+                      "workers_per_trial": "train.num_workers", "use_gpu": "train.use_gpu",
+                      "cpus_per_worker": "train.cpus_per_worker", "compile": "train.compile",
+                      "init_from": "train.init_from", "eval_images": "eval.num_images", "eval_methods": "eval.methods"}
+
+
+def trial_config_from_args(args: argparse.Namespace, shortcuts: dict[str, str]) -> TrialConfig:
+    """The base trial the flags describe: defaults (the config's, then the shortcut flags') < --config < the
+    shortcut flags given < --recipe < --set; ``init_from`` made absolute. Raises ConfigError."""
+    flags = {dest: overrides.override(name, getattr(args, dest)) for dest, name in shortcuts.items()}
+    cfg = overrides.build_trial(
+        [value for dest, value in flags.items() if dest not in args.given],
+        overrides.load_config_file(args.config) if args.config else [],
+        [value for dest, value in flags.items() if dest in args.given],
+        overrides.recipe(args.recipe) if args.recipe else [],
+        [overrides.parse_set(assignment) for assignment in args.set or ()])
+    if cfg.train.init_from is None:
+        return cfg
+    return replace(cfg, train=replace(cfg.train, init_from=os.path.abspath(os.path.expanduser(cfg.train.init_from))))
+
+
+def check_trial(cfg: TrialConfig, archs: tuple[str, ...]) -> None:
+    """The data set's files, and the initial weights against the model of each of ``archs``; raises
+    DataError or WeightsError."""
+    check_data(cfg.data)
+    if cfg.train.init_from is not None:
+        check_init_weights(cfg, archs)
 
 
 def capped(section, limits: dict[str, int]):
@@ -105,6 +170,9 @@ def capped(section, limits: dict[str, int]):
 
 
 # --- this command ---------------------------------------------------------------------------------
+
+SWEEP_SHORTCUTS = {**DATA_SHORTCUTS, **TRAINING_SHORTCUTS, "arch": "model.arch", "seed": "train.seed"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -121,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trials in all, the two reference points (plain ResNet; gaussian sigma 0.5) included")
     search.add_argument("--sigma-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         default=SearchSpace.sigma_range, help="noise_sigma search range")
-    search.add_argument("--lr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=SearchSpace.lr_range, help="learning-rate search range (log scale)")
+    search.add_argument("--lr-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=SearchSpace.lr_range,
+                        help="learning-rate search range (log scale); under --recipe, one decade either side of the "
+                             "base lr unless given")
     search.add_argument("--clip-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         default=SearchSpace.clip_range, help="outlier-clipping percentile range of shaped trials")
     search.add_argument("--seed", type=int, default=TrainConfig.seed, help="search and training seed")
@@ -130,25 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
                        eval_methods=SWEEP_EVAL_METHODS)
     add_run_flags(parser, command=COMMAND, smoke_help=f"a tiny version of the same sweep, for CI: {SMOKE_SAMPLES} "
                                                       f"trials of {SMOKE_EPOCHS} epochs")
+    add_config_flags(parser, recipe_note="; without --lr-range the lr search range is then one decade either side "
+                                         "of the base lr (paper: 1e-05 to 0.001), as the default 0.02 to 0.3 "
+                                         "suits SGD")
     return parser
 
 
 def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) -> SweepConfig:
-    """The validated sweep the flags describe; raises ConfigError or DataError."""
-    evaluation = EvalConfig(methods=tuple(args.eval_methods), num_images=args.eval_images)
-    train = train_config_from_args(args, args.seed)
+    """The validated sweep the flags describe; raises ConfigError, DataError or WeightsError."""
+    base = trial_config_from_args(args, SWEEP_SHORTCUTS)
     num_samples = args.num_samples
     if args.smoke_test:
-        train = capped(train, {"epochs": SMOKE_EPOCHS})
-        evaluation = capped(evaluation, SMOKE_EVAL)
+        base = replace(base, train=capped(base.train, {"epochs": SMOKE_EPOCHS}), eval=capped(base.eval, SMOKE_EVAL))
         num_samples = min(num_samples, SMOKE_SAMPLES)
-    base = TrialConfig(model=ModelConfig(arch=args.arch), data=data_config_from_args(args), train=train,
-                       eval=evaluation)
-    space = SearchSpace(sigma_range=tuple(args.sigma_range), lr_range=tuple(args.lr_range),
-                        clip_range=tuple(args.clip_range))
+    lr_range = tuple(args.lr_range)
+    if args.recipe and "lr_range" not in args.given:
+        lr_range = (base.train.lr / 10, base.train.lr * 10)
+    space = SearchSpace(sigma_range=tuple(args.sigma_range), lr_range=lr_range, clip_range=tuple(args.clip_range))
     cfg = SweepConfig(name=name, storage=storage, base=base, space=space, num_samples=num_samples,
                       max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri, seed=args.seed)
-    check_data(cfg.base.data)
+    check_trial(cfg.base, (cfg.base.model.arch,))
     return cfg
 
 
@@ -167,7 +237,7 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from nsde_ray.sweep import SweepError
     from nsde_ray.tracking import TrackingError
 
-    return ConfigError, DataError, SweepError, TrackingError
+    return ConfigError, DataError, SweepError, TrackingError, WeightsError
 
 
 def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Callable, from_dict: Callable,
@@ -236,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     from nsde_ray.tracking import FRONT_FILTER, front_table, ui_command
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         cfg, tracking = open_run(args, command=COMMAND, kind="sweep", from_args=sweep_config_from_args,
                                  from_dict=SweepConfig.from_dict)

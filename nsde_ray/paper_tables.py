@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from nsde_ray import tables
-from nsde_ray.cli import (ARCH_HELP, HelpFormatter, add_data_flags, add_run_flags, add_training_flags, capped,
-                          data_config_from_args, fail, init_ray, open_run, resolve_storage, train_config_from_args,
-                          usage_errors)
+from nsde_ray.cli import (ARCH_HELP, DATA_SHORTCUTS, TRAINING_SHORTCUTS, HelpFormatter, add_config_flags,
+                          add_data_flags, add_run_flags, add_training_flags, capped, check_trial, fail, init_ray,
+                          open_run, parse_args, resolve_storage, trial_config_from_args, usage_errors)
 from nsde_ray.config import (NOISE_MODES, REFERENCE_SIGMA, ConfigError, EvalConfig, ModelConfig, NoiseConfig,
                              ShapingConfig, TrialConfig)
-from nsde_ray.data import check_data
 
 COMMAND = KIND = "paper_tables"
 TABLES_DIR = "paper_tables"  # the parent run's artifact folder
@@ -40,6 +39,10 @@ SMOKE_EPOCHS, SMOKE_REPEATS = 1, 2
 SMOKE_EVAL = dict(num_images=8, n_steps=4, nt_samples=2, n_perturbations=2, deepshap_baselines=2,
                   saturation_images=2, grid_images=2)
 SMOKE_SHAPING = ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency")
+# Shortcut flags (dests) -> the config field each sets; --arch and --seeds are the grid's axes instead.
+SHORTCUTS = {**DATA_SHORTCUTS, **TRAINING_SHORTCUTS, "sigma": "noise.sigma", "ig_steps": "eval.n_steps",
+             "nt_samples": "eval.nt_samples", "perturbations": "eval.n_perturbations",
+             "shap_baselines": "eval.deepshap_baselines"}
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "terminal, as Markdown and CSV, and to MLflow. Resumable with --resume.",
         formatter_class=HelpFormatter)
     data = add_data_flags(parser)
-    data.add_argument("--arch", nargs="+", default=[ModelConfig.arch], help=f"architectures, each {ARCH_HELP}")
+    data.add_argument("--arch", nargs="+", default=[ModelConfig.arch],
+                      help=f"architectures, each {ARCH_HELP} (default: the base config's model.arch)")
     grid = parser.add_argument_group("grid")
     grid.add_argument("--noise-modes", nargs="+", default=list(NOISE_MODES), help="noise modes (table columns)")
     grid.add_argument("--sigma", type=float, default=REFERENCE_SIGMA,
@@ -196,25 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
                         smoke_help=f"a tiny grid for CI: the first arch and seed, {SMOKE_EPOCHS} epoch, "
                                    f"{SMOKE_REPEATS} repeats of {SMOKE_EVAL['num_images']} images")
     run.add_argument("--out-dir", default=None, help="where the tables are written (default: tables/NAME here)")
+    add_config_flags(parser)
     return parser
 
 
 def config_from_args(args: argparse.Namespace, name: str, storage: str) -> PaperTablesConfig:
-    """The validated grid the flags describe; raises ConfigError or DataError."""
-    evaluation = EvalConfig(methods=tuple(args.eval_methods), num_images=args.eval_images, n_steps=args.ig_steps,
-                            nt_samples=args.nt_samples, n_perturbations=args.perturbations,
-                            deepshap_baselines=args.shap_baselines)
-    train, shaping = train_config_from_args(args, seed=args.seeds[0]), ShapingConfig()
-    archs, seeds, repeats = args.arch, args.seeds, args.repeats
+    """The validated grid the flags describe; raises ConfigError, DataError or WeightsError."""
+    base = trial_config_from_args(args, SHORTCUTS)
+    archs = args.arch if "arch" in args.given else [base.model.arch]
+    seeds, repeats = args.seeds, args.repeats
     if args.smoke_test:
-        train, evaluation, shaping = capped(train, {"epochs": SMOKE_EPOCHS}), capped(evaluation, SMOKE_EVAL), SMOKE_SHAPING
+        base = replace(base, train=capped(base.train, {"epochs": SMOKE_EPOCHS}), eval=capped(base.eval, SMOKE_EVAL),
+                       shaping=SMOKE_SHAPING)
         archs, seeds, repeats = archs[:1], seeds[:1], min(repeats, SMOKE_REPEATS)
-    base = TrialConfig(model=ModelConfig(arch=archs[0]), noise=NoiseConfig(mode="gaussian", sigma=args.sigma),
-                       shaping=shaping, data=data_config_from_args(args), train=train, eval=evaluation)
+    base = replace(base, model=replace(base.model, arch=archs[0]), train=replace(base.train, seed=seeds[0]))
     cfg = PaperTablesConfig(name=name, storage=storage, base=base, archs=tuple(archs),
                             noise_modes=tuple(args.noise_modes), seeds=tuple(seeds), repeats=repeats,
                             max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri)
-    check_data(cfg.base.data)
+    check_trial(cfg.base, cfg.archs)
     return cfg
 
 
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from nsde_ray.tracking import ui_command
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         cfg, tracking = open_run(args, command=COMMAND, kind=KIND, from_args=config_from_args,
                                  from_dict=PaperTablesConfig.from_dict, parent_params=PaperTablesConfig.parent_params)

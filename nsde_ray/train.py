@@ -69,7 +69,8 @@ def load_checkpoint(path: str) -> dict:
     """A checkpoint written by :func:`train_fn_per_worker`, loaded without unpickling code.
 
     Keys: ``model``, ``optimizer``, ``scheduler`` (state dicts), ``shaping`` (what rebuilds the
-    shaping maps), ``num_classes``, ``in_channels``, ``epoch`` (epochs done), ``train_time_s``,
+    shaping maps), ``num_classes``, ``in_channels``, ``image_size`` (the side in pixels the model was
+    trained at), ``epoch`` (epochs done), ``train_time_s``,
     ``noise_energy_sum`` (the sum of the epochs' ``noise_energy_epoch``),
     ``config`` (:meth:`TrialConfig.to_dict`). A run that diverged ends with a
     checkpoint holding ``diverged: True`` and no weights; the one before it has the last good model.
@@ -170,7 +171,8 @@ def train_fn_per_worker(config: dict) -> None:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "shaping": shaper.state_dict() if shaper is not None else {},
-            "num_classes": splits.num_classes, "in_channels": splits.in_channels, "epoch": epoch + 1,
+            "num_classes": splits.num_classes, "in_channels": splits.in_channels, "image_size": splits.image_size,
+            "epoch": epoch + 1,
             "train_time_s": train_time_s, "shaping_time_s": shaping_time_s, "noise_energy_sum": noise_energy_sum,
             "config": config})
 
