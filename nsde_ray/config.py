@@ -97,11 +97,14 @@ class ShapingConfig:
     ``refresh_every`` epochs (or optimizer steps, per ``refresh_unit``) each worker recomputes the
     attribution maps A(x) of its own training shard with the current model in eval mode (noise
     off), by ``method`` (``ig`` with ``ig_steps`` Gauss-Legendre points, or the cheaper
-    ``saliency``). Each map is clipped at the ``clip_percentile`` of its |values| and divided by
-    that value, giving Â(x) in [-1, 1]; the noise of a sample is scaled per location by
-    ``blend + (1 - blend) * |Â(x)|`` (Σ_next = Σ Â(x); the noise is symmetric, so only |Â|
-    matters). Maps are cached per sample at ``map_size`` pixels (smaller images keep their size).
-    ``batch_size`` is the number of path points per attribution call (64 is fastest on CPU caches;
+    ``saliency``). IG's baseline is evaluation's default: a black image (the papers' x_b = 0 read
+    in pixel space, -mean/std in normalised units; :func:`nsde_ray.attribution.ig_baseline`).
+    Maps are taken on each image's evaluation view and cropped and flipped with the sample in
+    every training batch (:func:`nsde_ray.augment.apply_geometry`). Each map is clipped at the
+    ``clip_percentile`` of its |values| and divided by that value, giving Â(x) in [-1, 1]; the
+    noise of a sample is scaled per location by ``blend + (1 - blend) * |Â(x)|`` (Σ_next = Σ Â(x);
+    the noise is symmetric, so only |Â| matters). Maps are cached per sample at ``map_size`` pixels
+    (smaller images keep their size). ``batch_size`` is the number of path points per attribution call (64 is fastest on CPU caches;
     raise it on a GPU). A full refresh with IG costs about ``ig_steps`` x 2/3 of a training epoch.
 
     ``energy``: ``raw`` keeps the multipliers as they are (mostly below 1: with the 99th-percentile
