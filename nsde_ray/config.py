@@ -104,8 +104,9 @@ class ShapingConfig:
     ``clip_percentile`` of its |values| and divided by that value, giving Â(x) in [-1, 1]; the
     noise of a sample is scaled per location by ``blend + (1 - blend) * |Â(x)|`` (Σ_next = Σ Â(x);
     the noise is symmetric, so only |Â| matters). Maps are cached per sample at ``map_size`` pixels
-    (smaller images keep their size). ``batch_size`` is the number of path points per attribution call (64 is fastest on CPU caches;
-    raise it on a GPU). A full refresh with IG costs about ``ig_steps`` x 2/3 of a training epoch.
+    (smaller images keep their size). ``batch_size`` is the number of path points per attribution
+    call (64 is fastest on CPU caches; raise it on a GPU). A full refresh with IG costs about
+    ``ig_steps`` x 2/3 of a training epoch.
 
     ``energy``: ``raw`` keeps the multipliers as they are (mostly below 1: with the 99th-percentile
     clip their mean square is about 0.06, so shaped noise is also much less noise than Gaussian at
