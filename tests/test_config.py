@@ -58,3 +58,12 @@ def test_compile_flag_is_validated_and_round_trips():
         TrainConfig(compile="yes")
     with pytest.raises(ConfigError, match="compile_mode='fastest' is not valid; choose one of: default"):
         TrainConfig(compile_mode="fastest")
+
+
+def test_init_from_is_a_path_or_none_and_round_trips():
+    cfg = TrialConfig(train=TrainConfig(init_from="/weights/resnet18.pt"))
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_params()["init_from"] == "/weights/resnet18.pt"
+    assert TrialConfig().train.init_from is None
+    for bad in ("", "  ", 3):
+        with pytest.raises(ConfigError, match="init_from must be the path of initial weights, or None"):
+            TrainConfig(init_from=bad)
