@@ -6,7 +6,9 @@ correctly classified held-out (test-split) images. Metric names, per method m:
 (share of images with at least one prediction-preserving perturbation), ``sic_m`` and ``aic_m``
 (AUC of the median PIC curves, higher is better; ``sic_valid_fraction_m`` is the share of images
 PAIR's rules keep), ``infidelity_m`` (lower is better),
-``localisation_auc_m`` (where the data set has foreground masks). ``sensitivity`` and ``sic`` are
+``localisation_auc_m`` (where the data set has foreground masks), and the model-parameter
+randomisation check (:mod:`nsde_ray.metrics.randomisation`): ``randomisation_similarity_m``,
+``randomisation_repeatability_m`` and ``randomisation_passed_m`` (1 or 0). ``sensitivity`` and ``sic`` are
 IG's (the sweep's objectives). IG saturation: ``ig_alpha_95``, ``ig_grad_norm_after_saturation``,
 ``ig_grad_alignment_after_saturation``; IG completeness: ``ig_completeness_error``.
 :func:`evaluate_repeated` repeats all of it on new seeded image sets (the papers' protocol) and adds
@@ -27,12 +29,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from nsde_ray import plots
-from nsde_ray.attribution import attribution_map, check_applicable, eval_mode, ig_baseline, make_explainer
+from nsde_ray.attribution import (Explainer, attribution_map, check_applicable, eval_mode, ig_baseline,
+                                  make_explainer)
 from nsde_ray.config import EvalConfig
 from nsde_ray.data import DataSplits, foreground_masks
 from nsde_ray.metrics.faithfulness import infidelity
 from nsde_ray.metrics.localisation import localisation_auc
 from nsde_ray.metrics.pic import compute_pic
+from nsde_ray.metrics.randomisation import passes as passes_randomisation
+from nsde_ray.metrics.randomisation import randomisation_check, randomised_copy
 from nsde_ray.metrics.saturation import ig_saturation
 from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
 
@@ -101,18 +106,23 @@ def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str
     pixels = images * channel_std + channel_mean
     foreground = foreground_masks(splits, pixels)
 
+    randomised = randomised_copy(model, cfg.seed)
     metrics: dict[str, float] = {"eval_images": float(len(images))}
     maps: dict[str, torch.Tensor] = {}
     sic_curves: dict[str, np.ndarray] = {}
     stages = tqdm(total=3 * len(cfg.methods) + 1, desc="evaluate", disable=not progress)
     for method in cfg.methods:
         check_applicable(model, method, images[:1])
-        explain = make_explainer(model, method, baselines=shap_baselines if method == "deepshap" else baseline,
-                                 **options)
+        explainers = [in_batches(make_explainer(m, method, baselines=shap_baselines if method == "deepshap"
+                                                else baseline, **options), cfg.batch_size) for m in (model, randomised)]
+        explain = explainers[0]
         stages.set_postfix_str(f"{method}: attributions")
-        attributions = torch.cat([explain(images[s:s + cfg.batch_size], labels[s:s + cfg.batch_size])
-                                  for s in range(0, len(images), cfg.batch_size)])
+        attributions = explain(images, labels)
         maps[method] = attribution_map(attributions)
+        similarity, repeatability = randomisation_check(explain, explainers[1], images, labels, attributions, cfg.seed)
+        metrics[f"randomisation_similarity_{method}"] = similarity
+        metrics[f"randomisation_repeatability_{method}"] = repeatability
+        metrics[f"randomisation_passed_{method}"] = float(passes_randomisation(similarity, repeatability))
         metrics[f"infidelity_{method}"] = float(infidelity(model, images, labels, attributions, seed=cfg.seed).mean())
         if foreground is not None:
             metrics[f"localisation_auc_{method}"] = float(np.nanmean(localisation_auc(maps[method], foreground)))
@@ -155,6 +165,16 @@ def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str
             artifacts.append(os.path.join(out_dir, GALLERY_DIR, f"{index:02d}_{_file_safe(name)}.png"))
             plots.save_image(artifacts[-1], pixels[index])
     return EvalResult(metrics, labels.cpu(), artifacts)
+
+
+def in_batches(explain: Explainer, batch_size: int) -> Explainer:
+    """``explain`` applied ``batch_size`` inputs at a time, the results concatenated."""
+
+    def batched(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.cat([explain(inputs[s:s + batch_size], target[s:s + batch_size])
+                          for s in range(0, len(inputs), batch_size)])
+
+    return batched
 
 
 def _file_safe(name: str) -> str:

@@ -1,6 +1,7 @@
 """Metrics against references: Captum's sensitivity_max, scikit-learn's ROC AUC, saturation on known curves."""
 
 import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from nsde_ray.attribution import make_explainer
 from nsde_ray.metrics.localisation import box_mask, localisation_auc
+from nsde_ray.metrics.randomisation import passes, randomisation_check, randomised_copy, rank_correlation
 from nsde_ray.metrics.saturation import ig_saturation
 from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
 
@@ -75,6 +77,59 @@ def test_mean_sensitivity_leaves_out_images_without_a_kept_perturbation_only():
     assert metric == pytest.approx(0.2) and valid == 0.75
     assert math.isnan(mean_sensitivity(torch.tensor([float("nan")] * 2))[0])
     assert math.isnan(mean_sensitivity(torch.tensor([0.1, float("inf"), float("nan")]))[0])
+
+
+def _randomisation(digits_model, explainer_for):
+    model, splits = digits_model
+    images = torch.stack([splits.test[i][0] for i in range(24)])
+    labels = torch.tensor([splits.test[i][1] for i in range(24)])
+    randomised = randomised_copy(model, seed=0)
+    return randomisation_check(explainer_for(model), explainer_for(randomised), images, labels)
+
+
+def test_randomised_copy_has_new_weights_and_the_same_architecture(digits_model):
+    model, _ = digits_model
+    randomised = randomised_copy(model, seed=0)
+    assert randomised.state_dict().keys() == model.state_dict().keys() and not randomised.training
+    changed = [not torch.equal(a, b) for (name, a), b in zip(model.state_dict().items(), randomised.state_dict().values())
+               if name.endswith("weight")]
+    assert all(changed)
+    again = randomised_copy(model, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(randomised.state_dict().values(), again.state_dict().values()))
+
+
+def test_rank_correlation_is_spearman_of_absolute_maps_and_nan_without_a_rank_order():
+    from scipy.stats import spearmanr
+
+    first, second = torch.randn(3, 5, 5), torch.randn(3, 5, 5)
+    expected = [spearmanr(first[i].abs().flatten(), second[i].abs().flatten()).statistic for i in range(3)]
+    assert np.allclose(rank_correlation(first, second), expected)
+    assert np.allclose(rank_correlation(first, -first), 1.0)
+    constant = torch.ones(3, 5, 5)
+    assert np.isnan(rank_correlation(constant, second)).all()
+    assert np.isnan(rank_correlation(first.masked_fill(first > 1, float("nan")), second)).any()
+
+
+@pytest.mark.parametrize("name, explainer_for", [
+    ("constant", lambda model: lambda x, t: torch.ones_like(x)),
+    ("zero", lambda model: lambda x, t: torch.zeros_like(x)),
+    ("fresh random", lambda model: lambda x, t: torch.rand_like(x)),
+    ("input itself", lambda model: lambda x, t: x.clone()),
+    ("fixed random pattern", lambda model: lambda x, t: torch.rand(x.shape, generator=torch.Generator().manual_seed(1))),
+])
+def test_explainers_that_ignore_the_model_fail_the_randomisation_check(digits_model, name, explainer_for):
+    similarity, repeatability = _randomisation(digits_model, explainer_for)
+    assert not passes(similarity, repeatability), (name, similarity, repeatability)
+
+
+@pytest.mark.parametrize("method", ["ig", "saliency"])
+def test_attributions_of_a_trained_model_pass_the_randomisation_check(digits_model, method):
+    model, splits = digits_model
+    black = (-torch.tensor(splits.mean) / torch.tensor(splits.std)).view(1, -1, 1, 1)
+    similarity, repeatability = _randomisation(
+        digits_model, lambda m: make_explainer(m, method, baselines=black, n_steps=16))
+    assert repeatability == pytest.approx(1.0) and similarity < 0.9
+    assert passes(similarity, repeatability)
 
 
 def test_localisation_auc_is_the_tpr_fpr_area():
