@@ -196,3 +196,13 @@ def test_help_lists_the_new_flags(parser, capsys):
     out = capsys.readouterr().out
     for flag in ("--image-size", "--set", "--config", "--recipe", "--init-from"):
         assert flag in out
+
+
+def test_readme_configuration_commands_parse():
+    from helpers import readme_commands
+
+    parsers = {"sweeps.accuracy_vs_robustness": cli.build_parser, "sweeps.paper_tables": paper_tables.build_parser}
+    commands = readme_commands("## Configuration")
+    assert {argv[2] for argv in commands} == set(parsers)
+    for argv in commands:
+        parsers[argv[2]]().parse_args(argv[3:])  # exits (fails the test) on a flag the command does not have
