@@ -9,7 +9,8 @@ new image set, new sensitivity perturbations, DeepSHAP baselines and SmoothGrad 
 models of a grid are compared on the same draws. When the grid is done (or resumed, which
 re-renders from what finished) :mod:`nsde_ray.tables` builds the tables from the MLflow child
 runs; they go to the terminal, to ``--out-dir`` as Markdown and CSV, and to the parent run's
-artifacts under ``paper_tables/``.
+artifacts under ``paper_tables/``. ``--paired`` trains the noisy models by fine-tuning the plain
+model of their seed instead (:mod:`nsde_ray.paired`) and adds the paired-differences table.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class PaperTablesConfig:
     the papers' 0.5) is that of the noisy modes, its ``eval`` the evaluation of one repeat.
     seeds: training seeds (initial weights, shards, noise draws); the evaluation seeds are the
     same for every model. name, storage, max_concurrent, tracking_uri, experiment: as in
-    :class:`nsde_ray.config.SweepConfig`.
+    :class:`nsde_ray.config.SweepConfig`. paired: train the plain models (``none``) for
+    ``base.train.epochs``, then fine-tune every other mode from the plain model of its (arch, seed)
+    for ``finetune_epochs`` (:mod:`nsde_ray.paired`); ``storage`` must then be a file system path.
     """
 
     name: str
@@ -66,6 +69,8 @@ class PaperTablesConfig:
     max_concurrent: int | None = None
     tracking_uri: str | None = None
     experiment: str | None = None
+    paired: bool = False
+    finetune_epochs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("archs", "noise_modes", "seeds"):
@@ -88,6 +93,19 @@ class PaperTablesConfig:
         if set(self.noise_modes) - {"none"} and self.base.noise.sigma <= 0:
             raise ConfigError(f"sigma (--sigma) must be > 0 for the noisy modes {sorted(set(self.noise_modes) - {'none'})}: "
                               "with sigma 0 they are the plain ResNet (the papers use 0.5)")
+        if self.paired:
+            if "none" not in self.noise_modes or len(self.noise_modes) < 2:
+                raise ConfigError("--paired fine-tunes the noisy models from the plain one: --noise-modes must include "
+                                  f"none and another mode, got {list(self.noise_modes)}")
+            if not isinstance(self.finetune_epochs, int) or isinstance(self.finetune_epochs, bool) \
+                    or self.finetune_epochs < 1:
+                raise ConfigError("--paired needs --finetune-epochs N (an integer >= 1): the epochs of each noisy "
+                                  f"model's fine-tune from the plain model, got {self.finetune_epochs!r}")
+            if "://" in self.storage:
+                raise ConfigError(f"--paired reads the plain models' checkpoints as files: --storage must be a local "
+                                  f"or NFS path that every node sees, not {self.storage!r}")
+        elif self.finetune_epochs is not None:
+            raise ConfigError("--finetune-epochs applies to --paired grids only: add --paired or drop it")
 
     @property
     def experiment_name(self) -> str:
@@ -106,8 +124,9 @@ class PaperTablesConfig:
 
     def parent_params(self) -> dict[str, Any]:
         """The parent run's params: the base trial's, with the grid's axes (comma-separated) and repeats."""
+        paired = {"paired": "true", "finetune_epochs": self.finetune_epochs} if self.paired else {"paired": "false"}
         return dict(self.base.to_params(), arch=",".join(self.archs), noise_mode=",".join(self.noise_modes),
-                    seed=",".join(map(str, self.seeds)), repeats=self.repeats)
+                    seed=",".join(map(str, self.seeds)), repeats=self.repeats, **paired)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,8 +136,10 @@ class PaperTablesConfig:
         return cls(**dict(data, base=TrialConfig.from_dict(data["base"])))
 
 
-def build_grid_tuner(cfg: PaperTablesConfig, tracker: dict[str, str], resume: bool):
-    """A new ``Tuner`` over the grid, or (``resume``) the one restored from its experiment directory."""
+def build_grid_tuner(cfg: PaperTablesConfig, tracker: dict[str, str], resume: bool,
+                     param_space: dict[str, Any] | None = None, trials: int | None = None):
+    """A new ``Tuner`` over the grid (or over ``param_space``, ``trials`` trials), or (``resume``) the one
+    restored from its experiment directory."""
     from ray import tune
 
     from nsde_ray import sweep as sweeps
@@ -127,10 +148,10 @@ def build_grid_tuner(cfg: PaperTablesConfig, tracker: dict[str, str], resume: bo
     if resume:
         return sweeps.restore_tuner(cfg, trainable)
     return tune.Tuner(
-        trainable, param_space=cfg.param_space(),
+        trainable, param_space=param_space or cfg.param_space(),
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False,
                                     max_concurrent_trials=cfg.max_concurrent or sweeps.default_max_concurrent(cfg)),
-        run_config=sweeps.run_config(cfg, sweeps.ProgressCallback(tracker, cfg.grid_size)))
+        run_config=sweeps.run_config(cfg, sweeps.ProgressCallback(tracker, trials or cfg.grid_size)))
 
 
 def model_results(tracking) -> list[tables.ModelResult]:
@@ -138,8 +159,17 @@ def model_results(tracking) -> list[tables.ModelResult]:
     from nsde_ray.tracking import STATUS
 
     return [tables.ModelResult(run.data.params["arch"], run.data.params["noise_mode"], int(run.data.params["seed"]),
-                               dict(run.data.metrics))
+                               run_metrics(run))
             for run in tracking.trial_runs() if run.data.tags.get(STATUS) == "finished"]
+
+
+def run_metrics(run) -> dict[str, float]:
+    """An MLflow run's metrics, with ``effective_sigma`` (:func:`tables.effective_sigma`) where it logged noise_energy."""
+    metrics = dict(run.data.metrics)
+    if "noise_energy" in metrics:
+        metrics["effective_sigma"] = tables.effective_sigma(float(run.data.params["noise_sigma"]),
+                                                            metrics["noise_energy"])
+    return metrics
 
 
 def write_tables(report: list[tables.Table], header: str, out_dir: str) -> str:
@@ -160,7 +190,10 @@ def protocol(cfg: PaperTablesConfig, finished: int) -> str:
     base = cfg.base
     return (f"{finished} of {cfg.grid_size} models finished: {', '.join(cfg.archs)} on {base.data.dataset}, "
             f"noise modes {', '.join(cfg.noise_modes)} (sigma {base.noise.sigma}), seeds "
-            f"{', '.join(map(str, cfg.seeds))}, {base.train.epochs} epochs. Each model evaluated {cfg.repeats} times "
+            f"{', '.join(map(str, cfg.seeds))}, {base.train.epochs} epochs"
+            + (f" for the plain models, each noisy model fine-tuned from the plain model of its seed for "
+               f"{cfg.finetune_epochs} epochs (paired)" if cfg.paired else "")
+            + f". Each model evaluated {cfg.repeats} times "
             f"on {base.eval.num_images} correctly classified test images (evaluation seeds {base.eval.seed} to "
             f"{base.eval.seed + cfg.repeats - 1}): IG {base.eval.n_steps} steps, IG + NT {base.eval.nt_samples} "
             f"samples, DeepSHAP {base.eval.deepshap_baselines} baselines, sensitivity radius "
@@ -189,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training seeds; each (arch, noise mode) is trained once per seed")
     grid.add_argument("--repeats", type=int, default=PAPER_REPEATS,
                       help="evaluations of each model, each on a new seeded set of --eval-images images")
+    grid.add_argument("--paired", action="store_true",
+                      help="train the plain model (none) of each arch and seed first, then fine-tune every other "
+                           "noise mode from its final weights for --finetune-epochs; adds the paired-differences "
+                           "table (noisy minus plain per seed, paired t-test)")
+    grid.add_argument("--finetune-epochs", type=int, default=None, help="epochs of each noisy fine-tune (--paired)")
     train = add_training_flags(parser, lr_help="learning rate", eval_images=PAPER_IMAGES, eval_methods=PAPER_METHODS)
     train.add_argument("--ig-steps", type=int, default=EvalConfig.n_steps, help="IG (and IG + NT) integration points")
     train.add_argument("--nt-samples", type=int, default=EvalConfig.nt_samples, help="IG + NT (SmoothGrad) samples")
@@ -214,9 +252,13 @@ def config_from_args(args: argparse.Namespace, name: str, storage: str) -> Paper
                        shaping=SMOKE_SHAPING)
         archs, seeds, repeats = archs[:1], seeds[:1], min(repeats, SMOKE_REPEATS)
     base = replace(base, model=replace(base.model, arch=archs[0]), train=replace(base.train, seed=seeds[0]))
+    finetune_epochs = args.finetune_epochs
+    if args.smoke_test and finetune_epochs is not None:
+        finetune_epochs = min(finetune_epochs, SMOKE_EPOCHS)
     cfg = PaperTablesConfig(name=name, storage=storage, base=base, archs=tuple(archs),
                             noise_modes=tuple(args.noise_modes), seeds=tuple(seeds), repeats=repeats,
-                            max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri)
+                            max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri, paired=args.paired,
+                            finetune_epochs=finetune_epochs)
     check_trial(cfg.base, cfg.archs)
     return cfg
 
@@ -245,9 +287,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.base.train.epochs} epochs each, then {', '.join(cfg.base.eval.methods)} on "
           f"{cfg.base.eval.num_images} images x {cfg.repeats} repeats; Tune state in {sweeps.experiment_path(cfg)}; "
           f"MLflow {tracking.tracking_uri}, experiment {cfg.experiment_name!r}", flush=True)
-    grid = build_grid_tuner(cfg, tracking.describe(), resume=args.resume).fit()
+    if cfg.paired:
+        from nsde_ray import paired
+
+        grid = paired.run(cfg, tracking)
+    else:
+        grid = build_grid_tuner(cfg, tracking.describe(), resume=args.resume).fit()
     results = model_results(tracking)
     report = tables.paper_tables(results, list(cfg.archs), list(cfg.base.eval.methods))
+    if cfg.paired:
+        report.append(tables.paired_table(results, list(cfg.archs), list(cfg.base.eval.methods)))
     out_dir = os.path.abspath(args.out_dir or os.path.join("tables", cfg.name))
     text = write_tables(report, protocol(cfg, len(results)), out_dir)
     tracking.client.log_artifacts(tracking.parent_run_id, out_dir, TABLES_DIR)

@@ -8,12 +8,16 @@ means, its ``±`` the sample std across seeds (the spread of the claim); the CSV
 per-seed values and the mean within-model std over repeats.
 
 Tables (``Table.name`` is the file stem):
-- ``accuracy``: validation accuracy per architecture and noise mode (context for the rest);
+- ``accuracy``: validation accuracy and effective noise sigma per architecture and noise mode
+  (context for the rest);
 - ``sensitivity_<arch>``: AAAI 2022 Table 1's rows (IG, IG + NT, Saliency, DeepLIFT, DeepSHAP) and
   columns (Standard, Noise, Attribution-driven noise); max-sensitivity, lower is better;
 - ``sic``: AAAI 2022 Table 2's rows (ResNet with gradients, IG, IG + NoiseTunnel; Gaussian SDE and
   attribution SDE with IG) per architecture; SIC AUC, higher is better;
-- ``localisation_<arch>``: localisation AUC against foreground masks, where the data set has them.
+- ``localisation_<arch>``: localisation AUC against foreground masks, where the data set has them;
+- ``paired_differences`` (:func:`paired_table`): per training seed, each noisy model minus the plain
+  model of its seed, with a paired t-test across seeds (``--paired`` grids fine-tune the noisy
+  models from that plain model).
 
 Orderings (the claims): sensitivity ResNet > Gaussian SDE (IJCAI 2021 Tables 1-3) > attribution SDE
 (AAAI 2022 Table 1), per method; SIC of IG ResNet < Gaussian SDE < attribution SDE (AAAI 2022
@@ -28,6 +32,7 @@ import csv
 import io
 import math
 import statistics
+import warnings
 from dataclasses import dataclass, field
 
 from nsde_ray.config import NOISE_MODES
@@ -149,17 +154,33 @@ class Table:
         return out.getvalue()
 
 
+def effective_sigma(sigma: float, noise_energy: float) -> float:
+    """The sigma of Gaussian noise with the same variance as noise of ``sigma`` and ``noise_energy``: sigma * sqrt(energy).
+
+    ``noise_energy`` is the training metric (mean squared noise multiplier relative to Gaussian
+    noise, :func:`nsde_ray.shaping.noise_energy`); both are unitless.
+    """
+    return sigma * math.sqrt(noise_energy)
+
+
 def accuracy_table(results: list[ModelResult], archs: list[str]) -> Table:
-    """Validation accuracy (fraction) per architecture and noise mode."""
+    """Validation accuracy (fraction) and effective sigma (metric ``effective_sigma``) per architecture and noise mode."""
+    quantities = {"val accuracy": "val_accuracy", "effective sigma": "effective_sigma"}
     rows, records = [], []
     for arch in archs:
-        cells = [cell(results, arch, mode, "val_accuracy") for mode in NOISE_MODES]
-        rows.append([arch, *(c.text() for c in cells)])
         record: dict[str, object] = {"arch": arch}
-        for mode, c in zip(NOISE_MODES, cells):
-            record.update(c.columns(mode))
+        for label, metric in quantities.items():
+            cells = [cell(results, arch, mode, metric) for mode in NOISE_MODES]
+            rows.append([arch, label, *(c.text() for c in cells)])
+            for mode, c in zip(NOISE_MODES, cells):
+                record.update(c.columns(mode if metric == "val_accuracy" else f"{mode}_{metric}"))
         records.append(record)
-    return Table("accuracy", "Validation accuracy", ["Architecture", *MODE_NAMES.values()], rows, records)
+    notes = ["effective sigma = sigma * sqrt(noise_energy): the sigma of Gaussian noise with the variance the model "
+             "saw in training (noise_energy: mean squared noise multiplier, averaged over training; shaped noise "
+             "with raw maps has far less than Gaussian noise at the same sigma); compare modes at matched "
+             "effective sigma"]
+    return Table("accuracy", "Validation accuracy and effective noise sigma",
+                 ["Architecture", "Quantity", *MODE_NAMES.values()], rows, records, notes)
 
 
 def spread_note(cells: list[Cell]) -> list[str]:
@@ -243,6 +264,66 @@ def localisation_table(results: list[ModelResult], arch: str, methods: list[str]
         records.append(record)
     return Table(f"localisation_{arch}", f"Localisation AUC, {arch} (higher is better; no claim in the papers)",
                  ["Attribution", *(MODE_NAMES[m] for m in NOISE_MODES), "best"], rows, records)
+
+
+def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Two-sided paired t-test of ``a`` against ``b`` (``scipy.stats.ttest_rel``): (t, p).
+
+    NaN with fewer than two pairs or with differences that are all zero; differences that are all
+    equal and non-zero give t = ±inf, p = 0.
+    """
+    from scipy import stats
+
+    if len(a) < 2:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero variance of the differences
+        result = stats.ttest_rel(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
+def paired_metrics(methods: list[str]) -> list[tuple[str, str, bool]]:
+    """(metric, label, higher is better) of the paired-differences table: accuracy, sensitivity per method, SIC of IG."""
+    return [("val_accuracy", "val accuracy", True),
+            *((f"sensitivity_{m}", f"sensitivity {METHOD_NAMES[m]}", False) for m in TABLE1_METHODS if m in methods),
+            ("sic_ig", "SIC (IG)", True)]
+
+
+def paired_table(results: list[ModelResult], archs: list[str], methods: list[str]) -> Table:
+    """Per (arch, noisy mode, metric): the per-seed differences noisy minus plain (mode ``none``), their mean,
+    std across seeds, how many seeds moved the better way, and a paired t-test across seeds."""
+    rows, records, tested, significant = [], [], 0, 0
+    for arch in archs:
+        for mode in [m for m in NOISE_MODES if m != "none" and any(r.arch == arch and r.mode == m for r in results)]:
+            for metric, label, higher in paired_metrics(methods):
+                noisy = cell(results, arch, mode, metric).per_seed
+                plain = cell(results, arch, "none", metric).per_seed
+                seeds = sorted(set(noisy) & set(plain))
+                differences = Cell({seed: noisy[seed] - plain[seed] for seed in seeds}, math.nan)
+                better = sum((d > 0) == higher and d != 0 for d in differences.per_seed.values())
+                t, p = paired_t_test([noisy[s] for s in seeds], [plain[s] for s in seeds])
+                tested, significant = tested + (not math.isnan(p)), significant + (p < 0.05)
+                text = MISSING if not seeds else f"{differences.mean:+.3g}" + (
+                    f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
+                rows.append([arch, MODE_NAMES[mode], label, "higher" if higher else "lower", text,
+                             f"{better}/{len(seeds)}", _number(t), _number(p)])
+                records.append({"arch": arch, "mode": mode, "metric": metric, "higher_is_better": higher,
+                                "difference_mean": differences.mean, "difference_seed_std": differences.seed_std,
+                                "n_seeds": len(seeds), "better_seeds": better, "t": t, "p": p,
+                                "difference_per_seed": ";".join(f"{s}:{d:.6g}" for s, d in
+                                                                differences.per_seed.items())})
+    notes = ["difference = the noisy model minus the plain ResNet of the same architecture and training seed (in a "
+             "--paired grid, the plain model it was fine-tuned from); ± = std across seeds; better in = seeds whose "
+             "difference goes the better way; t, p: two-sided paired t-test across seeds (scipy.stats.ttest_rel; "
+             "none below 2 seeds)",
+             f"{significant} of {tested} tested differences have p < 0.05 (not corrected for the {tested} tests)"]
+    return Table("paired_differences", "Paired differences: noisy minus plain, per training seed",
+                 ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p"],
+                 rows, records, notes)
+
+
+def _number(value: float) -> str:
+    return MISSING if math.isnan(value) else f"{value:.3g}"
 
 
 def paper_tables(results: list[ModelResult], archs: list[str], methods: list[str]) -> list[Table]:

@@ -5,6 +5,7 @@ import io
 import math
 import os
 from dataclasses import replace
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -13,7 +14,7 @@ from helpers import assert_usage_error
 from nsde_ray import tables
 from nsde_ray.config import EvalConfig, SweepConfig
 from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
-from nsde_ray.paper_tables import PaperTablesConfig, main
+from nsde_ray.paper_tables import PaperTablesConfig, main, run_metrics
 from nsde_ray.sweep import save_sweep_state
 
 MODES = ("none", "gaussian", "attribution")
@@ -103,6 +104,73 @@ def test_repeated_evaluation_is_the_mean_and_std_of_seeded_repeats(digits_model,
     assert evaluate_repeated(model, splits, cfg, repeats=1, progress=False).metrics == single[0]
 
 
+def _paired_results() -> list[tables.ModelResult]:
+    """Plain and Gaussian models of seeds 0-2, attribution models of seeds 0 and 1: (val accuracy, IG sensitivity, SIC)."""
+    values = {"none": {0: (0.90, 0.50, 0.10), 1: (0.92, 0.60, 0.12), 2: (0.91, 0.55, 0.11)},
+              "gaussian": {0: (0.89, 0.40, 0.12), 1: (0.90, 0.45, 0.141), 2: (0.92, 0.50, 0.129)},
+              "attribution": {0: (0.88, 0.45, 0.20), 1: (0.93, 0.50, 0.20)}}
+    return [tables.ModelResult("cifar_resnet8", mode, seed, {"val_accuracy": a, "sensitivity_ig": s, "sic_ig": c})
+            for mode, seeds in values.items() for seed, (a, s, c) in seeds.items()]
+
+
+def test_paired_differences_are_noisy_minus_plain_per_seed_with_a_paired_t_test():
+    table = tables.paired_table(_paired_results(), ["cifar_resnet8"], ["ig"])
+    assert table.name == "paired_differences"
+    assert table.header == ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p"]
+    assert [row[1:4] for row in table.rows] == [
+        ["Gaussian SDE", "val accuracy", "higher"], ["Gaussian SDE", "sensitivity IG", "lower"],
+        ["Gaussian SDE", "SIC (IG)", "higher"], ["attribution SDE", "val accuracy", "higher"],
+        ["attribution SDE", "sensitivity IG", "lower"], ["attribution SDE", "SIC (IG)", "higher"]]
+    accuracy, sensitivity, sic = table.rows[:3]
+    assert accuracy[4:6] == ["-0.00667 ± 0.015", "1/3"]  # -0.01, -0.02, +0.01
+    # -0.10, -0.15, -0.05: t = mean / (std / sqrt(3)) = -2 sqrt(3); two-sided p with 2 degrees of freedom
+    assert sensitivity[4:] == ["-0.1 ± 0.05", "3/3", "-3.46", "0.0742"]
+    assert sic[5] == "3/3" and float(sic[7]) < 0.001  # +0.02, +0.021, +0.019
+    assert table.rows[4][4:6] == ["-0.075 ± 0.035", "2/2"]  # attribution: seeds 0 and 1 only
+    record = next(r for r in table.records if r["mode"] == "gaussian" and r["metric"] == "sensitivity_ig")
+    assert record["difference_per_seed"] == "0:-0.1;1:-0.15;2:-0.05" and record["n_seeds"] == 3
+    assert record["t"] == pytest.approx(-2 * math.sqrt(3)) and record["p"] == pytest.approx(1 - math.sqrt(12 / 14))
+    assert table.notes[1] == "1 of 6 tested differences have p < 0.05 (not corrected for the 6 tests)"
+    one_seed = tables.paired_table([r for r in _paired_results() if r.seed == 0], ["cifar_resnet8"], ["ig"])
+    assert one_seed.rows[1][4:] == ["-0.1", "1/1", tables.MISSING, tables.MISSING]
+
+
+def test_the_accuracy_table_shows_the_effective_sigma_from_the_noise_energy():
+    def run(mode, sigma, energy):
+        return SimpleNamespace(data=SimpleNamespace(params={"noise_mode": mode, "noise_sigma": str(sigma)},
+                                                    metrics={"val_accuracy": 0.9, "noise_energy": energy}))
+
+    runs = {"none": run("none", 0.0, 0.0), "gaussian": run("gaussian", 0.5, 1.0),
+            "attribution": run("attribution", 0.5, 0.09)}
+    results = [tables.ModelResult("cifar_resnet8", mode, 0, run_metrics(r)) for mode, r in runs.items()]
+    assert results[2].metrics["effective_sigma"] == pytest.approx(0.15)  # 0.5 * sqrt(0.09)
+    assert "effective_sigma" not in run_metrics(SimpleNamespace(data=SimpleNamespace(params={}, metrics={})))
+    table = tables.accuracy_table(results, ["cifar_resnet8"])
+    assert table.header[:3] == ["Architecture", "Quantity", "ResNet"]
+    assert table.rows == [["cifar_resnet8", "val accuracy", "0.9", "0.9", "0.9", tables.MISSING],
+                          ["cifar_resnet8", "effective sigma", "0", "0.5", "0.15", tables.MISSING]]
+    assert table.records[0]["attribution_effective_sigma_mean"] == pytest.approx(0.15)
+
+
+def test_paired_fine_tunes_start_from_the_plain_model_of_their_arch_and_seed():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from nsde_ray.paired import finetune_space, finetune_stage, plain_stage
+
+    bases = {"/ray/g/plain/train/trial_a/checkpoint_1": ("cifar_resnet8", 0),
+             "/ray/g/plain/train/trial_b/checkpoint_1": ("cifar_resnet14", 1)}
+    trials = [config for _, config in generate_variants(finetune_space(bases, ("gaussian", "attribution")))]
+    assert len(trials) == 4 and {t["noise_mode"] for t in trials} == {"gaussian", "attribution"}
+    for trial in trials:
+        assert (trial["arch"], trial["seed"]) == bases[trial["init_from"]]
+    cfg = PaperTablesConfig(name="g", storage="/ray", noise_modes=("none", "gaussian", "attribution"), paired=True,
+                            finetune_epochs=2)
+    assert cfg.grid_size == 3 * 3 and cfg.parent_params()["paired"] == "true"
+    plain, finetune = plain_stage(cfg), finetune_stage(cfg)
+    assert (plain.storage, plain.name, plain.noise_modes, plain.base.train.epochs) == ("/ray/g", "plain", ("none",), 6)
+    assert (finetune.name, finetune.noise_modes, finetune.base.train.epochs) == ("finetune", ("gaussian", "attribution"), 2)
+
+
 def test_config_round_trips_and_spans_the_grid():
     cfg = PaperTablesConfig(name="g", storage="/tmp", archs=("cifar_resnet8", "resnet18"), seeds=(0, 1, 2))
     assert PaperTablesConfig.from_dict(cfg.to_dict()) == cfg
@@ -118,6 +186,9 @@ def test_config_round_trips_and_spans_the_grid():
     (["--sigma", "0"], "sigma (--sigma) must be > 0"),
     (["--seeds", "0", "-1"], "seeds must be integers >= 0"),
     (["--repeats", "0"], "repeats (--repeats) must be an integer >= 1"),
+    (["--paired"], "--paired needs --finetune-epochs N"),
+    (["--paired", "--finetune-epochs", "1", "--noise-modes", "gaussian", "attribution"], "must include none"),
+    (["--finetune-epochs", "2"], "applies to --paired grids only"),
     (["--eval-methods", "saliency"], "must include 'ig'"),
     (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "/no/such/dir"),
     (["--name", "never_ran", "--resume"], "no sweep named 'never_ran'"),
@@ -180,3 +251,45 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, r
     assert "3 trials, 3 evaluated, 0 failed" in capsys.readouterr().out
     assert (tmp_path / "again" / "paper_tables.md").read_text() == (tables_dir / "paper_tables.md").read_text()
     assert len(client.search_runs([experiment.experiment_id])) == 4  # nothing trained or logged twice
+
+
+@pytest.mark.slow
+def test_paired_tiny_grid_fine_tunes_each_noisy_model_from_the_plain_one(tmp_path, ray_for_three_trials, capsys,
+                                                                         monkeypatch):
+    from nsde_ray.train import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    flags = ["--storage", str(tmp_path / "ray"), "--name", "pairs", "--tracking-uri", uri]
+    grid = ["--smoke-test", "--paired", "--finetune-epochs", "3", "--noise-modes", "none", "gaussian", "attribution"]
+    assert main(flags + grid) == 0
+    output = capsys.readouterr().out
+    assert "3 trials, 3 evaluated, 0 failed" in output
+    assert "### Paired differences: noisy minus plain" in output and "| effective sigma" in output
+    assert (tmp_path / "tables" / "pairs" / "paired_differences.csv").exists()
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("pairs")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags["nsde.role"] == "sweep")
+    children = {r.data.params["noise_mode"]: r for r in runs if r.data.tags["nsde.role"] == "trial"}
+    assert parent.data.params["paired"] == "true" and parent.data.params["finetune_epochs"] == "1"  # smoke: capped
+    plain = children.pop("none")
+    assert plain.data.params["paired"] == "true" and plain.data.metrics["noise_energy"] == 0.0
+    base = plain.data.tags["nsde.trial_id"]
+    for mode, run in children.items():
+        params = run.data.params
+        assert params["paired"] == "true" and params["finetune_epochs"] == params["epochs"] == "1"
+        assert params["init_from"].startswith(str(tmp_path / "ray" / "pairs" / "plain" / "train" / f"trial_{base}"))
+        # fine-tuned from the trained plain model: its first epoch starts where the plain model ended
+        assert run.data.metrics["train_loss"] < plain.data.metrics["train_loss"]
+    checkpoint = load_checkpoint(children["gaussian"].data.params["init_from"])
+    assert checkpoint["epoch"] == 1 and checkpoint["config"]["noise"]["mode"] == "none"
+    assert children["gaussian"].data.metrics["noise_energy"] == 1.0
+    assert 0.0 < children["attribution"].data.metrics["noise_energy"] < 0.5  # raw shaped maps: less noise
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "paper_tables")}
+    assert "paper_tables/paired_differences.md" in logged
+
+    assert main(flags + ["--resume", "--out-dir", str(tmp_path / "again")]) == 0
+    assert "3 trials, 3 evaluated, 0 failed" in capsys.readouterr().out
+    assert len(client.search_runs([experiment.experiment_id])) == 4  # both stages restored, nothing trained twice
