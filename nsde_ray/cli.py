@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from nsde_ray import overrides
+from nsde_ray.overrides import Override
 from nsde_ray.config import DATASETS, ConfigError, ModelConfig, SearchSpace, SweepConfig, TrainConfig, TrialConfig
 from nsde_ray.data import DataError, check_data
 from nsde_ray.models import available_archs
@@ -103,12 +104,14 @@ def add_run_flags(parser: argparse.ArgumentParser, *, command: str, smoke_help: 
     return run
 
 
-def add_config_flags(parser: argparse.ArgumentParser, *, recipe_note: str = "") -> argparse._ArgumentGroup:
-    """--config, --set, --recipe: any field of the base trial, over the shortcut flags."""
+def add_config_flags(parser: argparse.ArgumentParser, *, recipe_note: str = "",
+                     extra_sections: str = "") -> argparse._ArgumentGroup:
+    """--config, --set, --recipe: any field of the base trial (and of the command's ``extra_sections``, named
+    in the help), over the shortcut flags."""
     group = parser.add_argument_group(
         "any config field", f"Every field of the trial config (sections {', '.join(overrides.field_types())}; "
-                            "see nsde_ray.config) can be set. Later sources win: defaults < --config < the flags above "
-                            "given on the command line < --recipe < --set.")
+                            f"see nsde_ray.config){extra_sections} can be set. Later sources win: defaults < --config "
+                            "< the flags above given on the command line < --recipe < --set.")
     group.add_argument("--config", default=None, metavar="FILE",
                        help="a whole or partial trial config, JSON or YAML (.json, .yaml, .yml), in the form of "
                             "TrialConfig.to_dict(): {section: {field: value}}")
@@ -141,16 +144,24 @@ TRAINING_SHORTCUTS = {"epochs": "train.epochs", "lr": "train.lr", "batch_size": 
                       "init_from": "train.init_from", "eval_images": "eval.num_images", "eval_methods": "eval.methods"}
 
 
-def trial_config_from_args(args: argparse.Namespace, shortcuts: dict[str, str]) -> TrialConfig:
+def shortcut_layers(args: argparse.Namespace, shortcuts: dict[str, str],
+                    sections: dict[str, type] | None = None) -> tuple[list[Override], list[Override]]:
+    """The shortcut flags as overrides: (those left at their defaults, those given on the command line)."""
+    flags = {dest: overrides.override(name, getattr(args, dest), sections) for dest, name in shortcuts.items()}
+    return ([value for dest, value in flags.items() if dest not in args.given],
+            [value for dest, value in flags.items() if dest in args.given])
+
+
+def trial_config_from_args(args: argparse.Namespace, shortcuts: dict[str, str],
+                           sets: list[Override] | None = None) -> TrialConfig:
     """The base trial the flags describe: defaults (the config's, then the shortcut flags') < --config < the
-    shortcut flags given < --recipe < --set; ``init_from`` made absolute. Raises ConfigError."""
-    flags = {dest: overrides.override(name, getattr(args, dest)) for dest, name in shortcuts.items()}
+    shortcut flags given < --recipe < --set (``sets``, default ``args.set`` parsed); ``init_from`` made
+    absolute. Raises ConfigError."""
+    defaults, given = shortcut_layers(args, shortcuts)
     cfg = overrides.build_trial(
-        [value for dest, value in flags.items() if dest not in args.given],
-        overrides.load_config_file(args.config) if args.config else [],
-        [value for dest, value in flags.items() if dest in args.given],
+        defaults, overrides.load_config_file(args.config) if args.config else [], given,
         overrides.recipe(args.recipe) if args.recipe else [],
-        [overrides.parse_set(assignment) for assignment in args.set or ()])
+        [overrides.parse_set(assignment) for assignment in args.set or ()] if sets is None else sets)
     if cfg.train.init_from is None:
         return cfg
     return replace(cfg, train=replace(cfg.train, init_from=os.path.abspath(os.path.expanduser(cfg.train.init_from))))
@@ -172,6 +183,8 @@ def capped(section, limits: dict[str, int]):
 # --- this command ---------------------------------------------------------------------------------
 
 SWEEP_SHORTCUTS = {**DATA_SHORTCUTS, **TRAINING_SHORTCUTS, "arch": "model.arch", "seed": "train.seed"}
+SPACE = "space"  # the --set section of the search space, beside the trial's
+SPACE_SHORTCUTS = {"sigma_range": "space.sigma_range", "lr_range": "space.lr_range", "clip_range": "space.clip_range"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,21 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                       f"trials of {SMOKE_EPOCHS} epochs")
     add_config_flags(parser, recipe_note="; without --lr-range the lr search range is then one decade either side "
                                          "of the base lr (paper: 1e-05 to 0.001), as the default 0.02 to 0.3 "
-                                         "suits SGD")
+                                         "suits SGD",
+                     extra_sections=f" and of the search space (section {SPACE}: SearchSpace)")
     return parser
 
 
 def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) -> SweepConfig:
-    """The validated sweep the flags describe; raises ConfigError, DataError or WeightsError."""
-    base = trial_config_from_args(args, SWEEP_SHORTCUTS)
+    """The validated sweep the flags describe; raises ConfigError, DataError or WeightsError.
+
+    The search space has the trial's precedence, a recipe's lr range (one decade either side of the
+    base lr) between the range flags left at their defaults and those given."""
+    sections = {**overrides.trial_sections(), SPACE: SearchSpace}
+    sets = [overrides.parse_set(assignment, sections) for assignment in args.set or ()]
+    base = trial_config_from_args(args, SWEEP_SHORTCUTS, [item for item in sets if item.section != SPACE])
     num_samples = args.num_samples
     if args.smoke_test:
         base = replace(base, train=capped(base.train, {"epochs": SMOKE_EPOCHS}), eval=capped(base.eval, SMOKE_EVAL))
         num_samples = min(num_samples, SMOKE_SAMPLES)
-    lr_range = tuple(args.lr_range)
-    if args.recipe and "lr_range" not in args.given:
-        lr_range = (base.train.lr / 10, base.train.lr * 10)
-    space = SearchSpace(sigma_range=tuple(args.sigma_range), lr_range=lr_range, clip_range=tuple(args.clip_range))
+    defaults, given = shortcut_layers(args, SPACE_SHORTCUTS, sections)
+    recipe = [Override(SPACE, "lr_range", (base.train.lr / 10, base.train.lr * 10))] if args.recipe else []
+    space = SearchSpace(**overrides.merged(defaults, recipe, given, [item for item in sets if item.section == SPACE])
+                        .get(SPACE, {}))
     cfg = SweepConfig(name=name, storage=storage, base=base, space=space, num_samples=num_samples,
                       max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri, seed=args.seed)
     check_trial(cfg.base, (cfg.base.model.arch,))

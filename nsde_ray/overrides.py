@@ -1,9 +1,10 @@
 """Any field of a :class:`~nsde_ray.config.TrialConfig` from text: ``--set``, ``--config FILE`` and ``--recipe``.
 
 An override names a field as ``section.field`` (``train.lr``, ``data.image_size``) and gives it a
-value of the field's declared type. The sections and fields are read from the dataclasses
-themselves, so a field added to a section can be set without touching this module. Overrides come
-in layers, later layers winning (:func:`build_trial`); the result is built, and so validated, like
+value of the field's declared type. The sections are :class:`TrialConfig`'s (a command may add its
+own, e.g. the sweep's ``space``); sections and fields are read from the dataclasses themselves, so a
+field added to a section can be set without touching this module. Overrides come in layers, later
+layers winning (:func:`merged`, :func:`build_trial`); the result is built, and so validated, like
 every other config: a bad value fails with the field's :class:`~nsde_ray.config.ConfigError` text.
 """
 
@@ -40,17 +41,22 @@ class Override(NamedTuple):
     value: Any
 
 
-def field_types() -> dict[str, dict[str, Any]]:
-    """``{section: {field: declared type}}`` of :class:`TrialConfig`, in declaration order."""
-    sections = typing.get_type_hints(TrialConfig)
+def trial_sections() -> dict[str, type]:
+    """``{section: dataclass}`` of :class:`TrialConfig` (``model``: ModelConfig, ...), in declaration order."""
+    return typing.get_type_hints(TrialConfig)
+
+
+def field_types(sections: dict[str, type] | None = None) -> dict[str, dict[str, Any]]:
+    """``{section: {field: declared type}}`` of ``sections`` (default :func:`trial_sections`), in declaration order."""
+    sections = trial_sections() if sections is None else sections
     hints = {name: typing.get_type_hints(cls) for name, cls in sections.items()}
     return {name: {f.name: hints[name][f.name] for f in dataclasses.fields(cls)} for name, cls in sections.items()}
 
 
-def override(name: str, value: Any) -> Override:
+def override(name: str, value: Any, sections: dict[str, type] | None = None) -> Override:
     """``section.field`` set to a typed ``value`` (a flag's, a file's); lists become tuples, and text is parsed
-    where the field takes no text (YAML reads ``1e-4`` as text)."""
-    section, field, hint = _lookup(name)
+    where the field takes no text (YAML reads ``1e-4`` as text). ``sections``: as in :func:`field_types`."""
+    section, field, hint = _lookup(name, field_types(sections))
     if isinstance(value, str) and str not in _options(hint):
         value = parse_value(value, hint, name)
     if isinstance(value, list) and any(typing.get_origin(option) is tuple for option in _options(hint)):
@@ -60,12 +66,13 @@ def override(name: str, value: Any) -> Override:
     return Override(section, field, value)
 
 
-def parse_set(assignment: str) -> Override:
-    """``"section.field=VALUE"`` (one ``--set``) as an :class:`Override`, VALUE parsed as the field's type."""
+def parse_set(assignment: str, sections: dict[str, type] | None = None) -> Override:
+    """``"section.field=VALUE"`` (one ``--set``) as an :class:`Override`, VALUE parsed as the field's type.
+    ``sections``: as in :func:`field_types`."""
     name, equals, text = assignment.partition("=")
     if not equals:
         raise OverrideError(f"--set {assignment!r}: expected SECTION.FIELD=VALUE, e.g. train.lr=0.05")
-    section, field, hint = _lookup(name.strip())
+    section, field, hint = _lookup(name.strip(), field_types(sections))
     return Override(section, field, parse_value(text.strip(), hint, name.strip()))
 
 
@@ -102,7 +109,7 @@ def from_mapping(data: Any, source: str) -> list[Override]:
     overrides = []
     try:
         for section, values in data.items():
-            _section_fields(str(section), str(section))
+            _section_fields(str(section), str(section), field_types())
             if not isinstance(values, dict):
                 raise OverrideError(f"section {section!r} must be a mapping of fields, got {values!r}")
             overrides += [override(f"{section}.{field}", value) for field, value in values.items()]
@@ -146,23 +153,28 @@ def recipe(name: str) -> list[Override]:
     return [parse_set(assignment) for assignment in RECIPES[name]]
 
 
-def build_trial(*layers: Iterable[Override]) -> TrialConfig:
-    """The validated :class:`TrialConfig` of the defaults with ``layers`` applied in order (later ones win)."""
+def merged(*layers: Iterable[Override]) -> dict[str, dict[str, Any]]:
+    """``{section: {field: value}}`` of ``layers`` applied in order (later ones win)."""
     sections: dict[str, dict[str, Any]] = {}
     for layer in layers:
         for item in layer:
             sections.setdefault(item.section, {})[item.field] = item.value
-    return TrialConfig.from_dict(sections)
+    return sections
 
 
-def _lookup(name: str) -> tuple[str, str, Any]:
+def build_trial(*layers: Iterable[Override]) -> TrialConfig:
+    """The validated :class:`TrialConfig` of the defaults with ``layers`` applied in order (later ones win)."""
+    return TrialConfig.from_dict(merged(*layers))
+
+
+def _lookup(name: str, known: dict[str, dict[str, Any]]) -> tuple[str, str, Any]:
     """(section, field, type) of ``section.field``; an unknown name fails with the valid ones and a fix-it."""
     section, dot, field = name.partition(".")
     if not dot:
-        matches = [f"{s}.{f}" for s, fields in field_types().items() for f in difflib.get_close_matches(name, fields)]
+        matches = [f"{s}.{f}" for s, fields in known.items() for f in difflib.get_close_matches(name, fields)]
         raise OverrideError(f"{name!r} names no config field{_did_you_mean(matches)}: write SECTION.FIELD, "
-                            f"sections: {', '.join(field_types())}")
-    fields = _section_fields(section, name)
+                            f"sections: {', '.join(known)}")
+    fields = _section_fields(section, name, known)
     if field not in fields:
         raise OverrideError(f"unknown field {field!r} of config section {section!r}"
                             + _did_you_mean([f"{section}.{f}" for f in difflib.get_close_matches(field, fields)])
@@ -170,9 +182,8 @@ def _lookup(name: str) -> tuple[str, str, Any]:
     return section, field, fields[field]
 
 
-def _section_fields(section: str, name: str) -> dict[str, Any]:
+def _section_fields(section: str, name: str, sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``{field: type}`` of a section; an unknown section fails with the valid ones and a fix-it."""
-    sections = field_types()
     if section not in sections:
         field = name.partition(".")[2]
         matches = difflib.get_close_matches(section, sections)

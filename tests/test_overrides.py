@@ -161,6 +161,19 @@ def test_paper_recipe_centres_the_swept_lr_range_unless_given(tmp_path):
     assert _sweep(["--recipe", "paper", "--lr-range", "1e-5", "1e-2"], tmp_path).space.lr_range == (1e-5, 1e-2)
 
 
+def test_the_sweep_sets_its_search_space_the_same_way(tmp_path, capsys, monkeypatch):
+    space = _sweep(["--set", "space.lr_range=0.01, 0.2", "--set", "space.shaping_methods=saliency", "--sigma-range",
+                    "0.2", "0.8", "--lr", "0.05"], tmp_path).space
+    assert (space.lr_range, space.shaping_methods, space.sigma_range) == ((0.01, 0.2), ("saliency",), (0.2, 0.8))
+    assert _sweep(["--recipe", "paper", "--set", "space.lr_range=1e-5,1e-2"], tmp_path).space.lr_range == (1e-5, 1e-2)
+    monkeypatch.chdir(tmp_path)
+    storage = ["--storage", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert_usage_error(cli.main, ["--set", "space.lr_range=0.01"] + storage,
+                       "space.lr_range takes 2 comma-separated values (a number, a number), got '0.01'", capsys)
+    assert_usage_error(paper_tables.main, ["--set", "space.lr_range=0.01,0.2"] + storage,
+                       "unknown config section 'space' in 'space.lr_range'; valid sections: model,", capsys)
+
+
 def test_paper_tables_take_the_same_overrides(tmp_path):
     parser = paper_tables.build_parser()
     args = cli.parse_args(parser, ["--image-size", "16", "--recipe", "paper", "--set", "model.arch=cifar_resnet14",
