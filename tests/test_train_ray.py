@@ -69,6 +69,9 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
     assert result.metrics["resumed_from_epoch"] >= 1  # the restarted group continued, it did not start over
     assert result.metrics["val_accuracy"] >= 0.85
     assert result.metrics["shaping_time_s"] > 0
+    # Gaussian warm-up (energy 1) in epoch 1, raw shaped maps after: the average over all 6 epochs, with the
+    # sum carried through the restart, holds the warm-up's 1/6; all-reduced over both workers
+    assert 1 / 6 < result.metrics["noise_energy"] < 1 and result.metrics["noise_energy_epoch"] < 0.5
 
 
 def test_an_image_folder_trains_with_loader_processes_and_shaping(local_ray, tmp_path):
