@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nsde_ray.attribution import attribution_map, check_applicable, eval_mode, make_explainer
+from nsde_ray.attribution import attribution_map, check_applicable, eval_mode, ig_baseline, make_explainer
 from nsde_ray.config import TrialConfig
 from nsde_ray.data import DataSplits
 from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
@@ -120,7 +120,7 @@ def explain_image(bundle: ModelBundle, pixels: torch.Tensor, method: str = "ig",
         probabilities = model(image).softmax(dim=1)[0]
     ranked = probabilities.argsort(descending=True)[:top_k]
     target = ranked[:1]
-    black = (-mean / std).expand_as(image).contiguous()
+    black = ig_baseline(bundle.mean, bundle.std, "black").expand_as(image).contiguous()
     explain = make_explainer(model, method, baselines=bundle.shap_baselines if method == "deepshap" else black,
                              n_steps=n_steps, nt_samples=nt_samples, nt_stdev=nt_stdev / float(std.mean()),
                              internal_batch_size=64)
