@@ -23,13 +23,11 @@ from dashboards.uploads import UploadError, read_image
 from nsde_ray import plots
 from nsde_ray.attribution import AttributionError
 from nsde_ray.explain import explain_image, prepare_image
-from nsde_ray.tracking import FRONT_FILTER, format_cell
+from nsde_ray.tracking import FRONT_FILTER, TABLE_COLUMNS, table_cell
 
 METHOD_NAMES = {"IG": "ig", "Saliency": "saliency", "DeepLIFT": "deeplift", "DeepSHAP": "deepshap",
                 "IG + NoiseTunnel": "ig_nt"}
 DISPLAY_SIZE = 256  # pixels; small inputs (digits are 32 px) are shown enlarged, nearest-neighbour
-TABLE_COLUMNS = ("pareto_front", "trial_id", "noise_mode", "noise_sigma", "lr", "shaping_method", "val_accuracy",
-                 "sensitivity", "sic")
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,8 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
         with gr.Tab("Pareto front"):
             summary = gr.Markdown(elem_id="front-summary")
             plot = gr.Plot(label="Pareto front", elem_id="pareto-plot")
-            table = gr.Dataframe(headers=list(TABLE_COLUMNS), interactive=False, label="Finished trials")
+            table = gr.Dataframe(headers=list(TABLE_COLUMNS), interactive=False,
+                                 label="Finished configurations (objectives: mean ± SE over seeds)")
             trial_box = gr.Dropdown(label="Trial", choices=[], elem_id="trial")
             trial_link = gr.Markdown(elem_id="trial-link")
             with gr.Row():
@@ -110,7 +109,7 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             choices = [(_trial_label(row), row["run_id"]) for row in rows]
             left, right = default_pair(rows)
             gallery = store.gallery(right or left) if (right or left) else []
-            table_rows = [[format_cell(row.get(column, "")) for column in TABLE_COLUMNS] for row in rows]
+            table_rows = [[table_cell(row, column) for column in TABLE_COLUMNS] for row in rows]
             return (text, plots.pareto_figure(rows), table_rows,
                     gr.update(choices=choices, value=choices[0][1] if choices else None),
                     gr.update(choices=choices, value=left), gr.update(choices=choices, value=right),

@@ -75,7 +75,7 @@ class SweepStore:
         raise DashboardError(f"no sweep {label!r} in {self.tracking_uri}; pick one from the list")
 
     def trials(self, sweep: Sweep) -> list[dict[str, Any]]:
-        """Finished trials with their objectives and ``pareto_front`` flag (:meth:`SweepTracker.front_rows`)."""
+        """Finished configurations, objectives as means with ``<name>_se``, assessed (:meth:`SweepTracker.front_rows`)."""
         return tracking.SweepTracker(self.tracking_uri, sweep.experiment_id, sweep.parent_run_id).front_rows()
 
     def run(self, run_id: str):
@@ -85,14 +85,22 @@ class SweepStore:
         return f"{self.ui_url}/#/experiments/{sweep.experiment_id}/runs/{run_id}"
 
     def artifact(self, run_id: str, path: str) -> str | None:
-        """A local copy of the run's artifact ``path`` (file or folder), or None if the run has none."""
+        """A local copy of the run's artifact ``path`` (file or folder), or None if the run has none.
+
+        A configuration trained with several seeds keeps its figures and model in its seed runs:
+        then the first seed's artifact stands for it.
+        """
         target = os.path.join(self.cache_dir, run_id)
         local = os.path.join(target, path)
         if os.path.exists(local):
             return local
         parent = os.path.dirname(path)
         if path not in {a.path for a in self.client.list_artifacts(run_id, parent or None)}:
-            return None
+            run = self.client.get_run(run_id)
+            if run.data.tags.get(tracking.ROLE) != "trial":
+                return None
+            seeds = tracking.SweepTracker(self.tracking_uri, run.info.experiment_id, "").seed_runs(run_id)
+            return self.artifact(seeds[0].info.run_id, path) if seeds else None
         os.makedirs(target, exist_ok=True)
         return self.client.download_artifacts(run_id, path, target)
 

@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--clip-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         default=SearchSpace.clip_range, help="outlier-clipping percentile range of shaped trials")
     search.add_argument("--seed", type=int, default=TrainConfig.seed, help="search and training seed")
+    search.add_argument("--seeds-per-config", type=int, default=SweepConfig.seeds_per_config,
+                        help="training seeds per configuration (--seed onwards), each a full run; the search and the "
+                             "Pareto front use their means, with standard errors")
     add_training_flags(parser, lr_help="learning rate of the reference points", eval_images=SWEEP_EVAL_IMAGES,
                        eval_methods=SWEEP_EVAL_METHODS)
     add_run_flags(parser, command=COMMAND, smoke_help=f"a tiny version of the same sweep, for CI: {SMOKE_SAMPLES} "
@@ -236,7 +239,8 @@ def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) ->
     space = SearchSpace(**overrides.merged(defaults, recipe, given, [item for item in sets if item.section == SPACE])
                         .get(SPACE, {}))
     cfg = SweepConfig(name=name, storage=storage, base=base, space=space, num_samples=num_samples,
-                      max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri, seed=args.seed)
+                      max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri, seed=args.seed,
+                      seeds_per_config=args.seeds_per_config)
     check_trial(cfg.base, (cfg.base.model.arch,))
     return cfg
 
@@ -344,14 +348,22 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     tuner = sweeps.build_tuner(cfg, tracking.describe(), resume=args.resume)
     results = tuner.fit()
-    rows = tracking.update_front()
+    report = tracking.update_front()
+    rows = report.rows
     tracking.finish_sweep()
     errors = sum(result.error is not None for result in results)
     print(f"\n[nsde-ray] sweep {name!r} done in {time.perf_counter() - started:.0f} s: {len(results)} trials, "
           f"{len(rows)} evaluated, {errors} failed")
-    print("[nsde-ray] Pareto front (* = on the front; val_accuracy max, sensitivity min, sic max):")
+    objectives = ", ".join(f"{name} {mode}" for name, mode in report.objectives)
+    print(f"[nsde-ray] Pareto front over {objectives} (* = on the front on the means; pareto_probability = on the "
+          f"front when each mean is redrawn within its standard error; {cfg.seeds_per_config} seed(s) per "
+          "configuration, objectives as mean ± SE):")
     print(front_table(rows))
+    for note in report.notes:
+        print(f"[nsde-ray] note: {note}")
+    floors = ", ".join(f"{name} {floor:.3g} of range {spread:.3g}" for name, (floor, spread, _) in report.floors.items())
+    print(f"[nsde-ray] noise floors (median SE of range): {floors}; flagged: {', '.join(report.flagged) or 'none'}")
     print(f"[nsde-ray] browse it: {ui_command(tracking.tracking_uri)}")
     print(f"[nsde-ray]   experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}")
-    print(f"[nsde-ray] resume or extend it: python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume")
+    print(f"[nsde-ray] resume it (after a crash or a stop): python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume")
     return 0 if rows else 1

@@ -416,6 +416,8 @@ class SweepConfig:
     name: the sweep's name in ``storage`` (Ray Tune state and every trial's checkpoints) and the
     default MLflow experiment. num_samples: trials in all, the reference points included.
     max_concurrent: trials at once (``None``: as many as the cluster's CPUs/GPUs allow).
+    seeds_per_config: training seeds each configuration is trained with (seeds ``base.train.seed``
+    onwards, one full run each); the searcher and the front see the means over them.
     tracking_uri: MLflow tracking URI (``None``: MLflow's default, ``sqlite:///mlflow.db`` in the
     working directory, made absolute so every Ray process writes to the same store).
     """
@@ -429,11 +431,13 @@ class SweepConfig:
     tracking_uri: str | None = None
     experiment: str | None = None
     seed: int = 0
+    seeds_per_config: int = 2
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and self.name.strip() != "" and "/" not in self.name,
                  f"sweep name must be a non-empty name without '/', got {self.name!r}")
         _positive_int("num_samples (--num-samples)", self.num_samples)
+        _positive_int("seeds_per_config (--seeds-per-config)", self.seeds_per_config)
         _require(self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent >= 1),
                  f"max_concurrent (--max-concurrent) must be an integer >= 1, got {self.max_concurrent!r}")
         _require(self.space.lr_range[0] <= self.base.train.lr <= self.space.lr_range[1],
@@ -451,6 +455,7 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
         values = dict(data)
+        values.setdefault("seeds_per_config", 1)  # sweeps saved before replicates trained one seed
         values["base"] = TrialConfig.from_dict(values.get("base", {}))
         values["space"] = _build_section(SearchSpace, values.get("space", {}))
         return _build_section(cls, values)

@@ -15,10 +15,11 @@ OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"), ("sic", "max"))
 REFERENCE_POINT = {"val_accuracy": 0.0, "sensitivity": 1.0, "sic": 0.0}
 
 
-def as_minimisation(rows: list[dict[str, float]]) -> np.ndarray:
-    """(N, 3) losses from rows holding the objectives' metrics: maximised ones are negated."""
-    return np.array([[row[name] if mode == "min" else -row[name] for name, mode in OBJECTIVES] for row in rows],
-                    dtype=float).reshape(len(rows), len(OBJECTIVES))
+def as_minimisation(rows: list[dict[str, float]],
+                    objectives: tuple[tuple[str, str], ...] = OBJECTIVES) -> np.ndarray:
+    """(N, M) losses from rows holding the ``objectives``' metrics (name, ``min`` or ``max``): maximised ones negated."""
+    return np.array([[float(row[name]) if mode == "min" else -float(row[name]) for name, mode in objectives]
+                     for row in rows], dtype=float).reshape(len(rows), len(objectives))
 
 
 def non_dominated(losses: np.ndarray) -> np.ndarray:
@@ -64,6 +65,46 @@ def _slice_volume(points: np.ndarray, reference: np.ndarray) -> float:
     return volume
 
 
-def sweep_reference() -> np.ndarray:
+def sweep_reference(objectives: tuple[tuple[str, str], ...] = OBJECTIVES) -> np.ndarray:
     """The hypervolume reference point in :func:`as_minimisation` form."""
-    return as_minimisation([REFERENCE_POINT])[0]
+    return as_minimisation([REFERENCE_POINT], objectives)[0]
+
+
+def front_probability(losses: np.ndarray, standard_errors: np.ndarray, draws: int = 4000, seed: int = 0) -> np.ndarray:
+    """Probability (N,) that each row of ``losses`` (N, M) is non-dominated, given its standard errors (N, M).
+
+    A parametric bootstrap over the seeds' means: each draw replaces every row by a sample of
+    N(mean, SE²) per objective, independently, and counts the rows that no other row dominates
+    (ties are not dominance, as in :func:`non_dominated`). A standard error that is NaN (one seed)
+    counts as 0, so such rows are as sure as their means; rows with a non-finite loss get 0.
+    """
+    losses = np.asarray(losses, dtype=float)
+    standard_errors = np.nan_to_num(np.asarray(standard_errors, dtype=float), nan=0.0)
+    finite = np.isfinite(losses).all(axis=1)
+    probability = np.zeros(len(losses))
+    if not finite.any():
+        return probability
+    means, scales = losses[finite], standard_errors[finite]
+    rng = np.random.default_rng(seed)
+    on_front = np.zeros(len(means))
+    for start in range(0, draws, 500):
+        sample = means + scales * rng.standard_normal((min(500, draws - start), *means.shape))  # (D, N, M)
+        no_worse = (sample[:, :, None, :] <= sample[:, None, :, :]).all(axis=3)  # [d, j, i]: j <= i everywhere
+        better = (sample[:, :, None, :] < sample[:, None, :, :]).any(axis=3)
+        on_front += (~(no_worse & better).any(axis=1)).sum(axis=0)
+    probability[finite] = on_front / draws
+    return probability
+
+
+def noise_floor(means: np.ndarray, standard_errors: np.ndarray) -> tuple[float, float, bool]:
+    """(median standard error, range of the means, flagged) of one objective over a sweep's configurations.
+
+    An objective is flagged as not separating the configurations when its noise floor (the median
+    SE) exceeds half the range its means span. NaN values are left out; with no finite SE (one
+    seed per configuration) the floor is NaN and nothing is flagged.
+    """
+    means, standard_errors = np.asarray(means, dtype=float), np.asarray(standard_errors, dtype=float)
+    means, standard_errors = means[np.isfinite(means)], standard_errors[np.isfinite(standard_errors)]
+    spread = float(means.max() - means.min()) if len(means) else float("nan")
+    floor = float(np.median(standard_errors)) if len(standard_errors) else float("nan")
+    return floor, spread, bool(np.isfinite(floor) and np.isfinite(spread) and floor > spread / 2)

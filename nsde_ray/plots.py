@@ -98,33 +98,51 @@ PARETO_PANELS = (("sensitivity", "IG max-sensitivity (lower is better)"), ("sic"
 
 
 def _hover(row: dict) -> str:
-    shown = ("trial_id", "noise_mode", "noise_sigma", "lr", "shaping_method", "shaping_warmup_epochs",
-             "shaping_refresh_every", "shaping_clip_percentile", "val_accuracy", "sensitivity", "sic")
-    return "<br>".join(f"{key}: {row[key]:.4g}" if isinstance(row.get(key), float) else f"{key}: {row.get(key, '')}"
-                       for key in shown if row.get(key, "") != "")
+    shown = ("trial_id", "noise_mode", "noise_sigma", "effective_sigma", "lr", "shaping_method",
+             "shaping_warmup_epochs", "shaping_refresh_every", "shaping_clip_percentile", "shaping_energy",
+             "val_accuracy", "sensitivity", "sic", "pareto_probability", "excluded")
+    return "<br>".join(f"{key}: {_with_se(row, key)}" for key in shown if row.get(key, "") != "")
+
+
+def _with_se(row: dict, key: str) -> str:
+    value, se = row.get(key, ""), row.get(f"{key}_se", float("nan"))
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text + (f" ± {se:.2g}" if isinstance(se, float) and np.isfinite(se) else "")
+
+
+def _error(rows: list[dict], metric: str) -> list[float]:
+    """±1 SE bars (0 where a configuration has one seed)."""
+    return [float(np.nan_to_num(row.get(f"{metric}_se", 0.0))) for row in rows]
 
 
 def pareto_figure(rows: list[dict]):
-    """Interactive (plotly) accuracy vs sensitivity and accuracy vs SIC; front points highlighted, params on hover.
+    """Interactive (plotly) accuracy vs sensitivity and accuracy vs SIC, each point ±1 SE over seeds.
 
-    rows: :meth:`nsde_ray.tracking.SweepTracker.front_rows`. Each trial is one point per panel.
+    rows: :meth:`nsde_ray.tracking.SweepTracker.front_rows`. Each configuration is one point per
+    panel; front points are highlighted, configurations kept off the front are crosses, params and
+    the probability of being on the front show on hover.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     figure = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in PARETO_PANELS])
+    groups = (("other configurations", lambda r: not r["pareto_front"] and not r.get("excluded"),
+               dict(color="lightgray", size=9)),
+              ("kept off the front", lambda r: bool(r.get("excluded")), dict(color="gray", size=9, symbol="x")),
+              ("Pareto front", lambda r: r["pareto_front"], dict(color="crimson", size=12, symbol="star")))
     for column, (metric, title) in enumerate(PARETO_PANELS, start=1):
-        for on_front, name, marker in ((False, "other trials", dict(color="lightgray", size=9)),
-                                       (True, "Pareto front", dict(color="crimson", size=12, symbol="star"))):
-            chosen = [row for row in rows if row["pareto_front"] == on_front]
+        for name, belongs, marker in groups:
+            chosen = [row for row in rows if belongs(row)]
             figure.add_trace(go.Scatter(x=[row[metric] for row in chosen], y=[row["val_accuracy"] for row in chosen],
+                                        error_x=dict(type="data", array=_error(chosen, metric), thickness=1),
+                                        error_y=dict(type="data", array=_error(chosen, "val_accuracy"), thickness=1),
                                         mode="markers", name=name, marker=marker, showlegend=column == 1,
                                         legendgroup=name, text=[_hover(row) for row in chosen],
                                         customdata=[row["run_id"] for row in chosen], hoverinfo="text"),
                              row=1, col=column)
         figure.update_xaxes(title_text=title, row=1, col=column)
         figure.update_yaxes(title_text="validation accuracy", row=1, col=column)
-    figure.update_layout(title="Accuracy vs attribution robustness", height=520)
+    figure.update_layout(title="Accuracy vs attribution robustness (mean ± 1 SE over seeds)", height=520)
     return figure
 
 
@@ -137,21 +155,23 @@ def pareto_html(path: str, rows: list[dict]) -> None:
 
 
 def pareto_png(path: str, rows: list[dict]) -> None:
-    """The same two panels as :func:`pareto_html`, static; front points labelled with their noise mode."""
+    """The same two panels as :func:`pareto_html`, static, ±1 SE bars; front points labelled with their noise mode."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, (metric, title) in zip(axes, PARETO_PANELS):
-        for on_front, style in ((False, dict(c="lightgray", s=30)), (True, dict(c="crimson", s=80, marker="*"))):
+        for on_front, style in ((False, dict(color="lightgray", ms=5, marker="o")),
+                                (True, dict(color="crimson", ms=10, marker="*"))):
             chosen = [row for row in rows if row["pareto_front"] == on_front]
-            ax.scatter([row[metric] for row in chosen], [row["val_accuracy"] for row in chosen],
-                       label="Pareto front" if on_front else "other trials", **style)
+            ax.errorbar([row[metric] for row in chosen], [row["val_accuracy"] for row in chosen],
+                        xerr=_error(chosen, metric), yerr=_error(chosen, "val_accuracy"), linestyle="none",
+                        elinewidth=0.8, label="Pareto front" if on_front else "other configurations", **style)
         for row in rows:
             if row["pareto_front"]:
-                ax.annotate(str(row.get("noise_mode", "")), (row[metric], row["val_accuracy"]), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+                ax.annotate(f"{row.get('noise_mode', '')} p={row.get('pareto_probability', 1.0):.2f}",
+                            (row[metric], row["val_accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel(title)
         ax.set_ylabel("validation accuracy")
     axes[0].legend(loc="lower right")
-    fig.suptitle("Accuracy vs attribution robustness")
+    fig.suptitle("Accuracy vs attribution robustness (mean ± 1 SE over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -19,7 +19,9 @@ stopped trial would enter the front with half-trained metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
@@ -32,7 +34,7 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from nsde_ray.config import NOISE_MODES, REFERENCE_SIGMA, SearchSpace, SweepConfig, TrialConfig
-from nsde_ray.tracking import MODEL_DIR, SweepTracker
+from nsde_ray.tracking import MODEL_DIR, SweepTracker, aggregate_seeds
 
 SWEEP_FILE = "nsde_sweep.json"
 TRAIN_DIR = "train"
@@ -144,28 +146,66 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu:
     return metrics, files
 
 
-def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeats: int = 1) -> None:
-    """Tune's trainable: train (Ray Train), evaluate, log to MLflow, report the objectives to Tune.
+def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeats: int = 1,
+              seeds_per_config: int = 1) -> None:
+    """Tune's trainable: one configuration, trained and evaluated with each of its seeds, reported to Tune.
 
     ``config`` holds the trial's params, applied to ``base`` (:meth:`TrialConfig.to_dict`);
-    ``storage_path`` is where its Train run keeps checkpoints; ``repeats`` as :func:`evaluate_checkpoint`.
-    A trial whose MLflow run is already finished (it finished after the sweep state was last saved,
-    then the driver died) reports its stored metrics again instead of running twice.
+    ``storage_path`` is where its Train runs keep checkpoints; ``repeats`` as
+    :func:`evaluate_checkpoint`. With ``seeds_per_config`` K > 1 the configuration is trained with
+    training seeds ``seed``, ..., ``seed + K - 1`` one after another, each a full run of its own
+    (:func:`run_seed`, a nested MLflow run); the trial's run holds their means, stds and standard
+    errors (:func:`nsde_ray.tracking.aggregate_seeds`), and Tune sees the means. With K = 1 the
+    trial's run is the seed's run. A run already finished (a seed finished after the sweep state
+    was last saved, then the driver died, or a retried trial) reports its stored metrics instead
+    of running again, so a resumed sweep trains only its unfinished seeds.
     """
-    from nsde_ray.train import build_trainer
-
     started = time.perf_counter()
     cfg = trial_config(TrialConfig.from_dict(base), config)
     trial_id = tune.get_context().get_trial_id()
     tracking = SweepTracker(**tracker)
-    run_id, status = tracking.open_trial(trial_id, cfg.to_params())
-    logging_s = time.perf_counter() - started
+    run_id, status = tracking.open_trial(trial_id, dict(cfg.to_params(), seeds_per_config=seeds_per_config))
     if status in ("finished", "diverged"):
         tune.report(_objectives(tracking.finished_metrics(run_id), diverged=status == "diverged"))
         return
     label = f"trial {trial_id} ({_describe(config)})"
-    trainer = build_trainer(cfg, name=f"trial_{trial_id}", storage_path=storage_path,
-                            callbacks=[EpochLogger(tracker, run_id, label, cfg.train.epochs)])
+    if seeds_per_config == 1:
+        status, final = run_seed(cfg, tracking, run_id, f"trial_{trial_id}", label, storage_path, repeats)
+        tune.report(_objectives(final, diverged=status == "diverged"))
+        return
+    outcomes = []
+    for index in range(seeds_per_config):
+        seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + index))
+        seed_run, seed_status = tracking.open_seed(run_id, trial_id, index, seed_cfg.to_params())
+        if seed_status not in ("finished", "diverged"):
+            seed_status, _ = run_seed(seed_cfg, tracking, seed_run, f"trial_{trial_id}_seed{index}",
+                                      f"{label} seed {index + 1}/{seeds_per_config}", storage_path, repeats)
+        outcomes.append((seed_status, tracking.finished_metrics(seed_run)))
+    diverged = any(seed_status == "diverged" for seed_status, _ in outcomes)
+    final = aggregate_seeds([metrics for _, metrics in outcomes])
+    final["trial_wall_s"] = time.perf_counter() - started
+    tracking.finish_trial(run_id, "diverged" if diverged else "finished", final,
+                          error="a seed's training loss became non-finite" if diverged else None)
+    if not diverged:
+        print(f"[nsde-ray] {label} finished over {seeds_per_config} seeds: "
+              + ", ".join(f"{name}={final[name]:.4g} ± {final.get(f'{name}_se', math.nan):.2g}"
+                          for name in ("val_accuracy", "sensitivity", "sic") if name in final), flush=True)
+    tune.report(_objectives(final, diverged=diverged))
+
+
+def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: str, label: str, storage_path: str,
+             repeats: int) -> tuple[str, dict[str, float]]:
+    """Train (Ray Train) and evaluate one seed of a configuration, logged to ``run_id``: (status, final metrics).
+
+    ``train_name`` names its Train run, stable across restarts, so a retried seed continues from
+    its latest checkpoint. Status is ``finished`` or ``diverged``; a failure marks the run failed
+    and raises :class:`SweepError`.
+    """
+    from nsde_ray.train import build_trainer
+
+    started = time.perf_counter()
+    trainer = build_trainer(cfg, name=train_name, storage_path=storage_path,
+                            callbacks=[EpochLogger(tracking.describe(), run_id, label, cfg.train.epochs)])
     fit_started = time.perf_counter()
     try:
         result = trainer.fit()
@@ -180,8 +220,7 @@ def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeat
     if train_metrics.get("diverged"):
         tracking.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
         print(f"[nsde-ray] {label} diverged (non-finite loss) at epoch {train_metrics.get('epoch')}", flush=True)
-        tune.report(_objectives(train_metrics, diverged=True))
-        return
+        return "diverged", train_metrics
     # Outside the trial's placement group (which holds no CPU): the task takes one worker's resources.
     resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0,
                      scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
@@ -209,7 +248,7 @@ def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeat
         # the per-epoch metrics (train_loss, val_accuracy, ...) are in the run already, from EpochLogger
         tracking.finish_trial(run_id, "finished", {k: v for k, v in final.items() if k not in train_metrics},
                               artifact_dir)
-    final["logging_s"] = logging_s + time.perf_counter() - logging_started
+    final["logging_s"] = time.perf_counter() - logging_started
     tracking.client.log_metric(run_id, "logging_s", final["logging_s"])
     print(f"[nsde-ray] {label} finished: val_accuracy={final['val_accuracy']:.4f} "
           f"sensitivity={final['sensitivity']:.4f} sic={final['sic']:.4g} "
@@ -217,7 +256,7 @@ def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeat
           f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f}: Train start-up "
           f"{final['train_startup_s']:.0f}, eval start-up {final['eval_startup_s']:.0f}, "
           f"logging {final['logging_s']:.0f})", flush=True)
-    tune.report(_objectives(final, diverged=False))
+    return "finished", final
 
 
 def _objectives(metrics: dict[str, float], diverged: bool) -> dict[str, float]:
@@ -263,8 +302,8 @@ class FrontCallback(ProgressCallback):
     """On the driver: keep the Pareto front current in MLflow as trials finish or fail."""
 
     def summary(self) -> str:
-        rows = SweepTracker(**self.tracker).update_front()
-        return f"; Pareto front: {sum(r['pareto_front'] for r in rows)} of {len(rows)} evaluated trials"
+        rows = SweepTracker(**self.tracker).update_front().rows
+        return f"; Pareto front: {sum(r['pareto_front'] for r in rows)} of {len(rows)} evaluated configurations"
 
 
 class RunSettings(Protocol):
@@ -354,7 +393,7 @@ def default_max_concurrent(cfg: RunSettings) -> int:
     return max(1, fits)
 
 
-def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1):
+def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1, seeds_per_config: int = 1):
     """:func:`run_trial` over ``cfg.base`` as Tune's trainable.
 
     It asks Tune for no CPU of its own (only a nominal memory reservation, as Tune refuses an
@@ -362,7 +401,7 @@ def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1)
     one-worker trials fit on N CPUs without a deadlock.
     """
     trainable = tune.with_parameters(run_trial, base=cfg.base.to_dict(), storage_path=train_storage(cfg),
-                                     tracker=tracker, repeats=repeats)
+                                     tracker=tracker, repeats=repeats, seeds_per_config=seeds_per_config)
     return tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
 
 
@@ -380,7 +419,7 @@ def run_config(cfg: RunSettings, callback: ProgressCallback) -> tune.RunConfig:
 
 def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool) -> tune.Tuner:
     """A new ``Tuner`` for ``cfg``, or (``resume``) the one restored from its experiment directory."""
-    trainable = trial_trainable(cfg, tracker)
+    trainable = trial_trainable(cfg, tracker, seeds_per_config=cfg.seeds_per_config)
     if resume:
         return restore_tuner(cfg, trainable)
     max_concurrent = cfg.max_concurrent or default_max_concurrent(cfg)

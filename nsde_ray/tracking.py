@@ -1,9 +1,13 @@
 """MLflow records of a sweep: one parent run, one nested child run per trial, the Pareto front.
 
-Names (the contract in DESIGN.md, section 2): the parent has tag ``nsde.role = sweep``; each trial
-a child run (tag ``mlflow.parentRunId``) with ``nsde.role = trial``, ``nsde.trial_id`` (Ray Tune's
-trial id, which a resumed trial keeps, so a resume re-opens the run instead of duplicating it),
-``nsde.status`` (running, finished, diverged or failed) and ``pareto_front`` (true or false).
+Names (the MLflow contract in README.md): the parent has tag ``nsde.role = sweep``; each trial (one
+configuration) a child run (tag ``mlflow.parentRunId``) with ``nsde.role = trial``,
+``nsde.trial_id`` (Ray Tune's trial id, which a resumed trial keeps, so a resume re-opens the run
+instead of duplicating it), ``nsde.status`` (running, finished, diverged or failed),
+``pareto_front`` (true or false) and ``pareto_confidence`` (the probability of being on the front,
+:mod:`nsde_ray.front`). A configuration trained with several seeds has one run per seed nested under
+its run (``nsde.role = seed``, ``nsde.seed_index``), and holds the means over seeds with
+``<name>_std`` and ``<name>_se`` (:func:`aggregate_seeds`).
 Everything goes through :class:`mlflow.MlflowClient` with run ids we control; credentials come
 from MLflow's own environment variables (``MLFLOW_TRACKING_USERNAME`` ...).
 """
@@ -17,20 +21,26 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from nsde_ray import pareto
+from nsde_ray import front, pareto
 
 ROLE, TRIAL_ID, STATUS, SWEEP = "nsde.role", "nsde.trial_id", "nsde.status", "nsde.sweep"
 PARENT = "mlflow.parentRunId"
 TRAIN_NODES = "nsde.train_nodes"
-PARETO_TAG = "pareto_front"
+PARETO_TAG, CONFIDENCE_TAG, EXCLUDED_TAG = "pareto_front", "pareto_confidence", "front_excluded"
+SEED_INDEX = "nsde.seed_index"
 FRONT_FILTER = f"tags.{PARETO_TAG} = 'true'"
 FRONT_CSV, FRONT_HTML, FRONT_PNG = "pareto_front.csv", "pareto_front.html", "pareto_front.png"
 MODEL_DIR = "model"
 FRONT_PARAMS = ("noise_mode", "noise_sigma", "lr", "shaping_method", "shaping_warmup_epochs",
-                "shaping_refresh_every", "shaping_clip_percentile")
+                "shaping_refresh_every", "shaping_clip_percentile", "shaping_energy", "seeds_per_config")
+# Metrics whose spread across seeds is logged (<name>_std, <name>_se): the objectives and the per-method ones.
+REPLICATED = ("val_accuracy", "noise_energy", "sensitivity", "sic", "aic_", "infidelity_", "localisation_auc_",
+              "randomisation_similarity_", "randomisation_repeatability_", "ig_")
+FRONT_METRICS = ("sic_valid_fraction_ig", "randomisation_passed_ig", "randomisation_similarity_ig", "noise_energy")
 
 
 class TrackingError(RuntimeError):
@@ -121,17 +131,26 @@ class SweepTracker:
 
     def open_trial(self, trial_id: str, params: dict[str, Any]) -> tuple[str, str]:
         """The child run of ``trial_id``: (run id, nsde.status); created with its params if new."""
-        existing = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.{PARENT} = '{self.parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'")
+        return self._open(f"tags.{PARENT} = '{self.parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'",
+                          f"trial_{trial_id}", {PARENT: self.parent_run_id, ROLE: "trial", TRIAL_ID: trial_id,
+                                                PARETO_TAG: "false"}, params)
+
+    def open_seed(self, trial_run_id: str, trial_id: str, index: int, params: dict[str, Any]) -> tuple[str, str]:
+        """The run of seed ``index`` of a configuration, nested under its run: (run id, nsde.status)."""
+        return self._open(f"tags.{PARENT} = '{trial_run_id}' and tags.`{SEED_INDEX}` = '{index}'",
+                          f"trial_{trial_id}_seed{index}", {PARENT: trial_run_id, ROLE: "seed", TRIAL_ID: trial_id,
+                                                            SEED_INDEX: str(index)}, params)
+
+    def _open(self, filter_string: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> tuple[str, str]:
+        """The run ``filter_string`` finds, marked running unless it ended well, or a new one; (run id, nsde.status)."""
+        existing = self.client.search_runs([self.experiment_id], filter_string=filter_string)
         if existing:
             run = existing[0]
             if run.data.tags.get(STATUS) not in ("finished", "diverged"):
                 self.client.update_run(run.info.run_id, status="RUNNING")
                 self.client.set_tag(run.info.run_id, STATUS, "running")
             return run.info.run_id, run.data.tags.get(STATUS, "running")
-        run = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags={
-            PARENT: self.parent_run_id, ROLE: "trial", TRIAL_ID: trial_id, STATUS: "running", PARETO_TAG: "false"})
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags, **{STATUS: "running"}))
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id, "running"
 
@@ -161,43 +180,68 @@ class SweepTracker:
     # --- the Pareto front -----------------------------------------------------------------------
 
     def front_rows(self) -> list[dict[str, Any]]:
-        """One row per finished trial: run id, trial id, params of note, objectives, on_front."""
+        """One row per finished configuration, assessed by :func:`nsde_ray.front.assess_front`.
+
+        A row holds the run id, trial id, params of note, the objectives' means and standard errors
+        (``<name>_se``; NaN with one seed), :data:`FRONT_METRICS`, ``effective_sigma`` and the
+        assessment (``excluded``, ``pareto_front``, ``pareto_probability``); front first.
+        """
+        return self.assess().rows
+
+    def assess(self) -> front.FrontReport:
+        """The front over the finished configurations (:func:`nsde_ray.front.assess_front`)."""
         rows = []
         for run in self.trial_runs():
             if run.data.tags.get(STATUS) != "finished":
                 continue
-            metrics = run.data.metrics
-            if not all(name in metrics for name, _ in pareto.OBJECTIVES):
-                continue
+            metrics, params = run.data.metrics, run.data.params
             row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TRIAL_ID, "")}
-            row.update({name: run.data.params.get(name, "") for name in FRONT_PARAMS})
+            row.update({name: params.get(name, "") for name in FRONT_PARAMS})
             if row["noise_mode"] != "attribution":  # shaping params are unused defaults there
                 row.update({name: "" for name in FRONT_PARAMS if name.startswith("shaping_")})
-            row.update({name: metrics[name] for name, _ in pareto.OBJECTIVES})
+            for name, _ in pareto.OBJECTIVES:  # non-finite values are not logged: NaN here, kept off the front
+                row[name], row[f"{name}_se"] = metrics.get(name, math.nan), metrics.get(f"{name}_se", math.nan)
+            row.update({name: metrics.get(name, math.nan) for name in FRONT_METRICS})
+            row["effective_sigma"] = effective_sigma(params.get("noise_sigma", ""), row["noise_energy"])
             rows.append(row)
-        if rows:
-            for row, on_front in zip(rows, pareto.non_dominated(pareto.as_minimisation(rows))):
-                row["pareto_front"] = bool(on_front)
-        rows.sort(key=lambda row: (not row["pareto_front"], -row["val_accuracy"]))
-        return rows
+        report = front.assess_front(rows)
+        rows.sort(key=lambda row: (not row["pareto_front"], -row["pareto_probability"], -row["val_accuracy"]))
+        return report
 
-    def update_front(self) -> list[dict[str, Any]]:
-        """Recompute the front over finished trials; retag every trial; log front files and hypervolume."""
+    def seed_runs(self, trial_run_id: str) -> list:
+        """The seed runs nested under a configuration's run, by seed index (none with one seed per configuration)."""
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.{PARENT} = '{trial_run_id}' and tags.`{ROLE}` = 'seed'")
+        return sorted(runs, key=lambda run: int(run.data.tags.get(SEED_INDEX, 0)))
+
+    def update_front(self) -> front.FrontReport:
+        """Recompute the front over finished configurations; retag every trial; log front files, hypervolume, notes."""
         from nsde_ray import plots
 
-        rows = self.front_rows()
-        front_ids = {row["run_id"] for row in rows if row["pareto_front"]}
+        report = self.assess()
+        rows = report.rows
+        assessed = {row["run_id"]: row for row in rows}
         for run in self.trial_runs():
-            on_front = "true" if run.info.run_id in front_ids else "false"
-            if run.data.tags.get(PARETO_TAG) != on_front:
-                self.client.set_tag(run.info.run_id, PARETO_TAG, on_front)
+            row = assessed.get(run.info.run_id, {"pareto_front": False, "pareto_probability": 0.0, "excluded": ""})
+            tags = {PARETO_TAG: "true" if row["pareto_front"] else "false",
+                    CONFIDENCE_TAG: f"{row['pareto_probability']:.2f}"}
+            if row["excluded"]:
+                tags[EXCLUDED_TAG] = row["excluded"]
+            changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+            if changed:
+                self.client.log_batch(run.info.run_id, tags=changed)
         if not rows:
-            return rows
-        volume = pareto.hypervolume(pareto.as_minimisation([r for r in rows if r["pareto_front"]]),
-                                    pareto.sweep_reference())
-        self.client.log_metric(self.parent_run_id, "hypervolume", volume, step=len(rows))
-        self.client.log_metric(self.parent_run_id, "finished_trials", len(rows), step=len(rows))
-        self.client.log_metric(self.parent_run_id, "front_size", len(front_ids), step=len(rows))
+            return report
+        step = len(rows)
+        summary = {"hypervolume": report.hypervolume(), "finished_trials": len(rows),
+                   "front_size": sum(row["pareto_front"] for row in rows)}
+        for name, (floor, spread, _) in report.floors.items():
+            summary.update({f"noise_floor_{name}": floor, f"range_{name}": spread})
+        self.client.log_batch(self.parent_run_id, metrics=_metrics(summary, step=step))
+        self.client.log_batch(self.parent_run_id, tags=[
+            RunTag("front_objectives", ",".join(name for name, _ in report.objectives)),
+            RunTag("noise_floor_flagged", ",".join(report.flagged) or "none"),
+            RunTag("mlflow.note.content", front_markdown(report))])
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, FRONT_CSV), "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -206,22 +250,75 @@ class SweepTracker:
             plots.pareto_html(os.path.join(folder, FRONT_HTML), rows)
             plots.pareto_png(os.path.join(folder, FRONT_PNG), rows)
             self.client.log_artifacts(self.parent_run_id, folder)
-        return rows
+        return report
 
     def finish_sweep(self) -> None:
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
 
 
+def aggregate_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """One configuration's metrics from its seeds' (K dicts): the mean of every metric all seeds report.
+
+    For :data:`REPLICATED` names (prefixes) also ``<name>_std`` (sample std, ddof 1) and
+    ``<name>_se`` (std / sqrt(K)). A NaN in any seed makes the mean NaN: a configuration is only
+    as good as all of its seeds. Plus ``seeds`` = K.
+    """
+    names = [name for name in per_seed[0] if all(_is_number(seed.get(name)) for seed in per_seed)]
+    aggregated: dict[str, float] = {"seeds": float(len(per_seed))}
+    for name in names:
+        values = np.array([float(seed[name]) for seed in per_seed])
+        aggregated[name] = float(values.mean())
+        if name.startswith(REPLICATED) and len(values) > 1:
+            std = float(values.std(ddof=1))
+            aggregated[f"{name}_std"], aggregated[f"{name}_se"] = std, std / math.sqrt(len(values))
+    return aggregated
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+TABLE_COLUMNS = ("pareto_front", "pareto_probability", "val_accuracy", "sensitivity", "sic", "noise_mode",
+                 "noise_sigma", "effective_sigma", "lr", "trial_id", "excluded")
+
+
 def front_table(rows: list[dict[str, Any]]) -> str:
-    """The front (and the trials off it) as a fixed-width text table."""
-    columns = ("pareto_front", "val_accuracy", "sensitivity", "sic", "noise_mode", "noise_sigma", "lr", "trial_id")
+    """The front (and the configurations off it) as a fixed-width text table; objectives as mean ± SE."""
+    cells = [[table_cell(row, c) for c in TABLE_COLUMNS] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(TABLE_COLUMNS)]
     lines = io.StringIO()
-    cells = [[format_cell(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    lines.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)) + "\n")
+    lines.write("  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths)).rstrip() + "\n")
     for r in cells:
-        lines.write("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "\n")
+        lines.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
     return lines.getvalue()
+
+
+def front_markdown(report: front.FrontReport) -> str:
+    """The front table and the notes as Markdown: the sweep run's description in MLflow's UI."""
+    header = "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * len(TABLE_COLUMNS) + "\n"
+    body = "".join("| " + " | ".join(table_cell(row, c) or " " for c in TABLE_COLUMNS) + " |\n" for row in report.rows)
+    notes = "".join(f"- {note}\n" for note in report.notes)
+    return (f"**Pareto front** over {', '.join(name for name, _ in report.objectives)} "
+            f"(mean ± SE over seeds; pareto_probability: on the front when the means are redrawn within their SE)"
+            f"\n\n{header}{body}" + (f"\n{notes}" if notes else ""))
+
+
+def table_cell(row: dict[str, Any], column: str) -> str:
+    """``mean ± SE`` for an objective with a finite SE, blank for NaN, else :func:`format_cell`."""
+    value, se = row.get(column, ""), row.get(f"{column}_se", math.nan)
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(se, float) and math.isfinite(se):
+        return f"{format_cell(value)} ± {se:.2g}"
+    return format_cell(value)
+
+
+def effective_sigma(sigma: Any, noise_energy: float) -> float:
+    """sigma * sqrt(noise_energy): the Gaussian sigma with the same noise energy; NaN where either is unknown."""
+    try:
+        return float(sigma) * math.sqrt(noise_energy)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def format_cell(value: Any) -> str:

@@ -1,5 +1,7 @@
 """The sweep's parts without Ray: search space, reference points, bad flags, the MLflow records."""
 
+import math
+
 import mlflow
 import optuna
 import pytest
@@ -34,7 +36,7 @@ def test_search_space_is_conditional_and_references_come_first():
             assert 0 <= params["shaping_warmup_epochs"] <= 5 and 1 <= params["shaping_refresh_every"] <= 6
             assert 90 <= params["shaping_clip_percentile"] <= 100
             assert trial_config(TrialConfig(), params).shaping.energy == params["shaping_energy"]
-    assert {p["noise_mode"] for p in trials} == {"none", "gaussian", "attribution"}
+    assert {p["noise_mode"] for p in trials} == {"none", "gaussian", "attribution", "input"}
     plain = trial_config(TrialConfig(), trials[0])
     assert plain.noise.mode == "none" and plain.noise.sigma == 0.0  # its logged params say "no noise"
 
@@ -84,8 +86,9 @@ def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path):
         again.finish_trial(run_id, "finished", dict(zip(("val_accuracy", "sensitivity", "sic"), metrics), epoch=1))
         runs[trial_id] = run_id
         assert again.open_trial(trial_id, {}) == (run_id, "finished")
-    rows = again.update_front()
+    rows = again.update_front().rows
     assert {r["trial_id"]: r["pareto_front"] for r in rows} == {"a": True, "b": True, "c": False}
+    assert {r["trial_id"]: r["pareto_probability"] for r in rows} == {"a": 1.0, "b": 1.0, "c": 0.0}  # one seed: sure
 
     client = mlflow.MlflowClient(uri)
     children = client.search_runs([tracker.experiment_id], filter_string="tags.pareto_front = 'true'")
@@ -96,4 +99,37 @@ def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path):
     assert parent.data.tags["nsde.role"] == "sweep"
     assert {a.path for a in client.list_artifacts(tracker.parent_run_id)} >= {FRONT_CSV, FRONT_HTML, FRONT_PNG}
     assert [m.step for m in client.get_metric_history(tracker.parent_run_id, "hypervolume")] == [3]
+    assert {r.data.tags["pareto_confidence"] for r in children} == {"1.00"}
+    assert parent.data.tags["front_objectives"] == "val_accuracy,sensitivity,sic"
+    assert "| * | 1 | 0.95 | 0.3 | 0.1 | gaussian |" in parent.data.tags["mlflow.note.content"]  # as the description
     assert len(client.search_runs([tracker.experiment_id])) == 4  # the parent and three trials: no duplicates
+
+
+def test_seed_runs_nest_under_their_configuration_and_reopen_by_index(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker.start(uri, "exp", "sweep1", {})
+    config_run, _ = tracker.open_trial("t1", {"noise_mode": "gaussian", "seeds_per_config": 2})
+    seed_runs = [tracker.open_seed(config_run, "t1", index, {"seed": index})[0] for index in range(2)]
+    assert len(set(seed_runs)) == 2 and tracker.open_seed(config_run, "t1", 1, {}) == (seed_runs[1], "running")
+    tracker.finish_trial(seed_runs[0], "finished", {"val_accuracy": 0.9})
+    assert tracker.open_seed(config_run, "t1", 0, {}) == (seed_runs[0], "finished")
+    assert [run.info.run_id for run in tracker.seed_runs(config_run)] == seed_runs
+    assert [run.info.run_id for run in tracker.trial_runs()] == [config_run]  # seeds are not configurations
+    client = mlflow.MlflowClient(uri)
+    tags = client.get_run(seed_runs[1]).data.tags
+    assert tags["mlflow.parentRunId"] == config_run and tags["nsde.role"] == "seed" and tags["nsde.seed_index"] == "1"
+
+
+def test_seeds_aggregate_to_means_with_std_and_standard_error():
+    from nsde_ray.tracking import aggregate_seeds
+
+    per_seed = [{"val_accuracy": 0.90, "sensitivity": 0.2, "sensitivity_saliency": 0.5, "train_time_s": 10.0},
+                {"val_accuracy": 0.80, "sensitivity": 0.4, "sensitivity_saliency": 0.7, "train_time_s": 30.0},
+                {"val_accuracy": 0.85, "sensitivity": float("nan"), "sensitivity_saliency": 0.6, "train_time_s": 20.0}]
+    aggregated = aggregate_seeds(per_seed)
+    assert aggregated["seeds"] == 3 and aggregated["val_accuracy"] == pytest.approx(0.85)
+    assert aggregated["val_accuracy_std"] == pytest.approx(0.05) and aggregated["val_accuracy_se"] == pytest.approx(
+        0.05 / 3 ** 0.5)
+    assert aggregated["sensitivity_saliency_se"] == pytest.approx(0.1 / 3 ** 0.5)
+    assert math.isnan(aggregated["sensitivity"])  # one broken seed: the configuration's mean is not a number
+    assert aggregated["train_time_s"] == 20.0 and "train_time_s_se" not in aggregated
