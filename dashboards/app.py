@@ -104,8 +104,8 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             except DashboardError as err:
                 return (f"**Error:** {err}", None, [], *empty, [], [])
             front = sum(row["pareto_front"] for row in rows)
-            text = (f"**{len(rows)} finished trials, {front} on the Pareto front.** In MLflow's UI, the filter "
-                    f"`{FRONT_FILTER}` shows the front.")
+            text = (f"**{len(rows)} finished configurations, {front} on the Pareto front** (mean ± 1 SE over seeds). "
+                    f"In MLflow's UI, the filter `{FRONT_FILTER}` shows the front.")
             choices = [(_trial_label(row), row["run_id"]) for row in rows]
             left, right = default_pair(rows)
             gallery = store.gallery(right or left) if (right or left) else []

@@ -306,6 +306,8 @@ def front_markdown(report: front.FrontReport) -> str:
 def table_cell(row: dict[str, Any], column: str) -> str:
     """``mean ± SE`` for an objective with a finite SE, blank for NaN, else :func:`format_cell`."""
     value, se = row.get(column, ""), row.get(f"{column}_se", math.nan)
+    if column in ("trial_id", "run_id"):
+        return str(value)
     if isinstance(value, float) and math.isnan(value):
         return ""
     if isinstance(se, float) and math.isfinite(se):

@@ -142,6 +142,15 @@ def trial_runs(uri: str, experiment: str) -> list:
     return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'trial'")
 
 
+def seed_runs(uri: str, experiment: str) -> list:
+    """The seed runs (nested under the trials' runs) of the sweep whose MLflow experiment is ``experiment``."""
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'seed'")
+
+
 def write_images(folder: Path, n: int, colour: int, size: tuple[int, int] = (40, 30)) -> None:
     """``n`` RGB PNGs of ``size`` (height, width) and one flat ``colour`` (0-255) in ``folder`` (created): an
     image-folder class."""

@@ -52,7 +52,8 @@ def page():
 def _finished_trials(uri: str, experiment: str) -> list:
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id], filter_string="tags.`nsde.status` = 'finished'")
+    return client.search_runs([found.experiment_id],
+                              filter_string="tags.`nsde.status` = 'finished' and tags.`nsde.role` = 'trial'")
 
 
 def test_pareto_view_and_side_by_side_explanations_in_a_browser(smoke_sweep, dashboard, page, tmp_path):
@@ -63,8 +64,8 @@ def test_pareto_view_and_side_by_side_explanations_in_a_browser(smoke_sweep, das
     page.goto(dashboard)
     points = page.locator("#pareto-plot .scatterlayer path.point")
     points.first.wait_for(timeout=60_000)
-    assert points.count() == 2 * len(finished)  # one point per finished trial in each of the two panels
-    assert f"{len(finished)} finished trials" in page.locator("#front-summary").inner_text()
+    assert points.count() == 2 * len(finished)  # one point per finished configuration in each of the two panels
+    assert f"{len(finished)} finished configurations" in page.locator("#front-summary").inner_text()
     page.screenshot(path=os.path.join(SCREENSHOTS, "1_pareto.png"), full_page=True)
 
     # select the last trial in the list: its params, metrics and attribution grid appear

@@ -7,7 +7,7 @@ import mlflow
 import psycopg2
 import pytest
 
-from helpers import trial_runs
+from helpers import seed_runs, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,10 @@ def test_readme_smoke_sweep_on_a_ray_start_cluster_logs_every_trial_to_postgres(
         assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
         assert run.data.tags["nsde.status"] == "finished" and run.info.status == "FINISHED"
         assert {"val_accuracy", "sensitivity", "sic"} <= set(run.data.metrics)
-    # the trials trained on both nodes: the worker node really took part
-    assert len({node for run in trials for node in run.data.tags["nsde.train_nodes"].split(",")}) == 2
+    # the trials' seeds trained on both nodes: the worker node really took part
+    seeds = seed_runs(uri, name)
+    assert len(seeds) == 2 * len(trials)
+    assert len({node for run in seeds for node in run.data.tags["nsde.train_nodes"].split(",")}) == 2
 
     with psycopg2.connect(smoke_sweep.postgres) as db, db.cursor() as cursor:  # rows of MLflow's schema
         cursor.execute("SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "

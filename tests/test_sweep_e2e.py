@@ -6,7 +6,7 @@ import subprocess
 import mlflow
 import pytest
 
-from helpers import finish_sweep, start_sweep, trial_runs, wait_until
+from helpers import finish_sweep, seed_runs, start_sweep, trial_runs, wait_until
 from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG
 
 pytestmark = pytest.mark.slow
@@ -23,60 +23,81 @@ def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("nsde.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("nsde.role") == "trial"]
-    assert len(parents) == 1 and len(children) == 3
+    seeds = [r for r in runs if r.data.tags.get("nsde.role") == "seed"]
+    assert len(parents) == 1 and len(children) == 3 and len(seeds) == 6  # 3 configurations x 2 seeds
     parent_id = parents[0].info.run_id
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent_id
         assert run.data.tags["nsde.status"] == "finished" and run.info.status == "FINISHED"
         assert {"noise_mode", "noise_sigma", "shaping_warmup_epochs", "shaping_refresh_every",
                 "shaping_clip_percentile", "arch", "dataset", "lr", "epochs", "seed"} <= set(run.data.params)
-        assert {"val_accuracy", "sensitivity", "sic", "sensitivity_saliency", "sic_saliency",
-                "train_loss"} <= set(run.data.metrics)
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"attributions.png", "sic_curve.png", "ig_saturation.png", "model"} <= artifacts
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/checkpoint.pt"]
+        assert run.data.params["seeds_per_config"] == "2"
+        metrics = run.data.metrics
+        assert {"val_accuracy", "sensitivity", "sic", "sensitivity_saliency", "sic_saliency", "noise_energy",
+                "randomisation_similarity_ig", "randomisation_passed_ig"} <= set(metrics)
+        for name_ in ("val_accuracy", "sensitivity", "sic", "sensitivity_saliency", "noise_energy"):
+            assert metrics[f"{name_}_se"] == pytest.approx(metrics[f"{name_}_std"] / 2 ** 0.5)
+        assert metrics["noise_energy"] == {"none": 0.0, "gaussian": 1.0, "input": 1.0}.get(
+            run.data.params["noise_mode"], metrics["noise_energy"])
+        assert 0.0 <= float(run.data.tags["pareto_confidence"]) <= 1.0
+        own = sorted((s for s in seeds if s.data.tags["mlflow.parentRunId"] == run.info.run_id),
+                     key=lambda s: s.data.tags["nsde.seed_index"])
+        assert [s.data.tags["nsde.seed_index"] for s in own] == ["0", "1"]
+        assert [s.data.params["seed"] for s in own] == [run.data.params["seed"], str(int(run.data.params["seed"]) + 1)]
+        assert metrics["val_accuracy"] == pytest.approx(sum(s.data.metrics["val_accuracy"] for s in own) / 2)
+        for seed in own:  # each seed's own run: per-epoch metrics, figures and model
+            assert seed.data.tags["nsde.status"] == "finished" and seed.info.status == "FINISHED"
+            assert [m.step for m in client.get_metric_history(seed.info.run_id, "train_loss")] == [1, 2]
+            artifacts = {a.path for a in client.list_artifacts(seed.info.run_id)}
+            assert {"attributions.png", "sic_curve.png", "ig_saturation.png", "model"} <= artifacts
+            assert [a.path for a in client.list_artifacts(seed.info.run_id, "model")] == ["model/checkpoint.pt"]
     references = {(r.data.params["noise_mode"], r.data.params["noise_sigma"]) for r in children}
     assert {("none", "0.0"), ("gaussian", "0.5")} <= references
     assert any(r.data.tags["pareto_front"] == "true" for r in children)
     assert {a.path for a in client.list_artifacts(parent_id)} >= {FRONT_CSV, FRONT_HTML, FRONT_PNG}
     assert client.get_metric_history(parent_id, "hypervolume")[-1].step == 3
+    assert "pareto_probability" in output and " ± " in output and "noise floors" in output
 
     # the logged model loads back without unpickling code and predicts like the logged accuracy says
     from nsde_ray.train import load_trained_model
 
-    model_dir = client.download_artifacts(children[0].info.run_id, "model", str(tmp_path / "download"))
+    model_dir = client.download_artifacts(seeds[0].info.run_id, "model", str(tmp_path / "download"))
     model, cfg = load_trained_model(model_dir)
     assert cfg.data.dataset == "digits" and not model.training
 
 
-def test_resume_after_sigkill_keeps_finished_trials_and_duplicates_nothing(tmp_path):
+def test_resume_after_sigkill_trains_every_seed_exactly_once(tmp_path):
+    """Killed once a seed has finished (its configuration still has one to go): the resume trains only the
+    unfinished seeds, and every (configuration, seed) ends with exactly one finished run."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    flags = ["--smoke-test", "--storage", str(tmp_path / "ray"), "--name", "resumable", "--tracking-uri", uri]
+    flags = ["--smoke-test", "--seeds-per-config", "2", "--storage", str(tmp_path / "ray"), "--name", "resumable",
+             "--tracking-uri", uri]
     process = start_sweep(flags, tmp_path, "first.log")
     try:
-        wait_until(lambda: any(r.data.tags.get("nsde.status") == "finished" for r in trial_runs(uri, "resumable")),
-                   process, tmp_path / "first.log", 600, "a finished trial", poll=2)
+        wait_until(lambda: any(r.data.tags.get("nsde.status") == "finished" for r in seed_runs(uri, "resumable")),
+                   process, tmp_path / "first.log", 600, "a finished seed", poll=2)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    before = {r.data.tags["nsde.trial_id"]: r for r in trial_runs(uri, "resumable")}
-    finished_before = {t: r for t, r in before.items() if r.data.tags["nsde.status"] == "finished"}
-    assert finished_before and len(before) < 3 + 1
+    before = {r.info.run_id: r for r in seed_runs(uri, "resumable")}
+    finished_before = {k: r for k, r in before.items() if r.data.tags["nsde.status"] == "finished"}
+    assert finished_before and len(before) < 6
 
     resumed = start_sweep(flags + ["--resume"], tmp_path, "resume.log")
-    output = finish_sweep(resumed, tmp_path, "resume.log", timeout=900)
+    output = finish_sweep(resumed, tmp_path, "resume.log", timeout=1200)
     assert "3 trials, 3 evaluated, 0 failed" in output
-    after = trial_runs(uri, "resumable")
-    trial_ids = [r.data.tags["nsde.trial_id"] for r in after]
-    assert len(after) == 3 and len(set(trial_ids)) == 3  # num_samples trials, no run duplicated
-    assert set(before) <= set(trial_ids)  # runs of trials started before the kill are kept
+    trials = trial_runs(uri, "resumable")
+    assert len(trials) == 3 and len({r.data.tags["nsde.trial_id"] for r in trials}) == 3  # no configuration twice
+    after = seed_runs(uri, "resumable")
+    keys = [(r.data.tags["mlflow.parentRunId"], r.data.tags["nsde.seed_index"]) for r in after]
+    assert len(after) == 6 and len(set(keys)) == 6  # every seed of every configuration, once
+    assert set(before) <= {r.info.run_id for r in after}  # runs started before the kill are kept
     client = mlflow.MlflowClient(uri)
-    for trial_id, run in finished_before.items():
-        now = next(r for r in after if r.data.tags["nsde.trial_id"] == trial_id)
-        assert now.info.end_time == run.info.end_time  # not run again
-        assert len(client.get_metric_history(now.info.run_id, "train_loss")) == 2
-    assert all(r.data.tags["nsde.status"] == "finished" for r in after)
+    for run_id, run in finished_before.items():
+        now = client.get_run(run_id)
+        assert now.info.end_time == run.info.end_time  # not trained again
+        assert len(client.get_metric_history(run_id, "train_loss")) == 2
+    assert all(r.data.tags["nsde.status"] == "finished" for r in after + trials)
 
 
 def test_node_loss_mid_trial_retries_from_the_checkpoint(tmp_path):
@@ -86,7 +107,8 @@ def test_node_loss_mid_trial_retries_from_the_checkpoint(tmp_path):
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    flags = ["--num-samples", "2", "--epochs", "4", "--eval-images", "16", "--storage", str(tmp_path / "ray"),
+    flags = ["--num-samples", "2", "--seeds-per-config", "1", "--epochs", "4", "--eval-images", "16",
+             "--storage", str(tmp_path / "ray"),
              "--name", "nodeloss", "--tracking-uri", uri, "--address", cluster.address]
     process = start_sweep(flags, tmp_path, "nodeloss.log")
     client = mlflow.MlflowClient(uri)
