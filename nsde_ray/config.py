@@ -426,7 +426,7 @@ class SweepConfig:
     storage: str
     base: TrialConfig = field(default_factory=TrialConfig)
     space: SearchSpace = field(default_factory=SearchSpace)
-    num_samples: int = 10
+    num_samples: int = 8
     max_concurrent: int | None = None
     tracking_uri: str | None = None
     experiment: str | None = None
