@@ -32,6 +32,8 @@ PARENT = "mlflow.parentRunId"
 TRAIN_NODES = "nsde.train_nodes"
 PARETO_TAG, CONFIDENCE_TAG, EXCLUDED_TAG = "pareto_front", "pareto_confidence", "front_excluded"
 SEED_INDEX = "nsde.seed_index"
+# MLflow's UI opens an experiment of this kind on its training runs (without it, on its GenAI overview).
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 FRONT_FILTER = f"tags.{PARETO_TAG} = 'true'"
 FRONT_CSV, FRONT_HTML, FRONT_PNG = "pareto_front.csv", "pareto_front.html", "pareto_front.png"
 MODEL_DIR = "model"
@@ -107,7 +109,7 @@ class SweepTracker:
         try:
             experiment = client.get_experiment_by_name(experiment_name)
             experiment_id = (experiment.experiment_id if experiment is not None
-                             else client.create_experiment(experiment_name))
+                             else client.create_experiment(experiment_name, tags={EXPERIMENT_KIND: TRAINING_KIND}))
             run = client.create_run(experiment_id, run_name=sweep_name, tags={ROLE: "sweep", SWEEP: sweep_name})
         except Exception as err:  # connection refused, bad URI, permissions: MLflow raises many kinds
             raise TrackingError(f"cannot use the MLflow tracking store {tracking_uri!r}: {err}") from err

@@ -97,6 +97,7 @@ def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path):
                for r in children)
     parent = client.get_run(tracker.parent_run_id)
     assert parent.data.tags["nsde.role"] == "sweep"
+    assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert {a.path for a in client.list_artifacts(tracker.parent_run_id)} >= {FRONT_CSV, FRONT_HTML, FRONT_PNG}
     assert [m.step for m in client.get_metric_history(tracker.parent_run_id, "hypervolume")] == [3]
     assert {r.data.tags["pareto_confidence"] for r in children} == {"1.00"}
