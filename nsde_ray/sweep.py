@@ -260,9 +260,15 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
 
 
 def _objectives(metrics: dict[str, float], diverged: bool) -> dict[str, float]:
-    """What Tune and Optuna see: every numeric metric, with NaN objectives for a diverged trial."""
+    """What Tune and Optuna see: every numeric metric, with NaN robustness objectives for a diverged trial.
+
+    An objective that is missing (a non-finite value is not logged to MLflow, so a stored run lacks it)
+    is reported as NaN, which Optuna records as a failed point.
+    """
     reported = {key: float(value) for key, value in metrics.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    for name in ("val_accuracy", "sensitivity", "sic"):
+        reported.setdefault(name, float("nan"))
     if diverged:
         reported.update(sensitivity=float("nan"), sic=float("nan"))
     reported["diverged"] = float(diverged)
