@@ -34,6 +34,7 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from nsde_ray.config import NOISE_MODES, REFERENCE_SIGMA, SearchSpace, SweepConfig, TrialConfig
+from nsde_ray.pareto import OBJECTIVES
 from nsde_ray.tracking import MODEL_DIR, SweepTracker, aggregate_seeds
 
 SWEEP_FILE = "nsde_sweep.json"
@@ -91,7 +92,7 @@ def build_searcher(cfg: SweepConfig, max_concurrent: int):
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True,
                                          n_startup_trials=max(2, min(10, cfg.num_samples // 3)))
     searcher = OptunaSearch(space=DefineSpace(cfg.space, cfg.base.train.epochs),
-                            metric=["val_accuracy", "sensitivity", "sic"], mode=["max", "min", "max"],
+                            metric=[name for name, _ in OBJECTIVES], mode=[mode for _, mode in OBJECTIVES],
                             points_to_evaluate=reference_points(cfg), sampler=sampler)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
@@ -189,7 +190,7 @@ def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeat
     if not diverged:
         print(f"[nsde-ray] {label} finished over {seeds_per_config} seeds: "
               + ", ".join(f"{name}={final[name]:.4g} ± {final.get(f'{name}_se', math.nan):.2g}"
-                          for name in ("val_accuracy", "sensitivity", "sic") if name in final), flush=True)
+                          for name, _ in OBJECTIVES if name in final), flush=True)
     tune.report(_objectives(final, diverged=diverged))
 
 
@@ -267,7 +268,7 @@ def _objectives(metrics: dict[str, float], diverged: bool) -> dict[str, float]:
     """
     reported = {key: float(value) for key, value in metrics.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    for name in ("val_accuracy", "sensitivity", "sic"):
+    for name, _ in OBJECTIVES:
         reported.setdefault(name, float("nan"))
     if diverged:
         reported.update(sensitivity=float("nan"), sic=float("nan"))
