@@ -133,22 +133,23 @@ def finish_sweep(process: subprocess.Popen, tmp_path: Path, log_name: str, timeo
     return output
 
 
-def trial_runs(uri: str, experiment: str) -> list:
-    """The trial (child) runs of the sweep whose MLflow experiment is ``experiment``."""
+def runs_with_role(uri: str, experiment: str, role: str) -> list:
+    """The runs tagged ``nsde.role = role`` (``trial``, ``seed``, ``sweep``) in the MLflow experiment ``experiment``."""
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'trial'")
+    return client.search_runs([found.experiment_id], filter_string=f"tags.`nsde.role` = '{role}'")
+
+
+def trial_runs(uri: str, experiment: str) -> list:
+    """The trial (configuration) runs of the sweep whose MLflow experiment is ``experiment``."""
+    return runs_with_role(uri, experiment, "trial")
 
 
 def seed_runs(uri: str, experiment: str) -> list:
     """The seed runs (nested under the trials' runs) of the sweep whose MLflow experiment is ``experiment``."""
-    client = mlflow.MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs([found.experiment_id], filter_string="tags.`nsde.role` = 'seed'")
+    return runs_with_role(uri, experiment, "seed")
 
 
 def write_images(folder: Path, n: int, colour: int, size: tuple[int, int] = (40, 30)) -> None:
