@@ -12,7 +12,7 @@ import pytest
 
 from helpers import assert_usage_error
 from nsde_ray import tables
-from nsde_ray.config import EvalConfig, SweepConfig
+from nsde_ray.config import NOISE_MODES, EvalConfig, SweepConfig
 from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
 from nsde_ray.paper_tables import PaperTablesConfig, main, run_metrics
 from nsde_ray.sweep import save_sweep_state
@@ -220,7 +220,7 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, r
     flags = ["--storage", str(tmp_path / "ray"), "--name", "tiny", "--tracking-uri", uri]
     assert main(flags + ["--smoke-test"]) == 0
     output = capsys.readouterr().out
-    assert "3 trials, 3 evaluated, 0 failed" in output
+    assert "4 trials, 4 evaluated, 0 failed" in output  # the papers' three noise modes and the input-noise baseline
     for heading in ("### Validation accuracy", "### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1",
                     "### SIC (AAAI 2022 Table 2", "### Localisation AUC, cifar_resnet8"):
         assert heading in output
@@ -236,7 +236,7 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, r
     parent = next(r for r in runs if r.data.tags["nsde.role"] == "sweep")
     children = [r for r in runs if r.data.tags["nsde.role"] == "trial"]
     assert parent.data.tags["nsde.kind"] == "paper_tables" and parent.data.params["repeats"] == "2"
-    assert sorted(r.data.params["noise_mode"] for r in children) == sorted(MODES)
+    assert sorted(r.data.params["noise_mode"] for r in children) == sorted(NOISE_MODES)
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["nsde.status"] == "finished"
         # every method's metrics (SIC itself is NaN, so not logged, where no image gives a valid curve)
@@ -248,9 +248,9 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, r
     assert {"paper_tables/paper_tables.md", "paper_tables/sic.csv", "paper_tables/sensitivity_cifar_resnet8.md"} <= logged
 
     assert main(flags + ["--resume", "--out-dir", str(tmp_path / "again")]) == 0
-    assert "3 trials, 3 evaluated, 0 failed" in capsys.readouterr().out
+    assert "4 trials, 4 evaluated, 0 failed" in capsys.readouterr().out
     assert (tmp_path / "again" / "paper_tables.md").read_text() == (tables_dir / "paper_tables.md").read_text()
-    assert len(client.search_runs([experiment.experiment_id])) == 4  # nothing trained or logged twice
+    assert len(client.search_runs([experiment.experiment_id])) == 5  # nothing trained or logged twice
 
 
 @pytest.mark.slow
