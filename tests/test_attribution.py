@@ -7,7 +7,7 @@ from captum.attr import DeepLift
 from torch import nn
 
 from nsde_ray.attribution import (METHODS, AttributionError, attribute, attribution_map, check_applicable,
-                                  make_explainer)
+                                  ig_baseline, make_explainer)
 from nsde_ray.config import NoiseConfig
 from nsde_ray.models import build_model
 
@@ -34,19 +34,41 @@ def test_ig_on_a_linear_model_is_gradient_times_input():
         torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_ig_completeness_on_a_trained_stochastic_resnet(digits_model):
-    """sum(IG) = F(x) - F(baseline): mean relative error < 1%, worst image < 5% (64 Gauss-Legendre steps)."""
-    model, splits = digits_model
-    inputs, target = splits.test.tensors[0][:16], splits.test.tensors[1][:16]
-    baseline = (-torch.tensor(splits.mean) / torch.tensor(splits.std)).view(1, -1, 1, 1).expand(1, *inputs.shape[1:])
-    model.train()
-    attributions = attribute(model, inputs, target, "ig", n_steps=64, baselines=baseline)
-    assert model.training  # restored after the eval-mode attribution
+def _logit_gain(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """F(x) - F(b) per image (B,), F the target logit of the noise-free (eval-mode) model."""
     model.eval()
     with torch.no_grad():
-        gain = model(inputs).gather(1, target[:, None]).squeeze(1) - model(baseline)[0, target]
-    error = (attributions.flatten(1).sum(1) - gain).abs() / gain.abs()
-    assert error.mean() < 0.01 and error.max() < 0.05
+        return (model(inputs).gather(1, target[:, None]).squeeze(1)
+                - model(baseline.expand(1, *inputs.shape[1:]))[0, target])
+
+
+# Completeness, sum(IG) = F(x) - F(b), holds for the integral; with n Gauss-Legendre steps the sum is
+# off by a quadrature error. Along the path the gradient of a ReLU network (batch norm in eval mode,
+# no noise) is piecewise constant, so the rule converges only about like 1/n, and the error is an
+# absolute one in logit units (about 0.04 logits per image at 64 steps on the digits model), whatever
+# the gain F(x) - F(b). Divided by each image's own gain it is ill-conditioned: on the digits model
+# trained with torch 2.14.1 the four images with |gain| < 2 logits (0.46 to 1.8) had relative errors
+# of 2.4-7.7% at 64 steps (mean 1.5% over 16), the twelve others < 0.8%; float64 gives the same
+# figures, and they fall with the steps (0.36% mean at 256, 0.03% at 4096). So the gap is measured
+# against the batch's mean |gain|, the scale of what IG distributes, and shown to shrink with n; a
+# real fault (noise left on, a wrong baseline) leaves a gap of the order of the gain that does not.
+
+
+def test_ig_completeness_on_a_trained_stochastic_resnet(digits_model):
+    """sum(IG) = F(x) - F(baseline) up to the quadrature error: at 64 steps within 1% of the mean |gain| on
+    average and 5% for the worst image, and the gap shrinks with the steps (64 -> 256: about 4x)."""
+    model, splits = digits_model
+    inputs, target = splits.test.tensors[0][:16], splits.test.tensors[1][:16]
+    baseline = ig_baseline(splits.mean, splits.std)  # black; (1, C, 1, 1), broadcast over the images
+    model.train()
+    coarse = attribute(model, inputs, target, "ig", n_steps=64, baselines=baseline)
+    assert model.training  # restored after the eval-mode attribution
+    fine = attribute(model, inputs, target, "ig", n_steps=256, baselines=baseline)
+    gain = _logit_gain(model, inputs, target, baseline)
+    scale = gain.abs().mean()
+    gap, fine_gap = ((a.flatten(1).sum(1) - gain).abs() for a in (coarse, fine))
+    assert (gap / scale).mean() < 0.01 and (gap / scale).max() < 0.05, gap / scale  # 0.63%, 1.5% seen
+    assert fine_gap.mean() < gap.mean() / 2, (gap.mean(), fine_gap.mean())  # 0.037 -> 0.0094 logits seen
 
 
 def test_deeplift_summation_to_delta_holds_on_our_stochastic_resnets():
@@ -138,8 +160,12 @@ def test_fast_explainers_equal_captum_through_make_explainer(digits_model):
         relative = (folded - slow).flatten(1).norm(dim=1) / slow.flatten(1).norm(dim=1)
         assert relative.median() < 1e-5 and relative.max() < 1e-2, relative
     ig = make_explainer(model, "ig", n_steps=64, fast=True)(inputs, target)
-    error = completeness_error(model, inputs, target, ig)
-    assert error.shape == (8,) and error.mean() < 0.01 and error.max() < 0.05
+    error = completeness_error(model, inputs, target, ig)  # relative to each image's own gain
+    gain = _logit_gain(model, inputs, target, torch.zeros(1, *inputs.shape[1:]))
+    gap = (ig.flatten(1).sum(1) - gain).abs()
+    torch.testing.assert_close(error, gap / gain.abs())
+    # Against the mean |gain|, as in the completeness test above (the quadrature error is absolute).
+    assert (gap / gain.abs().mean()).mean() < 0.01 and (gap / gain.abs().mean()).max() < 0.05, gap
 
 
 def test_fast_ig_keeps_the_model_mode_and_needs_no_parameter_gradients(sde_model):
