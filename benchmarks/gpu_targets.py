@@ -1,4 +1,4 @@
-"""The GPU performance targets of issue 8, each ratio measured side by side in one run.
+"""The GPU performance targets (BENCHMARKS.md, "GPU targets"), each ratio measured side by side in one run.
 
 Synthetic data, bf16 autocast and channels_last on a GPU (fp32, contiguous on CPU, where the same
 code runs at tiny sizes as a check). Every row is printed as soon as it is measured (and written to

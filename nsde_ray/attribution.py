@@ -12,7 +12,7 @@ Every method returns signed attributions shaped like the input, (B, C, H, W), in
 target logit (IG and DeepLIFT sum, approximately, to logit(x) - logit(baseline)).
 :func:`attribution_map` reduces them to a (B, H, W) map, signed or absolute.
 
-Fast path (issue 8): :func:`integrated_gradients` and :func:`saliency` compute the same quantities
+Fast path: :func:`integrated_gradients` and :func:`saliency` compute the same quantities
 as Captum's ``IntegratedGradients`` (same Gauss-Legendre points and weights) and ``Saliency`` without
 Captum's copies, with path points of several images and steps in one large model call, batch norm
 folded into the convolutions, optionally under bf16 autocast and in channels_last.

@@ -20,7 +20,7 @@ against the black baseline is 0).
 
 Cost: maps are computed only at refresh points, in large batches, without parameter gradients,
 for the worker's own shard, and cached by sample index at ``map_size`` pixels. A refresh is
-compute-bound on a GPU (issue 8): attributions by the fast path of :mod:`nsde_ray.attribution`
+compute-bound on a GPU: attributions by the fast path of :mod:`nsde_ray.attribution`
 (several IG steps per model call, bf16 autocast, channels_last), the next batch gathered and
 pinned on a background thread while the GPU works, and the maps kept on the device, so neither
 the refresh nor the training steps that read the maps wait on a host copy.

@@ -119,7 +119,7 @@ def test_bad_requests_fail_clearly(sde_model):
         attribute(sde_model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), "ig", baselines=torch.zeros(1, 1, 16, 16))
 
 
-# The fast path (issue 8): same quantities as Captum, large internal batches, optional bf16/channels_last.
+# The fast path: same quantities as Captum, large internal batches, optional bf16/channels_last.
 
 
 @pytest.mark.parametrize("internal_batch_size", [3, 16, 512])  # one step of a slice / several steps / all at once

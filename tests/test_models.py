@@ -167,7 +167,7 @@ def test_grey_input_channels():
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 
 
-# The fused block tail (issue 8): on a GPU each block computes relu(out + identity) + noise with two
+# The fused block tail: on a GPU each block computes relu(out + identity) + noise with two
 # Triton kernels (nsde_ray.models.fused_noise). The tests marked with `fused_kernel` run those kernels
 # on a GPU when there is one, and otherwise on the CPU under Triton's interpreter: the test
 # test_fused_kernels_under_the_triton_interpreter runs them in a subprocess with TRITON_INTERPRET=1.

@@ -1,4 +1,4 @@
-"""The block tail ``relu(out + identity) + sigma * std * m * eps`` as two Triton kernels (issue 8).
+"""The block tail ``relu(out + identity) + sigma * std * m * eps`` as two Triton kernels.
 
 Eager PyTorch needs five passes over every block output for the noise (the std, the draw, the
 multiply-add, on top of the residual ``add`` and ``relu``); Inductor's version of the same function
