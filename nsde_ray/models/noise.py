@@ -1,11 +1,14 @@
 """The noise term N(i) of a discretised neural SDE, X(i+1) = X(i) + R(X(i)) + N(i).
 
 Smoother-attributions paper, eq. (5); its continuous limit is eq. (6),
-dX = G(X) dt + sigma(X, t) dB. As in EnResNet (Wang, Shi, Osher), the diffusion term is
-"normalised": its standard deviation is ``sigma`` times the per-sample standard deviation of the
-block's output, so one ``sigma`` means the same in every block and architecture.
+dX = G(X) dt + sigma(X, t) dB. The diffusion term is "normalised" like EnResNet's (Wang, Shi,
+Osher): its standard deviation is ``sigma`` times the standard deviation of the block's output, so
+one ``sigma`` means the same in every block and architecture. But where EnResNet takes one std over
+the whole batch, differentiates through it and keeps the noise on at test time, ours takes the std
+per sample over (C, H, W), detaches it, and switches the noise off in eval mode (attributions and
+accuracy are those of the noise-free network).
 
-Speed (issue 8). Drawn naively (``std``, ``randn``, ``mul``, ``add``: four passes over the block
+Speed. Drawn naively (``std``, ``randn``, ``mul``, ``add``: four passes over the block
 output) the noise cost 16% of ResNet-50's training throughput on an H100. On a GPU each block's
 tail, ``relu(out + identity) + sigma * std * m * eps``, is therefore two Triton kernels
 (:mod:`nsde_ray.models.fused_noise`): one reads the residual sum once for the per-sample std, the
