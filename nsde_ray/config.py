@@ -47,6 +47,23 @@ def _finite_at_least(name: str, value: float, low: float) -> None:
              f"{name} must be a finite number >= {low}, got {value!r}")
 
 
+def check_name(name: object) -> None:
+    """A sweep (or paper-tables grid) name is one directory in the storage and an MLflow experiment.
+
+    Refused with a :class:`ConfigError`: anything but a non-empty string, ``.`` and ``..``, path
+    separators (``/``, ``\\``), control characters, and leading or trailing whitespace, so that a name
+    can never point outside its storage or hide in a listing.
+    """
+    _require(isinstance(name, str) and name != "", f"the sweep name (--name) must be a non-empty name, got {name!r}")
+    _require(name not in (".", ".."), f"the sweep name (--name) cannot be {name!r}: it names a directory of the "
+                                      "storage itself or its parent")
+    _require("/" not in name and "\\" not in name,
+             f"the sweep name (--name) must not contain path separators ('/' or '\\'), got {name!r}")
+    _require(not any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in name),
+             f"the sweep name (--name) must not contain control characters, got {name!r}")
+    _require(name == name.strip(), f"the sweep name (--name) must not start or end with whitespace, got {name!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network to build.
@@ -63,6 +80,14 @@ class ModelConfig:
         _one_of("arch", self.arch, available_archs())
 
 
+# The largest noise sigma a config accepts. sigma is the noise std relative to the block output's own std,
+# so at 10 every block's output is 99% noise by variance; the papers use 0.5 and the sweep searches [0, 1].
+MAX_SIGMA = 10.0
+SIGMA_REASON = (f"sigma is the noise std relative to each block output's own std, so sigma {MAX_SIGMA:g} already "
+                "drowns the signal in noise 100 times its variance and such a trial can only diverge or learn "
+                "nothing (the papers use 0.5; the sweep searches 0 to 1)")
+
+
 @dataclass(frozen=True)
 class NoiseConfig:
     """Noise N(i) injected after every residual block (smoother-attributions paper, eq. 5).
@@ -73,7 +98,7 @@ class NoiseConfig:
     plain noise augmentation).
     sigma: normalised magnitude; the noise std is ``sigma * std(block output)`` per sample,
     so 0.5 means the same in every block and architecture (``input``: ``sigma * std(image)``,
-    the per-sample std of the normalised image over (C, H, W)). Unitless, >= 0.
+    the per-sample std of the normalised image over (C, H, W)). Unitless, in [0, :data:`MAX_SIGMA`].
     """
 
     mode: str = "gaussian"
@@ -82,6 +107,8 @@ class NoiseConfig:
     def __post_init__(self) -> None:
         _one_of("noise mode", self.mode, NOISE_MODES)
         _finite_at_least("noise sigma", self.sigma, 0.0)
+        _require(self.sigma <= MAX_SIGMA, f"noise sigma {self.sigma!r} is above {MAX_SIGMA:g}, the most it may be: "
+                                          f"{SIGMA_REASON}")
 
     @property
     def active(self) -> bool:
@@ -388,6 +415,9 @@ class SearchSpace:
         object.__setattr__(self, "shaping_energies", tuple(self.shaping_energies))
         _require(self.sigma_range[0] >= 0.0,
                  f"sigma range {self.sigma_range} goes below 0: the noise magnitude sigma is >= 0 (try 0 1)")
+        _require(self.sigma_range[1] <= MAX_SIGMA,
+                 f"sigma range {self.sigma_range} goes above {MAX_SIGMA:g}, the most a noise sigma may be: "
+                 f"{SIGMA_REASON}")
         _require(self.sigma_range[0] <= REFERENCE_SIGMA <= self.sigma_range[1],
                  f"sigma range {self.sigma_range} must contain {REFERENCE_SIGMA}, the papers' setting, "
                  "which every sweep evaluates as a reference point")
@@ -434,8 +464,7 @@ class SweepConfig:
     seeds_per_config: int = 2
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.name, str) and self.name.strip() != "" and "/" not in self.name,
-                 f"sweep name must be a non-empty name without '/', got {self.name!r}")
+        check_name(self.name)
         _positive_int("num_samples (--num-samples)", self.num_samples)
         _positive_int("seeds_per_config (--seeds-per-config)", self.seeds_per_config)
         _require(self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent >= 1),

@@ -2,8 +2,9 @@
 
 import pytest
 
-from nsde_ray.config import (ConfigError, DataConfig, ModelConfig, NoiseConfig, SearchSpace, ShapingConfig, TrainConfig,
-                             TrialConfig)
+from nsde_ray.config import (MAX_SIGMA, ConfigError, DataConfig, ModelConfig, NoiseConfig, SearchSpace, ShapingConfig,
+                             SweepConfig, TrainConfig, TrialConfig, check_name)
+from nsde_ray.paper_tables import PaperTablesConfig
 
 
 @pytest.mark.parametrize("build, message", [
@@ -22,10 +23,34 @@ from nsde_ray.config import (ConfigError, DataConfig, ModelConfig, NoiseConfig, 
     (lambda: ShapingConfig(energy="keep"), "shaping energy='keep' is not valid; choose one of: raw, preserve"),
     (lambda: ShapingConfig(max_multiplier=0.5), "shaping max_multiplier must be a finite number >= 1"),
     (lambda: SearchSpace(shaping_energies=()), "shaping_energies must not be empty"),
+    (lambda: NoiseConfig(sigma=50.0), "noise sigma 50.0 is above 10, the most it may be: sigma is the noise std "
+                                      "relative to each block output's own std"),
+    (lambda: SearchSpace(sigma_range=(0.0, 20.0)), r"sigma range \(0.0, 20.0\) goes above 10"),
 ])
 def test_bad_values_fail_with_a_message_that_says_what_to_do(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
+
+
+def test_the_largest_noise_sigma_is_accepted():
+    assert NoiseConfig(sigma=MAX_SIGMA).sigma == 10.0 and SearchSpace(sigma_range=(0.0, MAX_SIGMA)).sigma_range[1] == 10
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../up", "a\\b", "tab\there", "new\nline", "bell\x07",
+                                  " lead", "trail ", "   "])
+def test_sweep_names_that_could_leave_the_storage_or_hide_are_refused(name):
+    with pytest.raises(ConfigError, match="sweep name"):
+        check_name(name)
+    with pytest.raises(ConfigError, match="sweep name"):
+        SweepConfig(name=name, storage="/tmp")
+    with pytest.raises(ConfigError, match="sweep name"):
+        PaperTablesConfig(name=name, storage="/tmp")
+
+
+def test_ordinary_sweep_names_are_kept():
+    for name in ("accuracy_vs_robustness_20260101_120000", "my sweep", "cifar-10.v2", "ÿ-unicode"):
+        check_name(name)
+        assert SweepConfig(name=name, storage="/tmp").name == name
 
 
 def test_round_trip_through_dict_revalidates():
