@@ -42,6 +42,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 RECIPE_STATS = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 SMALL_IMAGE_SIDE = 64
+DECODE_ALL, DECODE_SAMPLE = 2000, 200  # check_images: decode every image of a split this small, else a sample
 _PROBED_CLASSES = 16
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_LAYOUT = ("{data_dir}/{folder}/ as torchvision's {cls} reader expects it (the python version of the "
@@ -90,10 +91,13 @@ def default_image_size(dataset: str) -> int:
     return 224 if dataset in ("imagenet", "imagefolder") else 32
 
 
-def check_data(cfg: DataConfig) -> None:
-    """Fail fast, on the driver, if the data set's files are not where the config says.
+def check_data(cfg: DataConfig, images: bool = True) -> None:
+    """Fail fast, on the driver, if the data set's files are not where the config says or cannot be read.
 
-    Raises :class:`DataError` naming the expected layout. Cheap: looks at directories only.
+    Raises :class:`DataError` naming the expected layout, or the bad folders and files. CIFAR:
+    looks at directories only. Image folders: every class folder of every split holds an image,
+    and a sample of the images decodes (:func:`check_images`: all of a split of at most 2,000
+    files, else 200 drawn with ``split_seed``); ``images=False`` skips that (the workers, after the driver).
     """
     if cfg.dataset in _CIFAR_FOLDERS:
         folder = os.path.join(cfg.data_dir, _CIFAR_FOLDERS[cfg.dataset])
@@ -120,11 +124,81 @@ def check_data(cfg: DataConfig) -> None:
         if classes["train"] != classes["val"]:
             raise DataError(f"{cfg.dataset}: train/ and val/ have different class folders "
                             f"({len(classes['train'])} vs {len(classes['val'])}); expected {layout}")
+        splits = ["train", "val"] + (["test"] if os.path.isdir(os.path.join(cfg.data_dir, "test")) else [])
+        for split in splits if images else []:
+            check_images(os.path.join(cfg.data_dir, split), cfg.dataset, seed=cfg.split_seed)
+
+
+def _image_files(folder: str):
+    """The image files under ``folder`` as ``ImageFolder`` finds them (extensions, symlinks followed), lazily."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in sorted(names):
+            if name.lower().endswith(IMG_EXTENSIONS):
+                yield os.path.join(root, name)
+
+
+def _bad_image(path: str) -> str | None:
+    """Why ``path`` cannot be decoded, or None: it is opened and fully loaded, as training will."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as err:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, bombs...
+        return f"{path} ({type(err).__name__}: {err})"
+    return None
+
+
+def check_images(split_dir: str, dataset: str = "imagefolder", seed: int = 0) -> None:
+    """Every class folder of ``split_dir`` holds an image, and its images decode; raises :class:`DataError`.
+
+    Decoded: every image when the split has at most :data:`DECODE_ALL` files, else a seeded sample
+    of :data:`DECODE_SAMPLE` (a class, then one of its files, drawn with ``seed``). The message
+    names the first few bad folders or files.
+    """
+    import random
+
+    empty, files, listed = [], [], {}
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if not entry.is_dir():
+            continue
+        if next(_image_files(entry.path), None) is None:
+            empty.append(entry.path)
+        elif len(files) <= DECODE_ALL:
+            listed[entry.path] = list(_image_files(entry.path))
+            files.extend(listed[entry.path])
+    if empty:
+        raise DataError(f"{dataset}: {len(empty)} class folder(s) in {split_dir!r} hold no images "
+                        f"(extensions as torchvision's ImageFolder reads them): {_first(empty)}; add images or remove "
+                        "the folders (from every split)")
+    if len(files) > DECODE_ALL:
+        rng = random.Random(seed)
+        folders = sorted(e.path for e in os.scandir(split_dir) if e.is_dir())
+        sample: set[str] = set()
+        for _ in range(DECODE_SAMPLE * 4):
+            if len(sample) == DECODE_SAMPLE:
+                break
+            folder = rng.choice(folders)
+            if folder not in listed:
+                listed[folder] = list(_image_files(folder))
+            sample.add(rng.choice(listed[folder]))
+        files = sorted(sample)
+    bad = [reason for reason in map(_bad_image, files) if reason is not None]
+    if bad:
+        raise DataError(f"{dataset}: {len(bad)} of {len(files)} images checked in {split_dir!r} cannot be decoded: "
+                        f"{_first(bad)}; remove or replace them")
+
+
+def _first(items: list[str], count: int = 5) -> str:
+    return ", ".join(items[:count]) + (f" and {len(items) - count} more" if len(items) > count else "")
 
 
 def build_datasets(cfg: DataConfig) -> DataSplits:
     """Load and split the data set ``cfg`` names. Raises :class:`DataError` for missing files."""
-    check_data(cfg)
+    check_data(cfg, images=False)  # the driver decoded a sample before Ray started
     if cfg.dataset in ("imagenet", "imagefolder"):
         return _image_folder(cfg)
     size = cfg.image_size or default_image_size(cfg.dataset)

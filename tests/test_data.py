@@ -119,3 +119,40 @@ def test_image_folder_errors_name_the_layout(tmp_path, make_layout, message):
 def test_images_read_from_disk_decode_in_every_reserved_core_but_one():
     assert loader_processes("imagenet", cpus_per_worker=8) == 7 and loader_processes("cifar10", 1) == 0
     assert loader_processes("digits", cpus_per_worker=8) == 0  # in-memory tensors: indexed in-process
+
+
+def _class_folders(root, classes=("cat", "dog"), n=2):
+    for split in ("train", "val"):
+        for k, name in enumerate(classes):
+            write_images(root / split / name, n, 60 * k)
+
+
+def test_a_corrupt_image_is_refused_naming_the_file(tmp_path):
+    _class_folders(tmp_path)
+    (tmp_path / "val" / "dog" / "x.jpg").write_bytes(b"\x13\x37\xbe\xef\x00\x42")
+    with pytest.raises(DataError, match=r"1 of 5 images checked in .*val.* cannot be decoded: .*dog/x\.jpg"):
+        check_data(DataConfig(dataset="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_a_class_folder_without_images_is_refused_naming_the_folder(tmp_path):
+    _class_folders(tmp_path)
+    (tmp_path / "val" / "bird").mkdir()
+    (tmp_path / "train" / "bird").mkdir()
+    (tmp_path / "train" / "bird" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"class folder\(s\) in .*train.* hold no images.*train/bird"):
+        check_data(DataConfig(dataset="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_large_splits_decode_a_seeded_sample(tmp_path, monkeypatch):
+    import nsde_ray.data as data
+
+    _class_folders(tmp_path, classes=("a", "b", "c"), n=4)
+    monkeypatch.setattr(data, "DECODE_ALL", 5)
+    monkeypatch.setattr(data, "DECODE_SAMPLE", 3)
+    decoded = []
+    monkeypatch.setattr(data, "_bad_image", lambda path: decoded.append(path))
+    data.check_images(str(tmp_path / "train"), seed=1)
+    first = list(decoded)
+    decoded.clear()
+    data.check_images(str(tmp_path / "train"), seed=1)
+    assert len(first) == 3 and decoded == first  # 3 of the 12, the same 3 for the same seed
