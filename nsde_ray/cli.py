@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from nsde_ray import overrides
 from nsde_ray.overrides import Override
-from nsde_ray.config import DATASETS, ConfigError, ModelConfig, SearchSpace, SweepConfig, TrainConfig, TrialConfig
+from nsde_ray.config import (DATASETS, ConfigError, ModelConfig, SearchSpace, SweepConfig, TrainConfig, TrialConfig,
+                             check_name)
 from nsde_ray.data import DataError, check_data
 from nsde_ray.models import available_archs
 from nsde_ray.weights import WeightsError, check_init_weights
@@ -84,7 +87,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr_help: str, eval_im
 
 
 def add_run_flags(parser: argparse.ArgumentParser, *, command: str, smoke_help: str) -> argparse._ArgumentGroup:
-    """Where and how the run goes: --max-concurrent, --address, --storage, --name, --resume, --tracking-uri, --smoke-test."""
+    """Where and how the run goes: --max-concurrent, --address, --storage, --name, --resume, --no-retry-errored,
+    --tracking-uri, --smoke-test."""
     run = parser.add_argument_group("run")
     run.add_argument("--max-concurrent", type=int, default=None,
                      help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
@@ -96,10 +100,16 @@ def add_run_flags(parser: argparse.ArgumentParser, *, command: str, smoke_help: 
                      help=f"sweep name, also the MLflow experiment (default: {command}_<timestamp>); "
                           "reuse it with --resume")
     run.add_argument("--resume", action="store_true",
-                     help="continue the sweep --name in --storage with its stored settings")
+                     help="continue the sweep --name in --storage with its stored settings (other flags that differ "
+                          "from them are named in a warning and not applied)")
+    run.add_argument("--no-retry-errored", action="store_true",
+                     help="with --resume: leave the trials that errored as they are (by default they run again, each "
+                          "from its latest checkpoint, in its own MLflow run)")
     run.add_argument("--tracking-uri", default=None,
-                     help="MLflow tracking URI (default: MLflow's own, sqlite:///mlflow.db here); "
-                          "use an mlflow server URI on a multi-node cluster")
+                     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's own, sqlite:///mlflow.db "
+                          "here); use an mlflow server URI on a multi-node cluster. A password in it (user:password@) "
+                          "is shown and stored masked, so --resume then needs it again (or MLFLOW_TRACKING_URI, or "
+                          "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")
     run.add_argument("--smoke-test", action="store_true", help=smoke_help)
     return run
 
@@ -185,6 +195,10 @@ def capped(section, limits: dict[str, int]):
 SWEEP_SHORTCUTS = {**DATA_SHORTCUTS, **TRAINING_SHORTCUTS, "arch": "model.arch", "seed": "train.seed"}
 SPACE = "space"  # the --set section of the search space, beside the trial's
 SPACE_SHORTCUTS = {"sigma_range": "space.sigma_range", "lr_range": "space.lr_range", "clip_range": "space.clip_range"}
+# --resume: flag dest -> where the stored settings (SweepConfig.to_dict()) hold its value.
+SWEEP_RESUME_FIELDS = {**{dest: f"base.{path}" for dest, path in SWEEP_SHORTCUTS.items()}, **SPACE_SHORTCUTS,
+                       "num_samples": "num_samples", "seeds_per_config": "seeds_per_config",
+                       "max_concurrent": "max_concurrent"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,64 +278,151 @@ def usage_errors() -> tuple[type[Exception], ...]:
 
 
 def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Callable, from_dict: Callable,
-             parent_params: Callable | None = None):
+             parent_params: Callable | None = None, resume_fields: dict[str, str] | None = None,
+             sections: dict[str, type] | None = None):
     """The run the flags name, ready for Ray: (settings, :class:`SweepTracker`).
 
     A new run's settings come from ``from_args(args, name, storage)`` (a name already in the
     storage fails); it gets its MLflow parent run (params: ``parent_params(settings)``, default
     the base trial's) and its saved state (:func:`save_sweep_state` under ``kind``). ``--resume``
-    rebuilds the saved settings with ``from_dict`` and reopens the parent run. Raises
+    rebuilds the saved settings with ``from_dict`` and reopens the parent run; flags given with it
+    that differ from the stored settings (``resume_fields``: flag dest -> dotted path in the
+    settings; ``sections``: those ``--set`` may name) are named in a warning and not applied
+    (:func:`resume_differences`). The returned settings hold the tracking URI masked
+    (:func:`nsde_ray.tracking.mask_uri`); only the tracker connects with the real one. Raises
     :func:`usage_errors`; nothing here starts Ray.
     """
     from nsde_ray import sweep as sweeps
-    from nsde_ray.tracking import SweepTracker, check_reachable, is_local_store, resolve_tracking_uri
+    from nsde_ray.tracking import (SweepTracker, TrackingError, check_reachable, check_tracking_uri, is_local_store,
+                                   mask_uri, redact, resolve_resume_uri, resolve_tracking_uri)
 
     storage = resolve_storage(args.storage)
     name = args.name or time.strftime(f"{command}_%Y%m%d_%H%M%S")
+    check_name(name)  # before anything reads or writes under storage/name
     if args.resume:
         if not args.name:
             raise sweeps.SweepError("--resume needs the --name of the sweep to continue")
         settings, tracker = sweeps.load_state(storage, name, kind)
         cfg = from_dict(settings)
+        differences = resume_differences(args, settings, resume_fields or {}, sections)
+        if differences:
+            print(f"[nsde-ray] warning: --resume continues {name!r} with its stored settings; these flags differ "
+                  "from them and are not applied: " + "; ".join(differences), file=sys.stderr, flush=True)
+        tracking_uri = resolve_resume_uri(args.tracking_uri, cfg.tracking_uri)
     else:
         cfg = from_args(args, name, storage)
         if sweeps.sweep_exists(storage, name):
             raise sweeps.SweepError(f"a sweep named {name!r} already exists in {storage}: pass --resume to "
                                     "continue it, or choose another --name")
         tracker = None
-    tracking_uri = resolve_tracking_uri(args.tracking_uri or cfg.tracking_uri)
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(tracking_uri)
     check_reachable(tracking_uri)
     if args.address and is_local_store(tracking_uri):
-        print(f"[nsde-ray] warning: MLflow store {tracking_uri} is local to this machine; on a multi-node "
+        print(f"[nsde-ray] warning: MLflow store {mask_uri(tracking_uri)} is local to this machine; on a multi-node "
               "cluster pass --tracking-uri http://<mlflow server>:5000", file=sys.stderr, flush=True)
+    cfg = replace(cfg, tracking_uri=mask_uri(tracking_uri))
     if tracker is not None:
         tracking = SweepTracker(**dict(tracker, tracking_uri=tracking_uri))
-        tracking.reopen_parent()
+        try:
+            tracking.reopen_parent()
+        except Exception as err:  # MLflow raises many kinds: a wrong store, a deleted run
+            raise TrackingError(f"cannot reopen the parent run {tracker.get('parent_run_id')} of {name!r} in the "
+                                f"MLflow store {mask_uri(tracking_uri)!r}: {redact(str(err), tracking_uri)}; "
+                                "check --tracking-uri") from err
         return cfg, tracking
     params = parent_params(cfg) if parent_params is not None else cfg.base.to_params()
     tracking = SweepTracker.start(tracking_uri, cfg.experiment_name, name, params)
-    cfg = replace(cfg, tracking_uri=tracking_uri)
     sweeps.save_sweep_state(cfg, tracking.describe(), kind)
     return cfg, tracking
 
 
-def init_ray(address: str | None) -> None:
-    """Join ``address`` (or start a local Ray) with the MLflow and storage credentials of this environment.
+# Flags that say where and how to run, applied on --resume too: never compared with the stored settings.
+RUN_FLAGS = frozenset({"name", "storage", "resume", "tracking_uri", "address", "no_retry_errored", "out_dir"})
 
-    A process that started Ray itself (a notebook, a test) keeps its instance.
+
+def resume_differences(args: argparse.Namespace, settings: dict[str, Any], fields: dict[str, str],
+                       sections: dict[str, type] | None = None) -> list[str]:
+    """The flags given with ``--resume`` whose values differ from the stored ``settings``, each as
+    ``--flag (stored X, given Y)``; ``fields``: flag dest -> dotted path in ``settings`` (``base.train.epochs``);
+    ``--set``, ``--recipe`` and ``--config`` are compared field by field (``sections``: those they may name,
+    ``space`` stored beside ``base``); other flags, which the settings do not record, as ``--flag (not applied)``."""
+    differences = []
+    for dest in sorted(args.given - RUN_FLAGS):
+        flag = "--" + dest.replace("_", "-")
+        value = getattr(args, dest)
+        if dest in fields:
+            given = os.path.abspath(os.path.expanduser(value)) if dest == "init_from" and value else value
+            stored = _stored(settings, fields[dest])
+            if not _same(stored, given):
+                note = ": a resumed run cannot be extended" if dest == "num_samples" else ""
+                differences.append(f"{flag} (stored {_show(stored)}, given {_show(given)}{note})")
+            continue
+        try:
+            if dest == "set":
+                layers = [(f"--set {text}", [overrides.parse_set(text, sections)]) for text in value]
+            elif dest == "recipe":
+                layers = [(f"--recipe {value}", overrides.recipe(value))]
+            elif dest == "config":
+                layers = [(f"--config {value}", overrides.load_config_file(value))]
+            else:
+                differences.append(f"{flag} (not applied)")
+                continue
+        except ConfigError:
+            differences.append(f"{flag} (not applied)")
+            continue
+        for label, items in layers:
+            changed = []
+            for item in items:
+                stored = _stored(settings, _settings_path(item.section, item.field))
+                if not _same(stored, item.value):
+                    changed.append(f"{item.section}.{item.field}: stored {_show(stored)}, given {_show(item.value)}")
+            if changed:
+                differences.append(f"{label} ({'; '.join(changed)})")
+    return differences
+
+
+def _settings_path(section: str, field: str) -> str:
+    return f"{section}.{field}" if section == SPACE else f"base.{section}.{field}"
+
+
+def _stored(settings: dict[str, Any], path: str) -> Any:
+    value: Any = settings
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _same(stored: Any, given: Any) -> bool:
+    if isinstance(stored, (list, tuple)) and isinstance(given, (list, tuple)):
+        return len(stored) == len(given) and all(_same(a, b) for a, b in zip(stored, given))
+    numbers = (int, float)
+    if isinstance(stored, numbers) and isinstance(given, numbers) and not isinstance(stored, bool) \
+            and not isinstance(given, bool):
+        return math.isclose(float(stored), float(given), rel_tol=1e-9, abs_tol=0.0) or stored == given
+    return stored == given
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def init_ray(address: str | None) -> None:
+    """Join ``address`` (or start a local Ray).
+
+    No credentials travel with the job: a ``runtime_env`` is shown in plain text on Ray's dashboard
+    and state API. A local Ray started here inherits this process's environment (MLFLOW_TRACKING_*,
+    AWS_* ...); on a cluster the Ray workers get theirs from their nodes (the environment where
+    ``ray start`` runs, files, instance roles), see README "Running on a cluster". A process that
+    started Ray itself (a notebook, a test) keeps its instance.
     """
     import ray
 
     if ray.is_initialized():
         return
-    credentials = _credentials_env()
-    ray.init(address=address, runtime_env={"env_vars": credentials} if credentials else None)
-
-
-def _credentials_env() -> dict[str, str]:
-    """MLflow and S3 credentials from this process's environment, passed on to every Ray worker."""
-    prefixes = ("MLFLOW_", "AWS_", "AZURE_STORAGE_", "GOOGLE_APPLICATION_CREDENTIALS")
-    return {key: value for key, value in os.environ.items() if key.startswith(prefixes)}
+    ray.init(address=address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,21 +433,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         cfg, tracking = open_run(args, command=COMMAND, kind="sweep", from_args=sweep_config_from_args,
-                                 from_dict=SweepConfig.from_dict)
+                                 from_dict=SweepConfig.from_dict, resume_fields=SWEEP_RESUME_FIELDS,
+                                 sections={**overrides.trial_sections(), SPACE: SearchSpace})
     except usage_errors() as err:
         fail(parser, str(err))
     name, storage = cfg.name, resolve_storage(args.storage)
     if args.resume:
         print(f"[nsde-ray] resuming sweep {name!r} with its stored settings ({cfg.num_samples} trials, "
-              f"{cfg.base.train.epochs} epochs each); search flags given now are not applied", flush=True)
+              f"{cfg.base.train.epochs} epochs each); errored trials "
+              + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints"),
+              flush=True)
 
     started = time.perf_counter()
     init_ray(args.address)
     print(f"[nsde-ray] sweep {name!r}: {cfg.num_samples} trials of {cfg.base.model.arch} on {cfg.base.data.dataset}, "
           f"{cfg.base.train.epochs} epochs, {cfg.base.train.num_workers} DDP worker(s) each; Tune state in "
-          f"{sweeps.experiment_path(cfg)}; MLflow {tracking.tracking_uri}, experiment {cfg.experiment_name!r}",
+          f"{sweeps.experiment_path(cfg)}; MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}",
           flush=True)
-    tuner = sweeps.build_tuner(cfg, tracking.describe(), resume=args.resume)
+    tuner = sweeps.build_tuner(cfg, tracking.describe(), resume=args.resume, retry_errored=not args.no_retry_errored)
     results = tuner.fit()
     report = tracking.update_front()
     rows = report.rows

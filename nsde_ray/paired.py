@@ -78,8 +78,9 @@ def finetune_space(bases: dict[str, tuple[str, int]], noise_modes: tuple[str, ..
             "arch": tune.sample_from(BaseOf(bases, 0)), "seed": tune.sample_from(BaseOf(bases, 1))}
 
 
-def run(cfg: PaperTablesConfig, tracking) -> list:
-    """Both stages, each restored where its experiment exists; returns the Tune results of both."""
+def run(cfg: PaperTablesConfig, tracking, retry_errored: bool = True) -> list:
+    """Both stages, each restored where its experiment exists (errored trials run again unless not
+    ``retry_errored``); returns the Tune results of both."""
     from ray import tune
 
     from nsde_ray.sweep import experiment_path
@@ -88,7 +89,8 @@ def run(cfg: PaperTablesConfig, tracking) -> list:
     plain, finetune = plain_stage(cfg), finetune_stage(cfg)
     print(f"[nsde-ray] paired: stage 1 trains {plain.grid_size} plain models for {plain.base.train.epochs} epochs; "
           f"stage 2 fine-tunes {', '.join(finetune.noise_modes)} from each for {cfg.finetune_epochs} epochs", flush=True)
-    results = list(build_grid_tuner(plain, tracker, resume=tune.Tuner.can_restore(experiment_path(plain))).fit())
+    results = list(build_grid_tuner(plain, tracker, resume=tune.Tuner.can_restore(experiment_path(plain)),
+                                    retry_errored=retry_errored).fit())
     mark_runs(tracking, cfg)
     bases = plain_checkpoints(cfg, tracking)
     if not bases:
@@ -96,7 +98,8 @@ def run(cfg: PaperTablesConfig, tracking) -> list:
         return results
     trials = len(bases) * len(finetune.noise_modes)
     results += list(build_grid_tuner(finetune, tracker, resume=tune.Tuner.can_restore(experiment_path(finetune)),
-                                     param_space=finetune_space(bases, finetune.noise_modes), trials=trials).fit())
+                                     param_space=finetune_space(bases, finetune.noise_modes), trials=trials,
+                                     retry_errored=retry_errored).fit())
     mark_runs(tracking, cfg)
     return results
 

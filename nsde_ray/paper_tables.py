@@ -26,7 +26,7 @@ from nsde_ray.cli import (ARCH_HELP, DATA_SHORTCUTS, TRAINING_SHORTCUTS, HelpFor
                           add_data_flags, add_run_flags, add_training_flags, capped, check_trial, fail, init_ray,
                           open_run, parse_args, resolve_storage, trial_config_from_args, usage_errors)
 from nsde_ray.config import (NOISE_MODES, REFERENCE_SIGMA, ConfigError, EvalConfig, ModelConfig, NoiseConfig,
-                             ShapingConfig, TrialConfig)
+                             ShapingConfig, TrialConfig, check_name)
 
 COMMAND = KIND = "paper_tables"
 TABLES_DIR = "paper_tables"  # the parent run's artifact folder
@@ -44,6 +44,10 @@ SMOKE_SHAPING = ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency
 SHORTCUTS = {**DATA_SHORTCUTS, **TRAINING_SHORTCUTS, "sigma": "noise.sigma", "ig_steps": "eval.n_steps",
              "nt_samples": "eval.nt_samples", "perturbations": "eval.n_perturbations",
              "shap_baselines": "eval.deepshap_baselines"}
+# --resume: flag dest -> where the stored settings (PaperTablesConfig.to_dict()) hold its value.
+RESUME_FIELDS = {**{dest: f"base.{path}" for dest, path in SHORTCUTS.items()}, "arch": "archs",
+                 "noise_modes": "noise_modes", "seeds": "seeds", "repeats": "repeats", "paired": "paired",
+                 "finetune_epochs": "finetune_epochs", "max_concurrent": "max_concurrent"}
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,7 @@ class PaperTablesConfig:
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):
                 raise ConfigError(f"{name} must be distinct and not empty, got {list(values)}")
-        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
-            raise ConfigError(f"sweep name must be a non-empty name without '/', got {self.name!r}")
+        check_name(self.name)
         for arch in self.archs:
             ModelConfig(arch=arch)
         for mode in self.noise_modes:
@@ -137,16 +140,17 @@ class PaperTablesConfig:
 
 
 def build_grid_tuner(cfg: PaperTablesConfig, tracker: dict[str, str], resume: bool,
-                     param_space: dict[str, Any] | None = None, trials: int | None = None):
+                     param_space: dict[str, Any] | None = None, trials: int | None = None,
+                     retry_errored: bool = True):
     """A new ``Tuner`` over the grid (or over ``param_space``, ``trials`` trials), or (``resume``) the one
-    restored from its experiment directory."""
+    restored from its experiment directory, errored trials run again unless not ``retry_errored``."""
     from ray import tune
 
     from nsde_ray import sweep as sweeps
 
     trainable = sweeps.trial_trainable(cfg, tracker, repeats=cfg.repeats)
     if resume:
-        return sweeps.restore_tuner(cfg, trainable)
+        return sweeps.restore_tuner(cfg, trainable, retry_errored)
     return tune.Tuner(
         trainable, param_space=param_space or cfg.param_space(),
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False,
@@ -271,12 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         cfg, tracking = open_run(args, command=COMMAND, kind=KIND, from_args=config_from_args,
-                                 from_dict=PaperTablesConfig.from_dict, parent_params=PaperTablesConfig.parent_params)
+                                 from_dict=PaperTablesConfig.from_dict, parent_params=PaperTablesConfig.parent_params,
+                                 resume_fields=RESUME_FIELDS)
     except usage_errors() as err:
         fail(parser, str(err))
     if args.resume:
-        print(f"[nsde-ray] resuming paper tables {cfg.name!r} with its stored settings; grid flags given now are "
-              "not applied", flush=True)
+        print(f"[nsde-ray] resuming paper tables {cfg.name!r} with its stored settings; errored trials "
+              + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints"),
+              flush=True)
     else:
         tracking.client.set_tag(tracking.parent_run_id, KIND_TAG, KIND)
 
@@ -286,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(cfg.noise_modes)} x seeds {', '.join(map(str, cfg.seeds))}) on {cfg.base.data.dataset}, "
           f"{cfg.base.train.epochs} epochs each, then {', '.join(cfg.base.eval.methods)} on "
           f"{cfg.base.eval.num_images} images x {cfg.repeats} repeats; Tune state in {sweeps.experiment_path(cfg)}; "
-          f"MLflow {tracking.tracking_uri}, experiment {cfg.experiment_name!r}", flush=True)
+          f"MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}", flush=True)
     if cfg.paired:
         from nsde_ray import paired
 
-        grid = paired.run(cfg, tracking)
+        grid = paired.run(cfg, tracking, retry_errored=not args.no_retry_errored)
     else:
-        grid = build_grid_tuner(cfg, tracking.describe(), resume=args.resume).fit()
+        grid = build_grid_tuner(cfg, tracking.describe(), resume=args.resume,
+                                retry_errored=not args.no_retry_errored).fit()
     results = model_results(tracking)
     report = tables.paper_tables(results, list(cfg.archs), list(cfg.base.eval.methods))
     if cfg.paired:

@@ -19,10 +19,12 @@ stopped trial would enter the front with half-trained metrics.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -99,22 +101,80 @@ def build_searcher(cfg: SweepConfig, max_concurrent: int):
 
 # --- one trial ------------------------------------------------------------------------------------
 
+PENDING_EPOCHS = 32  # epochs an EpochLogger holds while MLflow fails; beyond that the oldest are dropped
+
+
 class EpochLogger(ray.train.UserCallback):
-    """Runs on the Train controller: each epoch's rank-0 metrics to the trial's MLflow run, and a progress line."""
+    """Runs on the Train controller: each epoch's rank-0 metrics to the trial's MLflow run, and a progress line.
+
+    Ray does not retry the Train controller, so nothing here raises: an MLflow error (a tracking
+    server down for longer than the client's retries) is printed as a warning, once per run, and
+    the epoch's metrics wait in a buffer of at most :data:`PENDING_EPOCHS` epochs that the next
+    call logs first. What still waits when training ends is logged by the trial's driver from the
+    Train result's kept reports (:func:`log_kept_epochs`, before the run is finished).
+    """
 
     def __init__(self, tracker: dict[str, str], run_id: str, label: str, epochs: int) -> None:
         self.tracker, self.run_id, self.label, self.epochs = tracker, run_id, label, epochs
         self._client: SweepTracker | None = None
+        self._pending: collections.deque = collections.deque(maxlen=PENDING_EPOCHS)
+        self._warned = False
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        if self._client is None:
-            self._client = SweepTracker(**self.tracker)
-        epoch_metrics = metrics[0]
-        epoch = int(epoch_metrics["epoch"])
-        self._client.log_epoch(self.run_id, epoch_metrics, epoch)
-        self._client.add_train_node(self.run_id, epoch_metrics.get("node_id", ""))
-        print(f"[nsde-ray] {self.label} epoch {epoch}/{self.epochs}: train_loss={epoch_metrics['train_loss']:.4f} "
-              f"val_accuracy={epoch_metrics['val_accuracy']:.4f}", flush=True)
+        try:
+            epoch_metrics = dict(metrics[0])
+            epoch = int(epoch_metrics["epoch"])
+            self._pending.append([epoch, epoch_metrics, False])  # [epoch, metrics, metrics logged]
+            self.flush()
+            print(f"[nsde-ray] {self.label} epoch {epoch}/{self.epochs}: train_loss={epoch_metrics['train_loss']:.4f} "
+                  f"val_accuracy={epoch_metrics['val_accuracy']:.4f}", flush=True)
+        except Exception as err:  # a malformed report: never fail the Train run over logging
+            self._warn(err)
+
+    def flush(self) -> bool:
+        """Log the waiting epochs, oldest first; False (after a warning, the first time) if MLflow fails."""
+        try:
+            if self._client is None:
+                self._client = SweepTracker(**self.tracker)
+            while self._pending:
+                entry = self._pending[0]
+                epoch, epoch_metrics, logged = entry
+                if not logged:
+                    self._client.log_epoch(self.run_id, epoch_metrics, epoch)
+                    entry[2] = True
+                self._client.add_train_node(self.run_id, epoch_metrics.get("node_id", ""))
+                self._pending.popleft()
+            return True
+        except Exception as err:  # MLflow raises many kinds (connection, HTTP, database)
+            self._warn(err)
+            return False
+
+    @property
+    def pending(self) -> list[int]:
+        """The epochs that wait to be logged."""
+        return [entry[0] for entry in self._pending]
+
+    def _warn(self, err: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            _warn(f"{self.label}: cannot log epoch metrics to MLflow (keeping up to {PENDING_EPOCHS} epochs to log "
+                  "when it answers again)", err, self.tracker.get("tracking_uri"))
+
+
+def _warn(what: str, err: Exception, uri: str | None = None) -> None:
+    """A warning on stderr that does not stop anything; ``uri``'s password is kept out of it."""
+    from nsde_ray.tracking import redact
+
+    print(f"[nsde-ray] warning: {what}: {redact(f'{type(err).__name__}: {err}', uri)}", file=sys.stderr, flush=True)
+
+
+def log_kept_epochs(tracking: SweepTracker, run_id: str, result) -> None:
+    """Log the epochs of a finished Train ``result`` (its last report and kept checkpoints) that the run lacks.
+
+    The catch-up for :class:`EpochLogger`'s buffer: epochs it could not log before training ended.
+    """
+    reports = [metrics for _, metrics in (getattr(result, "best_checkpoints", None) or [])] + [result.metrics or {}]
+    tracking.log_missing_epochs(run_id, [metrics for metrics in reports if "epoch" in metrics])
 
 
 def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool,
@@ -217,6 +277,7 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
         tracking.finish_trial(run_id, "failed", {}, error=f"{type(error).__name__}: {error}")
         raise SweepError(f"{label} failed in training: {error}")
     fit_s = time.perf_counter() - fit_started
+    log_kept_epochs(tracking, run_id, result)  # what EpochLogger could not log while MLflow failed
     train_metrics = dict(result.metrics or {})
     if train_metrics.get("diverged"):
         tracking.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
@@ -284,7 +345,11 @@ def _describe(params: dict[str, Any]) -> str:
 # --- the driver -----------------------------------------------------------------------------------
 
 class ProgressCallback(tune.Callback):
-    """On the driver: a progress line as trials finish; a trial that errors has its MLflow run marked failed."""
+    """On the driver: a progress line as trials finish; a trial that errors has its MLflow run marked failed.
+
+    Runs inside Tune's own event handling, so it never raises: an MLflow error is printed as a
+    warning and the sweep goes on (the run's status and the front catch up with the next trial).
+    """
 
     def __init__(self, tracker: dict[str, str], num_samples: int) -> None:
         self.tracker, self.num_samples = tracker, num_samples
@@ -294,14 +359,23 @@ class ProgressCallback(tune.Callback):
         return ""
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        try:
+            summary = self.summary()
+        except Exception as err:  # MLflow raises many kinds; Tune must not see them
+            _warn(f"trial {trial.trial_id}: cannot update MLflow", err, self.tracker.get("tracking_uri"))
+            summary = "; Pareto front not updated (MLflow error)"
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
-        print(f"[nsde-ray] {done}/{self.num_samples} trials done{self.summary()}", flush=True)
+        print(f"[nsde-ray] {done}/{self.num_samples} trials done{summary}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        tracking = SweepTracker(**self.tracker)
-        for run in tracking.trial_runs():
-            if run.data.tags.get("nsde.trial_id") == trial.trial_id and run.data.tags.get("nsde.status") == "running":
-                tracking.finish_trial(run.info.run_id, "failed", {}, error=str(trial.error_file or "trial error"))
+        try:
+            tracking = SweepTracker(**self.tracker)
+            for run in tracking.trial_runs():
+                if run.data.tags.get("nsde.trial_id") == trial.trial_id and run.data.tags.get("nsde.status") == "running":
+                    tracking.finish_trial(run.info.run_id, "failed", {}, error=str(trial.error_file or "trial error"))
+        except Exception as err:  # as in on_trial_complete
+            _warn(f"trial {trial.trial_id} errored; cannot mark its MLflow run failed", err,
+                  self.tracker.get("tracking_uri"))
         self.on_trial_complete(iteration, trials, trial)
 
 
@@ -341,11 +415,51 @@ def _filesystem(path: str):
 
 
 def save_sweep_state(cfg: RunSettings, tracker: dict[str, str], kind: str = "sweep") -> None:
-    """The run's settings (under ``kind``, the command that made it) and MLflow ids, next to Tune's state."""
+    """The run's settings (under ``kind``, the command that made it) and MLflow ids, next to Tune's state.
+
+    Tracking URIs are stored masked (:func:`nsde_ray.tracking.mask_uri`): no password reaches the
+    file. The write is atomic where the storage allows: on a local or NFS path the state goes to a
+    temporary file in the same directory, is flushed to disk, then renamed over the old one, so a
+    crash or a full disk leaves the previous state whole. On other pyarrow file systems (``s3://``
+    ...) it is written to a temporary name and moved (S3 publishes an object whole); a file system
+    that cannot move files is written directly, where an interrupted write can truncate the file.
+    """
+    import pyarrow.fs
+
+    from nsde_ray.tracking import mask_uri
+
+    settings, tracker = cfg.to_dict(), dict(tracker)
+    for values in (settings, tracker):
+        if values.get("tracking_uri"):
+            values["tracking_uri"] = mask_uri(values["tracking_uri"])
+    payload = json.dumps({kind: settings, "tracker": tracker}, indent=2).encode()
     filesystem, root = _filesystem(experiment_path(cfg))
+    target = f"{root}/{SWEEP_FILE}"
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        os.makedirs(root, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=root, prefix=f".{SWEEP_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, target)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+        return
     filesystem.create_dir(root, recursive=True)
-    with filesystem.open_output_stream(f"{root}/{SWEEP_FILE}") as handle:
-        handle.write(json.dumps({kind: cfg.to_dict(), "tracker": tracker}, indent=2).encode())
+    temporary = f"{root}/.{SWEEP_FILE}.{os.getpid()}.{time.time_ns()}.tmp"
+    with filesystem.open_output_stream(temporary) as handle:
+        handle.write(payload)
+    try:
+        filesystem.move(temporary, target)
+    except NotImplementedError:  # pyarrow's ArrowNotImplementedError too: write in place
+        with filesystem.open_output_stream(target) as handle:
+            handle.write(payload)
+        filesystem.delete_file(temporary)
 
 
 def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -360,7 +474,11 @@ def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict
         raise SweepError(f"no sweep named {name!r} in {storage} to resume; check --name and --storage"
                          f" (sweeps there: {', '.join(list_sweeps(storage)) or 'none'})")
     with filesystem.open_input_stream(f"{root}/{SWEEP_FILE}") as handle:
-        state = json.loads(handle.read().decode())
+        text = handle.read().decode()
+    try:
+        state = json.loads(text)
+    except ValueError as err:
+        raise SweepError(f"the state of {name!r} in {storage} ({SWEEP_FILE}) is unreadable: {err}") from err
     if kind not in state:
         other = next((key for key in state if key != "tracker"), "unknown")
         raise SweepError(f"{name!r} in {storage} is a {other!r} run, not a {kind!r} one: resume it with the command "
@@ -375,15 +493,21 @@ def load_sweep_state(storage: str, name: str) -> tuple[SweepConfig, dict[str, st
 
 
 def list_sweeps(storage: str) -> list[str]:
+    """The names of the runs saved in ``storage``; none if it does not exist yet.
+
+    SweepError if the storage cannot be listed (permissions, a file where a directory should be,
+    unreachable object storage): that is never read as "no sweeps".
+    """
     import pyarrow.fs
 
-    filesystem, root = _filesystem(storage)
     try:
+        filesystem, root = _filesystem(storage)
         entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return []
-    return sorted(os.path.basename(e.path) for e in entries
-                  if filesystem.get_file_info(f"{e.path}/{SWEEP_FILE}").type == pyarrow.fs.FileType.File)
+        return sorted(os.path.basename(e.path) for e in entries
+                      if filesystem.get_file_info(f"{e.path}/{SWEEP_FILE}").type == pyarrow.fs.FileType.File)
+    except (OSError, ValueError) as err:  # pyarrow raises OSError subclasses; ArrowInvalid for a bad URI
+        raise SweepError(f"cannot list the sweeps in --storage {storage}: {err}; check the path (or bucket), "
+                         "that it is a directory, and its permissions") from err
 
 
 def sweep_exists(storage: str, name: str) -> bool:
@@ -412,10 +536,16 @@ def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1,
     return tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
 
 
-def restore_tuner(cfg: RunSettings, trainable) -> tune.Tuner:
-    """The ``Tuner`` of ``cfg`` from its experiment directory: finished trials kept, unfinished ones resumed."""
+def restore_tuner(cfg: RunSettings, trainable, retry_errored: bool = True) -> tune.Tuner:
+    """The ``Tuner`` of ``cfg`` from its experiment directory: finished trials kept, unfinished ones resumed.
+
+    ``retry_errored`` (``--resume``'s default; ``--no-retry-errored`` turns it off): trials that
+    errored run again, from their Train runs' latest checkpoints, in their reopened MLflow runs
+    (a failed run is not finished, so :meth:`SweepTracker.open_trial` reopens it); otherwise they
+    stay errored.
+    """
     return tune.Tuner.restore(experiment_path(cfg), trainable=trainable, resume_unfinished=True,
-                              resume_errored=False, restart_errored=False)
+                              resume_errored=retry_errored, restart_errored=False)
 
 
 def run_config(cfg: RunSettings, callback: ProgressCallback) -> tune.RunConfig:
@@ -424,11 +554,12 @@ def run_config(cfg: RunSettings, callback: ProgressCallback) -> tune.RunConfig:
                           failure_config=tune.FailureConfig(max_failures=1))
 
 
-def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool) -> tune.Tuner:
-    """A new ``Tuner`` for ``cfg``, or (``resume``) the one restored from its experiment directory."""
+def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool, retry_errored: bool = True) -> tune.Tuner:
+    """A new ``Tuner`` for ``cfg``, or (``resume``) the one restored from its experiment directory
+    (``retry_errored``: as :func:`restore_tuner`)."""
     trainable = trial_trainable(cfg, tracker, seeds_per_config=cfg.seeds_per_config)
     if resume:
-        return restore_tuner(cfg, trainable)
+        return restore_tuner(cfg, trainable, retry_errored)
     max_concurrent = cfg.max_concurrent or default_max_concurrent(cfg)
     return tune.Tuner(
         trainable,

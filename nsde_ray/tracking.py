@@ -62,17 +62,99 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+MASK = "***"
+
+
+def mask_uri(uri: str | None) -> str | None:
+    """``uri`` as it may be shown or stored: a password in it (``user:password@host``) becomes ``user:***@host``.
+
+    Every place that prints a tracking URI, stores it (the sweep state file), logs it or shows it
+    (the dashboards) uses this; the real URI is only used to connect. A URI without a password is
+    returned unchanged.
+    """
+    if not uri or "@" not in uri or "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    authority, sep, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return uri
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{host}{sep}{path}"
+
+
+def is_masked(uri: str | None) -> bool:
+    """Whether ``uri`` is one that :func:`mask_uri` masked (its password is ``***``)."""
+    return bool(uri) and mask_uri(uri) == uri and f":{MASK}@" in uri
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` without its ``user:password@`` part (MLflow then takes them from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    if "@" not in uri or "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    authority, sep, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{sep}{path}"
+
+
+def redact(text: str, uri: str | None) -> str:
+    """``text`` (an error message) with ``uri`` masked and its password, wherever it appears, replaced by ``***``."""
+    if not uri or mask_uri(uri) == uri:
+        return text
+    password = uri.split("://", 1)[1].partition("/")[0].rpartition("@")[0].split(":", 1)[1]
+    text = text.replace(uri, mask_uri(uri))
+    return text.replace(password, MASK) if password else text
+
+
+def resolve_resume_uri(given: str | None, stored: str | None) -> str:
+    """The tracking URI of a resumed run: ``given`` (--tracking-uri) if any, else the ``stored`` one.
+
+    A stored URI had its password masked (:func:`mask_uri`); then MLFLOW_TRACKING_URI stands in for
+    it, or, with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD set, the stored URI without
+    its credentials (MLflow sends those variables as basic auth). Otherwise TrackingError.
+    """
+    if given:
+        return resolve_tracking_uri(given)
+    if not is_masked(stored):
+        return resolve_tracking_uri(stored)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    if os.environ.get("MLFLOW_TRACKING_USERNAME") and os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return without_credentials(stored)
+    raise TrackingError(f"the run's tracking URI was stored with its password masked ({stored}): pass --tracking-uri "
+                        "with the password again, or set MLFLOW_TRACKING_URI to it, or set MLFLOW_TRACKING_USERNAME "
+                        "and MLFLOW_TRACKING_PASSWORD (MLflow sends them to the server) and resume again")
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail in seconds if a tracking server does not answer its health check (MLflow's client retries for minutes)."""
+    import base64
+    import urllib.parse
     import urllib.request
 
     if not uri.startswith(("http://", "https://")):
         return
+    request = urllib.request.Request(f"{without_credentials(uri).rstrip('/')}/health")
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is not None:  # urllib does not read credentials from the URL itself
+        token = base64.b64encode(f"{urllib.parse.unquote(parts.username or '')}:"
+                                 f"{urllib.parse.unquote(parts.password)}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
-    except OSError as err:
-        raise TrackingError(f"the MLflow tracking server {uri!r} does not answer ({err}); start it "
-                            "(mlflow server ...) or check --tracking-uri") from err
+        urllib.request.urlopen(request, timeout=timeout)
+    except (OSError, ValueError) as err:
+        raise TrackingError(f"the MLflow tracking server {mask_uri(uri)!r} does not answer ({redact(str(err), uri)}); "
+                            "start it (mlflow server ...) or check --tracking-uri") from err
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A clear :class:`TrackingError` for a URI that MLflow cannot use at all (an unknown scheme such as ``foo://``)."""
+    try:
+        MlflowClient(uri)
+    except Exception as err:  # MLflow raises MlflowException subclasses for unsupported schemes
+        raise TrackingError(f"MLflow cannot use the tracking URI {mask_uri(uri)!r}: {redact(str(err), uri)}; "
+                            "pass --tracking-uri http(s)://HOST:PORT (an mlflow server), sqlite:///PATH or a "
+                            "directory") from err
 
 
 def is_local_store(uri: str) -> bool:
@@ -83,8 +165,8 @@ def is_local_store(uri: str) -> bool:
 def ui_command(uri: str) -> str:
     """The command that browses ``uri`` (bound to 127.0.0.1, MLflow's default)."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {without_credentials(uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {mask_uri(uri)}"
 
 
 def _metrics(values: dict[str, float], step: int = 0, timestamp: int | None = None) -> list[Metric]:
@@ -112,7 +194,8 @@ class SweepTracker:
                              else client.create_experiment(experiment_name, tags={EXPERIMENT_KIND: TRAINING_KIND}))
             run = client.create_run(experiment_id, run_name=sweep_name, tags={ROLE: "sweep", SWEEP: sweep_name})
         except Exception as err:  # connection refused, bad URI, permissions: MLflow raises many kinds
-            raise TrackingError(f"cannot use the MLflow tracking store {tracking_uri!r}: {err}") from err
+            raise TrackingError(f"cannot use the MLflow tracking store {mask_uri(tracking_uri)!r}: "
+                                f"{redact(str(err), tracking_uri)}") from err
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return cls(tracking_uri, experiment_id, run.info.run_id)
 
@@ -158,6 +241,18 @@ class SweepTracker:
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=epoch))
+
+    def log_missing_epochs(self, run_id: str, epochs: list[dict[str, Any]], key: str = "train_loss") -> list[int]:
+        """Log each of ``epochs`` (per-epoch metrics with an ``epoch``) whose ``key`` the run has no step for yet;
+        returns the epochs logged."""
+        have = {metric.step for metric in self.client.get_metric_history(run_id, key)}
+        logged = []
+        for metrics in sorted(epochs, key=lambda m: int(m["epoch"])):
+            epoch = int(metrics["epoch"])
+            if epoch not in have and epoch not in logged:
+                self.log_epoch(run_id, metrics, epoch)
+                logged.append(epoch)
+        return logged
 
     def add_train_node(self, run_id: str, node_id: str) -> None:
         """Add the Ray node that ran rank 0 to the run's ``nsde.train_nodes`` tag (comma-separated)."""

@@ -134,3 +134,191 @@ def test_seeds_aggregate_to_means_with_std_and_standard_error():
     assert aggregated["sensitivity_saliency_se"] == pytest.approx(0.1 / 3 ** 0.5)
     assert math.isnan(aggregated["sensitivity"])  # one broken seed: the configuration's mean is not a number
     assert aggregated["train_time_s"] == 20.0 and "train_time_s_se" not in aggregated
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: (root / "val" / "dog" / "x.jpg").write_bytes(b"\x13\x37\xbe\xef\x00\x42"), "dog/x.jpg"),
+    (lambda root: ((root / "train" / "bird").mkdir(), (root / "val" / "bird").mkdir()), "hold no images"),
+])
+def test_bad_image_folders_fail_before_ray_starts(make, message, tmp_path, capsys, monkeypatch):
+    from helpers import write_images
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        write_images(data / split / "cat", 2, 0)
+        write_images(data / split / "dog", 2, 200)
+    make(data)
+    monkeypatch.chdir(tmp_path)
+    assert_usage_error(main, ["--dataset", "imagefolder", "--data-dir", str(data), "--storage", str(tmp_path / "ray"),
+                              "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
+
+
+def _epoch(epoch):
+    return {"epoch": epoch, "train_loss": 1.0 / epoch, "val_accuracy": 0.1 * epoch, "node_id": f"node{epoch % 2}"}
+
+
+def test_epoch_logger_survives_mlflow_errors_and_logs_the_waiting_epochs_later(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from nsde_ray import sweep
+    from nsde_ray.tracking import SweepTracker as Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker.start(uri, "e", "e", {})
+    run_id, _ = tracker.open_trial("t1", {})
+    down = {"now": True}
+    log_epoch = Tracker.log_epoch
+
+    def flaky(self, *args, **kwargs):
+        if down["now"]:
+            raise ConnectionError("MLflow server unreachable")
+        return log_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tracker, "log_epoch", flaky)
+    logger = sweep.EpochLogger(tracker.describe(), run_id, "trial t1", 6)
+    logger.after_report(None, [_epoch(1)], None)  # raised before: the Train controller, which Ray does not retry
+    logger.after_report(None, [_epoch(2)], None)
+    assert logger.pending == [1, 2]
+    assert capsys.readouterr().err.count("cannot log epoch metrics to MLflow") == 1  # once per run
+    down["now"] = False
+    logger.after_report(None, [_epoch(3)], None)
+    history = mlflow.MlflowClient(uri).get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3] and logger.pending == []
+    assert mlflow.MlflowClient(uri).get_run(run_id).data.tags["nsde.train_nodes"] == "node1,node0"
+
+    # what still waits when training ends is logged by the driver from the Train result
+    down["now"] = True
+    logger.after_report(None, [_epoch(4)], None)
+    down["now"] = False
+    result = SimpleNamespace(best_checkpoints=[(None, _epoch(3)), (None, _epoch(4))], metrics=_epoch(5))
+    sweep.log_kept_epochs(tracker, run_id, result)
+    history = mlflow.MlflowClient(uri).get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # none twice
+
+
+def test_epoch_logger_keeps_a_bounded_buffer(monkeypatch):
+    from nsde_ray import sweep
+
+    class Down:
+        def __init__(self, **kwargs):
+            raise ConnectionError("down")
+
+    monkeypatch.setattr(sweep, "SweepTracker", Down)
+    logger = sweep.EpochLogger({"tracking_uri": "http://x"}, "run", "trial t1", 100)
+    for epoch in range(1, sweep.PENDING_EPOCHS + 6):
+        logger.after_report(None, [_epoch(epoch)], None)
+    assert logger.pending == list(range(6, sweep.PENDING_EPOCHS + 6))  # the newest are kept
+
+
+def test_driver_callbacks_never_raise_on_mlflow_errors(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from nsde_ray import sweep
+
+    class Down:
+        def __init__(self, **kwargs):
+            raise ConnectionError("MLflow down at http://alice:s3cret@mlflow:5000")
+
+    monkeypatch.setattr(sweep, "SweepTracker", Down)
+    trial = SimpleNamespace(trial_id="t1", error_file=None, status="ERROR")
+    tracker = {"tracking_uri": "http://alice:s3cret@mlflow:5000", "experiment_id": "1", "parent_run_id": "p"}
+    sweep.ProgressCallback(tracker, 4).on_trial_error(0, [trial], trial)
+    sweep.FrontCallback(tracker, 4).on_trial_error(0, [trial], trial)
+    sweep.FrontCallback(tracker, 4).on_trial_complete(0, [trial], trial)
+    out, err = capsys.readouterr()
+    assert out.count("1/4 trials done") == 3 and "Pareto front not updated (MLflow error)" in out
+    assert "cannot mark its MLflow run failed" in err and "cannot update MLflow" in err
+    assert "s3cret" not in err and "alice:***@mlflow" in err
+
+
+def test_resume_retries_errored_trials_unless_told_not_to(monkeypatch):
+    from ray import tune
+
+    from nsde_ray import sweep
+    from nsde_ray.cli import build_parser
+    from nsde_ray.paper_tables import build_parser as tables_parser
+
+    calls = []
+    monkeypatch.setattr(tune.Tuner, "restore", classmethod(lambda cls, path, **kwargs: calls.append(kwargs)))
+    cfg = SweepConfig(name="s", storage="/tmp")
+    sweep.restore_tuner(cfg, trainable=None)
+    sweep.restore_tuner(cfg, trainable=None, retry_errored=False)
+    assert [(c["resume_errored"], c["restart_errored"], c["resume_unfinished"]) for c in calls] == [
+        (True, False, True), (False, False, True)]
+    for parser in (build_parser(), tables_parser()):
+        assert parser.parse_args(["--resume", "--no-retry-errored"]).no_retry_errored is True
+        assert parser.parse_args(["--resume"]).no_retry_errored is False
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", " padded "])
+def test_a_name_outside_the_storage_is_refused_before_anything_is_written(name, tmp_path, capsys, monkeypatch):
+    storage = tmp_path / "ray"
+    monkeypatch.chdir(tmp_path)
+    for resume in ([], ["--resume"]):
+        assert_usage_error(main, ["--name", name, "--storage", str(storage), "--tracking-uri",
+                                  f"sqlite:///{tmp_path}/mlflow.db", *resume], "sweep name (--name)", capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no state, no MLflow store, not even the storage
+
+
+def test_a_tracking_uri_mlflow_cannot_use_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_usage_error(main, ["--storage", str(tmp_path / "ray"), "--tracking-uri", "foo://x"],
+                       "MLflow cannot use the tracking URI 'foo://x'", capsys)
+
+
+def test_the_state_is_replaced_atomically(tmp_path, monkeypatch):
+    import os
+
+    from nsde_ray import sweep
+
+    old = SweepConfig(name="s", storage=str(tmp_path), num_samples=3)
+    sweep.save_sweep_state(old, {"tracking_uri": "sqlite:///x.db"})
+    for failure in ("serialise", "rename"):
+        with monkeypatch.context() as patch:
+            if failure == "serialise":
+                patch.setattr(sweep.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+            else:  # a crash or a full disk between writing the new state and putting it in place
+                patch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+            with pytest.raises((RuntimeError, OSError)):
+                sweep.save_sweep_state(SweepConfig(name="s", storage=str(tmp_path), num_samples=9), {})
+        assert sweep.load_sweep_state(str(tmp_path), "s")[0].num_samples == 3
+        assert os.listdir(tmp_path / "s") == [sweep.SWEEP_FILE]  # no temporary file left behind
+    sweep.save_sweep_state(SweepConfig(name="s", storage=str(tmp_path), num_samples=9), {})
+    assert sweep.load_sweep_state(str(tmp_path), "s")[0].num_samples == 9
+
+
+def test_a_storage_that_cannot_be_listed_is_not_read_as_empty(tmp_path):
+    from nsde_ray.sweep import SweepError, list_sweeps, save_sweep_state
+
+    assert list_sweeps(str(tmp_path / "not-yet")) == []  # a storage not made yet holds no sweeps
+    save_sweep_state(SweepConfig(name="s", storage=str(tmp_path / "ray")), {})
+    assert list_sweeps(str(tmp_path / "ray")) == ["s"]
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SweepError, match="cannot list the sweeps in --storage .*file"):
+        list_sweeps(str(tmp_path / "file"))
+
+
+def test_resume_names_each_flag_that_differs_from_the_stored_settings(tmp_path, monkeypatch, capsys):
+    from nsde_ray import cli
+    from nsde_ray.sweep import save_sweep_state
+    from nsde_ray.tracking import SweepTracker as Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker.start(uri, "s", "s", {})
+    save_sweep_state(SweepConfig(name="s", storage=str(tmp_path), tracking_uri=uri), tracker.describe())
+    args = cli.parse_args(cli.build_parser(), [
+        "--name", "s", "--storage", str(tmp_path), "--resume", "--epochs", "10", "--num-samples", "20",
+        "--lr", "0.1", "--sigma-range", "0", "2", "--set", "train.batch_size=64", "--set", "train.momentum=0.9",
+        "--smoke-test", "--no-retry-errored"])
+    cfg, _ = cli.open_run(args, command=cli.COMMAND, kind="sweep", from_args=cli.sweep_config_from_args,
+                          from_dict=SweepConfig.from_dict, resume_fields=cli.SWEEP_RESUME_FIELDS,
+                          sections={**cli.overrides.trial_sections(), cli.SPACE: SearchSpace})
+    err = capsys.readouterr().err
+    assert "--resume continues 's' with its stored settings; these flags differ from them and are not applied" in err
+    for text in ("--epochs (stored 6, given 10)", "--num-samples (stored 8, given 20: a resumed run cannot be extended)",
+                 "--sigma-range (stored 0.0 1.0, given 0.0 2.0)",
+                 "--set train.batch_size=64 (train.batch_size: stored 32, given 64)", "--smoke-test (not applied)"):
+        assert text in err
+    for same in ("--lr", "train.momentum", "--no-retry-errored", "--storage", "--name"):
+        assert same not in err  # equal to the stored value, or a flag that says where and how to run
+    assert cfg.base.train.epochs == 6 and cfg.num_samples == 8
