@@ -5,6 +5,13 @@ the front highlighted; pick a trial for its params, metrics, attribution grid an
 Explain view: upload a JPEG or PNG (or pick one of the sweep's evaluation images); two trained
 models from the sweep (by default the plain ResNet and the front's least sensitive neural SDE)
 each show their top-5 prediction, their attribution map over the image and its max-sensitivity.
+
+Concurrency: one event at a time per app (``queue(default_concurrency_limit=1)``), the others
+waiting in a queue of at most ``Limits.max_queue`` (beyond it Gradio turns requests away with a
+"queue is full" message). Explanations must not overlap: the models are shared by every user, and
+Captum's DeepLIFT and DeepSHAP register hooks on a model's modules while they run, so two
+explanations on one model at once would see each other's hooks. One explanation takes seconds on a
+CPU; run more app processes (behind a load balancer) for more users.
 """
 
 from __future__ import annotations
@@ -40,12 +47,13 @@ class Limits:
     max_pixels: int = 40_000_000
     n_steps: int = 32
     n_perturbations: int = 10
+    max_queue: int = 16  # requests waiting for the one that runs; more are turned away
 
 
 def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
     with gr.Blocks(title="nsde-ray dashboards", analytics_enabled=False) as app:
         gr.Markdown("# nsde-ray: accuracy vs attribution robustness\n"
-                    f"MLflow store: `{store.tracking_uri}`")
+                    f"MLflow store: `{store.display_uri}`")
         sweep_box = gr.Dropdown(label="Sweep (MLflow experiment)", choices=[], elem_id="sweep")
         load_status = gr.Markdown(elem_id="load-status")
         with gr.Tab("Pareto front"):
@@ -161,7 +169,8 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
                                                                      [explain_status, *side_outputs])
         for control in (left_box, right_box, method_box):
             control.input(explain, explain_inputs, [explain_status, *side_outputs])
-    return app
+    # One event at a time: Captum's DeepLIFT/DeepSHAP hooks mutate the shared models (see the module docstring).
+    return app.queue(default_concurrency_limit=1, max_size=limits.max_queue)
 
 
 def _explain_with(bundle, image: Image.Image, method: str, limits: Limits) -> list:

@@ -1,14 +1,20 @@
 """What the dashboards read from MLflow: sweeps, their trials and front, trial artifacts and models.
 
 Read-only, through :class:`mlflow.MlflowClient`, with the names of :mod:`nsde_ray.tracking`.
-Artifacts are downloaded once into a cache folder; models load with ``weights_only=True``.
+Artifacts are downloaded once into a cache folder, which is pruned (least recently used runs first)
+when it grows past ``max_cache_bytes``; models load with ``weights_only=True``, their metadata
+checked first (:func:`nsde_ray.explain.load_model`), and at most ``max_models`` stay in memory
+(least recently used dropped). The tracking URI is shown masked (:func:`nsde_ray.tracking.mask_uri`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,17 +42,30 @@ class Sweep:
         return f"{self.name} ({self.parent_run_id[:8]})"
 
 
+MAX_MODELS = 8  # models kept in memory
+MAX_CACHE_BYTES = 2 * 2 ** 30  # the artifact cache folder's size before the least recently used runs go
+
+
 class SweepStore:
     """The sweeps in one MLflow tracking store; safe to share between the app's request threads."""
 
-    def __init__(self, tracking_uri: str, ui_url: str | None = None, cache_dir: str | None = None) -> None:
+    def __init__(self, tracking_uri: str, ui_url: str | None = None, cache_dir: str | None = None,
+                 max_models: int = MAX_MODELS, max_cache_bytes: int = MAX_CACHE_BYTES) -> None:
         self.tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
-        self.ui_url = (ui_url or (self.tracking_uri if self.tracking_uri.startswith("http") else
-                                  "http://127.0.0.1:5000")).rstrip("/")
+        self.ui_url = (ui_url or (tracking.without_credentials(self.tracking_uri)
+                                  if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000")).rstrip("/")
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="nsde-dashboards-")
-        self._models: dict[str, ModelBundle] = {}
-        self._lock = threading.Lock()
+        self.max_models, self.max_cache_bytes = max_models, max_cache_bytes
+        self._models: OrderedDict[str, ModelBundle] = OrderedDict()
+        self._used: dict[str, int] = {}  # run id -> when its cached artifacts were last used (a counter)
+        self._clock = itertools.count()
+        self._lock = threading.RLock()
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI as the page shows it: a password masked."""
+        return tracking.mask_uri(self.tracking_uri)
 
     def check_reachable(self) -> None:
         try:
@@ -63,7 +82,8 @@ class SweepStore:
                                            filter_string=f"tags.`{tracking.ROLE}` = 'sweep'",
                                            order_by=["attributes.start_time DESC"]) if experiments else []
         except Exception as err:  # connection refused, bad URI: MLflow raises many kinds
-            raise DashboardError(f"cannot read the MLflow store {self.tracking_uri!r}: {err}") from err
+            raise DashboardError(f"cannot read the MLflow store {self.display_uri!r}: "
+                                 f"{tracking.redact(str(err), self.tracking_uri)}") from err
         names = {e.experiment_id: e.name for e in experiments}
         return [Sweep(names.get(run.info.experiment_id, run.info.experiment_id), run.info.experiment_id,
                       run.info.run_id) for run in runs]
@@ -72,7 +92,7 @@ class SweepStore:
         for sweep in self.sweeps():
             if sweep.label == label:
                 return sweep
-        raise DashboardError(f"no sweep {label!r} in {self.tracking_uri}; pick one from the list")
+        raise DashboardError(f"no sweep {label!r} in {self.display_uri}; pick one from the list")
 
     def trials(self, sweep: Sweep) -> list[dict[str, Any]]:
         """Finished configurations, objectives as means with ``<name>_se``, assessed (:meth:`SweepTracker.front_rows`)."""
@@ -88,21 +108,44 @@ class SweepStore:
         """A local copy of the run's artifact ``path`` (file or folder), or None if the run has none.
 
         A configuration trained with several seeds keeps its figures and model in its seed runs:
-        then the first seed's artifact stands for it.
+        then the first seed's artifact stands for it. After a download the cache is pruned to
+        ``max_cache_bytes`` (:meth:`prune`), this run's files kept.
         """
-        target = os.path.join(self.cache_dir, run_id)
-        local = os.path.join(target, path)
-        if os.path.exists(local):
+        with self._lock:
+            target = os.path.join(self.cache_dir, run_id)
+            local = os.path.join(target, path)
+            if os.path.exists(local):
+                self._used[run_id] = next(self._clock)
+                return local
+            parent = os.path.dirname(path)
+            if path not in {a.path for a in self.client.list_artifacts(run_id, parent or None)}:
+                run = self.client.get_run(run_id)
+                if run.data.tags.get(tracking.ROLE) != "trial":
+                    return None
+                seeds = tracking.SweepTracker(self.tracking_uri, run.info.experiment_id, "").seed_runs(run_id)
+                return self.artifact(seeds[0].info.run_id, path) if seeds else None
+            os.makedirs(target, exist_ok=True)
+            local = self.client.download_artifacts(run_id, path, target)
+            self._used[run_id] = next(self._clock)
+            self.prune(keep=run_id)
             return local
-        parent = os.path.dirname(path)
-        if path not in {a.path for a in self.client.list_artifacts(run_id, parent or None)}:
-            run = self.client.get_run(run_id)
-            if run.data.tags.get(tracking.ROLE) != "trial":
-                return None
-            seeds = tracking.SweepTracker(self.tracking_uri, run.info.experiment_id, "").seed_runs(run_id)
-            return self.artifact(seeds[0].info.run_id, path) if seeds else None
-        os.makedirs(target, exist_ok=True)
-        return self.client.download_artifacts(run_id, path, target)
+
+    def prune(self, keep: str | None = None) -> list[str]:
+        """Delete cached runs, least recently used first, until the cache holds at most ``max_cache_bytes``
+        (``keep``'s files stay); returns the run ids deleted. The page has its own copies of what it shows."""
+        with self._lock:
+            sizes = {entry.name: _size(entry.path) for entry in os.scandir(self.cache_dir) if entry.is_dir()}
+            total, deleted = sum(sizes.values()), []
+            for run_id in sorted(sizes, key=lambda name: self._used.get(name, -1)):
+                if total <= self.max_cache_bytes:
+                    break
+                if run_id == keep:
+                    continue
+                shutil.rmtree(os.path.join(self.cache_dir, run_id), ignore_errors=True)
+                self._used.pop(run_id, None)
+                total -= sizes[run_id]
+                deleted.append(run_id)
+            return deleted
 
     def grid(self, run_id: str) -> str | None:
         return self.artifact(run_id, ARTIFACT_GRID)
@@ -115,9 +158,11 @@ class SweepStore:
         return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".png"))
 
     def model(self, run_id: str) -> ModelBundle:
-        """The run's exported model (``model/checkpoint.pt``), loaded once."""
+        """The run's exported model (``model/checkpoint.pt``), loaded once and kept among the ``max_models``
+        most recently used; its metadata is checked before use (:func:`nsde_ray.explain.load_model`)."""
         with self._lock:
             if run_id in self._models:
+                self._models.move_to_end(run_id)
                 return self._models[run_id]
             path = self.artifact(run_id, f"{tracking.MODEL_DIR}/{MODEL_FILE}")
             if path is None:
@@ -128,7 +173,14 @@ class SweepStore:
             except Exception as err:  # a truncated download, a file from an older version
                 raise DashboardError(f"run {run_id}'s model cannot be loaded: {err}") from err
             self._models[run_id] = bundle
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
             return bundle
+
+
+def _size(folder: str) -> int:
+    """Bytes of the files under ``folder``."""
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
 
 
 def default_pair(rows: list[dict[str, Any]]) -> tuple[str | None, str | None]:

@@ -11,6 +11,7 @@ quantities :func:`nsde_ray.evaluate.evaluate` averages over a data set, for a si
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from nsde_ray.models import build_model
 
 MODEL_FILE = "checkpoint.pt"
 SHAP_BASELINES = 16
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # pixels: an exported model's input side (check_metadata)
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,51 @@ def load_model(path: str) -> ModelBundle:
     if missing:
         raise ValueError(f"{path} is not an exported model (missing {', '.join(sorted(missing))}); "
                          "it was written by an older version or is a training checkpoint")
+    check_metadata(state, path)
     cfg = TrialConfig.from_dict(state["config"])
     model = build_model(cfg.model.arch, state["num_classes"], state["in_channels"], cfg.noise)
     model.load_state_dict(state["model"])
     return ModelBundle(model.eval(), cfg, tuple(state["class_names"]), tuple(state["mean"]), tuple(state["std"]),
                        int(state["image_size"]), state["shap_baselines"].float())
+
+
+def check_metadata(state: dict, path: str = "the model") -> None:
+    """What an exported model says about its input, checked before anything is built from it; raises ValueError.
+
+    image_size an integer in [:data:`MIN_IMAGE_SIZE`, :data:`MAX_IMAGE_SIZE`] (every uploaded image
+    is resized to it: a huge one would exhaust memory), 1 or 3 input channels, between 1 and
+    :data:`MAX_CLASSES` classes with one name each, mean and std one finite value per channel (std
+    > 0), and DeepSHAP baselines of shape (K, channels, size, size).
+    """
+    def fail(what: str) -> None:
+        raise ValueError(f"{path} has invalid metadata: {what}; it is damaged or not an exported model of this package")
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    size, channels, classes = state.get("image_size"), state.get("in_channels"), state.get("num_classes")
+    if not integer(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        fail(f"image_size {size!r} is not an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] pixels")
+    if channels not in (1, 3) or not integer(channels):
+        fail(f"in_channels {channels!r} is not 1 or 3")
+    if not integer(classes) or not 1 <= classes <= MAX_CLASSES:
+        fail(f"num_classes {classes!r} is not an integer in [1, {MAX_CLASSES}]")
+    names = state.get("class_names")
+    if not isinstance(names, (list, tuple)) or len(names) != classes or not all(isinstance(n, str) for n in names):
+        count = len(names) if isinstance(names, (list, tuple)) else names
+        fail(f"class_names must be {classes} names, one per class, got {count!r}")
+    for key in ("mean", "std"):
+        values = state.get(key)
+        if not isinstance(values, (list, tuple)) or len(values) != channels \
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            fail(f"{key} must be {channels} finite numbers, one per input channel, got {values!r}")
+    if not all(v > 0 for v in state["std"]):
+        fail(f"std must be > 0, got {state['std']!r}")
+    baselines = state.get("shap_baselines")
+    if not isinstance(baselines, torch.Tensor) or baselines.dim() != 4 or tuple(baselines.shape[1:]) != \
+            (channels, size, size) or not 1 <= baselines.shape[0] <= 1024:
+        fail(f"shap_baselines must be a (K, {channels}, {size}, {size}) tensor, got "
+             f"{tuple(baselines.shape) if isinstance(baselines, torch.Tensor) else type(baselines).__name__}")
 
 
 def prepare_image(image: Image.Image, bundle: ModelBundle) -> torch.Tensor:
