@@ -51,6 +51,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
         except Exception as err:  # surfaced by the assertion below
             outcome["error"] = err
 
+    others = {w.pid for w in _train_workers()}
     runner = threading.Thread(target=fit)
     runner.start()
     deadline = time.monotonic() + 240
@@ -58,7 +59,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
     while len(glob.glob(str(tmp_path / "killed" / "checkpoint_*"))) < 2:
         assert time.monotonic() < deadline and runner.is_alive(), "no checkpoint was written"
         time.sleep(0.2)
-    workers = _train_workers()
+    workers = [w for w in _train_workers() if w.pid not in others]  # this run's, not another Ray's on the machine
     assert len(workers) == 2
     os.kill(workers[0].pid, signal.SIGKILL)
     runner.join(timeout=300)
