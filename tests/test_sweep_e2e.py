@@ -1,7 +1,6 @@
 """The main command end to end: real Ray (local and multi-node), real MLflow (SQLite and a server), SIGKILL."""
 
 import signal
-import subprocess
 
 import mlflow
 import pytest
