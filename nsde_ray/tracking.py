@@ -285,10 +285,10 @@ class SweepTracker:
         """
         return self.assess().rows
 
-    def assess(self) -> front.FrontReport:
-        """The front over the finished configurations (:func:`nsde_ray.front.assess_front`)."""
+    def assess(self, runs: list | None = None) -> front.FrontReport:
+        """The front over the finished configurations among ``runs`` (default: :meth:`trial_runs`)."""
         rows = []
-        for run in self.trial_runs():
+        for run in self.trial_runs() if runs is None else runs:
             if run.data.tags.get(STATUS) != "finished":
                 continue
             metrics, params = run.data.metrics, run.data.params
@@ -315,10 +315,11 @@ class SweepTracker:
         """Recompute the front over finished configurations; retag every trial; log front files, hypervolume, notes."""
         from nsde_ray import plots
 
-        report = self.assess()
+        runs = self.trial_runs()
+        report = self.assess(runs)
         rows = report.rows
         assessed = {row["run_id"]: row for row in rows}
-        for run in self.trial_runs():
+        for run in runs:
             row = assessed.get(run.info.run_id, {"pareto_front": False, "pareto_probability": 0.0, "excluded": ""})
             tags = {PARETO_TAG: "true" if row["pareto_front"] else "false",
                     CONFIDENCE_TAG: f"{row['pareto_probability']:.2f}"}
