@@ -42,22 +42,21 @@ import torchvision
 from torch import nn
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nsde_ray.config import NoiseConfig, ShapingConfig, TrainConfig  # noqa: E402
-from nsde_ray.models import build_model, build_plain_model, set_fused_noise, set_noise_shape_maps  # noqa: E402
-from nsde_ray.shaping import NoiseShaper  # noqa: E402
+from nsde_ray.config import NoiseConfig, ShapingConfig, TrainConfig
+from nsde_ray.models import build_model, build_plain_model, set_fused_noise, set_noise_shape_maps
+from nsde_ray.shaping import NoiseShaper
 
 TARGETS = ("noise", "shaping", "compile", "ig", "sensitivity", "ray")
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESULTS: dict = {}
 
 
-def row(name: str, **figures) -> None:
-    """Print one result row and keep it for --json."""
-    RESULTS[name] = figures
-    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
-    print(f"[row] {name}: {text}", flush=True)
+class Report(dict):
+    """The run's rows by name (written to --json), each printed as it comes."""
+
+    def row(self, name: str, **figures) -> None:
+        self[name] = figures
+        text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+        print(f"[row] {name}: {text}", flush=True)
 
 
 def sync(device: torch.device) -> None:
@@ -132,7 +131,7 @@ def timed(function, device, repeats: int = 2):
 # ---------------------------------------------------------------------------------------------- targets
 
 
-def tune_noise(args, device, memory_format) -> None:
+def tune_noise(report: Report, args, device, memory_format) -> None:
     """Time the fused tail's kernels alone at ResNet-50's block shapes for a few launch configurations and
     keep the fastest (module globals of nsde_ray.models.fused_noise) for the rest of the run."""
     from nsde_ray.models import fused_noise
@@ -164,7 +163,7 @@ def tune_noise(args, device, memory_format) -> None:
             (fused_noise.REDUCE_BLOCK, fused_noise.REDUCE_CHUNK, fused_noise.REDUCE_WARPS), \
                 (fused_noise.APPLY_BLOCK, fused_noise.APPLY_WARPS) = reduce, apply
             try:
-                total = sum(seconds(lambda: fused_noise._forward(o, i, 0.5, None)) for o, i in tensors)
+                total = sum(seconds(lambda: fused_noise.residual_noise(o, i, 0.5)) for o, i in tensors)
             except Exception as err:  # noqa: BLE001
                 figures[f"error_{reduce}_{apply}"] = repr(err)[:120]
                 continue
@@ -175,10 +174,10 @@ def tune_noise(args, device, memory_format) -> None:
         (fused_noise.REDUCE_BLOCK, fused_noise.REDUCE_CHUNK, fused_noise.REDUCE_WARPS), \
             (fused_noise.APPLY_BLOCK, fused_noise.APPLY_WARPS) = best[1], best[2]
         figures.update(best_reduce=best[1], best_apply=best[2], best_ms=1e3 * best[0])
-    row("0_noise_kernels", **figures)
+    report.row("0_noise_kernels", **figures)
 
 
-def target_noise_and_shaping(args, device, memory_format, amp, shaping: bool, noise: bool) -> None:
+def target_noise_and_shaping(report: Report, args, device, memory_format, amp, shaping: bool, noise: bool) -> None:
     images = torch.randn(args.batch, args.channels, args.image_size, args.image_size, device=device)
     images = images.to(memory_format=memory_format)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
@@ -207,7 +206,7 @@ def target_noise_and_shaping(args, device, memory_format, amp, shaping: bool, no
     from nsde_ray.models import fused_noise
 
     if noise:
-        row("1_noise", fused_kernels="failed: " + fused_noise.disabled_reason if fused_noise.disabled_reason
+        report.row("1_noise", fused_kernels="failed: " + fused_noise.disabled_reason if fused_noise.disabled_reason
             else ("triton" if fused_noise.available(images) else "unavailable (eager)"),
             plain_img_s=plain_rate, gaussian_img_s=rates["gaussian"],
             ratio=rates["gaussian"] / plain_rate, gaussian_unfused_img_s=rates["gaussian_unfused"],
@@ -237,7 +236,7 @@ def target_noise_and_shaping(args, device, memory_format, amp, shaping: bool, no
         return "never" if budget <= 0 else f"{plain_rate / (budget * refresh_rate):.1f}"
 
     ratio = amortised(refresh["ig"], defaults.refresh_every)
-    row("2_shaping", plain_img_s=plain_rate, shaped_step_img_s=shaped_rate, shaped_step_ratio=shaped_rate / plain_rate,
+    report.row("2_shaping", plain_img_s=plain_rate, shaped_step_img_s=shaped_rate, shaped_step_ratio=shaped_rate / plain_rate,
         refresh_ig4_img_s=refresh["ig"], refresh_saliency_img_s=refresh["saliency"],
         refresh_ig4_per_train=refresh["ig"] / plain_rate, refresh_saliency_per_train=refresh["saliency"] / plain_rate,
         default_schedule=f"ig-{defaults.ig_steps} every {defaults.refresh_every} epochs", ratio=ratio,
@@ -248,7 +247,7 @@ def target_noise_and_shaping(args, device, memory_format, amp, shaping: bool, no
         refresh_batch=args.refresh_batch, refresh_images=args.refresh_images)
 
 
-def target_compile(args, device, memory_format, amp) -> None:
+def target_compile(report: Report, args, device, memory_format, amp) -> None:
     images = torch.randn(args.batch, args.channels, args.image_size, args.image_size, device=device)
     images = images.to(memory_format=memory_format)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
@@ -274,7 +273,7 @@ def target_compile(args, device, memory_format, amp) -> None:
     if "plain_compiled_img_s" in figures:
         figures["compiled_gaussian_over_compiled_plain"] = figures["gaussian_compiled_img_s"] / figures["plain_compiled_img_s"]
         figures["compiled_gaussian_over_eager_plain"] = figures["gaussian_compiled_img_s"] / figures["plain_eager_img_s"]
-    row("3_compile", **figures)
+    report.row("3_compile", **figures)
 
 
 def _attribution_setup(args, device, count: int):
@@ -289,7 +288,7 @@ def _attribution_setup(args, device, count: int):
     return model, model_cl, images, labels
 
 
-def target_ig(args, device, amp) -> None:
+def target_ig(report: Report, args, device, amp) -> None:
     from captum.attr import IntegratedGradients
 
     from nsde_ray.attribution import completeness_error, integrated_gradients
@@ -330,10 +329,10 @@ def target_ig(args, device, amp) -> None:
     figures.update(fast=("bf16 autocast, " if amp else "") + ("channels_last" if device.type == "cuda" else "contiguous")
                    + f", internal batch {args.fast_batch}, batch norm folded", target=">= 1.5",
                    met=figures.get("fast_speedup", 0.0) >= 1.5)
-    row("4_ig", **figures)
+    report.row("4_ig", **figures)
 
 
-def target_sensitivity(args, device, amp) -> None:
+def target_sensitivity(report: Report, args, device, amp) -> None:
     from captum.attr import IntegratedGradients
     from captum.metrics import sensitivity_max
 
@@ -366,7 +365,7 @@ def target_sensitivity(args, device, amp) -> None:
         figures.update({f"{name}_img_s": args.sens_images / seconds, f"{name}_speedup": t_captum / seconds,
                         f"{name}_rel_diff_max": relative.max().item(), f"{name}_rel_diff_mean": relative.mean().item()})
     figures.update(captum_mean=theirs.mean().item(), target=">= 2", met=figures["fast_speedup"] >= 2.0)
-    row("5_sensitivity", **figures)
+    report.row("5_sensitivity", **figures)
 
 
 # ---------------------------------------------------------------------------------------------- Ray Train
@@ -403,7 +402,7 @@ def ray_loop(config: dict) -> None:
         ray.train.report({"img_s": metrics["img_s"]})
 
 
-def target_ray(args, device) -> None:
+def target_ray(report: Report, args, device) -> None:
     import tempfile
 
     import ray
@@ -434,7 +433,7 @@ def target_ray(args, device) -> None:
     with open(result_file) as handle:
         in_ray = json.load(handle)
     slower = 1.0 - in_ray["img_s"] / bare_result["img_s"]
-    row("6_ray", bare_img_s=bare_result["img_s"], ray_img_s=in_ray["img_s"], slower=slower, target="<= 0.05",
+    report.row("6_ray", bare_img_s=bare_result["img_s"], ray_img_s=in_ray["img_s"], slower=slower, target="<= 0.05",
         met=slower <= 0.05, bare_rounds=bare_result["rates"], ray_rounds=in_ray["rates"], ray_init_s=ray_start,
         fit_wall_s=fit_wall, bare_wall_s=bare_wall, fit_minus_bare_wall_s=fit_wall - bare_wall,
         ray=ray.__version__)
@@ -487,21 +486,21 @@ def main() -> None:
               + f" | {args.arch} {args.image_size}px batch {args.batch} | "
               + ("bf16 autocast, channels_last" if on_gpu else "fp32"))
     print(header, flush=True)
-    RESULTS["header"] = {"text": header, "command": " ".join(sys.argv), **versions}
+    report = Report(header={"text": header, "command": " ".join(sys.argv), **versions})
 
     jobs = {
-        "noise": lambda: target_noise_and_shaping(args, device, memory_format, on_gpu, shaping="shaping" in targets,
+        "noise": lambda: target_noise_and_shaping(report, args, device, memory_format, on_gpu, shaping="shaping" in targets,
                                                   noise=True),
-        "shaping": lambda: None if "noise" in targets else target_noise_and_shaping(args, device, memory_format,
+        "shaping": lambda: None if "noise" in targets else target_noise_and_shaping(report, args, device, memory_format,
                                                                                      on_gpu, shaping=True, noise=False),
-        "compile": lambda: target_compile(args, device, memory_format, on_gpu),
-        "ig": lambda: target_ig(args, device, on_gpu),
-        "sensitivity": lambda: target_sensitivity(args, device, on_gpu),
-        "ray": lambda: target_ray(args, device),
+        "compile": lambda: target_compile(report, args, device, memory_format, on_gpu),
+        "ig": lambda: target_ig(report, args, device, on_gpu),
+        "sensitivity": lambda: target_sensitivity(report, args, device, on_gpu),
+        "ray": lambda: target_ray(report, args, device),
     }
     if args.tune_noise:
         try:
-            tune_noise(args, device, memory_format)
+            tune_noise(report, args, device, memory_format)
         except Exception:  # noqa: BLE001
             traceback.print_exc()
     for target in targets:
@@ -510,14 +509,14 @@ def main() -> None:
             jobs[target]()
         except Exception:  # one failed target must not cost the others' figures
             traceback.print_exc()
-            RESULTS[f"{target}_error"] = traceback.format_exc(limit=3)
+            report[f"{target}_error"] = traceback.format_exc(limit=3)
             print(f"[row] {target}: FAILED (traceback above)", flush=True)
         print(f"[time] {target}: {time.perf_counter() - started:.1f} s", flush=True)
         if on_gpu:
             torch.cuda.empty_cache()
         if args.json:
             with open(args.json, "w") as handle:
-                json.dump(RESULTS, handle, indent=1, default=str)
+                json.dump(report, handle, indent=1, default=str)
 
 
 if __name__ == "__main__":

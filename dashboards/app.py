@@ -30,10 +30,10 @@ from dashboards.uploads import UploadError, read_image
 from nsde_ray import plots
 from nsde_ray.attribution import AttributionError
 from nsde_ray.explain import explain_image, prepare_image
+from nsde_ray.names import METHOD_LABELS, METHODS
 from nsde_ray.tracking import FRONT_FILTER, TABLE_COLUMNS, table_cell
 
-METHOD_NAMES = {"IG": "ig", "Saliency": "saliency", "DeepLIFT": "deeplift", "DeepSHAP": "deepshap",
-                "IG + NoiseTunnel": "ig_nt"}
+METHOD_BY_LABEL = {METHOD_LABELS[method]: method for method in METHODS}
 DISPLAY_SIZE = 256  # pixels; small inputs (digits are 32 px) are shown enlarged, nearest-neighbour
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             with gr.Row():
                 left_box = gr.Dropdown(label="Left model", choices=[], elem_id="left-model")
                 right_box = gr.Dropdown(label="Right model", choices=[], elem_id="right-model")
-                method_box = gr.Radio(list(METHOD_NAMES), value="IG", label="Attribution method", elem_id="method")
+                method_box = gr.Radio(list(METHOD_BY_LABEL), value="IG", label="Attribution method", elem_id="method")
             explain_status = gr.Markdown(elem_id="explain-status")
             sides = []
             with gr.Row():
@@ -150,7 +150,7 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
                 for run_id in (left_run, right_run):
                     if not run_id:
                         raise DashboardError("choose two models")
-                    results.extend(_explain_with(store.model(run_id), image, METHOD_NAMES[method_label], limits))
+                    results.extend(_explain_with(store.model(run_id), image, METHOD_BY_LABEL[method_label], limits))
             except (UploadError, DashboardError, AttributionError) as err:
                 return [f"**Error:** {err}", *blank]
             except Exception as err:  # keep serving; the log has the traceback

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 
 from nsde_ray import tracking
 from nsde_ray.evaluate import ARTIFACT_GRID, GALLERY_DIR
-from nsde_ray.explain import MODEL_FILE, ModelBundle, load_model
+from nsde_ray.explain import ModelBundle, load_model
+from nsde_ray.names import LEGACY_MODEL_FILE, MODEL_FILE
 
 
 class DashboardError(RuntimeError):
@@ -158,13 +159,14 @@ class SweepStore:
         return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".png"))
 
     def model(self, run_id: str) -> ModelBundle:
-        """The run's exported model (``model/checkpoint.pt``), loaded once and kept among the ``max_models``
+        """The run's exported model (``model/model.pt``, or ``model/checkpoint.pt`` from earlier versions), loaded once and kept among the ``max_models``
         most recently used; its metadata is checked before use (:func:`nsde_ray.explain.load_model`)."""
         with self._lock:
             if run_id in self._models:
                 self._models.move_to_end(run_id)
                 return self._models[run_id]
-            path = self.artifact(run_id, f"{tracking.MODEL_DIR}/{MODEL_FILE}")
+            path = self.artifact(run_id, f"{tracking.MODEL_DIR}/{MODEL_FILE}") \
+                or self.artifact(run_id, f"{tracking.MODEL_DIR}/{LEGACY_MODEL_FILE}")
             if path is None:
                 raise DashboardError(f"run {run_id} has no model artifact ({tracking.MODEL_DIR}/{MODEL_FILE}): it "
                                      "failed, diverged, or its artifacts were deleted; choose another run")

@@ -34,7 +34,8 @@ import torch
 from captum.attr import DeepLift, DeepLiftShap, IntegratedGradients, NoiseTunnel, Saliency
 from torch import nn
 
-METHODS = ("saliency", "ig", "ig_nt", "deeplift", "deepshap")
+from nsde_ray.names import METHODS
+
 BASELINES = ("black", "mean")
 _NEEDS_SEPARATE_RELUS = ("deeplift", "deepshap")
 
@@ -188,7 +189,8 @@ def gauss_legendre(n_steps: int) -> tuple[list[float], list[float]]:
     return (0.5 * (1.0 + points)).tolist(), (0.5 * weights).tolist()
 
 
-def _autocast(device: torch.device, amp: bool) -> dict:
+def autocast_options(device: torch.device, amp: bool) -> dict:
+    """``torch.autocast`` keyword arguments: bf16 when ``amp`` and on CUDA, else disabled."""
     return dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
@@ -309,7 +311,7 @@ def _prepared(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int
     x = inputs.detach().to(torch.promote_types(inputs.dtype, torch.float32)).contiguous(memory_format=memory_format)
     if fold_bn:
         model = _folded(model, x[:2], memory_format)
-    return model, x, target, _autocast(inputs.device, amp), _stem_conv(model) if stem_gradient else None
+    return model, x, target, autocast_options(inputs.device, amp), _stem_conv(model) if stem_gradient else None
 
 
 def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-NOISE_MODES = ("none", "gaussian", "attribution", "input")
+from nsde_ray.names import ARCHS, METHODS, NOISE_MODES
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic")
 DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
 AUGMENTATIONS = ("auto", "cifar", "imagenet", "none")
@@ -68,16 +69,14 @@ def check_name(name: object) -> None:
 class ModelConfig:
     """Which network to build.
 
-    arch: a name from :func:`nsde_ray.models.available_archs`: small CIFAR-style nets
+    arch: a name from :data:`nsde_ray.names.ARCHS`: small CIFAR-style nets
     (``cifar_resnet8`` ...) for 8-32 px inputs or torchvision builders (``resnet50`` ...).
     """
 
     arch: str = "cifar_resnet8"
 
     def __post_init__(self) -> None:
-        from nsde_ray.models import available_archs
-
-        _one_of("arch", self.arch, available_archs())
+        _one_of("arch", self.arch, ARCHS)
 
 
 # The largest noise sigma a config accepts. sigma is the noise std relative to the block output's own std,
@@ -307,8 +306,6 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from nsde_ray.attribution import METHODS
-
         object.__setattr__(self, "methods", tuple(self.methods))
         _require(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods),
                  f"methods must be distinct and not empty, got {self.methods!r}")
@@ -437,42 +434,33 @@ class SearchSpace:
 
 
 REFERENCE_SIGMA = 0.5
+SPACE = "space"  # SweepConfig's search-space section, which --set may name beside the trial's
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """One accuracy-vs-robustness sweep: the base trial, the search space and where things go.
+class RunConfig:
+    """What every run of either command has: a name, where it lives, its base trial and its MLflow store.
 
-    name: the sweep's name in ``storage`` (Ray Tune state and every trial's checkpoints) and the
-    default MLflow experiment. num_samples: trials in all, the reference points included.
-    max_concurrent: trials at once (``None``: as many as the cluster's CPUs/GPUs allow).
-    seeds_per_config: training seeds each configuration is trained with (seeds ``base.train.seed``
-    onwards, one full run each); the searcher and the front see the means over them.
-    tracking_uri: MLflow tracking URI (``None``: MLflow's default, ``sqlite:///mlflow.db`` in the
-    working directory, made absolute so every Ray process writes to the same store).
+    name: the run's directory in ``storage`` (Ray Tune state and every trial's checkpoints) and the
+    default MLflow experiment (``experiment`` overrides it). max_concurrent: trials at once
+    (``None``: as many as the cluster's CPUs/GPUs allow). tracking_uri: MLflow tracking URI
+    (``None``: MLflow's default, ``sqlite:///mlflow.db`` in the working directory, made absolute so
+    every Ray process writes to the same store).
     """
 
     name: str
     storage: str
     base: TrialConfig = field(default_factory=TrialConfig)
-    space: SearchSpace = field(default_factory=SearchSpace)
-    num_samples: int = 8
     max_concurrent: int | None = None
     tracking_uri: str | None = None
     experiment: str | None = None
-    seed: int = 0
-    seeds_per_config: int = 2
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        _positive_int("num_samples (--num-samples)", self.num_samples)
-        _positive_int("seeds_per_config (--seeds-per-config)", self.seeds_per_config)
-        _require(self.max_concurrent is None or (isinstance(self.max_concurrent, int) and self.max_concurrent >= 1),
+        _require(self.max_concurrent is None or (isinstance(self.max_concurrent, int)
+                                                 and not isinstance(self.max_concurrent, bool)
+                                                 and self.max_concurrent >= 1),
                  f"max_concurrent (--max-concurrent) must be an integer >= 1, got {self.max_concurrent!r}")
-        _require(self.space.lr_range[0] <= self.base.train.lr <= self.space.lr_range[1],
-                 f"the base learning rate {self.base.train.lr} (the reference points') must lie in the lr range "
-                 f"{self.space.lr_range}")
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
 
     @property
     def experiment_name(self) -> str:
@@ -481,6 +469,30 @@ class SweepConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+@dataclass(frozen=True)
+class SweepConfig(RunConfig):
+    """One accuracy-vs-robustness sweep: the base trial, the search space and where things go.
+
+    num_samples: trials in all, the reference points included. seed: the searcher's.
+    seeds_per_config: training seeds each configuration is trained with (seeds ``base.train.seed``
+    onwards, one full run each); the searcher and the front see the means over them.
+    """
+
+    space: SearchSpace = field(default_factory=SearchSpace)
+    num_samples: int = 8
+    seed: int = 0
+    seeds_per_config: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int("num_samples (--num-samples)", self.num_samples)
+        _positive_int("seeds_per_config (--seeds-per-config)", self.seeds_per_config)
+        _require(self.space.lr_range[0] <= self.base.train.lr <= self.space.lr_range[1],
+                 f"the base learning rate {self.base.train.lr} (the reference points') must lie in the lr range "
+                 f"{self.space.lr_range}")
+        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
         values = dict(data)
@@ -488,3 +500,73 @@ class SweepConfig:
         values["base"] = TrialConfig.from_dict(values.get("base", {}))
         values["space"] = _build_section(SearchSpace, values.get("space", {}))
         return _build_section(cls, values)
+
+
+DEFAULT_SEEDS, PAPER_REPEATS = (0, 1, 2), 5
+
+
+@dataclass(frozen=True)
+class PaperTablesConfig(RunConfig):
+    """The grid: every (arch, noise mode, seed), trained once from ``base`` and evaluated ``repeats`` times.
+
+    base: every trial's config before the grid's params; its noise sigma (normalised, unitless;
+    the papers' 0.5) is that of the noisy modes, its ``eval`` the evaluation of one repeat.
+    seeds: training seeds (initial weights, shards, noise draws); the evaluation seeds are the
+    same for every model. name, storage, max_concurrent, tracking_uri, experiment: as in
+    :class:`RunConfig`. paired: train the plain models (``none``) for
+    ``base.train.epochs``, then fine-tune every other mode from the plain model of its (arch, seed)
+    for ``finetune_epochs`` (:mod:`nsde_ray.paired`); ``storage`` must then be a file system path.
+    """
+
+    archs: tuple[str, ...] = (ModelConfig.arch,)
+    noise_modes: tuple[str, ...] = NOISE_MODES
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    repeats: int = PAPER_REPEATS
+    paired: bool = False
+    finetune_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("archs", "noise_modes", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ConfigError(f"{name} must be distinct and not empty, got {list(values)}")
+        for arch in self.archs:
+            ModelConfig(arch=arch)
+        for mode in self.noise_modes:
+            NoiseConfig(mode=mode)
+        if any(not isinstance(seed, int) or isinstance(seed, bool) or seed < 0 for seed in self.seeds):
+            raise ConfigError(f"seeds must be integers >= 0, got {list(self.seeds)}")
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ConfigError(f"repeats (--repeats) must be an integer >= 1, got {self.repeats!r}")
+        if set(self.noise_modes) - {"none"} and self.base.noise.sigma <= 0:
+            raise ConfigError(f"sigma (--sigma) must be > 0 for the noisy modes {sorted(set(self.noise_modes) - {'none'})}: "
+                              "with sigma 0 they are the plain ResNet (the papers use 0.5)")
+        if self.paired:
+            if "none" not in self.noise_modes or len(self.noise_modes) < 2:
+                raise ConfigError("--paired fine-tunes the noisy models from the plain one: --noise-modes must include "
+                                  f"none and another mode, got {list(self.noise_modes)}")
+            if not isinstance(self.finetune_epochs, int) or isinstance(self.finetune_epochs, bool) \
+                    or self.finetune_epochs < 1:
+                raise ConfigError("--paired needs --finetune-epochs N (an integer >= 1): the epochs of each noisy "
+                                  f"model's fine-tune from the plain model, got {self.finetune_epochs!r}")
+            if "://" in self.storage:
+                raise ConfigError(f"--paired reads the plain models' checkpoints as files: --storage must be a local "
+                                  f"or NFS path that every node sees, not {self.storage!r}")
+        elif self.finetune_epochs is not None:
+            raise ConfigError("--finetune-epochs applies to --paired grids only: add --paired or drop it")
+
+    @property
+    def grid_size(self) -> int:
+        return len(self.archs) * len(self.noise_modes) * len(self.seeds)
+
+    def parent_params(self) -> dict[str, Any]:
+        """The parent run's params: the base trial's, with the grid's axes (comma-separated) and repeats."""
+        paired = {"paired": "true", "finetune_epochs": self.finetune_epochs} if self.paired else {"paired": "false"}
+        return dict(self.base.to_params(), arch=",".join(self.archs), noise_mode=",".join(self.noise_modes),
+                    seed=",".join(map(str, self.seeds)), repeats=self.repeats, **paired)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PaperTablesConfig:
+        return cls(**dict(data, base=TrialConfig.from_dict(data["base"])))

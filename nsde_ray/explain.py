@@ -1,6 +1,6 @@
 """One image, one trained model: top-k prediction, attribution map and its max-sensitivity (ExplainIt!).
 
-A trial's model is exported (:func:`export_model`) as one ``checkpoint.pt`` with the weights,
+A trial's model is exported (:func:`export_model`) as one ``model.pt`` with the weights,
 the config and what it takes to feed it an arbitrary image: class names, the normalisation, the
 input size and a small DeepSHAP baseline distribution drawn from the training set. It loads
 (:func:`load_model`) with ``torch.load(weights_only=True)``: nothing in the file is executed.
@@ -23,9 +23,9 @@ from nsde_ray.attribution import attribution_map, check_applicable, eval_mode, i
 from nsde_ray.config import TrialConfig
 from nsde_ray.data import DataSplits
 from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
-from nsde_ray.models import build_model
+from nsde_ray.names import LEGACY_MODEL_FILE, MODEL_FILE
+from nsde_ray.weights import load_tensors, model_from_state, weights_file
 
-MODEL_FILE = "checkpoint.pt"
 SHAP_BASELINES = 16
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # pixels: an exported model's input side (check_metadata)
 MAX_CLASSES = 100_000
@@ -82,18 +82,15 @@ def export_model(checkpoint_dir: str, splits: DataSplits, out_dir: str, seed: in
 
 def load_model(path: str) -> ModelBundle:
     """The :class:`ModelBundle` in ``path`` (the file, or the folder holding it), written by :func:`export_model`."""
-    if os.path.isdir(path):
-        path = os.path.join(path, MODEL_FILE)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path = weights_file(path, (MODEL_FILE, LEGACY_MODEL_FILE))
+    state = load_tensors(path)
     missing = {"model", "config", "class_names", "mean", "std", "image_size", "shap_baselines"} - set(state)
     if missing:
         raise ValueError(f"{path} is not an exported model (missing {', '.join(sorted(missing))}); "
                          "it was written by an older version or is a training checkpoint")
     check_metadata(state, path)
-    cfg = TrialConfig.from_dict(state["config"])
-    model = build_model(cfg.model.arch, state["num_classes"], state["in_channels"], cfg.noise)
-    model.load_state_dict(state["model"])
-    return ModelBundle(model.eval(), cfg, tuple(state["class_names"]), tuple(state["mean"]), tuple(state["std"]),
+    model, cfg = model_from_state(state)
+    return ModelBundle(model, cfg, tuple(state["class_names"]), tuple(state["mean"]), tuple(state["std"]),
                        int(state["image_size"]), state["shap_baselines"].float())
 
 

@@ -18,19 +18,22 @@ every trial, ``init_from``).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 
-from nsde_ray.paper_tables import PaperTablesConfig, build_grid_tuner
+from nsde_ray.config import PaperTablesConfig
+from nsde_ray.lifecycle import experiment_path, train_storage
+from nsde_ray.sweep import build_grid_tuner
 
 PLAIN, FINETUNE = "plain", "finetune"  # the stages' experiment names
-TRAIN_RUN = "trial_{}"  # the Ray Train run of Tune trial {}, as nsde_ray.sweep.run_trial names it
+TRAIN_RUN = "trial_{}"  # the Ray Train run of Tune trial {}, as nsde_ray.trial.run_trial names it
+
+log = logging.getLogger(__name__)
 
 
 def stage(cfg: PaperTablesConfig, name: str, noise_modes: tuple[str, ...], epochs: int) -> PaperTablesConfig:
     """One stage's settings: a grid over ``noise_modes`` of ``epochs`` epochs, in the grid's experiment directory."""
-    from nsde_ray.sweep import experiment_path
-
     return replace(cfg, name=name, storage=experiment_path(cfg), noise_modes=noise_modes, paired=False,
                    finetune_epochs=None, base=replace(cfg.base, train=replace(cfg.base.train, epochs=epochs)))
 
@@ -47,7 +50,6 @@ def plain_checkpoints(cfg: PaperTablesConfig, tracking) -> dict[str, tuple[str, 
     """{final checkpoint directory: (arch, seed)} of the finished plain models, found from their MLflow runs."""
     from ray.train import Result
 
-    from nsde_ray.sweep import train_storage
     from nsde_ray.tracking import STATUS, TRIAL_ID
 
     train_dir = train_storage(plain_stage(cfg))
@@ -78,28 +80,26 @@ def finetune_space(bases: dict[str, tuple[str, int]], noise_modes: tuple[str, ..
             "arch": tune.sample_from(BaseOf(bases, 0)), "seed": tune.sample_from(BaseOf(bases, 1))}
 
 
-def run(cfg: PaperTablesConfig, tracking, retry_errored: bool = True) -> list:
+def run(cfg: PaperTablesConfig, tracking, retry_errored: bool = True, log_level: int = logging.INFO) -> list:
     """Both stages, each restored where its experiment exists (errored trials run again unless not
     ``retry_errored``); returns the Tune results of both."""
     from ray import tune
 
-    from nsde_ray.sweep import experiment_path
-
     tracker = tracking.describe()
     plain, finetune = plain_stage(cfg), finetune_stage(cfg)
-    print(f"[nsde-ray] paired: stage 1 trains {plain.grid_size} plain models for {plain.base.train.epochs} epochs; "
-          f"stage 2 fine-tunes {', '.join(finetune.noise_modes)} from each for {cfg.finetune_epochs} epochs", flush=True)
+    log.info(f"paired: stage 1 trains {plain.grid_size} plain models for {plain.base.train.epochs} epochs; "
+             f"stage 2 fine-tunes {', '.join(finetune.noise_modes)} from each for {cfg.finetune_epochs} epochs")
     results = list(build_grid_tuner(plain, tracker, resume=tune.Tuner.can_restore(experiment_path(plain)),
-                                    retry_errored=retry_errored).fit())
+                                    retry_errored=retry_errored, log_level=log_level).fit())
     mark_runs(tracking, cfg)
     bases = plain_checkpoints(cfg, tracking)
     if not bases:
-        print("[nsde-ray] paired: no plain model finished, so nothing to fine-tune", flush=True)
+        log.info("paired: no plain model finished, so nothing to fine-tune")
         return results
     trials = len(bases) * len(finetune.noise_modes)
     results += list(build_grid_tuner(finetune, tracker, resume=tune.Tuner.can_restore(experiment_path(finetune)),
                                      param_space=finetune_space(bases, finetune.noise_modes), trials=trials,
-                                     retry_errored=retry_errored).fit())
+                                     retry_errored=retry_errored, log_level=log_level).fit())
     mark_runs(tracking, cfg)
     return results
 

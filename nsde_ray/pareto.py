@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"), ("sic", "max"))
+from nsde_ray.names import OBJECTIVES
 # Hypervolume reference point in the sweep's own units: accuracy 0, sensitivity 1 (the attribution
 # moved by as much as its own norm), SIC 0. Fixed, so the hypervolume is comparable across steps
 # and sweeps; a trial beyond it in any objective adds nothing.

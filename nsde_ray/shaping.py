@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from nsde_ray.attribution import attribution_map, make_explainer
+from nsde_ray.attribution import attribution_map, autocast_options, make_explainer
 from nsde_ray.augment import IDENTITY_PARAMS, apply_geometry
 from nsde_ray.config import NoiseConfig, ShapingConfig
 
@@ -109,7 +109,7 @@ class NoiseShaper:
         self.baseline = None if baseline is None else baseline.to(device)
         self.loader_processes = loader_processes
         self.memory_format = memory_format
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+        self.autocast = autocast_options(device, amp)
         self.shard = torch.unique(shard)
         self.position = torch.full((len(dataset),), -1, dtype=torch.long)
         self.position[self.shard] = torch.arange(len(self.shard))

@@ -35,14 +35,11 @@ import statistics
 import warnings
 from dataclasses import dataclass, field
 
-from nsde_ray.config import NOISE_MODES
+from nsde_ray.names import METHOD_LABELS, METHODS, NOISE_MODE_LABELS, NOISE_MODES
 
-MODE_NAMES = {"none": "ResNet", "gaussian": "Gaussian SDE", "attribution": "attribution SDE", "input": "input noise"}
 TABLE1_COLUMNS = {"none": "Standard (ResNet)", "gaussian": "Noise (Gaussian SDE)",
                   "attribution": "Attribution-driven noise", "input": "Input noise (baseline)"}
 PAPER_MODES = ("none", "gaussian", "attribution")  # the papers' claimed order, most sensitive first
-METHOD_NAMES = {"ig": "IG", "ig_nt": "IG + NT", "saliency": "Saliency", "deeplift": "DeepLIFT", "deepshap": "DeepSHAP"}
-TABLE1_METHODS = ("ig", "ig_nt", "saliency", "deeplift", "deepshap")  # AAAI 2022 Table 1's row order
 TABLE2_ROWS = (("none", "saliency", "Gradients"), ("none", "ig", "IG"), ("none", "ig_nt", "IG + Noise Tunnel"),
                ("gaussian", "ig", "IG"), ("attribution", "ig", "IG"), ("input", "ig", "IG"))  # AAAI 2022 Table 2: (mode, method, name)
 MISSING = "—"
@@ -180,7 +177,7 @@ def accuracy_table(results: list[ModelResult], archs: list[str]) -> Table:
              "with raw maps has far less than Gaussian noise at the same sigma); compare modes at matched "
              "effective sigma"]
     return Table("accuracy", "Validation accuracy and effective noise sigma",
-                 ["Architecture", "Quantity", *MODE_NAMES.values()], rows, records, notes)
+                 ["Architecture", "Quantity", *NOISE_MODE_LABELS.values()], rows, records, notes)
 
 
 def spread_note(cells: list[Cell]) -> list[str]:
@@ -205,12 +202,12 @@ def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str])
              "ResNet > Gaussian > attribution": PAPER_MODES, "input > Gaussian": ("input", "gaussian")}
     rows, records, every_cell = [], [], []
     counts = {claim: [0, 0] for claim in steps}  # methods where it held on the means, and in every seed
-    shown = [m for m in TABLE1_METHODS if m in methods]
+    shown = [m for m in METHODS if m in methods]
     for method in shown:
         cells = {mode: cell(results, arch, mode, f"sensitivity_{method}") for mode in NOISE_MODES}
         every_cell += cells.values()
         verdicts = {claim: ordering([cells[m] for m in modes], decreasing=True) for claim, modes in steps.items()}
-        rows.append([METHOD_NAMES[method], *(cells[m].text() for m in NOISE_MODES), *(v.text() for v in verdicts.values())])
+        rows.append([METHOD_LABELS[method], *(cells[m].text() for m in NOISE_MODES), *(v.text() for v in verdicts.values())])
         record: dict[str, object] = {"arch": arch, "method": method}
         for mode in NOISE_MODES:
             record.update(cells[mode].columns(mode))
@@ -237,7 +234,7 @@ def sic_table(results: list[ModelResult], archs: list[str], methods: list[str]) 
             if method not in methods:
                 continue
             c = cell(results, arch, mode, f"sic_{method}")
-            rows.append([arch, MODE_NAMES[mode], name, c.text()])
+            rows.append([arch, NOISE_MODE_LABELS[mode], name, c.text()])
             records.append({"arch": arch, "mode": mode, "method": method, **c.columns("sic")})
         ig = [cell(results, arch, mode, "sic_ig") for mode in PAPER_MODES]
         notes.append(f"{arch}: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
@@ -253,17 +250,17 @@ def localisation_table(results: list[ModelResult], arch: str, methods: list[str]
     if not any(k.startswith("localisation_auc_") for r in results if r.arch == arch for k in r.metrics):
         return None
     rows, records = [], []
-    for method in [m for m in TABLE1_METHODS if m in methods]:
+    for method in [m for m in METHODS if m in methods]:
         cells = {mode: cell(results, arch, mode, f"localisation_auc_{method}") for mode in NOISE_MODES}
         ranked = sorted((c.mean, mode) for mode, c in cells.items() if math.isfinite(c.mean))
-        rows.append([METHOD_NAMES[method], *(cells[m].text() for m in NOISE_MODES),
-                     MODE_NAMES[ranked[-1][1]] if ranked else MISSING])
+        rows.append([METHOD_LABELS[method], *(cells[m].text() for m in NOISE_MODES),
+                     NOISE_MODE_LABELS[ranked[-1][1]] if ranked else MISSING])
         record: dict[str, object] = {"arch": arch, "method": method}
         for mode in NOISE_MODES:
             record.update(cells[mode].columns(mode))
         records.append(record)
     return Table(f"localisation_{arch}", f"Localisation AUC, {arch} (higher is better; no claim in the papers)",
-                 ["Attribution", *(MODE_NAMES[m] for m in NOISE_MODES), "best"], rows, records)
+                 ["Attribution", *(NOISE_MODE_LABELS[m] for m in NOISE_MODES), "best"], rows, records)
 
 
 def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -285,7 +282,7 @@ def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
 def paired_metrics(methods: list[str]) -> list[tuple[str, str, bool]]:
     """(metric, label, higher is better) of the paired-differences table: accuracy, sensitivity per method, SIC of IG."""
     return [("val_accuracy", "val accuracy", True),
-            *((f"sensitivity_{m}", f"sensitivity {METHOD_NAMES[m]}", False) for m in TABLE1_METHODS if m in methods),
+            *((f"sensitivity_{m}", f"sensitivity {METHOD_LABELS[m]}", False) for m in METHODS if m in methods),
             ("sic_ig", "SIC (IG)", True)]
 
 
@@ -305,7 +302,7 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
                 tested, significant = tested + (not math.isnan(p)), significant + (p < 0.05)
                 text = MISSING if not seeds else f"{differences.mean:+.3g}" + (
                     f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
-                rows.append([arch, MODE_NAMES[mode], label, "higher" if higher else "lower", text,
+                rows.append([arch, NOISE_MODE_LABELS[mode], label, "higher" if higher else "lower", text,
                              f"{better}/{len(seeds)}", _number(t), _number(p)])
                 records.append({"arch": arch, "mode": mode, "metric": metric, "higher_is_better": higher,
                                 "difference_mean": differences.mean, "difference_seed_std": differences.seed_std,

@@ -25,7 +25,8 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from nsde_ray import front, pareto
+from nsde_ray import front
+from nsde_ray.names import FRONT_PARAMS, OBJECTIVES
 
 ROLE, TRIAL_ID, STATUS, SWEEP = "nsde.role", "nsde.trial_id", "nsde.status", "nsde.sweep"
 PARENT = "mlflow.parentRunId"
@@ -37,8 +38,6 @@ EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_developm
 FRONT_FILTER = f"tags.{PARETO_TAG} = 'true'"
 FRONT_CSV, FRONT_HTML, FRONT_PNG = "pareto_front.csv", "pareto_front.html", "pareto_front.png"
 MODEL_DIR = "model"
-FRONT_PARAMS = ("noise_mode", "noise_sigma", "lr", "shaping_method", "shaping_warmup_epochs",
-                "shaping_refresh_every", "shaping_clip_percentile", "shaping_energy", "seeds_per_config")
 # Metrics whose spread across seeds is logged (<name>_std, <name>_se): the objectives and the per-method ones.
 REPLICATED = ("val_accuracy", "noise_energy", "sensitivity", "sic", "aic_", "infidelity_", "localisation_auc_",
               "randomisation_similarity_", "randomisation_repeatability_", "ig_")
@@ -104,6 +103,11 @@ def redact(text: str, uri: str | None) -> str:
     password = uri.split("://", 1)[1].partition("/")[0].rpartition("@")[0].split(":", 1)[1]
     text = text.replace(uri, mask_uri(uri))
     return text.replace(password, MASK) if password else text
+
+
+def tracking_warning(what: str, err: Exception, uri: str | None = None) -> str:
+    """``what`` went wrong with MLflow, and the error, as a warning's text with ``uri``'s password kept out."""
+    return f"{what}: {redact(f'{type(err).__name__}: {err}', uri)}"
 
 
 def resolve_resume_uri(given: str | None, stored: str | None) -> str:
@@ -296,7 +300,7 @@ class SweepTracker:
             row.update({name: params.get(name, "") for name in FRONT_PARAMS})
             if row["noise_mode"] != "attribution":  # shaping params are unused defaults there
                 row.update({name: "" for name in FRONT_PARAMS if name.startswith("shaping_")})
-            for name, _ in pareto.OBJECTIVES:  # non-finite values are not logged: NaN here, kept off the front
+            for name, _ in OBJECTIVES:  # non-finite values are not logged: NaN here, kept off the front
                 row[name], row[f"{name}_se"] = metrics.get(name, math.nan), metrics.get(f"{name}_se", math.nan)
             row.update({name: metrics.get(name, math.nan) for name in FRONT_METRICS})
             row["effective_sigma"] = effective_sigma(params.get("noise_sigma", ""), row["noise_energy"])

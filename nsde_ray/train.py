@@ -22,12 +22,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from nsde_ray.attribution import ig_baseline
+from nsde_ray.attribution import autocast_options, ig_baseline
 from nsde_ray.config import NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets, loader_processes
 from nsde_ray.models import build_model, set_noise_shape_maps
 from nsde_ray.shaping import NoiseShaper, noise_energy
-from nsde_ray.weights import CHECKPOINT_FILE, load_init_weights
+from nsde_ray.names import CHECKPOINT_FILE
+from nsde_ray.weights import load_init_weights, load_tensors, model_from_state
 
 
 @dataclass
@@ -75,7 +76,7 @@ def load_checkpoint(path: str) -> dict:
     ``config`` (:meth:`TrialConfig.to_dict`). A run that diverged ends with a
     checkpoint holding ``diverged: True`` and no weights; the one before it has the last good model.
     """
-    return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    return load_tensors(os.path.join(path, CHECKPOINT_FILE))
 
 
 def load_trained_model(checkpoint_dir: str) -> tuple[nn.Module, TrialConfig]:
@@ -83,10 +84,7 @@ def load_trained_model(checkpoint_dir: str) -> tuple[nn.Module, TrialConfig]:
     state = load_checkpoint(checkpoint_dir)
     if state.get("diverged"):
         raise ValueError(f"the checkpoint in {checkpoint_dir} marks a diverged run: it holds no weights")
-    cfg = TrialConfig.from_dict(state["config"])
-    model = build_model(cfg.model.arch, state["num_classes"], state["in_channels"], cfg.noise)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
+    return model_from_state(state)
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -136,7 +134,7 @@ def train_fn_per_worker(config: dict) -> None:
         start_epoch, train_time_s, shaping_time_s = state["epoch"], state["train_time_s"], state["shaping_time_s"]
         noise_energy_sum = state["noise_energy_sum"]
     ddp_model = compile_for_training(ray.train.torch.prepare_model(model, move_to_device=False), cfg.train)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.train.amp)
+    autocast = autocast_options(device, cfg.train.amp)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         sampler.set_epoch(epoch)

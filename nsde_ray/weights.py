@@ -1,4 +1,7 @@
-"""Initial weights of a trial (``TrainConfig.init_from``): read as plain tensors, checked key by key and shape by shape.
+"""Weights on disk: loading checkpoints and exported models, and a trial's initial weights (``TrainConfig.init_from``).
+
+Every file is read with :func:`load_tensors` (``torch.load(weights_only=True)``): nothing in it is
+executed. :func:`model_from_state` builds the model of a training checkpoint or an exported model.
 
 The weights are a state dict saved with ``torch.save`` (torchvision's own included: the models
 load them unchanged) or one of this package's checkpoints, a training checkpoint or an exported
@@ -18,8 +21,9 @@ import torch
 from torch import nn
 
 from nsde_ray.config import TrialConfig
+from nsde_ray.models import build_model
+from nsde_ray.names import CHECKPOINT_FILE, LEGACY_MODEL_FILE, MODEL_FILE
 
-CHECKPOINT_FILE = "checkpoint.pt"  # the weights' file in a checkpoint directory (training checkpoint or exported model)
 SHOWN = 3  # mismatching keys named in an error
 
 
@@ -27,14 +31,40 @@ class WeightsError(ValueError):
     """Initial weights that cannot be read, or that do not fit the model; the message names the mismatch."""
 
 
+def load_tensors(file: str) -> dict:
+    """The contents of a file written by ``torch.save``, on the CPU, read as plain data (no code runs)."""
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def weights_file(path: str, names: tuple[str, ...] = (CHECKPOINT_FILE, MODEL_FILE, LEGACY_MODEL_FILE)) -> str:
+    """``path`` itself, or for a directory the first of ``names`` in it (the first name if none is there)."""
+    if not os.path.isdir(path):
+        return path
+    return next((os.path.join(path, name) for name in names if os.path.isfile(os.path.join(path, name))),
+                os.path.join(path, names[0]))
+
+
+def model_from_state(state: dict) -> tuple[nn.Module, TrialConfig]:
+    """The model (eval mode, CPU) and config of a training checkpoint or an exported model.
+
+    ``state`` holds ``config`` (:meth:`TrialConfig.to_dict`), ``num_classes``, ``in_channels`` and
+    ``model`` (the state dict).
+    """
+    cfg = TrialConfig.from_dict(state["config"])
+    model = build_model(cfg.model.arch, state["num_classes"], state["in_channels"], cfg.noise)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
+
+
 def read_weights(path: str) -> dict[str, torch.Tensor]:
-    """The state dict (``{key: tensor}``) in ``path``: a state-dict file, or a checkpoint's file or directory."""
-    file = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
+    """The state dict (``{key: tensor}``) in ``path``: a state-dict file, or a checkpoint's (or exported
+    model's) file or directory."""
+    file = weights_file(path)
     if not os.path.isfile(file):
         raise WeightsError(f"init weights {file!r} not found: pass a state dict saved with torch.save, or a "
                            f"checkpoint directory holding {CHECKPOINT_FILE}")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = load_tensors(file)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         raise WeightsError(f"init weights {file!r} cannot be read as plain tensors with torch.load(weights_only=True) "
                            f"(save model.state_dict(), not the model): {_first_sentence(err)}") from err

@@ -4,7 +4,7 @@ import pytest
 
 from nsde_ray.config import (MAX_SIGMA, ConfigError, DataConfig, ModelConfig, NoiseConfig, SearchSpace, ShapingConfig,
                              SweepConfig, TrainConfig, TrialConfig, check_name)
-from nsde_ray.paper_tables import PaperTablesConfig
+from nsde_ray.config import PaperTablesConfig
 
 
 @pytest.mark.parametrize("build, message", [

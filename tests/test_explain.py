@@ -11,7 +11,8 @@ from PIL import Image
 from dashboards.uploads import UploadError, read_image
 from nsde_ray.attribution import attribute
 from nsde_ray.config import TrialConfig
-from nsde_ray.explain import MODEL_FILE, explain_image, export_model, load_model, prepare_image
+from nsde_ray.names import CHECKPOINT_FILE, MODEL_FILE
+from nsde_ray.explain import explain_image, export_model, load_model, prepare_image
 from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
 
 
@@ -22,7 +23,7 @@ def bundle(digits_model, tmp_path_factory):
     checkpoint_dir = tmp_path_factory.mktemp("checkpoint")
     torch.save({"model": model.state_dict(), "config": TrialConfig().to_dict(), "epoch": 3,
                 "num_classes": splits.num_classes, "in_channels": splits.in_channels},
-               os.path.join(checkpoint_dir, MODEL_FILE))
+               os.path.join(checkpoint_dir, CHECKPOINT_FILE))
     out_dir = tmp_path_factory.mktemp("exported")
     export_model(str(checkpoint_dir), splits, str(out_dir))
     return load_model(str(out_dir)), splits

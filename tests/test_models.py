@@ -6,11 +6,11 @@ import torchvision
 from torch import nn
 
 from nsde_ray.config import NoiseConfig
-from nsde_ray.models import (BlockNoise, available_archs, build_model, noise_modules, set_noise_shape_maps)
-from nsde_ray.models import TORCHVISION_ARCHS
+from nsde_ray.models import BlockNoise, build_model, noise_modules, set_noise_shape_maps
+from nsde_ray.names import ARCHS, TORCHVISION_ARCHS
 
 
-@pytest.mark.parametrize("arch", available_archs())
+@pytest.mark.parametrize("arch", ARCHS)
 def test_forward_backward_every_arch(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=5, in_channels=3, noise=NoiseConfig("gaussian", 0.5))

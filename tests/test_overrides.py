@@ -9,6 +9,7 @@ import pytest
 from helpers import assert_usage_error
 from nsde_ray import cli, overrides, paper_tables
 from nsde_ray.config import ConfigError, TrainConfig, TrialConfig
+from nsde_ray.names import METHODS
 from nsde_ray.overrides import OverrideError, build_trial, load_config_file, parse_set, parse_value
 
 
@@ -182,7 +183,7 @@ def test_paper_tables_take_the_same_overrides(tmp_path):
     assert cfg.archs == ("cifar_resnet14",)  # without --arch the grid is the base config's model.arch
     assert (cfg.base.data.image_size, cfg.base.train.optimizer, cfg.base.noise.sigma, cfg.base.eval.n_steps) == \
         (16, "adam", 0.25, 8)
-    assert cfg.base.eval.methods == paper_tables.PAPER_METHODS
+    assert cfg.base.eval.methods == METHODS
 
 
 @pytest.mark.parametrize("main", [cli.main, paper_tables.main], ids=["sweep", "paper_tables"])

@@ -14,8 +14,10 @@ from helpers import assert_usage_error
 from nsde_ray import tables
 from nsde_ray.config import NOISE_MODES, EvalConfig, SweepConfig
 from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
-from nsde_ray.paper_tables import PaperTablesConfig, main, run_metrics
-from nsde_ray.sweep import save_sweep_state
+from nsde_ray.config import PaperTablesConfig
+from nsde_ray.lifecycle import save_state
+from nsde_ray.paper_tables import main
+from nsde_ray.report import run_metrics
 
 MODES = ("none", "gaussian", "attribution")
 
@@ -197,7 +199,7 @@ def test_config_round_trips_and_spans_the_grid():
 ])
 def test_bad_flags_fail_before_ray_starts(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    save_sweep_state(SweepConfig(name="main_sweep", storage=str(tmp_path / "ray")), {})
+    save_state(SweepConfig(name="main_sweep", storage=str(tmp_path / "ray")), {})
     assert_usage_error(main, flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri",
                                       f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
 

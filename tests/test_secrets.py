@@ -51,9 +51,9 @@ def _open(tmp_path, *flags):
 
 
 def test_the_state_file_holds_the_uri_masked_and_resume_asks_for_the_password(tmp_path, monkeypatch):
-    from nsde_ray import tracking
+    from nsde_ray import lifecycle, tracking
 
-    monkeypatch.setattr(tracking, "check_reachable", lambda uri: None)  # no server here; MLflow's client is stubbed
+    monkeypatch.setattr(lifecycle, "check_reachable", lambda uri: None)  # no server here; MLflow's client is stubbed
     monkeypatch.setattr(tracking.SweepTracker, "start",
                         classmethod(lambda cls, uri, experiment, name, params: cls(uri, "1", "parent")))
     monkeypatch.setattr(tracking.SweepTracker, "reopen_parent", lambda self: None)

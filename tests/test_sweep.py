@@ -9,7 +9,8 @@ import pytest
 from helpers import assert_usage_error
 from nsde_ray.cli import main
 from nsde_ray.config import SearchSpace, SweepConfig, TrialConfig
-from nsde_ray.sweep import DefineSpace, reference_points, trial_config
+from nsde_ray.sweep import DefineSpace, reference_points
+from nsde_ray.trial import trial_config
 from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG, SweepTracker
 
 
@@ -64,10 +65,10 @@ def test_a_tracking_server_that_does_not_answer_fails_in_seconds(tmp_path, capsy
 
 
 def test_an_existing_sweep_name_is_not_overwritten(tmp_path, capsys, monkeypatch):
-    from nsde_ray.sweep import save_sweep_state
+    from nsde_ray.lifecycle import save_state
 
     monkeypatch.chdir(tmp_path)
-    save_sweep_state(SweepConfig(name="taken", storage=str(tmp_path)), {})
+    save_state(SweepConfig(name="taken", storage=str(tmp_path)), {})
     with pytest.raises(SystemExit):
         main(["--name", "taken", "--storage", str(tmp_path)])
     assert "pass --resume to continue it" in capsys.readouterr().err
@@ -160,7 +161,7 @@ def _epoch(epoch):
 def test_epoch_logger_survives_mlflow_errors_and_logs_the_waiting_epochs_later(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from nsde_ray import sweep
+    from nsde_ray import trial
     from nsde_ray.tracking import SweepTracker as Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -175,7 +176,7 @@ def test_epoch_logger_survives_mlflow_errors_and_logs_the_waiting_epochs_later(t
         return log_epoch(self, *args, **kwargs)
 
     monkeypatch.setattr(Tracker, "log_epoch", flaky)
-    logger = sweep.EpochLogger(tracker.describe(), run_id, "trial t1", 6)
+    logger = trial.EpochLogger(tracker.describe(), run_id, "trial t1", 6)
     logger.after_report(None, [_epoch(1)], None)  # raised before: the Train controller, which Ray does not retry
     logger.after_report(None, [_epoch(2)], None)
     assert logger.pending == [1, 2]
@@ -191,23 +192,23 @@ def test_epoch_logger_survives_mlflow_errors_and_logs_the_waiting_epochs_later(t
     logger.after_report(None, [_epoch(4)], None)
     down["now"] = False
     result = SimpleNamespace(best_checkpoints=[(None, _epoch(3)), (None, _epoch(4))], metrics=_epoch(5))
-    sweep.log_kept_epochs(tracker, run_id, result)
+    trial.log_kept_epochs(tracker, run_id, result)
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # none twice
 
 
 def test_epoch_logger_keeps_a_bounded_buffer(monkeypatch):
-    from nsde_ray import sweep
+    from nsde_ray import trial
 
     class Down:
         def __init__(self, **kwargs):
             raise ConnectionError("down")
 
-    monkeypatch.setattr(sweep, "SweepTracker", Down)
-    logger = sweep.EpochLogger({"tracking_uri": "http://x"}, "run", "trial t1", 100)
-    for epoch in range(1, sweep.PENDING_EPOCHS + 6):
+    monkeypatch.setattr(trial, "SweepTracker", Down)
+    logger = trial.EpochLogger({"tracking_uri": "http://x"}, "run", "trial t1", 100)
+    for epoch in range(1, trial.PENDING_EPOCHS + 6):
         logger.after_report(None, [_epoch(epoch)], None)
-    assert logger.pending == list(range(6, sweep.PENDING_EPOCHS + 6))  # the newest are kept
+    assert logger.pending == list(range(6, trial.PENDING_EPOCHS + 6))  # the newest are kept
 
 
 def test_driver_callbacks_never_raise_on_mlflow_errors(monkeypatch, capsys):
@@ -269,26 +270,26 @@ def test_a_tracking_uri_mlflow_cannot_use_is_a_usage_error(tmp_path, capsys, mon
 def test_the_state_is_replaced_atomically(tmp_path, monkeypatch):
     import os
 
-    from nsde_ray import sweep
+    from nsde_ray import lifecycle
 
     old = SweepConfig(name="s", storage=str(tmp_path), num_samples=3)
-    sweep.save_sweep_state(old, {"tracking_uri": "sqlite:///x.db"})
+    lifecycle.save_state(old, {"tracking_uri": "sqlite:///x.db"})
     for failure in ("serialise", "rename"):
         with monkeypatch.context() as patch:
             if failure == "serialise":
-                patch.setattr(sweep.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+                patch.setattr(lifecycle.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
             else:  # a crash or a full disk between writing the new state and putting it in place
                 patch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
             with pytest.raises((RuntimeError, OSError)):
-                sweep.save_sweep_state(SweepConfig(name="s", storage=str(tmp_path), num_samples=9), {})
-        assert sweep.load_sweep_state(str(tmp_path), "s")[0].num_samples == 3
-        assert os.listdir(tmp_path / "s") == [sweep.SWEEP_FILE]  # no temporary file left behind
-    sweep.save_sweep_state(SweepConfig(name="s", storage=str(tmp_path), num_samples=9), {})
-    assert sweep.load_sweep_state(str(tmp_path), "s")[0].num_samples == 9
+                lifecycle.save_state(SweepConfig(name="s", storage=str(tmp_path), num_samples=9), {})
+        assert SweepConfig.from_dict(lifecycle.load_state(str(tmp_path), "s", "sweep")[0]).num_samples == 3
+        assert os.listdir(tmp_path / "s") == [lifecycle.SWEEP_FILE]  # no temporary file left behind
+    lifecycle.save_state(SweepConfig(name="s", storage=str(tmp_path), num_samples=9), {})
+    assert SweepConfig.from_dict(lifecycle.load_state(str(tmp_path), "s", "sweep")[0]).num_samples == 9
 
 
 def test_a_storage_that_cannot_be_listed_is_not_read_as_empty(tmp_path):
-    from nsde_ray.sweep import SweepError, list_sweeps, save_sweep_state
+    from nsde_ray.lifecycle import SweepError, list_sweeps, save_state as save_sweep_state
 
     assert list_sweeps(str(tmp_path / "not-yet")) == []  # a storage not made yet holds no sweeps
     save_sweep_state(SweepConfig(name="s", storage=str(tmp_path / "ray")), {})
@@ -300,7 +301,7 @@ def test_a_storage_that_cannot_be_listed_is_not_read_as_empty(tmp_path):
 
 def test_resume_names_each_flag_that_differs_from_the_stored_settings(tmp_path, monkeypatch, capsys):
     from nsde_ray import cli
-    from nsde_ray.sweep import save_sweep_state
+    from nsde_ray.lifecycle import save_state as save_sweep_state
     from nsde_ray.tracking import SweepTracker as Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

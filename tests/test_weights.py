@@ -11,7 +11,8 @@ from helpers import assert_usage_error
 from nsde_ray import cli, paper_tables
 from nsde_ray.config import DataConfig, NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.models import build_model
-from nsde_ray.weights import CHECKPOINT_FILE, WeightsError, load_init_weights, read_weights
+from nsde_ray.names import CHECKPOINT_FILE
+from nsde_ray.weights import WeightsError, load_init_weights, read_weights
 
 
 def _digits_model(seed: int, num_classes: int = 10, arch: str = "cifar_resnet8") -> torch.nn.Module:

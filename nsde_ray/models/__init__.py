@@ -17,24 +17,15 @@ from torch import nn
 from nsde_ray.models.blocks import StochasticBasicBlock, StochasticBottleneck, make_stochastic
 from nsde_ray.models.cifar import CifarResNet
 from nsde_ray.models.noise import BlockNoise, noise_modules, set_fused_noise, set_noise_shape_maps
+from nsde_ray.names import ARCHS, CIFAR_DEPTHS, TORCHVISION_ARCHS
 
 if TYPE_CHECKING:
     from nsde_ray.config import NoiseConfig
 
-CIFAR_DEPTHS = {"cifar_resnet8": 8, "cifar_resnet14": 14, "cifar_resnet20": 20, "cifar_resnet32": 32,
-                "cifar_resnet56": 56}
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                     "wide_resnet50_2", "wide_resnet101_2",
-                     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
-__all__ = ["BlockNoise", "StochasticBasicBlock", "StochasticBottleneck", "available_archs", "build_model",
+__all__ = ["BlockNoise", "StochasticBasicBlock", "StochasticBottleneck", "build_model",
            "build_plain_model", "noise_modules", "set_fused_noise", "set_noise_shape_maps"]
-
-
-def available_archs() -> tuple[str, ...]:
-    """Every name :func:`build_model` accepts."""
-    return tuple(CIFAR_DEPTHS) + TORCHVISION_ARCHS
 
 
 def build_plain_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -42,7 +33,7 @@ def build_plain_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.M
     if arch in CIFAR_DEPTHS:
         return CifarResNet(CIFAR_DEPTHS[arch], num_classes=num_classes, in_channels=in_channels)
     if arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(available_archs())}")
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         old = model.conv1

@@ -1,0 +1,299 @@
+"""One trial: a configuration trained (Ray Train) and evaluated with each of its seeds, logged to MLflow.
+
+:func:`trial_trainable` is Tune's trainable for both commands. Per seed, :func:`run_seed` trains
+with a ``TorchTrainer`` (per-epoch metrics to MLflow by :class:`EpochLogger` on the Train
+controller), evaluates the final checkpoint in a Ray task that holds one worker's resources
+(:func:`evaluate_checkpoint`) and logs everything to the seed's MLflow run; :func:`run_trial`
+aggregates the seeds and reports to Tune (:func:`reported_metrics`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from nsde_ray.config import TrialConfig
+from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
+from nsde_ray.logs import configure
+from nsde_ray.names import OBJECTIVES
+from nsde_ray.tracking import MODEL_DIR, SweepTracker, aggregate_seeds, tracking_warning
+
+TRIAL_DRIVER_MEMORY = 256 * 1024 ** 2  # bytes
+
+log = logging.getLogger(__name__)
+
+PENDING_EPOCHS = 32  # epochs an EpochLogger holds while MLflow fails; beyond that the oldest are dropped
+
+
+class EpochLogger(ray.train.UserCallback):
+    """Runs on the Train controller: each epoch's rank-0 metrics to the trial's MLflow run, and a progress line.
+
+    Ray does not retry the Train controller, so nothing here raises: an MLflow error (a tracking
+    server down for longer than the client's retries) is printed as a warning, once per run, and
+    the epoch's metrics wait in a buffer of at most :data:`PENDING_EPOCHS` epochs that the next
+    call logs first. What still waits when training ends is logged by the trial's driver from the
+    Train result's kept reports (:func:`log_kept_epochs`, before the run is finished).
+    """
+
+    def __init__(self, tracker: dict[str, str], run_id: str, label: str, epochs: int,
+                 log_level: int = logging.INFO) -> None:
+        self.tracker, self.run_id, self.label, self.epochs = tracker, run_id, label, epochs
+        self.log_level = log_level
+        self._client: SweepTracker | None = None
+        self._pending: collections.deque = collections.deque(maxlen=PENDING_EPOCHS)
+        self._warned = False
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        try:
+            epoch_metrics = dict(metrics[0])
+            epoch = int(epoch_metrics["epoch"])
+            self._pending.append([epoch, epoch_metrics, False])  # [epoch, metrics, metrics logged]
+            self.flush()
+            configure(self.log_level).info(
+                f"{self.label} epoch {epoch}/{self.epochs}: train_loss={epoch_metrics['train_loss']:.4f} "
+                f"val_accuracy={epoch_metrics['val_accuracy']:.4f}")
+        except Exception as err:  # a malformed report: never fail the Train run over logging
+            self._warn(err)
+
+    def flush(self) -> bool:
+        """Log the waiting epochs, oldest first; False (after a warning, the first time) if MLflow fails."""
+        try:
+            if self._client is None:
+                self._client = SweepTracker(**self.tracker)
+            while self._pending:
+                entry = self._pending[0]
+                epoch, epoch_metrics, logged = entry
+                if not logged:
+                    self._client.log_epoch(self.run_id, epoch_metrics, epoch)
+                    entry[2] = True
+                self._client.add_train_node(self.run_id, epoch_metrics.get("node_id", ""))
+                self._pending.popleft()
+            return True
+        except Exception as err:  # MLflow raises many kinds (connection, HTTP, database)
+            self._warn(err)
+            return False
+
+    @property
+    def pending(self) -> list[int]:
+        """The epochs that wait to be logged."""
+        return [entry[0] for entry in self._pending]
+
+    def _warn(self, err: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            configure(self.log_level).warning(tracking_warning(
+                f"{self.label}: cannot log epoch metrics to MLflow (keeping up to {PENDING_EPOCHS} epochs to log "
+                "when it answers again)", err, self.tracker.get("tracking_uri")))
+
+
+def log_kept_epochs(tracking: SweepTracker, run_id: str, result) -> None:
+    """Log the epochs of a finished Train ``result`` (its last report and kept checkpoints) that the run lacks.
+
+    The catch-up for :class:`EpochLogger`'s buffer: epochs it could not log before training ended.
+    """
+    reports = [metrics for _, metrics in (getattr(result, "best_checkpoints", None) or [])] + [result.metrics or {}]
+    tracking.log_missing_epochs(run_id, [metrics for metrics in reports if "epoch" in metrics])
+
+
+def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool,
+                        repeats: int = 1) -> tuple[dict, dict[str, bytes]]:
+    """Evaluate a trial's final checkpoint; returns (metrics, {artifact path: bytes}) including the model file.
+
+    ``repeats`` > 1 repeats the evaluation on new seeded image sets (:func:`evaluate_repeated`).
+    Runs as a Ray task holding one DDP worker's resources, so evaluation is accounted like training.
+    """
+    from nsde_ray.data import build_datasets
+    from nsde_ray.evaluate import evaluate_repeated
+    from nsde_ray.explain import export_model
+    from nsde_ray.train import load_trained_model
+
+    cfg = TrialConfig.from_dict(config)
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as out_dir:
+        model, _ = load_trained_model(checkpoint_dir)
+        splits = build_datasets(cfg.data)
+        result = evaluate_repeated(model, splits, cfg.eval, repeats, out_dir=out_dir, device=device, progress=False)
+        export_model(checkpoint_dir, splits, os.path.join(out_dir, MODEL_DIR), seed=cfg.eval.seed)
+        files = {}
+        for folder, _, names in os.walk(out_dir):
+            for name in names:
+                path = os.path.join(folder, name)
+                with open(path, "rb") as handle:
+                    files[os.path.relpath(path, out_dir)] = handle.read()
+    metrics = dict(result.metrics, eval_time_s=time.perf_counter() - started)
+    return metrics, files
+
+
+def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeats: int = 1,
+              seeds_per_config: int = 1, log_level: int = logging.INFO) -> None:
+    """Tune's trainable: one configuration, trained and evaluated with each of its seeds, reported to Tune.
+
+    ``config`` holds the trial's params, applied to ``base`` (:meth:`TrialConfig.to_dict`);
+    ``storage_path`` is where its Train runs keep checkpoints; ``repeats`` as
+    :func:`evaluate_checkpoint`. With ``seeds_per_config`` K > 1 the configuration is trained with
+    training seeds ``seed``, ..., ``seed + K - 1`` one after another, each a full run of its own
+    (:func:`run_seed`, a nested MLflow run); the trial's run holds their means, stds and standard
+    errors (:func:`nsde_ray.tracking.aggregate_seeds`), and Tune sees the means. With K = 1 the
+    trial's run is the seed's run. A run already finished (a seed finished after the sweep state
+    was last saved, then the driver died, or a retried trial) reports its stored metrics instead
+    of running again, so a resumed sweep trains only its unfinished seeds. ``log_level``: this
+    process's (and its Train runs') :mod:`nsde_ray.logs` level.
+    """
+    configure(log_level)
+    started = time.perf_counter()
+    cfg = trial_config(TrialConfig.from_dict(base), config)
+    trial_id = tune.get_context().get_trial_id()
+    tracking = SweepTracker(**tracker)
+    run_id, status = tracking.open_trial(trial_id, dict(cfg.to_params(), seeds_per_config=seeds_per_config))
+    if status in ("finished", "diverged"):
+        tune.report(reported_metrics(tracking.finished_metrics(run_id), diverged=status == "diverged"))
+        return
+    label = f"trial {trial_id} ({_describe(config)})"
+    if seeds_per_config == 1:
+        status, final = run_seed(cfg, tracking, run_id, f"trial_{trial_id}", label, storage_path, repeats, log_level)
+        tune.report(reported_metrics(final, diverged=status == "diverged"))
+        return
+    outcomes = []
+    for index in range(seeds_per_config):
+        seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + index))
+        seed_run, seed_status = tracking.open_seed(run_id, trial_id, index, seed_cfg.to_params())
+        if seed_status not in ("finished", "diverged"):
+            seed_status, _ = run_seed(seed_cfg, tracking, seed_run, f"trial_{trial_id}_seed{index}",
+                                      f"{label} seed {index + 1}/{seeds_per_config}", storage_path, repeats,
+                                      log_level)
+        outcomes.append((seed_status, tracking.finished_metrics(seed_run)))
+    diverged = any(seed_status == "diverged" for seed_status, _ in outcomes)
+    final = aggregate_seeds([metrics for _, metrics in outcomes])
+    final["trial_wall_s"] = time.perf_counter() - started
+    tracking.finish_trial(run_id, "diverged" if diverged else "finished", final,
+                          error="a seed's training loss became non-finite" if diverged else None)
+    if not diverged:
+        log.info(f"{label} finished over {seeds_per_config} seeds: "
+                 + ", ".join(f"{name}={final[name]:.4g} ± {final.get(f'{name}_se', math.nan):.2g}"
+                             for name, _ in OBJECTIVES if name in final))
+    tune.report(reported_metrics(final, diverged=diverged))
+
+
+def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: str, label: str, storage_path: str,
+             repeats: int, log_level: int = logging.INFO) -> tuple[str, dict[str, float]]:
+    """Train (Ray Train) and evaluate one seed of a configuration, logged to ``run_id``: (status, final metrics).
+
+    ``train_name`` names its Train run, stable across restarts, so a retried seed continues from
+    its latest checkpoint. Status is ``finished`` or ``diverged``; a failure marks the run failed
+    and raises :class:`SweepError`.
+    """
+    from nsde_ray.train import build_trainer
+
+    started = time.perf_counter()
+    trainer = build_trainer(cfg, name=train_name, storage_path=storage_path,
+                            callbacks=[EpochLogger(tracking.describe(), run_id, label, cfg.train.epochs, log_level)])
+    fit_started = time.perf_counter()
+    try:
+        result = trainer.fit()
+        error = result.error
+    except ray.train.TrainingFailedError as err:
+        result, error = None, err
+    if error is not None:
+        tracking.finish_trial(run_id, "failed", {}, error=f"{type(error).__name__}: {error}")
+        raise SweepError(f"{label} failed in training: {error}")
+    fit_s = time.perf_counter() - fit_started
+    log_kept_epochs(tracking, run_id, result)  # what EpochLogger could not log while MLflow failed
+    train_metrics = dict(result.metrics or {})
+    if train_metrics.get("diverged"):
+        tracking.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
+        log.info(f"{label} diverged (non-finite loss) at epoch {train_metrics.get('epoch')}")
+        return "diverged", train_metrics
+    # Outside the trial's placement group (which holds no CPU): the task takes one worker's resources.
+    resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0,
+                     scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    eval_started = time.perf_counter()
+    try:
+        eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
+            result.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats))
+    except Exception as err:  # the evaluation task's error, re-raised by ray.get
+        tracking.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")
+        raise SweepError(f"{label} failed in evaluation: {err}") from err
+    final = {key: value for key, value in train_metrics.items() if isinstance(value, (int, float))}
+    final.update(eval_metrics)
+    # Where the overhead goes: starting the Train run (controller, workers, process group; plus the
+    # per-epoch checkpoints), starting the evaluation task (process, imports, data), MLflow logging.
+    final["train_startup_s"] = fit_s - final.get("train_time_s", 0.0)
+    final["eval_startup_s"] = time.perf_counter() - eval_started - final["eval_time_s"]
+    final["trial_wall_s"] = time.perf_counter() - started
+    final["overhead_s"] = final["trial_wall_s"] - final.get("train_time_s", 0.0) - final["eval_time_s"]
+    logging_started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as artifact_dir:
+        for relative, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(artifact_dir, relative)), exist_ok=True)
+            with open(os.path.join(artifact_dir, relative), "wb") as handle:
+                handle.write(data)
+        # the per-epoch metrics (train_loss, val_accuracy, ...) are in the run already, from EpochLogger
+        tracking.finish_trial(run_id, "finished", {k: v for k, v in final.items() if k not in train_metrics},
+                              artifact_dir)
+    final["logging_s"] = time.perf_counter() - logging_started
+    tracking.client.log_metric(run_id, "logging_s", final["logging_s"])
+    log.info(f"{label} finished: " + " ".join(f"{name}={final.get(name, math.nan):.4g}" for name, _ in OBJECTIVES)
+             + f" ({final['trial_wall_s']:.0f} s: train {final.get('train_time_s', 0.0):.0f}, "
+          f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f}: Train start-up "
+          f"{final['train_startup_s']:.0f}, eval start-up {final['eval_startup_s']:.0f}, "
+             f"logging {final['logging_s']:.0f})")
+    return "finished", final
+
+
+def reported_metrics(metrics: dict[str, float], diverged: bool) -> dict[str, float]:
+    """What Tune and Optuna see: the objectives first (Tune's progress table shows the first few
+    metrics), then every other numeric metric; a diverged trial's robustness objectives (all but
+    accuracy) are NaN.
+
+    An objective that is missing (a non-finite value is not logged to MLflow, so a stored run lacks it)
+    is reported as NaN, which Optuna records as a failed point.
+    """
+    numbers = {key: float(value) for key, value in metrics.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    reported = {name: numbers.pop(name, math.nan) for name, _ in OBJECTIVES}
+    if diverged:
+        reported.update({name: math.nan for name, _ in OBJECTIVES[1:]})
+    reported.update(numbers, diverged=float(diverged))
+    return reported
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in sorted(params.items()))
+
+
+
+def trial_config(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
+    """The base config with a trial's searched params; the plain ResNet gets sigma 0 so its params say so."""
+    params = dict(params)
+    if params.get("noise_mode") == "none":
+        params["noise_sigma"] = 0.0
+    return base.with_params(params)
+
+
+def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1, seeds_per_config: int = 1,
+                    log_level: int = logging.INFO):
+    """:func:`run_trial` over ``cfg.base`` as Tune's trainable.
+
+    It asks Tune for no CPU of its own (only a nominal memory reservation, as Tune refuses an
+    empty request): its ``TorchTrainer`` workers and the evaluation task hold the resources, so N
+    one-worker trials fit on N CPUs without a deadlock.
+    """
+    trainable = tune.with_parameters(run_trial, base=cfg.base.to_dict(), storage_path=train_storage(cfg),
+                                     tracker=tracker, repeats=repeats, seeds_per_config=seeds_per_config,
+                                     log_level=log_level)
+    return tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+
+
