@@ -301,7 +301,7 @@ def init_ray(address: str | None, level: int = logging.INFO) -> None:
     No credentials travel with the job: a ``runtime_env`` is shown in plain text on Ray's dashboard
     and state API. A local Ray started here inherits this process's environment (MLFLOW_TRACKING_*,
     AWS_* ...); on a cluster the Ray workers get theirs from their nodes (the environment where
-    ``ray start`` runs, files, instance roles), see README "Running on a cluster". A process that
+    ``ray start`` runs, files, instance roles), see docs/cluster.md. A process that
     started Ray itself (a notebook, a test) keeps its instance.
     """
     import ray

@@ -1,6 +1,6 @@
 """MLflow records of a sweep: one parent run, one nested child run per trial, the Pareto front.
 
-Names (the MLflow contract in README.md): the parent has tag ``nsde.role = sweep``; each trial (one
+Names (the MLflow contract, docs/mlflow.md): the parent has tag ``nsde.role = sweep``; each trial (one
 configuration) a child run (tag ``mlflow.parentRunId``) with ``nsde.role = trial``,
 ``nsde.trial_id`` (Ray Tune's trial id, which a resumed trial keeps, so a resume re-opens the run
 instead of duplicating it), ``nsde.status`` (running, finished, diverged or failed),

@@ -246,13 +246,14 @@ def _report_with_checkpoint(metrics: dict, rank: int, state: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
 
 
-def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str,
-                  callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
+def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str, callbacks: list | None = None,
+                  train_log_level: str = "ERROR") -> ray.train.torch.TorchTrainer:
     """A ``TorchTrainer`` for one trial.
 
     ``name`` must be stable across restarts (no timestamps): Ray Train restores a run from its
     latest checkpoint only when ``(storage_path, name)`` is the same. ``storage_path`` is a local
-    directory on one machine, or shared storage (NFS, ``s3://``) across nodes.
+    directory on one machine, or shared storage (NFS, ``s3://``) across nodes. ``train_log_level``:
+    what Ray Train prints of its own (each checkpoint and report at INFO); its log files keep all.
     """
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -265,5 +266,6 @@ def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str,
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level=train_log_level)),
     )

@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from nsde_ray.config import TrialConfig
 from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
-from nsde_ray.logs import configure
+from nsde_ray.logs import configure, ray_log_level
 from nsde_ray.names import OBJECTIVES
 from nsde_ray.tracking import MODEL_DIR, SweepTracker, aggregate_seeds, tracking_warning
 
@@ -198,7 +198,8 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
 
     started = time.perf_counter()
     trainer = build_trainer(cfg, name=train_name, storage_path=storage_path,
-                            callbacks=[EpochLogger(tracking.describe(), run_id, label, cfg.train.epochs, log_level)])
+                            callbacks=[EpochLogger(tracking.describe(), run_id, label, cfg.train.epochs, log_level)],
+                            train_log_level=ray_log_level(log_level))
     fit_started = time.perf_counter()
     try:
         result = trainer.fit()
@@ -253,19 +254,22 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
 
 
 def reported_metrics(metrics: dict[str, float], diverged: bool) -> dict[str, float]:
-    """What Tune and Optuna see: the objectives first (Tune's progress table shows the first few
-    metrics), then every other numeric metric; a diverged trial's robustness objectives (all but
-    accuracy) are NaN.
+    """What Tune and Optuna see: the objectives (first, so that Tune's progress table shows them), their
+    standard errors, ``seeds`` and ``diverged``; every other metric is in MLflow only, which keeps
+    Tune's console short. A diverged trial's robustness objectives (all but accuracy) are NaN.
 
     An objective that is missing (a non-finite value is not logged to MLflow, so a stored run lacks it)
     is reported as NaN, which Optuna records as a failed point.
     """
-    numbers = {key: float(value) for key, value in metrics.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    reported = {name: numbers.pop(name, math.nan) for name, _ in OBJECTIVES}
+    def number(name: str) -> float:
+        value = metrics.get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+    reported = {name: number(name) for name, _ in OBJECTIVES}
     if diverged:
         reported.update({name: math.nan for name, _ in OBJECTIVES[1:]})
-    reported.update(numbers, diverged=float(diverged))
+    reported.update({f"{name}_se": number(f"{name}_se") for name, _ in OBJECTIVES if f"{name}_se" in metrics})
+    reported.update(seeds=number("seeds") if "seeds" in metrics else 1.0, diverged=float(diverged))
     return reported
 
 

@@ -6,7 +6,6 @@ from typing import Iterator
 
 import pytest
 
-CLUSTER_SECTION = "## Running on a cluster"
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +59,19 @@ class SmokeSweep:
 
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory) -> Iterator[SmokeSweep]:
-    """The README's smoke sweep ("Running on a cluster") on its one-machine cluster: a PostgreSQL-backed
+    """The cluster guide's smoke sweep (docs/cluster.md) on its one-machine cluster: a PostgreSQL-backed
     ``mlflow server`` and a Ray head and worker started with ``ray start``, run once and read by several tests.
 
     Without PostgreSQL (a developer's machine) it runs on a local Ray with a SQLite-backed ``mlflow server``
     instead; in CI, which installs PostgreSQL (.ci/run), that is an error. Servers stay up for the session.
     """
     from cluster import Unavailable, postgres_server, ray_start_cluster
-    from helpers import finish_sweep, mlflow_server, readme_commands, start_sweep
+    from helpers import CLUSTER_DOC, CLUSTER_SECTION, finish_sweep, mlflow_server, readme_commands, start_sweep
 
     folder = tmp_path_factory.mktemp("smoke_sweep")
     command = ["python", "-m", "sweeps.accuracy_vs_robustness", "--smoke-test"]
-    argv = next((c for c in readme_commands(CLUSTER_SECTION) if c[:4] == command), None)
-    assert argv, f"README's {CLUSTER_SECTION!r} documents no {' '.join(command)}"
+    argv = next((c for c in readme_commands(CLUSTER_SECTION, CLUSTER_DOC) if c[:4] == command), None)
+    assert argv, f"the cluster guide's {CLUSTER_SECTION!r} documents no {' '.join(command)}"
     flags = argv[3:]
     name = flags[flags.index("--name") + 1]
     with ExitStack() as stack:

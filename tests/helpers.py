@@ -92,19 +92,23 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path) -> Iterato
         stop_group(server)
 
 
-def readme_section(title: str) -> str:
-    """The README section headed ``title`` (a ``## `` line), up to the next such heading."""
-    text = (REPO / "README.md").read_text()
+CLUSTER_SECTION, CLUSTER_DOC = "## Running on a cluster", "docs/cluster.md"  # the cluster guide's commands
+
+
+def readme_section(title: str, doc: str = "README.md") -> str:
+    """The section headed ``title`` (a ``## `` line) of ``doc`` (README.md or a file under docs/), up to the
+    next such heading."""
+    text = (REPO / doc).read_text()
     start = text.index(f"\n{title}\n") + 1
     end = text.find("\n## ", start)
     return text[start:] if end < 0 else text[start:end]
 
 
-def readme_commands(title: str) -> list[list[str]]:
-    """Every command in the bash blocks of README's section ``title``, as argv (continuation lines joined,
+def readme_commands(title: str, doc: str = "README.md") -> list[list[str]]:
+    """Every command in the bash blocks of ``doc``'s section ``title``, as argv (continuation lines joined,
     comments dropped, ``&&``/``;``/``|``/``&`` lists split)."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", readme_section(title), re.S):
+    for block in re.findall(r"```bash\n(.*?)```", readme_section(title, doc), re.S):
         for line in block.replace("\\\n", " ").splitlines():
             tokens = shlex.split(line, comments=True)
             while tokens:

@@ -323,3 +323,17 @@ def test_resume_names_each_flag_that_differs_from_the_stored_settings(tmp_path, 
     for same in ("--lr", "train.momentum", "--no-retry-errored", "--storage", "--name"):
         assert same not in err  # equal to the stored value, or a flag that says where and how to run
     assert cfg.base.train.epochs == 6 and cfg.num_samples == 8
+
+
+def test_tune_sees_the_objectives_first_and_nothing_it_does_not_need():
+    from nsde_ray.trial import reported_metrics
+
+    final = {"train_loss": 0.3, "sic": 0.4, "val_accuracy": 0.9, "sensitivity": 0.2, "sensitivity_se": 0.01,
+             "seeds": 2.0, "eval_time_s": 5.0}
+    reported = reported_metrics(final, diverged=False)
+    assert list(reported)[:3] == ["val_accuracy", "sensitivity", "sic"]  # the columns of Tune's progress table
+    assert reported == {"val_accuracy": 0.9, "sensitivity": 0.2, "sic": 0.4, "sensitivity_se": 0.01, "seeds": 2.0,
+                        "diverged": 0.0}
+    diverged = reported_metrics({"val_accuracy": 0.1, "train_loss": math.inf}, diverged=True)
+    assert diverged["val_accuracy"] == 0.1 and math.isnan(diverged["sensitivity"]) and math.isnan(diverged["sic"])
+    assert diverged["diverged"] == 1.0 and diverged["seeds"] == 1.0
