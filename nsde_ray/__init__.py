@@ -1,8 +1,8 @@
 """nsde-ray: ResNets trained as discretised neural SDEs, for attributions that are sharper and more robust.
 
-Modules: :mod:`nsde_ray.config` (typed, validated configuration), :mod:`nsde_ray.models`
-(stochastic ResNets and their noise), :mod:`nsde_ray.data` (data sets), :mod:`nsde_ray.train`
-(one trial's DDP training under Ray Train), :mod:`nsde_ray.cli` (the main command's flags).
+The README's code map names each module's concept. Entry points: ``python -m
+sweeps.accuracy_vs_robustness`` (:mod:`nsde_ray.cli`) and ``python -m sweeps.paper_tables``
+(:mod:`nsde_ray.paper_tables`).
 """
 
 __version__ = "0.1.0"
