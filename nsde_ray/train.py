@@ -9,6 +9,7 @@ A non-finite training loss (too much noise) ends the run cleanly with ``diverged
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -87,8 +88,14 @@ def load_trained_model(checkpoint_dir: str) -> tuple[nn.Module, TrialConfig]:
     return model_from_state(state)
 
 
+RAY_LOG_LEVEL = "ray_log_level"  # the key of train_fn_per_worker's config that is not the trial's
+
+
 def train_fn_per_worker(config: dict) -> None:
-    """Ray Train entry point; ``config`` is :meth:`TrialConfig.to_dict`."""
+    """Ray Train entry point; ``config`` is :meth:`TrialConfig.to_dict`, optionally with :data:`RAY_LOG_LEVEL`:
+    the level of the worker's root logger, where Ray Train logs each report at INFO."""
+    config = dict(config)
+    logging.getLogger().setLevel(config.pop(RAY_LOG_LEVEL, "INFO"))
     cfg = TrialConfig.from_dict(config)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -259,7 +266,7 @@ def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str, callbacks: 
 
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config=cfg.to_dict(),
+        train_loop_config={**cfg.to_dict(), RAY_LOG_LEVEL: train_log_level},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
