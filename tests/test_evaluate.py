@@ -1,4 +1,4 @@
-"""evaluate(): every metric for every method, the figures, and clear errors for bad input."""
+"""evaluate(): every metric for every method, the figures, clear errors for bad input, and pinned values."""
 
 import dataclasses
 import math
@@ -12,8 +12,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from nsde_ray.attribution import METHODS, AttributionError
-from nsde_ray.config import EvalConfig
-from nsde_ray.evaluate import EvaluationError, evaluate
+from nsde_ray.config import DataConfig, EvalConfig, NoiseConfig
+from nsde_ray.data import build_datasets
+from nsde_ray.evaluate import EvaluationError, evaluate, evaluate_repeated
+from nsde_ray.models import build_model
 
 SMALL = EvalConfig(methods=METHODS, num_images=10, n_steps=32, n_perturbations=3, nt_samples=2, saturation_images=4,
                    deepshap_baselines=4, grid_images=3)
@@ -76,3 +78,114 @@ def test_a_method_that_does_not_apply_is_a_clear_error(digits_model):
     with pytest.raises(AttributionError, match="deeplift needs every ReLU"):
         evaluate(plain, dataclasses.replace(splits, test=easy), dataclasses.replace(SMALL, methods=("ig", "deeplift")),
                  progress=False)
+
+
+# The sweep's per-trial evaluation (IG and saliency, one repeat) and the papers' protocol (every method,
+# repeated), small; the radius of the latter lets some perturbations change the prediction.
+PIN_SWEEP = EvalConfig(methods=("ig", "saliency"), num_images=6, n_steps=8, n_perturbations=3, saturation_images=2,
+                       grid_images=2, seed=5)
+PIN_PAPERS = dataclasses.replace(PIN_SWEEP, methods=METHODS, nt_samples=2, deepshap_baselines=3, sensitivity_radius=0.3)
+# Recorded from the evaluation before its CPU speed-up (Captum for every attribution, the repeat always run).
+PINNED_SWEEP = {
+    "eval_images": 6, "randomisation_similarity_ig": 0.8462714211, "randomisation_repeatability_ig": 1,
+    "randomisation_passed_ig": 1, "infidelity_ig": 0.8323912621, "localisation_auc_ig": 0.9085196387,
+    "sensitivity_ig": 0.2558061779, "sensitivity_valid_fraction_ig": 1, "sic_ig": 0.1127671277, "aic_ig": 0.0005,
+    "sic_valid_fraction_ig": 0.5, "ig_completeness_error": 0.3583804071,
+    "randomisation_similarity_saliency": 0.09644625224, "randomisation_repeatability_saliency": 1,
+    "randomisation_passed_saliency": 1, "infidelity_saliency": 0.2464592457,
+    "localisation_auc_saliency": 0.5403869615, "sensitivity_saliency": 0.4607769549,
+    "sensitivity_valid_fraction_saliency": 1, "sic_saliency": 0.03815493419, "aic_saliency": 0.0005,
+    "sic_valid_fraction_saliency": 0.5, "ig_alpha_95": 0.3492063284, "ig_grad_norm_after_saturation": 9.821510315,
+    "ig_grad_alignment_after_saturation": 0.9533245564, "sensitivity": 0.2558061779, "sic": 0.1127671277,
+}
+PINNED_PAPERS = {
+    "eval_images": 6, "eval_images_std": 0, "randomisation_similarity_ig": 0.8242766059,
+    "randomisation_similarity_ig_std": 0.0311053659, "randomisation_repeatability_ig": 1,
+    "randomisation_repeatability_ig_std": 0, "randomisation_passed_ig": 1, "randomisation_passed_ig_std": 0,
+    "infidelity_ig": 0.7507386506, "infidelity_ig_std": 0.1154742306, "localisation_auc_ig": 0.9033434791,
+    "localisation_auc_ig_std": 0.007320195039, "sensitivity_ig": 1.017632782, "sensitivity_ig_std": 0.1612938819,
+    "sensitivity_valid_fraction_ig": 0.4166666716, "sensitivity_valid_fraction_ig_std": 0.1178511232,
+    "sic_ig": 0.2261115501, "sic_ig_std": 0.1602932194, "aic_ig": 0.25025, "aic_ig_std": 0.3531998372,
+    "sic_valid_fraction_ig": 0.5833333333, "sic_valid_fraction_ig_std": 0.1178511302,
+    "ig_completeness_error": 0.333465755, "ig_completeness_error_std": 0.03523463891,
+    "randomisation_similarity_ig_nt": 0.497330351, "randomisation_similarity_ig_nt_std": 4.065199125e-05,
+    "randomisation_repeatability_ig_nt": 0.6620471449, "randomisation_repeatability_ig_nt_std": 0.01622950639,
+    "randomisation_passed_ig_nt": 1, "randomisation_passed_ig_nt_std": 0, "infidelity_ig_nt": 0.7798319459,
+    "infidelity_ig_nt_std": 0.1575722309, "localisation_auc_ig_nt": 0.8699305709,
+    "localisation_auc_ig_nt_std": 0.009420054462, "sensitivity_ig_nt": 0.9808108211,
+    "sensitivity_ig_nt_std": 0.1031919224, "sensitivity_valid_fraction_ig_nt": 0.4166666716,
+    "sensitivity_valid_fraction_ig_nt_std": 0.1178511232, "sic_ig_nt": 0.03798137836, "sic_ig_nt_std": 0.05081381301,
+    "aic_ig_nt": 0.0005, "aic_ig_nt_std": 0, "sic_valid_fraction_ig_nt": 0.5833333333,
+    "sic_valid_fraction_ig_nt_std": 0.1178511302, "randomisation_similarity_saliency": 0.09390676225,
+    "randomisation_similarity_saliency_std": 0.003591381194, "randomisation_repeatability_saliency": 1,
+    "randomisation_repeatability_saliency_std": 0, "randomisation_passed_saliency": 1,
+    "randomisation_passed_saliency_std": 0, "infidelity_saliency": 0.1947017536,
+    "infidelity_saliency_std": 0.07319614732, "localisation_auc_saliency": 0.5314294642,
+    "localisation_auc_saliency_std": 0.01266781408, "sensitivity_saliency": 1.413890779,
+    "sensitivity_saliency_std": 0.09660909045, "sensitivity_valid_fraction_saliency": 0.4166666716,
+    "sensitivity_valid_fraction_saliency_std": 0.1178511232, "sic_saliency": 0.02732490066,
+    "sic_saliency_std": 0.01531598029, "aic_saliency": 0.0005, "aic_saliency_std": 0,
+    "sic_valid_fraction_saliency": 0.5833333333, "sic_valid_fraction_saliency_std": 0.1178511302,
+    "randomisation_similarity_deeplift": 0.8231385036, "randomisation_similarity_deeplift_std": 0.03101956202,
+    "randomisation_repeatability_deeplift": 1, "randomisation_repeatability_deeplift_std": 0,
+    "randomisation_passed_deeplift": 1, "randomisation_passed_deeplift_std": 0, "infidelity_deeplift": 0.7079446018,
+    "infidelity_deeplift_std": 0.1692590041, "localisation_auc_deeplift": 0.8979086466,
+    "localisation_auc_deeplift_std": 0.01257123146, "sensitivity_deeplift": 0.8616786301,
+    "sensitivity_deeplift_std": 0.02188074714, "sensitivity_valid_fraction_deeplift": 0.4166666716,
+    "sensitivity_valid_fraction_deeplift_std": 0.1178511232, "sic_deeplift": 0.0816550857,
+    "sic_deeplift_std": 0.1147706229, "aic_deeplift": 0.1437573448, "aic_deeplift_std": 0.20259648,
+    "sic_valid_fraction_deeplift": 0.5833333333, "sic_valid_fraction_deeplift_std": 0.1178511302,
+    "randomisation_similarity_deepshap": 0.6919277062, "randomisation_similarity_deepshap_std": 0.04785496902,
+    "randomisation_repeatability_deepshap": 1, "randomisation_repeatability_deepshap_std": 0,
+    "randomisation_passed_deepshap": 1, "randomisation_passed_deepshap_std": 0, "infidelity_deepshap": 0.787838012,
+    "infidelity_deepshap_std": 0.1631308523, "localisation_auc_deepshap": 0.7100943974,
+    "localisation_auc_deepshap_std": 0.01041604688, "sensitivity_deepshap": 1.123633921,
+    "sensitivity_deepshap_std": 0.07447491431, "sensitivity_valid_fraction_deepshap": 0.4166666716,
+    "sensitivity_valid_fraction_deepshap_std": 0.1178511232, "sic_deepshap": 0.03865518794,
+    "sic_deepshap_std": 0.0001258312996, "aic_deepshap": 0.0005, "aic_deepshap_std": 0,
+    "sic_valid_fraction_deepshap": 0.5833333333, "sic_valid_fraction_deepshap_std": 0.1178511302,
+    "ig_alpha_95": 0.6349206269, "ig_alpha_95_std": 0.4040610359, "ig_grad_norm_after_saturation": 9.297912598,
+    "ig_grad_norm_after_saturation_std": 0.740478993, "ig_grad_alignment_after_saturation": 0.9614491165,
+    "ig_grad_alignment_after_saturation_std": 0.01148986311, "sensitivity": 1.017632782,
+    "sensitivity_std": 0.1612938819, "sic": 0.2261115501, "sic_std": 0.1602932194,
+}
+
+
+@pytest.fixture(scope="module")
+def pinned_model():
+    """(model, splits): a cifar_resnet8 with seeded random convolutions and batch norm statistics whose
+    linear head is fitted to the digits training images by least squares (about 91% test accuracy).
+
+    No training loop, so the model is the same on every machine and thread count.
+    """
+    splits = build_datasets(DataConfig())
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", splits.num_classes, splits.in_channels, NoiseConfig("gaussian", 0.5)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        head, model.fc = model.fc, nn.Identity()
+        images, labels = splits.train.tensors
+        features = torch.cat([model(images).double(), torch.ones(len(images), 1, dtype=torch.float64)], dim=1)
+        targets = 10.0 * nn.functional.one_hot(labels, splits.num_classes).double()  # logits of confident predictions
+        solution = torch.linalg.lstsq(features, targets).solution
+        head.weight.copy_(solution[:-1].T)
+        head.bias.copy_(solution[-1])
+        model.fc = head
+    return model, splits
+
+
+def test_the_sweep_evaluation_keeps_its_pinned_values(pinned_model):
+    model, splits = pinned_model
+    metrics = evaluate_repeated(model, splits, PIN_SWEEP, repeats=1, progress=False).metrics
+    assert metrics == pytest.approx(PINNED_SWEEP, rel=1e-5, abs=1e-5, nan_ok=True)
+
+
+def test_the_papers_protocol_keeps_its_pinned_values(pinned_model):
+    model, splits = pinned_model
+    metrics = evaluate_repeated(model, splits, PIN_PAPERS, repeats=2, progress=False).metrics
+    assert metrics == pytest.approx(PINNED_PAPERS, rel=1e-5, abs=1e-5, nan_ok=True)
