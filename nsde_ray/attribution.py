@@ -12,7 +12,8 @@ Every method returns signed attributions shaped like the input, (B, C, H, W), in
 target logit (IG and DeepLIFT sum, approximately, to logit(x) - logit(baseline)).
 :func:`attribution_map` reduces them to a (B, H, W) map, signed or absolute.
 
-Fast path: :func:`integrated_gradients` and :func:`saliency` compute the same quantities
+Fast path: :func:`integrated_gradients` and :func:`saliency` (and :func:`smoothgrad` over the former for
+``ig_nt``) compute the same quantities
 as Captum's ``IntegratedGradients`` (same Gauss-Legendre points and weights) and ``Saliency`` without
 Captum's copies, with path points of several images and steps in one large model call, batch norm
 folded into the convolutions, optionally under bf16 autocast and in channels_last.
@@ -37,6 +38,7 @@ from torch import nn
 from nsde_ray.names import METHODS
 
 BASELINES = ("black", "mean")
+STOCHASTIC_METHODS = ("ig_nt",)  # draw from the global torch RNG at every call; the others are deterministic
 _NEEDS_SEPARATE_RELUS = ("deeplift", "deepshap")
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -101,13 +103,13 @@ def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | N
     (N, C, H, W), required. nt_stdev is the SmoothGrad noise std in the model's input units.
     The model is switched to eval mode for each call, so no training noise is injected.
 
-    fast: for ``ig`` and ``saliency``, :func:`integrated_gradients` / :func:`saliency` instead of
-    Captum, with ``amp`` (bf16 autocast, on CUDA only), the model's ``memory_format``,
-    ``stem_gradient`` and ``fold_bn`` (see :func:`integrated_gradients`); attributions come back
-    float32 and contiguous. Other methods ignore these options.
+    fast: for ``ig``, ``ig_nt`` and ``saliency``, :func:`integrated_gradients` (under :func:`smoothgrad`
+    for ``ig_nt``) / :func:`saliency` instead of Captum, with ``amp`` (bf16 autocast, on CUDA only), the
+    model's ``memory_format``, ``stem_gradient`` and ``fold_bn`` (see :func:`integrated_gradients`);
+    attributions come back float32 and contiguous. Other methods ignore these options.
     """
     check_method(method)
-    if fast and method in ("ig", "saliency"):
+    if fast and method in ("ig", "ig_nt", "saliency"):
         fast_options = dict(internal_batch_size=internal_batch_size, amp=amp, memory_format=memory_format,
                             stem_gradient=stem_gradient, fold_bn=fold_bn)
 
@@ -116,7 +118,7 @@ def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | N
                 return saliency(model, inputs, target, **fast_options)
             return integrated_gradients(model, inputs, target, baselines, n_steps=n_steps, **fast_options)
 
-        return explain_fast
+        return smoothgrad(explain_fast, nt_samples, nt_stdev) if method == "ig_nt" else explain_fast
 
     if method == "deepshap" and (baselines is None or baselines.ndim != 4 or len(baselines) < 2):
         raise AttributionError("deepshap needs a baseline distribution: a tensor (N, C, H, W) with N >= 2 "
@@ -144,6 +146,24 @@ def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | N
             return algorithm.attribute(inputs, target=target, **kwargs).detach()
 
     return explain
+
+
+def smoothgrad(explain: Explainer, nt_samples: int, stdev: float) -> Explainer:
+    """SmoothGrad over ``explain``: per input, the mean attribution (B, C, H, W) of ``nt_samples`` noisy copies.
+
+    The noise, N(0, ``stdev``^2) in input units, is drawn from the global torch RNG, one
+    (B * nt_samples, C, H, W) draw per call with each input's copies adjacent, as Captum's
+    ``NoiseTunnel`` draws it: from the same RNG state both see the same noisy inputs.
+    """
+
+    def explain_noisy(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        copies = inputs.repeat_interleave(nt_samples, dim=0)
+        noise = torch.normal(0, torch.tensor(stdev, device=inputs.device).repeat(copies.shape))
+        targets = _targets(target, len(inputs), inputs.device).repeat_interleave(nt_samples)
+        attributions = explain(copies + noise, targets)
+        return attributions.view(len(inputs), nt_samples, *inputs.shape[1:]).sum(dim=1) / nt_samples
+
+    return explain_noisy
 
 
 def ig_baseline(mean: tuple[float, ...], std: tuple[float, ...], kind: str = "black") -> torch.Tensor:
@@ -373,11 +393,15 @@ def saliency(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
 
 def completeness_error(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
                        attributions: torch.Tensor, baselines: torch.Tensor | None = None) -> torch.Tensor:
-    """Per image |sum(A) - (f(x) - f(b))| / |f(x) - f(b)|, f the target logit in float32 (IG's completeness axiom)."""
+    """Per image |sum(A) - (f(x) - f(b))| / |f(x) - f(b)|, f the target logit in float32 (IG's completeness axiom).
+
+    A single baseline (one row, or ``None``) goes through the model once, for every image.
+    """
     target = _targets(target, len(inputs), inputs.device)
     x = inputs.float()
-    base = _broadcast_baseline(baselines, x)
+    base = _broadcast_baseline(baselines, x[:1] if baselines is None or len(baselines) == 1 else x)
     with torch.no_grad(), eval_mode(model):
-        gap = (model(x).float().gather(1, target.view(-1, 1)) - model(base).float().gather(1, target.view(-1, 1)))[:, 0]
+        base_logits = model(base).float().expand(len(x), -1)
+        gap = (model(x).float().gather(1, target.view(-1, 1)) - base_logits.gather(1, target.view(-1, 1)))[:, 0]
     total = attributions.float().flatten(1).sum(dim=1)
     return (total - gap).abs() / gap.abs().clamp_min(1e-12)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,16 +31,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from nsde_ray import plots
-from nsde_ray.attribution import (Explainer, attribution_map, check_applicable, eval_mode, ig_baseline,
-                                  make_explainer)
+from nsde_ray.attribution import (STOCHASTIC_METHODS, Explainer, attribution_map, check_applicable,
+                                  completeness_error, eval_mode, ig_baseline, make_explainer)
 from nsde_ray.config import EvalConfig
 from nsde_ray.data import DataSplits, foreground_masks
 from nsde_ray.metrics.faithfulness import infidelity
 from nsde_ray.metrics.localisation import localisation_auc
-from nsde_ray.metrics.pic import compute_pic
+from nsde_ray.metrics.pic import PicResult, compute_pic
 from nsde_ray.metrics.randomisation import passes as passes_randomisation
 from nsde_ray.metrics.randomisation import randomisation_check, randomised_copy
-from nsde_ray.metrics.saturation import ig_saturation
+from nsde_ray.metrics.saturation import Saturation, ig_saturation
 from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
 
 ARTIFACT_GRID = "attributions.png"
@@ -88,83 +90,168 @@ def select_eval_images(model: nn.Module, dataset: Dataset, num_images: int, seed
 
 def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None = None,
              device: torch.device | str = "cpu", progress: bool = True) -> EvalResult:
-    """Evaluate every method in ``cfg.methods``; figures go to ``out_dir`` when given."""
-    device = torch.device(device)
-    model = model.to(device)
-    images, labels = select_eval_images(model, splits.test, cfg.num_images, cfg.seed, device, cfg.batch_size)
-    channel_std = torch.as_tensor(splits.std, device=device).view(1, -1, 1, 1)
-    channel_mean = torch.as_tensor(splits.mean, device=device).view(1, -1, 1, 1)
-    if images.shape[1] != len(splits.std):
-        raise EvaluationError(f"images have {images.shape[1]} channels, the data set's normalisation {len(splits.std)}")
-    baseline = ig_baseline(splits.mean, splits.std, cfg.baseline).to(device)
-    baseline = baseline.expand(1, *images.shape[1:]).contiguous()
-    options = dict(n_steps=cfg.n_steps, nt_samples=cfg.nt_samples, nt_stdev=cfg.nt_stdev / float(channel_std.mean()),
-                   internal_batch_size=cfg.batch_size)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    deltas = uniform_perturbations(images.shape, cfg.n_perturbations, cfg.sensitivity_radius, splits.std, generator)
-    shap_baselines = training_sample(splits.train_unaugmented, cfg.deepshap_baselines, cfg.seed).to(device)
-    pixels = images * channel_std + channel_mean
-    foreground = foreground_masks(splits, pixels)
+    """Evaluate every method in ``cfg.methods``; figures go to ``out_dir`` when given.
 
-    randomised = randomised_copy(model, cfg.seed)
-    metrics: dict[str, float] = {"eval_images": float(len(images))}
+    On a CPU the evaluation runs on one intra-op thread (:func:`_single_threaded`).
+    """
+    device = torch.device(device)
+    with _single_threaded(device):
+        return _evaluate(model.to(device), splits, cfg, out_dir, device, progress)
+
+
+@dataclass
+class _Inputs:
+    """What every method's evaluation reads, on the evaluation device.
+
+    images (B, C, H, W), normalised, and labels (B,); pixels: the images in [0, 1]; foreground:
+    (B, H, W) bool masks or None; baseline: IG's and DeepLIFT's (1, C, H, W); shap_baselines:
+    DeepSHAP's (N, C, H, W); deltas: the sensitivity perturbations (B, n, C, H, W); randomised: the
+    model's :func:`randomised_copy`; options: :func:`make_explainer`'s.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    pixels: torch.Tensor
+    foreground: torch.Tensor | None
+    baseline: torch.Tensor
+    shap_baselines: torch.Tensor
+    deltas: torch.Tensor
+    randomised: nn.Module
+    options: dict
+
+
+def _evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None, device: torch.device,
+              progress: bool) -> EvalResult:
+    inputs = _inputs(model, splits, cfg, device)
+    metrics: dict[str, float] = {"eval_images": float(len(inputs.images))}
     maps: dict[str, torch.Tensor] = {}
     sic_curves: dict[str, np.ndarray] = {}
     stages = tqdm(total=3 * len(cfg.methods) + 1, desc="evaluate", disable=not progress)
     for method in cfg.methods:
-        check_applicable(model, method, images[:1])
-        explainers = [in_batches(make_explainer(m, method, baselines=shap_baselines if method == "deepshap"
-                                                else baseline, **options), cfg.batch_size) for m in (model, randomised)]
-        explain = explainers[0]
-        stages.set_postfix_str(f"{method}: attributions")
-        attributions = explain(images, labels)
-        maps[method] = attribution_map(attributions)
-        similarity, repeatability = randomisation_check(explain, explainers[1], images, labels, attributions, cfg.seed)
-        metrics[f"randomisation_similarity_{method}"] = similarity
-        metrics[f"randomisation_repeatability_{method}"] = repeatability
-        metrics[f"randomisation_passed_{method}"] = float(passes_randomisation(similarity, repeatability))
-        metrics[f"infidelity_{method}"] = float(infidelity(model, images, labels, attributions, seed=cfg.seed).mean())
-        if foreground is not None:
-            metrics[f"localisation_auc_{method}"] = float(np.nanmean(localisation_auc(maps[method], foreground)))
-        stages.update()
-        stages.set_postfix_str(f"{method}: sensitivity")
-        sensitivity = max_sensitivity(explain, model, images, labels, deltas, keep_prediction=cfg.keep_prediction,
-                                      chunk_size=cfg.batch_size, explanations=attributions)
-        metrics[f"sensitivity_{method}"], metrics[f"sensitivity_valid_fraction_{method}"] = mean_sensitivity(sensitivity)
-        stages.update()
-        stages.set_postfix_str(f"{method}: SIC")
-        pic = compute_pic(model, images, attribution_map(attributions, absolute=True), labels, mean=splits.mean,
-                          std=splits.std, seed=cfg.seed, batch_size=cfg.batch_size)
-        metrics[f"sic_{method}"], metrics[f"aic_{method}"] = float(pic.sic_auc), float(pic.aic_auc)
-        metrics[f"sic_valid_fraction_{method}"] = float(np.isfinite(pic.sic).mean())
+        method_metrics, maps[method], pic = _evaluate_method(model, method, inputs, splits, cfg, stages)
+        metrics.update(method_metrics)
         sic_curves[method] = pic.sic_curve
-        stages.update()
-        if method == "ig":
-            metrics["ig_completeness_error"] = _completeness_error(model, images, labels, baseline, attributions)
     stages.set_postfix_str("IG saturation")
-    count = min(cfg.saturation_images, len(images))
-    saturation = ig_saturation(model, images[:count], labels[:count], baseline, chunk_size=cfg.batch_size)
+    count = min(cfg.saturation_images, len(inputs.images))
+    saturation = ig_saturation(model, inputs.images[:count], inputs.labels[:count], inputs.baseline,
+                               chunk_size=cfg.batch_size)
     metrics["ig_alpha_95"] = float(saturation.alpha_95.mean())
     metrics["ig_grad_norm_after_saturation"] = float(saturation.grad_norm_after.mean())
     metrics["ig_grad_alignment_after_saturation"] = float(np.nanmean(saturation.alignment_after.numpy()))
     stages.update()
     stages.close()
     metrics["sensitivity"], metrics["sic"] = metrics["sensitivity_ig"], metrics["sic_ig"]
+    artifacts = [] if out_dir is None else _figures(out_dir, splits, cfg, inputs, maps, sic_curves, pic.curve_x,
+                                                    saturation, metrics)
+    return EvalResult(metrics, inputs.labels.cpu(), artifacts)
 
-    artifacts = []
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        shown = min(cfg.grid_images, len(images))
-        names = [splits.class_names[int(label)] for label in labels[:shown]]
-        artifacts = [os.path.join(out_dir, name) for name in (ARTIFACT_GRID, ARTIFACT_SIC, ARTIFACT_SATURATION)]
-        plots.attribution_grid(artifacts[0], pixels[:shown], {m: v[:shown] for m, v in maps.items()}, names)
-        plots.sic_curves(artifacts[1], pic.curve_x, sic_curves, {m: metrics[f"sic_{m}"] for m in sic_curves})
-        plots.saturation(artifacts[2], saturation)
-        os.makedirs(os.path.join(out_dir, GALLERY_DIR), exist_ok=True)
-        for index, name in enumerate(names):
-            artifacts.append(os.path.join(out_dir, GALLERY_DIR, f"{index:02d}_{_file_safe(name)}.png"))
-            plots.save_image(artifacts[-1], pixels[index])
-    return EvalResult(metrics, labels.cpu(), artifacts)
+
+def _inputs(model: nn.Module, splits: DataSplits, cfg: EvalConfig, device: torch.device) -> _Inputs:
+    """The evaluation images of ``cfg.seed`` and everything the methods' metrics read besides (:class:`_Inputs`)."""
+    images, labels = select_eval_images(model, splits.test, cfg.num_images, cfg.seed, device, cfg.batch_size)
+    channel_std = torch.as_tensor(splits.std, device=device).view(1, -1, 1, 1)
+    channel_mean = torch.as_tensor(splits.mean, device=device).view(1, -1, 1, 1)
+    if images.shape[1] != len(splits.std):
+        raise EvaluationError(f"images have {images.shape[1]} channels, the data set's normalisation {len(splits.std)}")
+    baseline = ig_baseline(splits.mean, splits.std, cfg.baseline).to(device)
+    options = dict(n_steps=cfg.n_steps, nt_samples=cfg.nt_samples, nt_stdev=cfg.nt_stdev / float(channel_std.mean()),
+                   internal_batch_size=cfg.batch_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    pixels = images * channel_std + channel_mean
+    return _Inputs(
+        images=images, labels=labels, pixels=pixels, foreground=foreground_masks(splits, pixels),
+        baseline=baseline.expand(1, *images.shape[1:]).contiguous(),
+        shap_baselines=training_sample(splits.train_unaugmented, cfg.deepshap_baselines, cfg.seed).to(device),
+        deltas=uniform_perturbations(images.shape, cfg.n_perturbations, cfg.sensitivity_radius, splits.std, generator),
+        randomised=randomised_copy(model, cfg.seed), options=options)
+
+
+def _evaluate_method(model: nn.Module, method: str, inputs: _Inputs, splits: DataSplits, cfg: EvalConfig,
+                     stages: tqdm) -> tuple[dict[str, float], torch.Tensor, PicResult]:
+    """``method``'s metrics, its signed maps (B, H, W) of the evaluation images, and their PIC."""
+    images, labels = inputs.images, inputs.labels
+    check_applicable(model, method, images[:1])
+    reference, explain, explain_randomised = _explainers(
+        model, inputs.randomised, method, cfg.batch_size,
+        baselines=inputs.shap_baselines if method == "deepshap" else inputs.baseline, **inputs.options)
+    stages.set_postfix_str(f"{method}: attributions")
+    attributions = reference(images, labels)
+    signed_maps = attribution_map(attributions)
+    similarity, repeatability = randomisation_check(explain, explain_randomised, images, labels, attributions,
+                                                    cfg.seed, repeat=method in STOCHASTIC_METHODS)
+    metrics = {f"randomisation_similarity_{method}": similarity,
+               f"randomisation_repeatability_{method}": repeatability,
+               f"randomisation_passed_{method}": float(passes_randomisation(similarity, repeatability)),
+               f"infidelity_{method}": float(infidelity(model, images, labels, attributions, seed=cfg.seed).mean())}
+    if inputs.foreground is not None:
+        metrics[f"localisation_auc_{method}"] = float(np.nanmean(localisation_auc(signed_maps, inputs.foreground)))
+    stages.update()
+    stages.set_postfix_str(f"{method}: sensitivity")
+    sensitivity = max_sensitivity(explain, model, images, labels, inputs.deltas, keep_prediction=cfg.keep_prediction,
+                                  chunk_size=cfg.batch_size, explanations=attributions)
+    metrics[f"sensitivity_{method}"], metrics[f"sensitivity_valid_fraction_{method}"] = mean_sensitivity(sensitivity)
+    stages.update()
+    stages.set_postfix_str(f"{method}: SIC")
+    pic = compute_pic(model, images, attribution_map(attributions, absolute=True), labels, mean=splits.mean,
+                      std=splits.std, seed=cfg.seed, batch_size=cfg.batch_size)
+    metrics[f"sic_{method}"], metrics[f"aic_{method}"] = float(pic.sic_auc), float(pic.aic_auc)
+    metrics[f"sic_valid_fraction_{method}"] = float(np.isfinite(pic.sic).mean())
+    stages.update()
+    if method == "ig":
+        metrics["ig_completeness_error"] = float(completeness_error(model, images, labels, attributions,
+                                                                    inputs.baseline).mean())
+    return metrics, signed_maps, pic
+
+
+def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: _Inputs, maps: dict[str, torch.Tensor],
+             sic_curves: dict[str, np.ndarray], curve_x: np.ndarray, saturation: Saturation,
+             metrics: dict[str, float]) -> list[str]:
+    """The attribution grid, SIC curves, saturation figure and gallery images, written to ``out_dir``: their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    shown = min(cfg.grid_images, len(inputs.images))
+    names = [splits.class_names[int(label)] for label in inputs.labels[:shown]]
+    artifacts = [os.path.join(out_dir, name) for name in (ARTIFACT_GRID, ARTIFACT_SIC, ARTIFACT_SATURATION)]
+    plots.attribution_grid(artifacts[0], inputs.pixels[:shown], {m: v[:shown] for m, v in maps.items()}, names)
+    plots.sic_curves(artifacts[1], curve_x, sic_curves, {m: metrics[f"sic_{m}"] for m in sic_curves})
+    plots.saturation(artifacts[2], saturation)
+    os.makedirs(os.path.join(out_dir, GALLERY_DIR), exist_ok=True)
+    for index, name in enumerate(names):
+        artifacts.append(os.path.join(out_dir, GALLERY_DIR, f"{index:02d}_{_file_safe(name)}.png"))
+        plots.save_image(artifacts[-1], inputs.pixels[index])
+    return artifacts
+
+
+def _explainers(model: nn.Module, randomised: nn.Module, method: str, batch_size: int,
+                **options) -> tuple[Explainer, Explainer, Explainer]:
+    """(reference, trained, randomised) explainers of ``method``, ``batch_size`` inputs (B, C, H, W) per call.
+
+    reference: Captum's, for the maps of the evaluation images that SIC, localisation, infidelity
+    and the figures read (SIC thresholds ranks of pixels, so its maps stay bit for bit Captum's).
+    trained and randomised: the fast path of ``model`` and of its :func:`randomised_copy` where the
+    method has one (:func:`nsde_ray.attribution.make_explainer`, fast; equal to Captum's to float
+    rounding, same noise for ``ig_nt``), for the perturbed inputs and the randomisation check.
+    options: as :func:`make_explainer`'s.
+    """
+    fast = dict(options, fast=True, memory_format=torch.channels_last)
+    return (in_batches(make_explainer(model, method, **options), batch_size),
+            in_batches(make_explainer(model, method, **fast), batch_size),
+            in_batches(make_explainer(randomised, method, **fast), batch_size))
+
+
+@contextmanager
+def _single_threaded(device: torch.device) -> Iterator[None]:
+    """On a CPU, one intra-op torch thread for the duration (the count restored after); elsewhere nothing.
+
+    The evaluation's model calls are small (tens of 32 px images): threads that meet at every
+    operator gain little and stall whenever another process holds one of the cores (BENCHMARKS.md).
+    """
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def in_batches(explain: Explainer, batch_size: int) -> Explainer:
@@ -185,14 +272,6 @@ def training_sample(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
     """``count`` images (count, C, H, W) of ``dataset`` in a seeded order: DeepSHAP's baseline distribution."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))[:count]
     return torch.stack([dataset[int(i)][0] for i in order])
-
-
-def _completeness_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, baseline: torch.Tensor,
-                        attributions: torch.Tensor) -> float:
-    """Mean |sum(IG) - (F(x) - F(b))| / |F(x) - F(b)| over images: IG's completeness axiom."""
-    with torch.no_grad(), eval_mode(model):
-        gain = model(images).gather(1, labels[:, None]).squeeze(1) - model(baseline)[0, labels]
-    return float(((attributions.flatten(1).sum(dim=1) - gain).abs() / gain.abs().clamp_min(1e-8)).mean())
 
 
 REPEATS_FILE = "eval_repeats.csv"

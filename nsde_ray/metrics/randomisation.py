@@ -71,21 +71,27 @@ def rank_correlation(first: torch.Tensor, second: torch.Tensor) -> np.ndarray:
 
 def randomisation_check(explain: Explainer, explain_randomised: Explainer, inputs: torch.Tensor,
                         target: torch.Tensor, explanations: torch.Tensor | None = None,
-                        seed: int = 0) -> tuple[float, float]:
+                        seed: int = 0, repeat: bool = True) -> tuple[float, float]:
     """(similarity, repeatability) of an explainer: mean :func:`rank_correlation` over the images.
 
     ``explain`` explains the trained model, ``explain_randomised`` the same method on
     :func:`randomised_copy`; inputs (B, C, H, W), target (B,). ``explanations`` reuses the trained
     model's attributions already computed; the repeat runs under the global torch seed ``seed + 1``.
-    Means leave out NaN images; all NaN gives NaN.
+    ``repeat=False`` is for a deterministic explainer, whose repeat would return the same maps:
+    they are compared with themselves (1 for an image with a rank order) and ``explain`` is not
+    called again. Means leave out NaN images; all NaN gives NaN.
     """
-    first = explain(inputs, target) if explanations is None else explanations
+    trained = attribution_map(explain(inputs, target) if explanations is None else explanations)
+    again = attribution_map(_repeat(explain, inputs, target, seed)) if repeat else trained
+    return (_nanmean(rank_correlation(trained, attribution_map(explain_randomised(inputs, target)))),
+            _nanmean(rank_correlation(trained, again)))
+
+
+def _repeat(explain: Explainer, inputs: torch.Tensor, target: torch.Tensor, seed: int) -> torch.Tensor:
+    """``explain(inputs, target)`` under the global torch seed ``seed + 1``, the caller's RNG state kept."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        again = explain(inputs, target)
-    trained = attribution_map(first)
-    return (_nanmean(rank_correlation(trained, attribution_map(explain_randomised(inputs, target)))),
-            _nanmean(rank_correlation(trained, attribution_map(again))))
+        return explain(inputs, target)
 
 
 def passes(similarity: float, repeatability: float) -> bool:
