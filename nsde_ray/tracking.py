@@ -33,9 +33,14 @@ PARENT = "mlflow.parentRunId"
 TRAIN_NODES = "nsde.train_nodes"
 PARETO_TAG, CONFIDENCE_TAG, EXCLUDED_TAG = "pareto_front", "pareto_confidence", "front_excluded"
 SEED_INDEX = "nsde.seed_index"
-# MLflow's UI opens an experiment of this kind on its training runs (without it, on its GenAI overview).
+# The experiment's kind (MLflow lists it as machine learning); MLflow 3.17's UI ignores it when it opens an
+# experiment: its sidebar toggle (GenAI by default) or the URL's workflowType decides (front_url).
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 FRONT_FILTER = f"tags.{PARETO_TAG} = 'true'"
+# MLflow's Chart view has a section per metric-name prefix, the prefixed ones first (alphabetically), then the
+# unprefixed "Model metrics": the objectives (and their _se) are also logged under this prefix, so their charts
+# come first. The flat names are kept for one release: Tune, Optuna and the dashboards read them.
+OBJECTIVES_SECTION = "objectives/"
 FRONT_CSV, FRONT_HTML, FRONT_PNG = "pareto_front.csv", "pareto_front.html", "pareto_front.png"
 MODEL_DIR = "model"
 # Metrics whose spread across seeds is logged (<name>_std, <name>_se): the objectives and the per-method ones.
@@ -177,8 +182,30 @@ def _metrics(values: dict[str, float], step: int = 0, timestamp: int | None = No
     import time
 
     now = timestamp or int(time.time() * 1000)
-    return [Metric(key, float(value), now, step) for key, value in values.items()
+    return [Metric(key, float(value), now, step) for key, value in dict(values, **grouped_objectives(values)).items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def grouped_objectives(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The objectives among ``metrics``, and their ``<name>_se``, under :data:`OBJECTIVES_SECTION`."""
+    names = {name for name, _ in OBJECTIVES}
+    return {OBJECTIVES_SECTION + key: value for key, value in metrics.items()
+            if key in names or key.removesuffix("_se") in names}
+
+
+def front_url(experiment_id: str, base: str = "") -> str:
+    """The front in MLflow's UI (``base``: the server's address; empty: a link from a page of that UI).
+
+    The experiment's training runs (workflowType) filtered by :data:`FRONT_FILTER`, sorted by val_accuracy: with
+    any sort but by creation time the UI lists the matched runs at the top level, while sorted by creation time
+    (its default) it nests them under their sweep's run, collapsed.
+    """
+    import urllib.parse
+
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": FRONT_FILTER,
+                                    "orderByKey": "metrics.`val_accuracy`", "orderByAsc": "false"},
+                                   quote_via=urllib.parse.quote)
+    return f"{base.rstrip('/') + '/' if base else ''}#/experiments/{experiment_id}/runs?{query}"
 
 
 class SweepTracker:
@@ -276,7 +303,9 @@ class SweepTracker:
         self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
 
     def finished_metrics(self, run_id: str) -> dict[str, float]:
-        return dict(self.client.get_run(run_id).data.metrics)
+        """A run's metrics by their flat names (without the copies under :data:`OBJECTIVES_SECTION`)."""
+        metrics = self.client.get_run(run_id).data.metrics
+        return {key: value for key, value in metrics.items() if not key.startswith(OBJECTIVES_SECTION)}
 
     # --- the Pareto front -----------------------------------------------------------------------
 
@@ -343,7 +372,7 @@ class SweepTracker:
         self.client.log_batch(self.parent_run_id, tags=[
             RunTag("front_objectives", ",".join(name for name, _ in report.objectives)),
             RunTag("noise_floor_flagged", ",".join(report.flagged) or "none"),
-            RunTag("mlflow.note.content", front_markdown(report))])
+            RunTag("mlflow.note.content", front_markdown(report, front_url(self.experiment_id)))])
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, FRONT_CSV), "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -395,14 +424,16 @@ def front_table(rows: list[dict[str, Any]]) -> str:
     return lines.getvalue()
 
 
-def front_markdown(report: front.FrontReport) -> str:
-    """The front table and the notes as Markdown: the sweep run's description in MLflow's UI."""
+def front_markdown(report: front.FrontReport, link: str = "") -> str:
+    """The front table and the notes as Markdown: the sweep run's description in MLflow's UI; ``link``
+    (:func:`front_url`), if any, under the table."""
     header = "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * len(TABLE_COLUMNS) + "\n"
     body = "".join("| " + " | ".join(table_cell(row, c) or " " for c in TABLE_COLUMNS) + " |\n" for row in report.rows)
     notes = "".join(f"- {note}\n" for note in report.notes)
     return (f"**Pareto front** over {', '.join(name for name, _ in report.objectives)} "
             f"(mean ± SE over seeds; pareto_probability: on the front when the means are redrawn within their SE)"
-            f"\n\n{header}{body}" + (f"\n{notes}" if notes else ""))
+            f"\n\n{header}{body}" + (f"\n[The front's runs]({link})\n" if link else "")
+            + (f"\n{notes}" if notes else ""))
 
 
 def table_cell(row: dict[str, Any], column: str) -> str:

@@ -2,6 +2,7 @@ import os
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -49,12 +50,15 @@ def digits_model():
 
 @dataclass(frozen=True)
 class SmokeSweep:
-    """A finished smoke sweep: its MLflow tracking URI, sweep name, printed output and PostgreSQL URI (or None)."""
+    """A finished smoke sweep: its MLflow tracking URI, sweep name, printed output and PostgreSQL URI (or None);
+    the backend store and artifact folder its ``mlflow server`` serves."""
 
     uri: str
     name: str
     output: str
     postgres: str | None
+    store: str
+    artifacts: Path
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +78,7 @@ def smoke_sweep(tmp_path_factory) -> Iterator[SmokeSweep]:
     assert argv, f"the cluster guide's {CLUSTER_SECTION!r} documents no {' '.join(command)}"
     flags = argv[3:]
     name = flags[flags.index("--name") + 1]
+    sqlite = f"sqlite:///{folder}/server.db"
     with ExitStack() as stack:
         try:
             postgres = stack.enter_context(postgres_server())
@@ -83,12 +88,13 @@ def smoke_sweep(tmp_path_factory) -> Iterator[SmokeSweep]:
                 raise
             warnings.warn(f"smoke sweep on a local Ray and SQLite instead of the README's cluster: {reason}")
             postgres, address, env = None, None, None
-            uri = stack.enter_context(mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts",
-                                                    folder / "server.log"))
+            uri = stack.enter_context(mlflow_server(sqlite, folder / "artifacts", folder / "server.log"))
+        # the store as its server reads it (SQLAlchemy 2.1 reads postgresql:// as psycopg 3; psycopg2 is installed)
+        store = postgres.replace("postgresql://", "postgresql+psycopg2://", 1) if postgres else sqlite
         ours = {"--address": address, "--storage": str(folder / "sweeps"), "--tracking-uri": uri}
         assert {f for f in flags if f.startswith("--")} == {"--smoke-test", "--name", *ours}
         argv = [ours.get(previous, value) for previous, value in zip([None] + flags, flags)]
         if address is None:  # a local Ray: no --address
             del argv[argv.index("--address"):argv.index("--address") + 2]
         output = finish_sweep(start_sweep(argv, folder, "sweep.log", env=env), folder, "sweep.log", 900)
-        yield SmokeSweep(uri, name, output, postgres)
+        yield SmokeSweep(uri, name, output, postgres, store, folder / "artifacts")
