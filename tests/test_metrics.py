@@ -132,6 +132,27 @@ def test_attributions_of_a_trained_model_pass_the_randomisation_check(digits_mod
     assert passes(similarity, repeatability)
 
 
+def test_a_deterministic_explainer_is_not_repeated_and_scores_the_same():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    images, labels = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    calls = []
+
+    def explainer_for(net):
+        def explain(x, target):
+            calls.append(net)
+            return make_explainer(net, "saliency")(x, target)
+        return explain
+
+    randomised = randomised_copy(model, seed=0)
+    explain, explain_randomised = explainer_for(model), explainer_for(randomised)
+    repeated = randomisation_check(explain, explain_randomised, images, labels, seed=2)
+    calls.clear()
+    once = randomisation_check(explain, explain_randomised, images, labels, seed=2, repeat=False)
+    assert once == repeated and repeated[1] == pytest.approx(1.0)
+    assert calls == [model, randomised]  # the unrepeated check explains the trained model once
+
+
 def test_localisation_auc_is_the_tpr_fpr_area():
     mask = box_mask((2, 2, 6, 6), 8, 8).unsqueeze(0).repeat(3, 1, 1)
     perfect = mask.float() + 0.01 * torch.rand(3, 8, 8)
