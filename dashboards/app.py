@@ -31,7 +31,7 @@ from nsde_ray import plots
 from nsde_ray.attribution import AttributionError
 from nsde_ray.explain import explain_image, prepare_image
 from nsde_ray.names import METHOD_LABELS, METHODS
-from nsde_ray.tracking import FRONT_FILTER, TABLE_COLUMNS, table_cell
+from nsde_ray.tracking import TABLE_COLUMNS, front_url, table_cell
 
 METHOD_BY_LABEL = {METHOD_LABELS[method]: method for method in METHODS}
 DISPLAY_SIZE = 256  # pixels; small inputs (digits are 32 px) are shown enlarged, nearest-neighbour
@@ -113,7 +113,7 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
                 return (f"**Error:** {err}", None, [], *empty, [], [])
             front = sum(row["pareto_front"] for row in rows)
             text = (f"**{len(rows)} finished configurations, {front} on the Pareto front** (mean ± 1 SE over seeds). "
-                    f"In MLflow's UI, the filter `{FRONT_FILTER}` shows the front.")
+                    f"[The front in MLflow's UI]({front_url(sweep.experiment_id, store.ui_url)}).")
             choices = [(_trial_label(row), row["run_id"]) for row in rows]
             left, right = default_pair(rows)
             gallery = store.gallery(right or left) if (right or left) else []

@@ -99,7 +99,7 @@ def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     from nsde_ray.sweep import build_tuner
-    from nsde_ray.tracking import FRONT_FILTER, front_table, ui_command
+    from nsde_ray.tracking import FRONT_FILTER, front_table, front_url, ui_address, ui_command
 
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     floors = ", ".join(f"{name} {floor:.3g} of range {spread:.3g}" for name, (floor, spread, _) in report.floors.items())
     print(f"[nsde-ray] noise floors (median SE of range): {floors}; flagged: {', '.join(report.flagged) or 'none'}")
     print(f"[nsde-ray] browse it: {ui_command(tracking.tracking_uri)}")
-    print(f"[nsde-ray]   experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}")
+    print(f"[nsde-ray]   experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}; the front's runs, listed flat: "
+          f"{front_url(tracking.experiment_id, ui_address(tracking.tracking_uri))}")
     print(f"[nsde-ray] resume it (after a crash or a stop): python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume")
     return 0 if rows else 1

@@ -171,11 +171,19 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:"))
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
 def ui_command(uri: str) -> str:
     """The command that browses ``uri`` (bound to 127.0.0.1, MLflow's default)."""
     if uri.startswith(("http://", "https://")):
         return f"open {without_credentials(uri)} in a browser"
     return f"mlflow ui --backend-store-uri {mask_uri(uri)}"
+
+
+def ui_address(uri: str) -> str:
+    """Where MLflow's UI over ``uri`` is: the tracking server itself, or :data:`LOCAL_UI` for a local store."""
+    return without_credentials(uri) if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
 def _metrics(values: dict[str, float], step: int = 0, timestamp: int | None = None) -> list[Metric]:

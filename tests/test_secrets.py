@@ -9,7 +9,7 @@ import pytest
 from helpers import assert_usage_error
 from nsde_ray import cli
 from nsde_ray.config import SweepConfig
-from nsde_ray.tracking import TrackingError, is_masked, mask_uri, redact, ui_command, without_credentials
+from nsde_ray.tracking import TrackingError, is_masked, mask_uri, redact, ui_address, ui_command, without_credentials
 
 URI = "http://alice:s3cret@127.0.0.1:9"
 
@@ -32,6 +32,7 @@ def test_messages_and_commands_never_carry_the_password():
     assert redact(f"cannot reach {URI}: auth s3cret refused", URI) == \
         "cannot reach http://alice:***@127.0.0.1:9: auth *** refused"
     assert ui_command(URI) == "open http://127.0.0.1:9 in a browser"
+    assert ui_address(URI) == "http://127.0.0.1:9" and ui_address("sqlite:////x/mlflow.db") == "http://127.0.0.1:5000"
     assert without_credentials(URI) == "http://127.0.0.1:9"
 
 

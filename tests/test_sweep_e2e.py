@@ -6,6 +6,7 @@ import mlflow
 import pytest
 
 from helpers import finish_sweep, seed_runs, start_sweep, trial_runs, wait_until
+from nsde_ray.names import MODEL_FILE
 from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,7 @@ def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep
             assert sorted(m.step for m in client.get_metric_history(seed.info.run_id, "train_loss")) == [1, 2]
             artifacts = {a.path for a in client.list_artifacts(seed.info.run_id)}
             assert {"attributions.png", "sic_curve.png", "ig_saturation.png", "model"} <= artifacts
-            assert [a.path for a in client.list_artifacts(seed.info.run_id, "model")] == ["model/checkpoint.pt"]
+            assert [a.path for a in client.list_artifacts(seed.info.run_id, "model")] == [f"model/{MODEL_FILE}"]
     references = {(r.data.params["noise_mode"], r.data.params["noise_sigma"]) for r in children}
     assert {("none", "0.0"), ("gaussian", "0.5")} <= references
     assert any(r.data.tags["pareto_front"] == "true" for r in children)
