@@ -13,14 +13,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 
-def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
-    """A (H, W) bool mask that is True inside the bounding box (x0, y0, x1, y1), pixels, end exclusive."""
-    x0, y0, x1, y1 = box
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    mask[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)] = True
-    return mask
-
-
 def localisation_auc(saliency: torch.Tensor, foreground: torch.Tensor) -> np.ndarray:
     """Per-image AUC (B,) of the TPR-FPR curve; saliency (B, H, W) (its absolute value is used),
     foreground (B, H, W) bool. NaN for an image whose mask is all foreground or all background."""
