@@ -223,16 +223,20 @@ def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: _Inputs,
 
 def _explainers(model: nn.Module, randomised: nn.Module, method: str, batch_size: int,
                 **options) -> tuple[Explainer, Explainer, Explainer]:
-    """(reference, trained, randomised) explainers of ``method``, ``batch_size`` inputs (B, C, H, W) per call.
+    """(reference, trained, randomised) explainers of ``method``, ``batch_size`` model inputs (B, C, H, W) per call.
 
     reference: Captum's, for the maps of the evaluation images that SIC, localisation, infidelity
     and the figures read (SIC thresholds ranks of pixels, so its maps stay bit for bit Captum's).
     trained and randomised: the fast path of ``model`` and of its :func:`randomised_copy` where the
     method has one (:func:`nsde_ray.attribution.make_explainer`, fast; equal to Captum's to float
     rounding, same noise for ``ig_nt``), for the perturbed inputs and the randomisation check.
-    options: as :func:`make_explainer`'s.
+    DeepSHAP runs each input with its N baselines, 2N model inputs, so it takes batch_size // 2N
+    inputs per call (at least one; the maps do not depend on the split). options: as
+    :func:`make_explainer`'s.
     """
-    fast = dict(options, fast=True, memory_format=torch.channels_last)
+    if method == "deepshap":
+        batch_size = max(1, batch_size // (2 * len(options["baselines"])))
+    fast = dict(options, fast=True, memory_format=torch.channels_last, stem_gradient=False)  # fastest on CPU
     return (in_batches(make_explainer(model, method, **options), batch_size),
             in_batches(make_explainer(model, method, **fast), batch_size),
             in_batches(make_explainer(randomised, method, **fast), batch_size))
