@@ -15,6 +15,15 @@ from nsde_ray.metrics.saturation import ig_saturation
 from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
 
 
+
+def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
+    """A (H, W) bool mask that is True inside the bounding box (x0, y0, x1, y1), pixels, end exclusive."""
+    x0, y0, x1, y1 = box
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)] = True
+    return mask
+
+
 @pytest.mark.parametrize("method", ["saliency", "ig"])
 def test_max_sensitivity_equals_captum_on_the_same_perturbations(digits_model, method):
     model, splits = digits_model
@@ -34,14 +43,6 @@ def test_max_sensitivity_equals_captum_on_the_same_perturbations(digits_model, m
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     assert (ours > 0).all()
 
-
-
-def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
-    """A (H, W) bool mask that is True inside the bounding box (x0, y0, x1, y1), pixels, end exclusive."""
-    x0, y0, x1, y1 = box
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    mask[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)] = True
-    return mask
 
 def test_perturbations_stay_in_the_pixel_ball_and_prediction_filter_applies(digits_model):
     model, splits = digits_model
