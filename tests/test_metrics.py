@@ -15,7 +15,6 @@ from nsde_ray.metrics.saturation import ig_saturation
 from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
 
 
-
 def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
     """A (H, W) bool mask that is True inside the bounding box (x0, y0, x1, y1), pixels, end exclusive."""
     x0, y0, x1, y1 = box
