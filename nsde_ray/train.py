@@ -56,6 +56,22 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def fit_in_process(model: nn.Module, dataset, cfg: TrainConfig) -> nn.Module:
+    """``model`` trained in this process, without Ray, DDP, schedule or checkpoints: ``cfg.epochs`` epochs of
+    ``cfg``'s optimizer over ``dataset`` ((image, label) pairs) in batches of ``cfg.batch_size`` shuffled by
+    torch's global generator (seed it first for a repeatable run). For small models in notebooks, tests and
+    benchmarks; returns the model in eval mode."""
+    optimizer = build_optimizer(model, cfg)
+    model.train()
+    for _ in range(cfg.epochs):
+        for images, labels in DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True):
+            loss = nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     """Stepped once per epoch; ``plateau`` (the shaping paper's ReduceLROnPlateau) watches val loss."""
     if cfg.lr_schedule == "cosine":

@@ -25,27 +25,17 @@ def local_ray():
 
 @pytest.fixture(scope="session")
 def digits_model():
-    """(model, splits): a cifar_resnet8 neural SDE (Gaussian, sigma 0.5) trained in-process on digits, ~97% val."""
+    """(model, splits): a cifar_resnet8 neural SDE (Gaussian, sigma 0.5) trained in-process on digits for 3 epochs."""
     import torch
-    from torch.utils.data import DataLoader
-
     from nsde_ray.config import DataConfig, NoiseConfig, TrainConfig
     from nsde_ray.data import build_datasets
     from nsde_ray.models import build_model
-    from nsde_ray.train import build_optimizer
+    from nsde_ray.train import fit_in_process
 
     torch.manual_seed(0)
     splits = build_datasets(DataConfig())
     model = build_model("cifar_resnet8", splits.num_classes, splits.in_channels, NoiseConfig("gaussian", 0.5))
-    optimizer = build_optimizer(model, TrainConfig(lr=0.05))
-    model.train()
-    for _ in range(3):
-        for images, labels in DataLoader(splits.train, batch_size=32, shuffle=True):
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval(), splits
+    return fit_in_process(model, splits.train, TrainConfig(lr=0.05, epochs=3, batch_size=32)), splits
 
 
 @dataclass(frozen=True)

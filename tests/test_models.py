@@ -309,3 +309,23 @@ def test_eager_noise_keeps_bf16_and_channels_last():
     x = torch.rand(2, 8, 16, 16).to(torch.bfloat16).to(memory_format=torch.channels_last)
     y = noise(x)
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fit_in_process_is_repeatable_and_learns():
+    from torch.utils.data import TensorDataset
+
+    from nsde_ray.config import TrainConfig
+    from nsde_ray.train import fit_in_process
+
+    images = torch.randn(64, 1, 8, 8)
+    labels = (images.mean(dim=(1, 2, 3)) > 0).long()
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=0.05)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("cifar_resnet8", 2, in_channels=1)
+        before = torch.nn.functional.cross_entropy(model.eval()(images), labels).item()
+        models.append(fit_in_process(model, TensorDataset(images, labels), cfg))
+    after = torch.nn.functional.cross_entropy(models[0](images), labels).item()
+    assert not models[0].training and after < before
+    assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()))
