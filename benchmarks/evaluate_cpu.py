@@ -13,7 +13,7 @@ Every round runs both sides of both, so the two sides share the machine's load. 
 each side's median wall and CPU seconds (CPU: this process's threads together), the ratio
 before / after, and the largest difference of any metric between the two sides.
 
-    python benchmarks/evaluate_cpu.py [--threads N] [--rounds 2] [--model state_dict.pt]
+    python benchmarks/evaluate_cpu.py [--threads N] [--rounds 2] [--evaluations sweep papers] [--model state_dict.pt]
 
 ``--threads`` sets torch's intra-op threads of every process (default: torch's own, the core count).
 """
@@ -104,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default=BEFORE, help="commit whose nsde_ray is timed as 'before'")
     parser.add_argument("--rounds", type=int, default=2, help="before/after pairs per evaluation")
+    parser.add_argument("--evaluations", nargs="+", choices=("sweep", "papers"), default=["sweep", "papers"])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--sweep-images", type=int, default=64)
     parser.add_argument("--paper-images", type=int, default=16)
@@ -126,16 +127,16 @@ def main() -> None:
             train(model)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, before = {args.before}, "
               f"load average {os.getloadavg()}")
-        results = {(name, side): [] for name in configs(args) for side in SIDES}
+        results = {(name, side): [] for name in args.evaluations for side in SIDES}
         for _ in range(args.rounds):
-            for name in configs(args):
+            for name in args.evaluations:
                 for side in SIDES:
                     results[name, side].append(run_side(args, name, model, scratch if side == "before" else None))
                     print(f"{name} {side}: {results[name, side][-1]['seconds']:.1f} s", flush=True)
     print(f"load average {os.getloadavg()}\n")
     print("| evaluation | before s | after s | before / after | CPU s before / after | largest metric difference |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name in configs(args):
+    for name in args.evaluations:
         wall = [statistics.median(r["seconds"] for r in results[name, side]) for side in SIDES]
         cpu = [statistics.median(r["cpu_seconds"] for r in results[name, side]) for side in SIDES]
         difference = max(largest_difference(b["metrics"], a["metrics"])
