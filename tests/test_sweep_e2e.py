@@ -59,10 +59,11 @@ def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep
     assert "pareto_probability" in output and " ± " in output and "noise floors" in output
 
     # the logged model loads back without unpickling code and predicts like the logged accuracy says
-    from nsde_ray.train import load_trained_model
+    from nsde_ray.explain import load_model
 
     model_dir = client.download_artifacts(seeds[0].info.run_id, "model", str(tmp_path / "download"))
-    model, cfg = load_trained_model(model_dir)
+    bundle = load_model(model_dir)
+    model, cfg = bundle.model, bundle.config
     assert cfg.data.dataset == "digits" and not model.training
 
 
