@@ -29,13 +29,12 @@ import tempfile
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 from nsde_ray.config import DataConfig, EvalConfig, NoiseConfig, TrainConfig
 from nsde_ray.data import build_datasets
 from nsde_ray.models import build_model
 from nsde_ray.names import METHODS
-from nsde_ray.train import build_optimizer
+from nsde_ray.train import fit_in_process
 
 BEFORE = "bb6c492"  # the last commit before the CPU speed-up of the evaluation
 ARCH, NOISE = "cifar_resnet8", NoiseConfig("gaussian", 0.5)
@@ -53,15 +52,7 @@ def train(path: str) -> None:
     torch.manual_seed(0)
     splits = build_datasets(DataConfig())
     model = build_model(ARCH, splits.num_classes, splits.in_channels, NOISE)
-    optimizer = build_optimizer(model, TrainConfig())
-    model.train()
-    for _ in range(4):
-        for images, labels in DataLoader(splits.train, batch_size=32, shuffle=True):
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    torch.save(model.state_dict(), path)
+    torch.save(fit_in_process(model, splits.train, TrainConfig(epochs=4, batch_size=32)).state_dict(), path)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -70,7 +61,7 @@ def worker(args: argparse.Namespace) -> None:
 
     splits = build_datasets(DataConfig())
     model = build_model(ARCH, splits.num_classes, splits.in_channels, NOISE)
-    model.load_state_dict(torch.load(args.model))
+    model.load_state_dict(torch.load(args.model, weights_only=True))
     cfg, repeats = configs(args)[args.worker]
     started, cpu = time.perf_counter(), time.process_time()
     metrics = evaluate_repeated(model, splits, cfg, repeats, progress=False).metrics
