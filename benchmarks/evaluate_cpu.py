@@ -34,7 +34,6 @@ from nsde_ray.config import DataConfig, EvalConfig, NoiseConfig, TrainConfig
 from nsde_ray.data import build_datasets
 from nsde_ray.models import build_model
 from nsde_ray.names import METHODS
-from nsde_ray.train import fit_in_process
 
 BEFORE = "bb6c492"  # the last commit before the CPU speed-up of the evaluation
 ARCH, NOISE = "cifar_resnet8", NoiseConfig("gaussian", 0.5)
@@ -49,6 +48,8 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[EvalConfig, int]]:
 
 def train(path: str) -> None:
     """The default model trained on digits for 4 epochs (seeded), its state dict saved to ``path``."""
+    from nsde_ray.train import fit_in_process  # the checkout's: a --before package may not have it
+
     torch.manual_seed(0)
     splits = build_datasets(DataConfig())
     model = build_model(ARCH, splits.num_classes, splits.in_channels, NOISE)
