@@ -171,14 +171,14 @@ def _evaluate_method(model: nn.Module, method: str, inputs: _Inputs, splits: Dat
     """``method``'s metrics, its signed maps (B, H, W) of the evaluation images, and their PIC."""
     images, labels = inputs.images, inputs.labels
     check_applicable(model, method, images[:1])
-    reference, explain, explain_randomised = _explainers(
+    reference, fast, randomised = _explainers(
         model, inputs.randomised, method, cfg.batch_size,
         baselines=inputs.shap_baselines if method == "deepshap" else inputs.baseline, **inputs.options)
     stages.set_postfix_str(f"{method}: attributions")
     attributions = reference(images, labels)
     signed_maps = attribution_map(attributions)
-    similarity, repeatability = randomisation_check(explain, explain_randomised, images, labels, attributions,
-                                                    cfg.seed, repeat=method in STOCHASTIC_METHODS)
+    similarity, repeatability = randomisation_check(reference, randomised, images, labels, attributions, cfg.seed,
+                                                    repeat=method in STOCHASTIC_METHODS)
     metrics = {f"randomisation_similarity_{method}": similarity,
                f"randomisation_repeatability_{method}": repeatability,
                f"randomisation_passed_{method}": float(passes_randomisation(similarity, repeatability)),
@@ -187,7 +187,7 @@ def _evaluate_method(model: nn.Module, method: str, inputs: _Inputs, splits: Dat
         metrics[f"localisation_auc_{method}"] = float(np.nanmean(localisation_auc(signed_maps, inputs.foreground)))
     stages.update()
     stages.set_postfix_str(f"{method}: sensitivity")
-    sensitivity = max_sensitivity(explain, model, images, labels, inputs.deltas, keep_prediction=cfg.keep_prediction,
+    sensitivity = max_sensitivity(fast, model, images, labels, inputs.deltas, keep_prediction=cfg.keep_prediction,
                                   chunk_size=cfg.batch_size, explanations=attributions)
     metrics[f"sensitivity_{method}"], metrics[f"sensitivity_valid_fraction_{method}"] = mean_sensitivity(sensitivity)
     stages.update()
@@ -223,13 +223,13 @@ def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: _Inputs,
 
 def _explainers(model: nn.Module, randomised: nn.Module, method: str, batch_size: int,
                 **options) -> tuple[Explainer, Explainer, Explainer]:
-    """(reference, trained, randomised) explainers of ``method``, ``batch_size`` model inputs (B, C, H, W) per call.
+    """(reference, fast, randomised) explainers of ``method``, ``batch_size`` model inputs (B, C, H, W) per call.
 
-    reference: Captum's, for the maps of the evaluation images that SIC, localisation, infidelity
-    and the figures read (SIC thresholds ranks of pixels, so its maps stay bit for bit Captum's).
-    trained and randomised: the fast path of ``model`` and of its :func:`randomised_copy` where the
-    method has one (:func:`nsde_ray.attribution.make_explainer`, fast; equal to Captum's to float
-    rounding, same noise for ``ig_nt``), for the perturbed inputs and the randomisation check.
+    reference and randomised: Captum's, of ``model`` and of its :func:`randomised_copy`, for the
+    maps that thresholds and ranks read (SIC, localisation, the randomisation check), which
+    rounding alone could move. fast: ``model``'s fast path where the method has one
+    (:func:`nsde_ray.attribution.make_explainer`, fast; Captum's values to float rounding, the
+    same noise for ``ig_nt``), for the perturbed inputs of max-sensitivity, a relative L2 change.
     DeepSHAP runs each input with its N baselines, 2N model inputs, so it takes batch_size // 2N
     inputs per call (at least one; the maps do not depend on the split). options: as
     :func:`make_explainer`'s.
@@ -239,7 +239,7 @@ def _explainers(model: nn.Module, randomised: nn.Module, method: str, batch_size
     fast = dict(options, fast=True, memory_format=torch.channels_last, stem_gradient=False)  # fastest on CPU
     return (in_batches(make_explainer(model, method, **options), batch_size),
             in_batches(make_explainer(model, method, **fast), batch_size),
-            in_batches(make_explainer(randomised, method, **fast), batch_size))
+            in_batches(make_explainer(randomised, method, **options), batch_size))
 
 
 @contextmanager
