@@ -237,6 +237,11 @@ class TrainConfig:
     the same as without it. ``init_from``: initial weights (absolute path, visible to every
     worker) of a run that does not resume: a state dict saved with ``torch.save`` (torchvision's
     load unchanged) or a checkpoint of this package, file or directory (:mod:`nsde_ray.weights`).
+    ``single_process``: a one-worker run trains in its trial's own process
+    (:func:`nsde_ray.train.fit_single_worker`, same loop and checkpoints) instead of under a
+    ``TorchTrainer``, which saves Ray Train's start-up; a failed attempt is retried by Tune, up to
+    ``max_failures`` times, from the latest checkpoint. Runs with more workers always use a
+    ``TorchTrainer``.
     """
 
     epochs: int = 6
@@ -256,9 +261,12 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"
     init_from: str | None = None
+    single_process: bool = True
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
+        _require(isinstance(self.single_process, bool),
+                 f"single_process must be true or false, got {self.single_process!r}")
         _require(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         _one_of("compile_mode", self.compile_mode, COMPILE_MODES)
         _positive_int("batch_size", self.batch_size)
@@ -275,6 +283,11 @@ class TrainConfig:
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         _require(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
                  f"init_from must be the path of initial weights, or None, got {self.init_from!r}")
+
+    @property
+    def in_trial_process(self) -> bool:
+        """Whether a run trains in its trial's process (``single_process`` and one worker) or under a ``TorchTrainer``."""
+        return self.single_process and self.num_workers == 1
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from nsde_ray import overrides
 from nsde_ray.config import SPACE, ConfigError, TrialConfig, check_name
 from nsde_ray.data import DataError
 from nsde_ray.logs import ray_log_level
+from nsde_ray.storage import resolve_filesystem
 from nsde_ray.tracking import (SweepTracker, TrackingError, check_reachable, check_tracking_uri, is_local_store,
                                mask_uri, redact, resolve_resume_uri, resolve_tracking_uri)
 from nsde_ray.weights import WeightsError
@@ -57,14 +58,6 @@ def train_storage(cfg: RunSettings) -> str:
     return f"{experiment_path(cfg)}/{TRAIN_DIR}"
 
 
-def _filesystem(path: str):
-    import pyarrow.fs
-
-    if "://" not in path:
-        return pyarrow.fs.LocalFileSystem(), path
-    return pyarrow.fs.FileSystem.from_uri(path)
-
-
 def save_state(cfg: RunSettings, tracker: dict[str, str], kind: str = "sweep") -> None:
     """The run's settings (under ``kind``, the command that made it) and MLflow ids, next to Tune's state.
 
@@ -82,7 +75,7 @@ def save_state(cfg: RunSettings, tracker: dict[str, str], kind: str = "sweep") -
         if values.get("tracking_uri"):
             values["tracking_uri"] = mask_uri(values["tracking_uri"])
     payload = json.dumps({kind: settings, "tracker": tracker}, indent=2).encode()
-    filesystem, root = _filesystem(experiment_path(cfg))
+    filesystem, root = resolve_filesystem(experiment_path(cfg))
     target = f"{root}/{SWEEP_FILE}"
     if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
         os.makedirs(root, exist_ok=True)
@@ -118,7 +111,7 @@ def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict
     """
     import pyarrow.fs
 
-    filesystem, root = _filesystem(f"{storage.rstrip('/')}/{name}")
+    filesystem, root = resolve_filesystem(f"{storage.rstrip('/')}/{name}")
     if filesystem.get_file_info(f"{root}/{SWEEP_FILE}").type == pyarrow.fs.FileType.NotFound:
         raise SweepError(f"no sweep named {name!r} in {storage} to resume; check --name and --storage"
                          f" (sweeps there: {', '.join(list_sweeps(storage)) or 'none'})")
@@ -144,7 +137,7 @@ def list_sweeps(storage: str) -> list[str]:
     import pyarrow.fs
 
     try:
-        filesystem, root = _filesystem(storage)
+        filesystem, root = resolve_filesystem(storage)
         entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
         return sorted(os.path.basename(e.path) for e in entries
                       if filesystem.get_file_info(f"{e.path}/{SWEEP_FILE}").type == pyarrow.fs.FileType.File)

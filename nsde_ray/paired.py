@@ -19,7 +19,6 @@ every trial, ``init_from``).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 
 from nsde_ray.config import PaperTablesConfig
@@ -48,16 +47,15 @@ def finetune_stage(cfg: PaperTablesConfig) -> PaperTablesConfig:
 
 def plain_checkpoints(cfg: PaperTablesConfig, tracking) -> dict[str, tuple[str, int]]:
     """{final checkpoint directory: (arch, seed)} of the finished plain models, found from their MLflow runs."""
-    from ray.train import Result
-
     from nsde_ray.tracking import STATUS, TRIAL_ID
+    from nsde_ray.train import last_checkpoint
 
     train_dir = train_storage(plain_stage(cfg))
     bases = {}
     for run in tracking.trial_runs():
         params, tags = run.data.params, run.data.tags
         if params.get("noise_mode") == "none" and tags.get(STATUS) == "finished":
-            checkpoint = Result.from_path(os.path.join(train_dir, TRAIN_RUN.format(tags[TRIAL_ID]))).checkpoint
+            checkpoint = last_checkpoint(train_dir, TRAIN_RUN.format(tags[TRIAL_ID]))
             bases[checkpoint.path] = (params["arch"], int(params["seed"]))
     return bases
 

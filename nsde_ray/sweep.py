@@ -150,9 +150,12 @@ def restore_tuner(cfg: RunSettings, trainable, retry_errored: bool = True) -> tu
 
 def run_config(cfg: RunSettings, callback: ProgressCallback, log_level: int = logging.INFO) -> tune.RunConfig:
     """Where Tune keeps ``cfg``'s state (``storage``/``name``), its progress callback and table
-    (:func:`nsde_ray.logs.tune_verbosity`), one retry per trial."""
+    (:func:`nsde_ray.logs.tune_verbosity`), and the retries of a failed trial: ``train.max_failures`` for
+    trials that train in their own process (the only retries they get), one on top of Ray Train's for the rest."""
+    train = cfg.base.train
+    retries = train.max_failures if train.in_trial_process else 1
     return tune.RunConfig(name=cfg.name, storage_path=cfg.storage, verbose=tune_verbosity(log_level),
-                          callbacks=[callback], failure_config=tune.FailureConfig(max_failures=1))
+                          callbacks=[callback], failure_config=tune.FailureConfig(max_failures=retries))
 
 
 def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool, retry_errored: bool = True,

@@ -1,10 +1,17 @@
-"""One trial's training: ``train_fn_per_worker`` on N DDP workers under Ray Train's ``TorchTrainer``.
+"""One trial's training: :func:`train_loop` on N DDP workers under Ray Train's ``TorchTrainer``, or on one
+in the calling process.
+
+:func:`build_trainer` runs it as ``train_fn_per_worker`` under a ``TorchTrainer``.
+:func:`fit_single_worker` runs the same loop for a one-worker run in this process, with its
+checkpoints in the run's storage (:class:`nsde_ray.storage.CheckpointStore`): that saves Ray
+Train's start-up (its controller and worker processes) and a trial's retry continues from the
+latest checkpoint the same way.
 
 Each epoch every worker trains on its own fixed shard (``ShardSampler``, seeded by the config), the
 validation set is split across workers and the counts all-reduced, and rank 0 reports a
-checkpoint through ``ray.train.report``. After a worker failure Ray Train restarts the group
-(``FailureConfig.max_failures``) and ``train_fn_per_worker`` continues from the latest checkpoint.
-A non-finite training loss (too much noise) ends the run cleanly with ``diverged = True``.
+checkpoint. After a worker failure Ray Train restarts the group (``FailureConfig.max_failures``)
+and ``train_fn_per_worker`` continues from the latest checkpoint. A non-finite training loss (too
+much noise) ends the run cleanly with ``diverged = True``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray.train
@@ -27,8 +35,9 @@ from nsde_ray.attribution import autocast_options, ig_baseline
 from nsde_ray.config import NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets, loader_processes
 from nsde_ray.models import build_model, set_noise_shape_maps
-from nsde_ray.shaping import NoiseShaper, noise_energy
 from nsde_ray.names import CHECKPOINT_FILE
+from nsde_ray.shaping import NoiseShaper, noise_energy
+from nsde_ray.storage import CheckpointStore
 from nsde_ray.weights import load_init_weights, load_tensors, model_from_state
 
 
@@ -107,22 +116,123 @@ def load_trained_model(checkpoint_dir: str) -> tuple[nn.Module, TrialConfig]:
 RAY_LOG_LEVEL = "ray_log_level"  # the key of train_fn_per_worker's config that is not the trial's
 
 
+class RayTrainSession:
+    """:func:`train_loop`'s view of a Ray Train worker: rank, world size, device, the checkpoint to
+    resume from, and reports (every rank reports; rank 0 alone writes and attaches the checkpoint)."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def latest_checkpoint(self) -> ray.train.Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    def report(self, metrics: dict, state: dict) -> None:
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as checkpoint_dir:
+            torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
+
+
+class SingleProcessSession:
+    """:func:`train_loop`'s view of a one-worker run in this process, without Ray Train: rank 0 of 1, the
+    trial's GPU if it holds one, checkpoints in a :class:`nsde_ray.storage.CheckpointStore`, and each
+    report passed to ``on_report(metrics)``; the reports and the last checkpoint are kept."""
+
+    def __init__(self, store: CheckpointStore, use_gpu: bool, on_report: Callable[[dict], None] | None) -> None:
+        self.rank, self.world_size = 0, 1
+        self.device = torch.device("cuda", 0) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        self.store, self.on_report = store, on_report
+        self.reports: list[dict] = []
+        self.checkpoint: ray.train.Checkpoint | None = None
+
+    def latest_checkpoint(self) -> ray.train.Checkpoint | None:
+        return self.store.latest()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def report(self, metrics: dict, state: dict) -> None:
+        self.checkpoint = self.store.save(state, metrics)
+        self.reports.append(metrics)
+        if self.on_report is not None:
+            self.on_report(metrics)
+
+
+@dataclass
+class TrainOutcome:
+    """A finished training run: ``metrics`` (its last report), ``checkpoint`` (its last, a
+    ``ray.train.Checkpoint``) and ``reports`` (the reports it still knows, oldest first; with
+    Ray Train those of its kept checkpoints and the last)."""
+
+    metrics: dict
+    checkpoint: ray.train.Checkpoint | None
+    reports: list[dict]
+
+    @classmethod
+    def from_result(cls, result: ray.train.Result) -> TrainOutcome:
+        kept = [metrics for _, metrics in (getattr(result, "best_checkpoints", None) or [])]
+        return cls(dict(result.metrics or {}), result.checkpoint, kept + [dict(result.metrics or {})])
+
+
 def train_fn_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` is :meth:`TrialConfig.to_dict`, optionally with :data:`RAY_LOG_LEVEL`:
     the level of the worker's root logger, where Ray Train logs each report at INFO."""
     config = dict(config)
     logging.getLogger().setLevel(config.pop(RAY_LOG_LEVEL, "INFO"))
+    train_loop(config, RayTrainSession())
+
+
+def fit_single_worker(cfg: TrialConfig, *, name: str, storage_path: str,
+                      on_report: Callable[[dict], None] | None = None) -> TrainOutcome:
+    """The one-worker training of :func:`build_trainer`'s ``TorchTrainer``, run in this process.
+
+    Same loop, seeds and checkpoint contents; the checkpoints go to ``{storage_path}/{name}``
+    (:class:`nsde_ray.storage.CheckpointStore`), so a call with the same ``(storage_path, name)``
+    after a crash continues from the latest one, as a restored Train run does. No retry here: the
+    caller's (Tune's trial retries) restarts it. ``on_report(metrics)`` is called after each epoch's
+    checkpoint is written.
+    """
+    if cfg.train.num_workers != 1:
+        raise ValueError(f"fit_single_worker trains with one worker; this config asks for {cfg.train.num_workers}")
+    session = SingleProcessSession(CheckpointStore(storage_path, name), cfg.train.use_gpu, on_report)
+    train_loop(cfg.to_dict(), session)
+    if session.reports:
+        return TrainOutcome(session.reports[-1], session.checkpoint, session.reports)
+    # nothing left to train (an earlier attempt finished it): its last checkpoint and report
+    metrics = session.store.latest_metrics()
+    return TrainOutcome(metrics, session.latest_checkpoint(), [metrics] if metrics else [])
+
+
+def last_checkpoint(storage_path: str, name: str) -> ray.train.Checkpoint:
+    """The last checkpoint of the training run ``(storage_path, name)``, trained in process
+    (:func:`fit_single_worker`) or by a ``TorchTrainer``; FileNotFoundError if it has none."""
+    checkpoint = CheckpointStore(storage_path, name).latest()
+    if checkpoint is None:
+        checkpoint = ray.train.Result.from_path(f"{storage_path.rstrip('/')}/{name}").checkpoint
+    if checkpoint is None:
+        raise FileNotFoundError(f"the training run {name!r} in {storage_path} has no checkpoint")
+    return checkpoint
+
+
+def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) -> None:
+    """Train ``config`` (:meth:`TrialConfig.to_dict`) as ``session``'s rank, from its latest checkpoint if any,
+    reporting each epoch's metrics and checkpoint to it."""
     cfg = TrialConfig.from_dict(config)
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world_size, device = session.rank, session.world_size, session.device
     on_gpu = device.type == "cuda"
     memory_format = torch.channels_last if on_gpu and cfg.train.channels_last else torch.contiguous_format
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     splits = build_datasets(cfg.data)
     model = build_model(cfg.model.arch, splits.num_classes, splits.in_channels, cfg.noise)
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.latest_checkpoint()
     if checkpoint is None and cfg.train.init_from:  # a resumed run continues from its own checkpoint instead
         load_init_weights(cfg.train.init_from, model)
     model = model.to(device=device, memory_format=memory_format)
@@ -156,7 +266,7 @@ def train_fn_per_worker(config: dict) -> None:
             shaper.load_state_dict(state["shaping"], scratch.to(memory_format=memory_format))
         start_epoch, train_time_s, shaping_time_s = state["epoch"], state["train_time_s"], state["shaping_time_s"]
         noise_energy_sum = state["noise_energy_sum"]
-    ddp_model = compile_for_training(ray.train.torch.prepare_model(model, move_to_device=False), cfg.train)
+    ddp_model = compile_for_training(session.prepare(model), cfg.train)
     autocast = autocast_options(device, cfg.train.amp)
 
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -176,19 +286,19 @@ def train_fn_per_worker(config: dict) -> None:
                    "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
                    "shaping_time_s": shaping_time_s, "noise_energy_epoch": stats.noise_energy,
                    "noise_energy": noise_energy_sum / (epoch + 1),
-                   "node_id": ray.get_runtime_context().get_node_id(),
+                   "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
                    "diverged": not math.isfinite(stats.train_loss)}
         if metrics["diverged"]:
             # A marker checkpoint without weights: the run's result shows the divergence, and a
             # restore (worker failure, --resume) ends at once instead of training a diverged model.
-            _report_with_checkpoint(metrics, rank, {"epoch": epoch + 1, "diverged": True,
-                                                    "train_time_s": train_time_s, "config": config})
+            session.report(metrics, {"epoch": epoch + 1, "diverged": True, "train_time_s": train_time_s,
+                                     "config": config})
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(stats.val_loss)
         elif scheduler is not None:
             scheduler.step()
-        _report_with_checkpoint(metrics, rank, {
+        session.report(metrics, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "shaping": shaper.state_dict() if shaper is not None else {},
@@ -257,16 +367,6 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
     train_loss, n_train, val_loss, correct, n_val, energy_sum, steps = totals.tolist()
     return EpochStats(train_loss / max(n_train, 1.0), val_loss / max(n_val, 1.0), correct / max(n_val, 1.0),
                       shaping_time_s, energy_sum / max(steps, 1.0))
-
-
-def _report_with_checkpoint(metrics: dict, rank: int, state: dict) -> None:
-    """Every rank reports the metrics; rank 0 alone writes and attaches the checkpoint."""
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as checkpoint_dir:
-        torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
 
 
 def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str, callbacks: list | None = None,

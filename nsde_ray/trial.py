@@ -1,10 +1,19 @@
-"""One trial: a configuration trained (Ray Train) and evaluated with each of its seeds, logged to MLflow.
+"""One trial: a configuration trained and evaluated with each of its seeds, logged to MLflow.
 
 :func:`trial_trainable` is Tune's trainable for both commands. Per seed, :func:`run_seed` trains
-with a ``TorchTrainer`` (per-epoch metrics to MLflow by :class:`EpochLogger` on the Train
-controller), evaluates the final checkpoint in a Ray task that holds one worker's resources
-(:func:`evaluate_checkpoint`) and logs everything to the seed's MLflow run; :func:`run_trial`
-aggregates the seeds and reports to Tune (:func:`reported_metrics`).
+(:func:`train_seed`) and evaluates the final checkpoint (:func:`evaluate_checkpoint`), then logs
+everything to the seed's MLflow run; per-epoch metrics go to MLflow as they come
+(:class:`EpochLogger`). :func:`run_trial` aggregates the seeds and reports to Tune
+(:func:`reported_metrics`).
+
+Two paths, by :attr:`TrainConfig.in_trial_process`:
+
+- one worker (the default): training and evaluation run in the trial's own process, which holds
+  the worker's resources. No Ray Train controller or worker process and no evaluation task start,
+  which saves most of a seed's overhead; Tune retries a failed trial from the latest checkpoint.
+- several DDP workers (or ``single_process`` off): a ``TorchTrainer`` trains (its controller
+  calls the :class:`EpochLogger`; Ray Train retries worker failures), and a Ray task holding
+  one worker's resources evaluates.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -28,6 +37,9 @@ from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
 from nsde_ray.logs import configure, ray_log_level
 from nsde_ray.names import OBJECTIVES
 from nsde_ray.tracking import MODEL_DIR, SweepTracker, aggregate_seeds, tracking_warning
+
+if TYPE_CHECKING:
+    from nsde_ray.train import TrainOutcome
 
 TRIAL_DRIVER_MEMORY = 256 * 1024 ** 2  # bytes
 
@@ -43,7 +55,8 @@ class EpochLogger(ray.train.UserCallback):
     server down for longer than the client's retries) is printed as a warning, once per run, and
     the epoch's metrics wait in a buffer of at most :data:`PENDING_EPOCHS` epochs that the next
     call logs first. What still waits when training ends is logged by the trial's driver from the
-    Train result's kept reports (:func:`log_kept_epochs`, before the run is finished).
+    run's kept reports (:meth:`SweepTracker.log_missing_epochs`, before the run is finished).
+    A run in the trial's own process calls :meth:`log` directly.
     """
 
     def __init__(self, tracker: dict[str, str], run_id: str, label: str, epochs: int,
@@ -55,8 +68,12 @@ class EpochLogger(ray.train.UserCallback):
         self._warned = False
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        self.log(metrics[0])
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """One epoch's (rank 0's) report: to MLflow, or to the buffer while MLflow fails; never raises."""
         try:
-            epoch_metrics = dict(metrics[0])
+            epoch_metrics = dict(metrics)
             epoch = int(epoch_metrics["epoch"])
             self._pending.append([epoch, epoch_metrics, False])  # [epoch, metrics, metrics logged]
             self.flush()
@@ -95,15 +112,6 @@ class EpochLogger(ray.train.UserCallback):
             configure(self.log_level).warning(tracking_warning(
                 f"{self.label}: cannot log epoch metrics to MLflow (keeping up to {PENDING_EPOCHS} epochs to log "
                 "when it answers again)", err, self.tracker.get("tracking_uri")))
-
-
-def log_kept_epochs(tracking: SweepTracker, run_id: str, result) -> None:
-    """Log the epochs of a finished Train ``result`` (its last report and kept checkpoints) that the run lacks.
-
-    The catch-up for :class:`EpochLogger`'s buffer: epochs it could not log before training ended.
-    """
-    reports = [metrics for _, metrics in (getattr(result, "best_checkpoints", None) or [])] + [result.metrics or {}]
-    tracking.log_missing_epochs(run_id, [metrics for metrics in reports if "epoch" in metrics])
 
 
 def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool,
@@ -188,48 +196,41 @@ def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeat
 
 def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: str, label: str, storage_path: str,
              repeats: int, log_level: int = logging.INFO) -> tuple[str, dict[str, float]]:
-    """Train (Ray Train) and evaluate one seed of a configuration, logged to ``run_id``: (status, final metrics).
+    """Train and evaluate one seed of a configuration, logged to ``run_id``: (status, final metrics).
 
-    ``train_name`` names its Train run, stable across restarts, so a retried seed continues from
+    ``train_name`` names its training run, stable across restarts, so a retried seed continues from
     its latest checkpoint. Status is ``finished`` or ``diverged``; a failure marks the run failed
     and raises :class:`SweepError`.
     """
-    from nsde_ray.train import build_trainer
-
     started = time.perf_counter()
-    trainer = build_trainer(cfg, name=train_name, storage_path=storage_path,
-                            callbacks=[EpochLogger(tracking.describe(), run_id, label, cfg.train.epochs, log_level)],
-                            train_log_level=ray_log_level(log_level))
-    fit_started = time.perf_counter()
+    logger = EpochLogger(tracking.describe(), run_id, label, cfg.train.epochs, log_level)
     try:
-        result = trainer.fit()
-        error = result.error
-    except ray.train.TrainingFailedError as err:
-        result, error = None, err
-    if error is not None:
-        tracking.finish_trial(run_id, "failed", {}, error=f"{type(error).__name__}: {error}")
-        raise SweepError(f"{label} failed in training: {error}")
-    fit_s = time.perf_counter() - fit_started
-    log_kept_epochs(tracking, run_id, result)  # what EpochLogger could not log while MLflow failed
-    train_metrics = dict(result.metrics or {})
+        outcome, fit_s = train_seed(cfg, train_name, storage_path, logger, log_level)
+    except Exception as err:  # Ray Train's TrainingFailedError, or the loop's own error in this process
+        tracking.finish_trial(run_id, "failed", {}, error=f"{type(err).__name__}: {err}")
+        raise SweepError(f"{label} failed in training: {err}") from err
+    tracking.log_missing_epochs(run_id, [m for m in outcome.reports if "epoch" in m])  # what EpochLogger could not
+    train_metrics = outcome.metrics
     if train_metrics.get("diverged"):
         tracking.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
         log.info(f"{label} diverged (non-finite loss) at epoch {train_metrics.get('epoch')}")
         return "diverged", train_metrics
-    # Outside the trial's placement group (which holds no CPU): the task takes one worker's resources.
-    resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0,
-                     scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
     eval_started = time.perf_counter()
     try:
-        eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
-            result.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats))
-    except Exception as err:  # the evaluation task's error, re-raised by ray.get
+        if cfg.train.in_trial_process:  # the trial holds one worker's resources already
+            eval_metrics, files = evaluate_checkpoint(outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats)
+        else:  # outside the trial's placement group (which holds no CPU): the task takes one worker's resources
+            resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0,
+                             scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+            eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
+                outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats))
+    except Exception as err:  # the evaluation's error (re-raised by ray.get for the task)
         tracking.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")
         raise SweepError(f"{label} failed in evaluation: {err}") from err
     final = {key: value for key, value in train_metrics.items() if isinstance(value, (int, float))}
     final.update(eval_metrics)
-    # Where the overhead goes: starting the Train run (controller, workers, process group; plus the
-    # per-epoch checkpoints), starting the evaluation task (process, imports, data), MLflow logging.
+    # Where the overhead goes: starting the training (with Ray Train: controller, workers, process group)
+    # and its per-epoch checkpoints, starting the evaluation (a task's process, imports; data), MLflow logging.
     final["train_startup_s"] = fit_s - final.get("train_time_s", 0.0)
     final["eval_startup_s"] = time.perf_counter() - eval_started - final["eval_time_s"]
     final["trial_wall_s"] = time.perf_counter() - started
@@ -251,6 +252,25 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
           f"{final['train_startup_s']:.0f}, eval start-up {final['eval_startup_s']:.0f}, "
              f"logging {final['logging_s']:.0f})")
     return "finished", final
+
+
+def train_seed(cfg: TrialConfig, train_name: str, storage_path: str, logger: EpochLogger,
+               log_level: int) -> tuple[TrainOutcome, float]:
+    """Train one seed of a configuration: (outcome, seconds). In this process for a one-worker run
+    (:attr:`TrainConfig.in_trial_process`), else with a ``TorchTrainer``; either way from the latest
+    checkpoint of ``(storage_path, train_name)`` if it has one. Raises what the training raised."""
+    from nsde_ray.train import TrainOutcome, build_trainer, fit_single_worker
+
+    started = time.perf_counter()
+    if cfg.train.in_trial_process:
+        outcome = fit_single_worker(cfg, name=train_name, storage_path=storage_path, on_report=logger.log)
+        return outcome, time.perf_counter() - started
+    trainer = build_trainer(cfg, name=train_name, storage_path=storage_path, callbacks=[logger],
+                            train_log_level=ray_log_level(log_level))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return TrainOutcome.from_result(result), time.perf_counter() - started
 
 
 def reported_metrics(metrics: dict[str, float], diverged: bool) -> dict[str, float]:
@@ -291,13 +311,19 @@ def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1,
                     log_level: int = logging.INFO):
     """:func:`run_trial` over ``cfg.base`` as Tune's trainable.
 
-    It asks Tune for no CPU of its own (only a nominal memory reservation, as Tune refuses an
-    empty request): its ``TorchTrainer`` workers and the evaluation task hold the resources, so N
-    one-worker trials fit on N CPUs without a deadlock.
+    A trial that trains in its own process (:attr:`TrainConfig.in_trial_process`) asks Tune for one
+    worker's resources (CPUs, and a GPU with ``use_gpu``) and evaluates there too. Otherwise it asks
+    for no CPU of its own (only a nominal memory reservation, as Tune refuses an empty request): its
+    ``TorchTrainer`` workers and the evaluation task hold the resources, so N trials fit on the N
+    workers' CPUs without a deadlock.
     """
     trainable = tune.with_parameters(run_trial, base=cfg.base.to_dict(), storage_path=train_storage(cfg),
                                      tracker=tracker, repeats=repeats, seeds_per_config=seeds_per_config,
                                      log_level=log_level)
+    train = cfg.base.train
+    if train.in_trial_process:
+        return tune.with_resources(trainable, {"CPU": train.cpus_per_worker, "GPU": 1 if train.use_gpu else 0,
+                                               "memory": TRIAL_DRIVER_MEMORY})
     return tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
 
 

@@ -187,12 +187,15 @@ def test_epoch_logger_survives_mlflow_errors_and_logs_the_waiting_epochs_later(t
     assert sorted(m.step for m in history) == [1, 2, 3] and logger.pending == []
     assert mlflow.MlflowClient(uri).get_run(run_id).data.tags["nsde.train_nodes"] == "node1,node0"
 
-    # what still waits when training ends is logged by the driver from the Train result
+    # what still waits when training ends is logged by the driver from the Train result's kept reports
+    from nsde_ray.train import TrainOutcome
+
     down["now"] = True
     logger.after_report(None, [_epoch(4)], None)
     down["now"] = False
-    result = SimpleNamespace(best_checkpoints=[(None, _epoch(3)), (None, _epoch(4))], metrics=_epoch(5))
-    trial.log_kept_epochs(tracker, run_id, result)
+    result = SimpleNamespace(best_checkpoints=[(None, _epoch(3)), (None, _epoch(4))], metrics=_epoch(5),
+                             checkpoint=None)
+    tracker.log_missing_epochs(run_id, TrainOutcome.from_result(result).reports)
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # none twice
 
