@@ -32,8 +32,8 @@ class CheckpointStore:
     each its ``checkpoint.pt`` and the metrics reported with it (:data:`METRICS_FILE`).
 
     A checkpoint is written to a hidden temporary folder first and then moved into place, so a
-    crash mid-write never leaves a partial checkpoint where :meth:`latest` looks. The newest
-    ``keep`` are kept.
+    crash mid-write never leaves a partial checkpoint where :meth:`latest` looks; the next save
+    removes such leftovers. The newest ``keep`` are kept.
     """
 
     def __init__(self, storage_path: str, name: str, keep: int = 2) -> None:
@@ -64,6 +64,9 @@ class CheckpointStore:
         self.filesystem.move(temporary, target)
         for _, old in self._checkpoints()[:-self.keep]:
             self._delete(old)
+        for entry in self._entries():  # what a crashed attempt left mid-write (one process writes a run)
+            if entry.base_name.startswith(".checkpoint_epoch_"):
+                self._delete(entry.path)
         return ray.train.Checkpoint(target, filesystem=self.filesystem)
 
     def latest(self):
@@ -83,13 +86,15 @@ class CheckpointStore:
 
     def _checkpoints(self) -> list[tuple[int, str]]:
         """(epoch, folder) of every complete checkpoint, oldest first."""
-        selector = pyarrow.fs.FileSelector(self.root, allow_not_found=True)
         found = []
-        for entry in self.filesystem.get_file_info(selector):
+        for entry in self._entries():
             match = _CHECKPOINT_DIR.match(entry.base_name)
             if match and entry.type == pyarrow.fs.FileType.Directory:
                 found.append((int(match.group(1)), entry.path))
         return sorted(found)
+
+    def _entries(self) -> list[pyarrow.fs.FileInfo]:
+        return self.filesystem.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
 
     def _delete(self, folder: str) -> None:
         if self.filesystem.get_file_info(folder).type != pyarrow.fs.FileType.NotFound:

@@ -215,7 +215,10 @@ def last_checkpoint(storage_path: str, name: str) -> ray.train.Checkpoint:
     (:func:`fit_single_worker`) or by a ``TorchTrainer``; FileNotFoundError if it has none."""
     checkpoint = CheckpointStore(storage_path, name).latest()
     if checkpoint is None:
-        checkpoint = ray.train.Result.from_path(f"{storage_path.rstrip('/')}/{name}").checkpoint
+        try:
+            checkpoint = ray.train.Result.from_path(f"{storage_path.rstrip('/')}/{name}").checkpoint
+        except RuntimeError:  # Ray's "Experiment folder ... doesn't exist"
+            checkpoint = None
     if checkpoint is None:
         raise FileNotFoundError(f"the training run {name!r} in {storage_path} has no checkpoint")
     return checkpoint

@@ -44,10 +44,14 @@ def test_sweep_completes_after_a_tracking_outage_longer_than_the_client_retries(
     stays down for 60 s, ten times the sweep's MLflow client retry window as configured here (about 6 s, through
     MLflow's MLFLOW_HTTP_REQUEST_* variables), then restarts on the same port and store. The smoke sweep either
     finishes by itself or, as README promises, ``--resume`` completes it: every configuration and every seed
-    then has exactly one FINISHED run (no run left RUNNING, none duplicated) with all its epochs logged."""
+    then has exactly one FINISHED run (no run left RUNNING, none duplicated) with all its epochs logged.
+
+    The trials train under a ``TorchTrainer`` (``train.single_process`` off): there the per-epoch logging runs
+    on Ray Train's controller, which Ray does not retry, the harder of the two training paths."""
     server, uri = start_mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts",
                                       tmp_path / "server.log")
-    flags = ["--smoke-test", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--name", NAME]
+    flags = ["--smoke-test", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--name", NAME,
+             "--set", "train.single_process=false"]
     sweep = None
     try:
         wait_for_mlflow_server(server, uri, tmp_path / "server.log")

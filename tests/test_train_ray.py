@@ -12,7 +12,7 @@ import torch
 
 from helpers import write_images
 from nsde_ray.config import DataConfig, NoiseConfig, ShapingConfig, TrainConfig, TrialConfig
-from nsde_ray.train import build_trainer, load_checkpoint
+from nsde_ray.train import build_trainer, fit_single_worker, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,24 @@ def test_digits_with_two_ddp_workers_reaches_90_percent(local_ray, tmp_path):
         state = load_checkpoint(checkpoint_dir)
     assert state["epoch"] == 8 and TrialConfig.from_dict(state["config"]) == cfg
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_one_worker_trains_the_same_in_process_as_under_a_torch_trainer(local_ray, tmp_path):
+    """The sweep's default path (a one-worker trial trains in its own process) is the TorchTrainer's run."""
+    cfg = TrialConfig(noise=NoiseConfig("gaussian", 0.5), train=TrainConfig(epochs=2))
+    result = build_trainer(cfg, name="trainer", storage_path=str(tmp_path)).fit()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trainer's one-CPU worker
+    try:
+        outcome = fit_single_worker(cfg, name="in_process", storage_path=str(tmp_path))
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("epoch", "train_loss", "val_loss", "val_accuracy", "noise_energy"):
+        assert outcome.metrics[key] == pytest.approx(result.metrics[key], rel=1e-4), key
+    with result.checkpoint.as_directory() as trainer_dir, outcome.checkpoint.as_directory() as own_dir:
+        theirs, ours = load_checkpoint(trainer_dir), load_checkpoint(own_dir)
+    assert ours.keys() == theirs.keys() and ours["config"] == theirs["config"]
+    assert all(torch.allclose(ours["model"][k].float(), theirs["model"][k].float(), atol=1e-4) for k in ours["model"])
 
 
 def _train_workers() -> list[psutil.Process]:
