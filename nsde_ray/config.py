@@ -230,6 +230,8 @@ class TrainConfig:
     recovers from, each time from the latest per-epoch checkpoint. ``cpus_per_worker``: CPU cores
     Ray reserves for each DDP worker; data sets decoded from disk (CIFAR, ImageNet folders) use all
     but one of them as DataLoader processes (:func:`nsde_ray.data.loader_processes`).
+    ``gpus_per_worker`` (with ``use_gpu``): Ray's GPU resource per worker; a fraction lets several
+    one-worker trials share a GPU (small models), whose memory they then share too.
     ``compile``: train through ``torch.compile`` (mode ``compile_mode``: ``default``,
     ``reduce-overhead``, ``max-autotune`` or ``max-autotune-no-cudagraphs``); the first steps of
     each worker then pay the compilation (tens of seconds for a ResNet-50 on a GPU, longer on CPU),
@@ -254,6 +256,7 @@ class TrainConfig:
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0
     amp: bool = True
     channels_last: bool = True
     max_failures: int = 2
@@ -272,6 +275,13 @@ class TrainConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("num_workers (--workers-per-trial)", self.num_workers)
         _positive_int("cpus_per_worker (--cpus-per-worker)", self.cpus_per_worker)
+        _require(isinstance(self.gpus_per_worker, (int, float)) and not isinstance(self.gpus_per_worker, bool)
+                 and 0 < self.gpus_per_worker and (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer()),
+                 f"gpus_per_worker (--gpus-per-worker) must be a fraction in (0, 1] or a whole number, "
+                 f"got {self.gpus_per_worker!r}")
+        _require(not self.use_gpu or self.gpus_per_worker >= 1 or self.num_workers == 1,
+                 f"gpus_per_worker {self.gpus_per_worker} < 1 needs one worker per trial: NCCL cannot run two "
+                 f"DDP ranks on one GPU (got {self.num_workers} workers)")
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
@@ -283,6 +293,11 @@ class TrainConfig:
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         _require(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
                  f"init_from must be the path of initial weights, or None, got {self.init_from!r}")
+
+    @property
+    def gpu_request(self) -> float:
+        """The GPU resource one worker asks Ray for: ``gpus_per_worker`` with ``use_gpu``, else 0."""
+        return self.gpus_per_worker if self.use_gpu else 0
 
     @property
     def in_trial_process(self) -> bool:

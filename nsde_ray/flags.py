@@ -46,14 +46,18 @@ def add_data_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 def add_training_flags(parser: argparse.ArgumentParser, *, lr_help: str, eval_images: int,
                        eval_methods: tuple[str, ...]) -> argparse._ArgumentGroup:
-    """Training (--epochs, --lr, --batch-size, --workers-per-trial, --use-gpu, --cpus-per-worker, --compile,
+    """Training (--epochs, --lr, --batch-size, --workers-per-trial, --use-gpu, --gpus-per-worker, --cpus-per-worker,
+    --compile,
     --init-from) and --eval-images, --eval-methods."""
     train = parser.add_argument_group("training and evaluation")
     train.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="training epochs per trial")
     train.add_argument("--lr", type=float, default=TrainConfig.lr, help=lr_help)
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="per DDP worker")
     train.add_argument("--workers-per-trial", type=int, default=TrainConfig.num_workers, help="DDP workers per trial")
-    train.add_argument("--use-gpu", action="store_true", help="each DDP worker takes one GPU")
+    train.add_argument("--use-gpu", action="store_true", help="each DDP worker takes a GPU (--gpus-per-worker)")
+    train.add_argument("--gpus-per-worker", type=float, default=TrainConfig.gpus_per_worker,
+                       help="GPUs per worker with --use-gpu: a fraction (e.g. 0.25) lets that many one-worker "
+                            "trials share a GPU, for small models; a whole number for more")
     train.add_argument("--cpus-per-worker", type=int, default=TrainConfig.cpus_per_worker,
                        help="CPU cores reserved per DDP worker; CIFAR and ImageNet folders decode images in all but "
                             "one of them (e.g. 10 on an 8-GPU, 96-core node)")
@@ -144,6 +148,7 @@ DATA_SHORTCUTS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "downl
                   "image_size": "data.image_size"}
 TRAINING_SHORTCUTS = {"epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
                       "workers_per_trial": "train.num_workers", "use_gpu": "train.use_gpu",
+                      "gpus_per_worker": "train.gpus_per_worker",
                       "cpus_per_worker": "train.cpus_per_worker", "compile": "train.compile",
                       "init_from": "train.init_from", "eval_images": "eval.num_images", "eval_methods": "eval.methods"}
 

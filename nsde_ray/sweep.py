@@ -132,7 +132,7 @@ def default_max_concurrent(cfg: RunSettings) -> int:
     train = cfg.base.train
     fits = int(resources.get("CPU", 1) // (train.num_workers * train.cpus_per_worker))
     if train.use_gpu:
-        fits = min(fits, int(resources.get("GPU", 0) // train.num_workers))
+        fits = min(fits, int(resources.get("GPU", 0) // (train.num_workers * train.gpus_per_worker)))
     return max(1, fits)
 
 

@@ -387,8 +387,10 @@ def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str, callbacks: 
         train_fn_per_worker,
         train_loop_config={**cfg.to_dict(), RAY_LOG_LEVEL: train_log_level},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker,
+                                  **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),

@@ -220,7 +220,7 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
         if cfg.train.in_trial_process:  # the trial holds one worker's resources already
             eval_metrics, files = evaluate_checkpoint(outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats)
         else:  # outside the trial's placement group (which holds no CPU): the task takes one worker's resources
-            resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0,
+            resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpu_request,
                              scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
             eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
                 outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats))
@@ -322,7 +322,7 @@ def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1,
                                      log_level=log_level)
     train = cfg.base.train
     if train.in_trial_process:
-        return tune.with_resources(trainable, {"CPU": train.cpus_per_worker, "GPU": 1 if train.use_gpu else 0,
+        return tune.with_resources(trainable, {"CPU": train.cpus_per_worker, "GPU": train.gpu_request,
                                                "memory": TRIAL_DRIVER_MEMORY})
     return tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
 

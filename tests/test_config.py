@@ -92,3 +92,27 @@ def test_init_from_is_a_path_or_none_and_round_trips():
     for bad in ("", "  ", 3):
         with pytest.raises(ConfigError, match="init_from must be the path of initial weights, or None"):
             TrainConfig(init_from=bad)
+
+
+def test_gpu_fractions_are_validated_and_requested_on_both_training_paths(tmp_path):
+    """A fraction of a GPU per one-worker trial (several small-model trials share a GPU); Ray's resource request
+    follows on both paths: the trial itself (in its own process) or the TorchTrainer's workers."""
+    from nsde_ray.train import build_trainer
+    from nsde_ray.trial import trial_trainable
+
+    assert TrainConfig(use_gpu=True, gpus_per_worker=0.25).gpu_request == 0.25
+    assert TrainConfig(gpus_per_worker=0.25).gpu_request == 0  # no GPU asked for without use_gpu
+    for bad in (0, -1, 1.5, True, "half"):
+        with pytest.raises(ConfigError, match="must be a fraction in \\(0, 1\\] or a whole number"):
+            TrainConfig(gpus_per_worker=bad)
+    with pytest.raises(ConfigError, match="NCCL cannot run two DDP ranks on one GPU"):
+        TrainConfig(use_gpu=True, gpus_per_worker=0.5, num_workers=2)
+
+    quarter = TrialConfig(train=TrainConfig(use_gpu=True, gpus_per_worker=0.25))
+    sweep = SweepConfig(name="gpus", storage=str(tmp_path), base=quarter)
+    assert trial_trainable(sweep, {})._resources.bundles == [{"CPU": 1, "GPU": 0.25, "memory": 256 * 1024 ** 2}]
+    trainer_path = TrialConfig(train=TrainConfig(use_gpu=True, gpus_per_worker=0.25, single_process=False))
+    assert trial_trainable(SweepConfig(name="t", storage=str(tmp_path), base=trainer_path), {})._resources.bundles \
+        == [{"memory": 256 * 1024 ** 2}]  # the TorchTrainer's workers hold the resources
+    scaling = build_trainer(trainer_path, name="t", storage_path=str(tmp_path)).scaling_config
+    assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1, "GPU": 0.25}
