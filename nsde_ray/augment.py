@@ -107,3 +107,18 @@ def apply_geometry(maps: torch.Tensor, params: torch.Tensor, fill: torch.Tensor 
     fill = torch.as_tensor(fill, dtype=torch.float32, device=maps.device).reshape(-1, 1, 1, 1)
     moved = F.grid_sample(maps.float() - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved + fill
+
+
+def invert_geometry(maps: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps (B, C, h, w) of augmented crops -> (maps in the evaluation view's coordinates, coverage (B, 1, h, w)).
+
+    The inverse of :func:`apply_geometry`: a crop's map is flipped back and placed where its box lies
+    in the view. ``coverage`` in [0, 1] is the share of each view pixel that the crop saw (0 outside
+    the box, fractional on its edges); there the returned maps hold ``coverage`` times the crop's values.
+    """
+    params = params.to(device=maps.device, dtype=torch.float32)
+    top, left, height, width, flip = params.unbind(1)
+    unflipped = torch.where(flip.view(-1, 1, 1, 1) > 0.5, maps.float().flip(-1), maps.float())
+    inverse = torch.stack([-top / height, -left / width, 1.0 / height, 1.0 / width, torch.zeros_like(top)], dim=1)
+    coverage = apply_geometry(torch.ones_like(unflipped[:, :1]), inverse)
+    return apply_geometry(unflipped, inverse), coverage

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nsde_ray.names import ARCHS, METHODS, NOISE_MODES
+from nsde_ray.names import ARCHS, METHODS, NOISE_MODES, SHAPING_METHODS
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic")
 DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
@@ -134,6 +134,14 @@ class ShapingConfig:
     call (64 is fastest on CPU caches; raise it on a GPU). A full refresh with IG costs about
     ``ig_steps`` x 2/3 of a training epoch.
 
+    ``method = "training_gradient"`` has no refresh pass (``refresh_every``, ``ig_steps`` and
+    ``batch_size`` do not apply): every training step also takes the gradient of the batch's loss
+    with respect to its input images (one more backward through the stem), and that map, clipped and
+    normalised as above and mapped back through the sample's crop and flip, becomes the sample's map
+    for its next visit. Maps are collected from the last warm-up epoch on (from the first epoch
+    without warm-up), so shaped noise starts when it would with a refresh; they come from the
+    training view with noise on, not from the evaluation view with noise off.
+
     ``energy``: ``raw`` keeps the multipliers as they are (mostly below 1: with the 99th-percentile
     clip their mean square is 0.07 to 0.09 on digits, so shaped noise is also much less noise than Gaussian at
     the same sigma); ``preserve`` rescales each sample's map so that its mean square is 1 (the
@@ -159,7 +167,7 @@ class ShapingConfig:
                  f"shaping warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
         _positive_int("shaping refresh_every", self.refresh_every)
         _one_of("shaping refresh_unit", self.refresh_unit, ("epochs", "steps"))
-        _one_of("shaping method", self.method, ("ig", "saliency"))
+        _one_of("shaping method", self.method, SHAPING_METHODS)
         _positive_int("shaping ig_steps", self.ig_steps)
         _require(isinstance(self.clip_percentile, (int, float)) and 50.0 < self.clip_percentile <= 100.0,
                  f"shaping clip_percentile must be in (50, 100] (100 = no clipping), got {self.clip_percentile!r}")
@@ -451,7 +459,7 @@ class SearchSpace:
                  f"clip range {self.clip_range} must lie in (50, 100] (percentiles; 100 = no clipping)")
         _require(len(self.shaping_methods) > 0, "shaping_methods must not be empty")
         for method in self.shaping_methods:
-            _one_of("shaping method", method, ("ig", "saliency"))
+            _one_of("shaping method", method, SHAPING_METHODS)
         _require(len(self.shaping_energies) > 0, f"shaping_energies must not be empty; choose from {SHAPING_ENERGIES}")
         for energy in self.shaping_energies:
             _one_of("shaping energy", energy, SHAPING_ENERGIES)

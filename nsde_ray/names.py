@@ -20,6 +20,9 @@ METHODS = ("ig", "ig_nt", "saliency", "deeplift", "deepshap")  # AAAI 2022 Table
 METHOD_LABELS = {"ig": "IG", "ig_nt": "IG + NT", "saliency": "Saliency", "deeplift": "DeepLIFT",
                  "deepshap": "DeepSHAP"}
 
+# How attribution shaping gets its maps: a refresh pass of IG or Saliency, or each training step's input gradient.
+SHAPING_METHODS = ("ig", "saliency", "training_gradient")
+
 # (metric, direction) of the sweep's search and Pareto front.
 OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"), ("sic", "max"))
 # The params (TrialConfig.to_params names) that tell the configurations of a front apart.

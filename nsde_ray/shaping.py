@@ -18,6 +18,11 @@ margins of a RandomResizedCrop box) no attribution is cached; there a sample get
 smallest multiplier, that of its least attributed pixel (a black padding pixel's IG attribution
 against the black baseline is 0).
 
+With ``ShapingConfig.method = "training_gradient"`` there is no refresh: each training step's
+backward also yields the loss gradient with respect to the batch's (augmented) images, which
+:meth:`NoiseShaper.update_from_gradient` turns into the samples' maps for their next visit, mapped
+back through their crops and flips (:func:`nsde_ray.augment.invert_geometry`).
+
 Cost: maps are computed only at refresh points, in large batches, without parameter gradients,
 for the worker's own shard, and cached by sample index at ``map_size`` pixels. A refresh is
 compute-bound on a GPU: attributions by the fast path of :mod:`nsde_ray.attribution`
@@ -37,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from nsde_ray.attribution import attribution_map, autocast_options, make_explainer
-from nsde_ray.augment import IDENTITY_PARAMS, apply_geometry
+from nsde_ray.augment import IDENTITY_PARAMS, apply_geometry, invert_geometry
 from nsde_ray.config import NoiseConfig, ShapingConfig
 
 
@@ -114,14 +119,48 @@ class NoiseShaper:
         self.position = torch.full((len(dataset),), -1, dtype=torch.long)
         self.position[self.shard] = torch.arange(len(self.shard))
         self.warmup_steps = cfg.warmup_epochs * steps_per_epoch
+        self.from_training = cfg.method == "training_gradient"
+        self.first_gradient_step = max(0, self.warmup_steps - steps_per_epoch)
         self.interval_steps = cfg.refresh_every * (steps_per_epoch if cfg.refresh_unit == "epochs" else 1)
         self.maps: torch.Tensor | None = None
         self.refreshed_at: int | None = None
         self.source_state: dict[str, torch.Tensor] | None = None
 
     def due(self, step: int) -> bool:
-        """Whether maps must be (re)computed before global optimizer step ``step`` (0-based)."""
-        return step >= self.warmup_steps and (step - self.warmup_steps) % self.interval_steps == 0
+        """Whether maps must be (re)computed by a refresh before global optimizer step ``step`` (0-based)."""
+        return (not self.from_training and step >= self.warmup_steps
+                and (step - self.warmup_steps) % self.interval_steps == 0)
+
+    def wants_gradient(self, step: int) -> bool:
+        """Whether training step ``step`` should pass its input gradient to :meth:`update_from_gradient`."""
+        return self.from_training and step >= self.first_gradient_step
+
+    def update_from_gradient(self, indices: torch.Tensor, params: torch.Tensor | None,
+                             input_gradient: torch.Tensor) -> None:
+        """New maps for the samples ``indices`` (B,) from their training step's loss gradient (B, C, H, W) with
+        respect to the augmented images (crops and flips ``params`` (B, 5), or None for none), used from each
+        sample's next visit on. Where its crop did not see the view (padding) a sample keeps its old map;
+        before any update every sample's map is 1 (plain Gaussian noise)."""
+        normalised = normalise_attributions(attribution_map(input_gradient.detach().float()), self.cfg.clip_percentile)
+        scale = self._multipliers(normalised)
+        if self.maps is None:
+            self.maps = torch.ones((len(self.shard), *scale.shape[1:]), dtype=torch.float16, device=self.device)
+        rows = _to_device(self.position[indices.cpu()], self.maps.device)
+        if params is None or torch.equal(params.cpu(), IDENTITY_PARAMS.expand_as(params)):
+            self.maps[rows] = scale.to(torch.float16)
+            return
+        moved, coverage = invert_geometry(scale, _to_device(params.cpu().float(), scale.device))
+        self.maps[rows] = (moved + (1.0 - coverage) * self.maps[rows].float()).to(torch.float16)
+
+    def _multipliers(self, normalised: torch.Tensor) -> torch.Tensor:
+        """Â (B, H, W) in [-1, 1] -> noise multipliers (B, 1, s, s) at the cached map size, per ``cfg``."""
+        size = min(normalised.shape[-1], self.cfg.map_size)
+        if normalised.shape[-1] != size:
+            normalised = F.interpolate(normalised.unsqueeze(1), size=(size, size), mode="area").squeeze(1)
+        scale = noise_scale(normalised, self.cfg.blend)
+        if self.cfg.energy == "preserve":
+            scale = preserve_energy(scale, self.cfg.max_multiplier)
+        return scale
 
     def refresh(self, model: nn.Module, step: int) -> None:
         """Recompute the shard's maps with ``model`` as it is now (eval mode, no noise)."""
@@ -133,13 +172,7 @@ class NoiseShaper:
             images = images.to(self.device, non_blocking=True)
             attributions = explain(images, labels.to(self.device, non_blocking=True))
             normalised = normalise_attributions(attribution_map(attributions), self.cfg.clip_percentile)
-            size = min(normalised.shape[-1], self.cfg.map_size)
-            if normalised.shape[-1] != size:
-                normalised = F.interpolate(normalised.unsqueeze(1), size=(size, size), mode="area").squeeze(1)
-            scale = noise_scale(normalised, self.cfg.blend)
-            if self.cfg.energy == "preserve":
-                scale = preserve_energy(scale, self.cfg.max_multiplier)
-            chunks.append(scale.to(torch.float16))
+            chunks.append(self._multipliers(normalised).to(torch.float16))
         self.maps = torch.cat(chunks)
         self.refreshed_at = step
         self.source_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -188,12 +221,19 @@ class NoiseShaper:
         return apply_geometry(maps, _to_device(params.cpu().float(), maps.device), fill=maps.amin(dim=(1, 2, 3)))
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs to rebuild identical maps: the refresh step and the model weights then."""
+        """What a checkpoint needs to rebuild identical maps: the refresh step and the model weights then; with
+        ``training_gradient``, the maps themselves (float16, 2 KiB per sample at 32 px)."""
+        if self.from_training:
+            return {} if self.maps is None else {"maps": self.maps.cpu()}
         return {} if self.source_state is None else {"refreshed_at": self.refreshed_at, "model": self.source_state}
 
     def load_state_dict(self, state: dict, scratch_model: nn.Module) -> None:
-        """Recompute the maps of the last refresh with its saved weights loaded into ``scratch_model``."""
+        """Recompute the maps of the last refresh with its saved weights loaded into ``scratch_model``
+        (or, with ``training_gradient``, take the saved maps)."""
         if not state:
+            return
+        if "maps" in state:
+            self.maps = state["maps"].to(self.device)
             return
         scratch_model.load_state_dict(state["model"])
         self.refresh(scratch_model.to(self.device), state["refreshed_at"])

@@ -329,8 +329,9 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
                autocast: dict, noise: NoiseConfig, shaper: NoiseShaper | None, first_step: int) -> EpochStats:
     """Train one epoch, then validate (noise off); sums are all-reduced so every rank agrees.
 
-    With a shaper, maps are refreshed when due (before global step ``first_step + i``) and each
-    batch's noise is scaled by its samples' maps, cropped and flipped as the batch's images were.
+    With a shaper, maps are refreshed when due (before global step ``first_step + i``), or taken from
+    the step's input gradient (``training_gradient``), and each batch's noise is scaled by its
+    samples' maps, cropped and flipped as the batch's images were.
     """
     # train loss, train n, val loss, val correct, val n, noise energy summed over steps, steps
     totals = torch.zeros(7, dtype=torch.float64, device=device)
@@ -348,11 +349,17 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
         energy_sum, steps = energy_sum + energy, steps + 1
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        input_gradient = shaper is not None and shaper.wants_gradient(step)
+        images.requires_grad_(input_gradient)
         with torch.autocast(**autocast):
             loss = nn.functional.cross_entropy(ddp_model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if input_gradient:
+            started = time.perf_counter()
+            shaper.update_from_gradient(indices, params, images.grad)
+            shaping_time_s += time.perf_counter() - started
         totals[0] += loss.detach().double() * len(labels)
         totals[1] += len(labels)
     model.eval()

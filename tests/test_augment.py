@@ -57,3 +57,25 @@ def test_identity_params_leave_maps_unchanged_and_outside_the_view_takes_the_fil
     moved = apply_geometry(maps[:1], shifted, fill=torch.tensor([-1.0]))
     torch.testing.assert_close(moved[0, 0, :6, 1:], maps[0, 0, 2:, :7])
     assert (moved[0, 0, :, 0] == -1).all() and (moved[0, 0, 6:] == -1).all()
+
+
+def test_invert_geometry_puts_a_crop_s_map_back_where_its_box_lies():
+    """Pad-and-crop shifts and flips invert exactly; a resized crop of a smooth map closely; coverage is the box."""
+    from nsde_ray.augment import invert_geometry
+
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    view = torch.stack([2 * cols + rows, torch.sin(3 * rows) * cols]).unsqueeze(1)  # (2, 1, 32, 32), smooth
+    shifted = torch.tensor([[-4 / 32, 2 / 32, 1.0, 1.0, 1.0], [3 / 32, -1 / 32, 1.0, 1.0, 0.0]])
+    back, coverage = invert_geometry(apply_geometry(view, shifted), shifted)
+    assert back.shape == coverage.shape == view.shape
+    seen = coverage > 0.999
+    assert torch.equal(back[seen], view[seen])
+    # the crop began 4 rows above the view (padding) and 2 columns into it: it saw rows 0-27, columns 2-31
+    assert seen[0, 0, :28, 2:].all() and not seen[0, 0, 28:].any() and not seen[0, 0, :, :2].any()
+    assert (coverage[~seen] < 1e-6).all()  # a whole-pixel shift: no partly covered pixels
+    resized = torch.tensor([[0.1, 0.2, 0.5, 0.6, 1.0], [0.0, 0.0, 1.0, 1.0, 0.0]])
+    back, coverage = invert_geometry(apply_geometry(view, resized), resized)
+    inside = coverage[0] > 0.999
+    assert 0.2 < inside.float().mean() < 0.35  # the box covers 0.5 x 0.6 of the view
+    torch.testing.assert_close(back[0][inside], view[0][inside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(back[1], view[1])  # identity

@@ -280,3 +280,38 @@ def test_shaping_attributes_against_evaluation_s_black_baseline(digits_model):
     mean_baseline = _shaper(splits, cfg)  # the data set's mean colour: background pixels are attributed too
     mean_baseline.refresh(model, step=0)
     assert (mean_baseline.maps[:, 0][background] > 0).float().mean() > 0.5
+
+
+def test_training_gradient_maps_come_from_the_step_s_input_gradient_and_follow_each_crop(digits_model):
+    """No refresh; from the last warm-up epoch on each step's loss gradient becomes its samples' maps, mapped back
+    through their crops and flips (padding keeps the old map); the maps travel in the checkpoint."""
+    _, splits = digits_model
+    cfg = ShapingConfig(method="training_gradient", warmup_epochs=2)
+    shaper = NoiseShaper(cfg, splits.train, torch.arange(8), steps_per_epoch=10, device=torch.device("cpu"))
+    assert not any(shaper.due(step) for step in range(100))
+    assert [step for step in range(30) if shaper.wants_gradient(step)] == list(range(10, 30))
+    assert shaper.scale_for(torch.arange(4)) is None  # nothing collected yet: plain Gaussian noise
+
+    gradient = torch.randn(3, 1, 8, 8).abs()
+    indices = torch.tensor([5, 2, 7])
+    identity = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]]).repeat(3, 1)
+    shaper.update_from_gradient(indices, identity, gradient)
+    expected = noise_scale(normalise_attributions(gradient.sum(dim=1), cfg.clip_percentile), cfg.blend)
+    torch.testing.assert_close(shaper.scale_for(indices), expected.half().float())
+    assert (shaper.scale_for(torch.tensor([0, 1])) == 1.0).all()  # not yet seen: Gaussian multipliers
+
+    moved = identity.clone()
+    moved[0] = torch.tensor([-2 / 8, 0.0, 1.0, 1.0, 1.0])  # 2 rows of padding on top, mirrored
+    before = shaper.scale_for(indices)
+    shaper.update_from_gradient(indices, moved, gradient)
+    after = shaper.scale_for(indices)
+    torch.testing.assert_close(after[0, 0, :6], expected[0, 0, 2:].flip(-1).half().float())  # mapped back
+    torch.testing.assert_close(after[0, 0, 6:], before[0, 0, 6:])  # the crop did not see those rows
+    assert torch.equal(shaper.scale_for(indices, moved)[0, 0, 2:], after[0, 0, :6].flip(-1))  # next visit's noise
+
+    buffer = io.BytesIO()
+    torch.save({"shaping": shaper.state_dict()}, buffer)
+    buffer.seek(0)
+    resumed = NoiseShaper(cfg, splits.train, torch.arange(8), steps_per_epoch=10, device=torch.device("cpu"))
+    resumed.load_state_dict(torch.load(buffer, weights_only=True)["shaping"], scratch_model=None)
+    assert torch.equal(resumed.maps, shaper.maps)

@@ -5,7 +5,9 @@ import os
 import pytest
 import torch
 
-from nsde_ray.config import DataConfig, NoiseConfig, TrainConfig, TrialConfig
+import dataclasses
+
+from nsde_ray.config import DataConfig, NoiseConfig, ShapingConfig, TrainConfig, TrialConfig
 from nsde_ray.storage import CheckpointStore
 from nsde_ray.train import fit_single_worker, last_checkpoint, load_checkpoint
 
@@ -22,20 +24,28 @@ def _weights(checkpoint) -> dict[str, torch.Tensor]:
         return load_checkpoint(folder)["model"]
 
 
-def test_a_run_resumed_after_a_crash_ends_as_the_uninterrupted_run(tmp_path):
-    straight = fit_single_worker(CFG, name="straight", storage_path=str(tmp_path))
+# Gaussian noise, and shaping from training gradients, whose maps can only come back from the checkpoint
+SHAPED = dataclasses.replace(CFG, noise=NoiseConfig("attribution", 0.5),
+                             shaping=ShapingConfig(method="training_gradient", warmup_epochs=1))
+
+
+@pytest.mark.parametrize("cfg", [CFG, SHAPED], ids=["gaussian", "training_gradient"])
+def test_a_run_resumed_after_a_crash_ends_as_the_uninterrupted_run(cfg, tmp_path):
+    straight = fit_single_worker(cfg, name="straight", storage_path=str(tmp_path))
     assert [m["epoch"] for m in straight.reports] == [1, 2, 3] and straight.metrics["resumed_from_epoch"] == 0
+    if cfg is SHAPED:  # shaped noise from epoch 2, from the maps of epoch 1's gradients
+        assert [m["noise_energy_epoch"] < 0.5 for m in straight.reports] == [False, True, True]
 
     def crash_after_two(metrics):
         if metrics["epoch"] == 2:  # after the epoch's checkpoint is written, as a kill would land
             raise Crash
 
     with pytest.raises(Crash):
-        fit_single_worker(CFG, name="crashed", storage_path=str(tmp_path), on_report=crash_after_two)
+        fit_single_worker(cfg, name="crashed", storage_path=str(tmp_path), on_report=crash_after_two)
     seen = []
-    resumed = fit_single_worker(CFG, name="crashed", storage_path=str(tmp_path), on_report=seen.append)
+    resumed = fit_single_worker(cfg, name="crashed", storage_path=str(tmp_path), on_report=seen.append)
     assert [m["epoch"] for m in seen] == [3] and resumed.metrics["resumed_from_epoch"] == 2
-    for key in ("train_loss", "val_loss", "val_accuracy"):
+    for key in ("train_loss", "val_loss", "val_accuracy", "noise_energy"):
         assert resumed.metrics[key] == pytest.approx(straight.metrics[key], rel=1e-5, abs=1e-7)
     ours, theirs = _weights(resumed.checkpoint), _weights(straight.checkpoint)
     assert ours.keys() == theirs.keys()
@@ -43,7 +53,7 @@ def test_a_run_resumed_after_a_crash_ends_as_the_uninterrupted_run(tmp_path):
 
     # the newest two are kept; a finished run trains nothing and returns its last report and checkpoint
     assert sorted(os.listdir(tmp_path / "crashed")) == ["checkpoint_epoch_000002", "checkpoint_epoch_000003"]
-    again = fit_single_worker(CFG, name="crashed", storage_path=str(tmp_path), on_report=seen.append)
+    again = fit_single_worker(cfg, name="crashed", storage_path=str(tmp_path), on_report=seen.append)
     assert len(seen) == 1 and again.metrics == resumed.metrics and again.checkpoint.path == resumed.checkpoint.path
     assert last_checkpoint(str(tmp_path), "crashed").path == resumed.checkpoint.path
 
@@ -60,8 +70,6 @@ def test_a_checkpoint_cut_off_mid_write_is_never_the_latest(tmp_path):
 
 
 def test_only_one_worker_trains_in_process_and_a_run_without_checkpoints_is_named(tmp_path):
-    import dataclasses
-
     two = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, num_workers=2))
     assert CFG.train.in_trial_process and not two.train.in_trial_process
     assert not dataclasses.replace(CFG.train, single_process=False).in_trial_process
