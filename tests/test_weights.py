@@ -1,7 +1,6 @@
 """--init-from: initial weights read as plain tensors, checked before Ray starts, loaded by every worker of a new run."""
 
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,51 +103,25 @@ def test_weights_that_do_not_fit_exit_2_before_ray_starts(main, flags, weights, 
                                       "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
 
 
-@pytest.fixture
-def train_session(monkeypatch):
-    """``train_fn_per_worker`` as the one worker of a Ray Train run, without Ray: returns the reported states and a
-    setter for the checkpoint that the run restores from (``None``: a new run)."""
-    import ray
-    import ray.train
-    import ray.train.torch
+def test_a_new_run_starts_from_the_weights_and_a_resumed_one_from_its_checkpoint(tmp_path):
+    from nsde_ray.train import fit_single_worker, load_checkpoint
 
-    from nsde_ray import train
-
-    restore = {"checkpoint": None}
-    reported = []
-    monkeypatch.setattr(ray.train, "get_context", lambda: SimpleNamespace(get_world_rank=lambda: 0,
-                                                                          get_world_size=lambda: 1))
-    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: restore["checkpoint"])
-    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
-    monkeypatch.setattr(ray.train.torch, "prepare_model", lambda model, **_: model)
-    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
-    monkeypatch.setattr(train, "_report_with_checkpoint", lambda metrics, rank, state: reported.append(state))
-    yield reported, lambda checkpoint: restore.update(checkpoint=checkpoint)
-    assert not ray.is_initialized()
-
-
-def test_a_new_run_starts_from_the_weights_and_a_resumed_one_from_its_checkpoint(tmp_path, train_session):
-    from ray.train import Checkpoint
-
-    from nsde_ray.train import train_fn_per_worker
-
-    reported, restore_from = train_session
     data = DataConfig(dataset="synthetic", synthetic_samples=40, image_size=8)
     first, other = (build_model("cifar_resnet8", 4, 3, NoiseConfig("gaussian", 0.5)) for _ in range(2))
     torch.save(first.state_dict(), tmp_path / "first.pt")
     torch.save(other.state_dict(), tmp_path / "other.pt")
     train_cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-12, init_from=str(tmp_path / "first.pt"))  # lr: no change
 
-    def trained_like(state, model):
+    def trained_like(checkpoint, model):
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(folder)
         params = dict(model.named_parameters())
         return all(torch.allclose(state["model"][key], value, atol=1e-6) for key, value in params.items())
 
-    train_fn_per_worker(TrialConfig(data=data, train=train_cfg).to_dict())
-    assert trained_like(reported[-1], first) and not trained_like(reported[-1], other)
+    new = fit_single_worker(TrialConfig(data=data, train=train_cfg), name="run", storage_path=str(tmp_path / "ray"))
+    assert trained_like(new.checkpoint, first) and not trained_like(new.checkpoint, other)
 
-    os.makedirs(tmp_path / "checkpoint")
-    torch.save(reported[-1], tmp_path / "checkpoint" / CHECKPOINT_FILE)
-    restore_from(Checkpoint.from_directory(str(tmp_path / "checkpoint")))
     resumed = TrainConfig(epochs=2, batch_size=16, lr=1e-12, init_from=str(tmp_path / "other.pt"))
-    train_fn_per_worker(TrialConfig(data=data, train=resumed).to_dict())
-    assert reported[-1]["epoch"] == 2 and trained_like(reported[-1], first)
+    again = fit_single_worker(TrialConfig(data=data, train=resumed), name="run", storage_path=str(tmp_path / "ray"))
+    assert again.metrics["epoch"] == 2 and again.metrics["resumed_from_epoch"] == 1
+    assert trained_like(again.checkpoint, first)  # its own checkpoint, not the other initial weights
