@@ -5,7 +5,7 @@ in the calling process.
 :func:`fit_single_worker` runs the same loop for a one-worker run in this process, with its
 checkpoints in the run's storage (:class:`nsde_ray.storage.CheckpointStore`): that saves Ray
 Train's start-up (its controller and worker processes) and a trial's retry continues from the
-latest checkpoint the same way.
+latest checkpoint the same way (a ``TorchTrainer``'s too, :func:`find_checkpoint`).
 
 Each epoch every worker trains on its own fixed shard (``ShardSampler``, seeded by the config), the
 validation set is split across workers and the counts all-reduced, and rank 0 reports a
@@ -145,15 +145,17 @@ class SingleProcessSession:
     trial's GPU if it holds one, checkpoints in a :class:`nsde_ray.storage.CheckpointStore`, and each
     report passed to ``on_report(metrics)``; the reports and the last checkpoint are kept."""
 
-    def __init__(self, store: CheckpointStore, use_gpu: bool, on_report: Callable[[dict], None] | None) -> None:
+    def __init__(self, storage_path: str, name: str, use_gpu: bool,
+                 on_report: Callable[[dict], None] | None) -> None:
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cuda", 0) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
-        self.store, self.on_report = store, on_report
+        self.storage_path, self.name = storage_path, name
+        self.store, self.on_report = CheckpointStore(storage_path, name), on_report
         self.reports: list[dict] = []
         self.checkpoint: ray.train.Checkpoint | None = None
 
     def latest_checkpoint(self) -> ray.train.Checkpoint | None:
-        return self.store.latest()
+        return find_checkpoint(self.storage_path, self.name)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return model
@@ -201,24 +203,33 @@ def fit_single_worker(cfg: TrialConfig, *, name: str, storage_path: str,
     """
     if cfg.train.num_workers != 1:
         raise ValueError(f"fit_single_worker trains with one worker; this config asks for {cfg.train.num_workers}")
-    session = SingleProcessSession(CheckpointStore(storage_path, name), cfg.train.use_gpu, on_report)
+    session = SingleProcessSession(storage_path, name, cfg.train.use_gpu, on_report)
     train_loop(cfg.to_dict(), session)
     if session.reports:
         return TrainOutcome(session.reports[-1], session.checkpoint, session.reports)
     # nothing left to train (an earlier attempt finished it): its last checkpoint and report
     metrics = session.store.latest_metrics()
+    if not metrics and session.latest_checkpoint() is not None:  # a TorchTrainer finished it
+        metrics = dict(ray.train.Result.from_path(f"{storage_path.rstrip('/')}/{name}").metrics or {})
     return TrainOutcome(metrics, session.latest_checkpoint(), [metrics] if metrics else [])
 
 
-def last_checkpoint(storage_path: str, name: str) -> ray.train.Checkpoint:
-    """The last checkpoint of the training run ``(storage_path, name)``, trained in process
-    (:func:`fit_single_worker`) or by a ``TorchTrainer``; FileNotFoundError if it has none."""
+def find_checkpoint(storage_path: str, name: str) -> ray.train.Checkpoint | None:
+    """The last checkpoint of the training run ``(storage_path, name)``: one written in process
+    (:func:`fit_single_worker`), else a ``TorchTrainer``'s (so a run begun under a ``TorchTrainer``
+    continues in process); None if it has none."""
     checkpoint = CheckpointStore(storage_path, name).latest()
-    if checkpoint is None:
-        try:
-            checkpoint = ray.train.Result.from_path(f"{storage_path.rstrip('/')}/{name}").checkpoint
-        except RuntimeError:  # Ray's "Experiment folder ... doesn't exist"
-            checkpoint = None
+    if checkpoint is not None:
+        return checkpoint
+    try:
+        return ray.train.Result.from_path(f"{storage_path.rstrip('/')}/{name}").checkpoint
+    except RuntimeError:  # Ray's "Experiment folder ... doesn't exist", or no run state in it
+        return None
+
+
+def last_checkpoint(storage_path: str, name: str) -> ray.train.Checkpoint:
+    """:func:`find_checkpoint`, FileNotFoundError if the run has none."""
+    checkpoint = find_checkpoint(storage_path, name)
     if checkpoint is None:
         raise FileNotFoundError(f"the training run {name!r} in {storage_path} has no checkpoint")
     return checkpoint

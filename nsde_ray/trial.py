@@ -119,7 +119,8 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu:
     """Evaluate a trial's final checkpoint; returns (metrics, {artifact path: bytes}) including the model file.
 
     ``repeats`` > 1 repeats the evaluation on new seeded image sets (:func:`evaluate_repeated`).
-    Runs as a Ray task holding one DDP worker's resources, so evaluation is accounted like training.
+    Runs where one worker's resources are held (the trial itself for a one-worker run, else a Ray task that
+    takes them), so evaluation is accounted like training.
     """
     from nsde_ray.data import build_datasets
     from nsde_ray.evaluate import evaluate_repeated

@@ -47,6 +47,12 @@ def test_one_worker_trains_the_same_in_process_as_under_a_torch_trainer(local_ra
     assert ours.keys() == theirs.keys() and ours["config"] == theirs["config"]
     assert all(torch.allclose(ours["model"][k].float(), theirs["model"][k].float(), atol=1e-4) for k in ours["model"])
 
+    # a run begun under a TorchTrainer (a sweep from before, resumed) continues in process from its checkpoint
+    assert fit_single_worker(cfg, name="trainer", storage_path=str(tmp_path)).metrics == result.metrics
+    longer = TrialConfig(noise=cfg.noise, train=TrainConfig(epochs=3))
+    continued = fit_single_worker(longer, name="trainer", storage_path=str(tmp_path))
+    assert continued.metrics["epoch"] == 3 and continued.metrics["resumed_from_epoch"] == 2
+
 
 def _train_workers() -> list[psutil.Process]:
     found = []
