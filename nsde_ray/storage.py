@@ -31,13 +31,20 @@ class CheckpointStore:
     """The checkpoints of one run in ``{storage_path}/{name}/checkpoint_epoch_NNNNNN/`` (NNNNNN: epochs done),
     each its ``checkpoint.pt`` and the metrics reported with it (:data:`METRICS_FILE`).
 
-    A checkpoint is written to a hidden temporary folder first and then moved into place, so a
-    crash mid-write never leaves a partial checkpoint where :meth:`latest` looks; the next save
-    removes such leftovers. The newest ``keep`` are kept.
+    The metrics file is written last, and a folder without it is not a checkpoint, so a crash
+    mid-write never leaves a partial checkpoint where :meth:`latest` looks (on object stores too,
+    which publish each file whole and cannot rename folders). The newest ``keep`` are kept.
     """
 
-    def __init__(self, storage_path: str, name: str, keep: int = 2) -> None:
-        self.filesystem, root = resolve_filesystem(storage_path)
+    def __init__(self, storage_path: str, name: str, keep: int = 2,
+                 filesystem: pyarrow.fs.FileSystem | None = None) -> None:
+        """``filesystem``: where ``storage_path`` lies, as Ray's ``storage_filesystem``; by default the one
+        its form names (a local path, ``s3://...``)."""
+        if filesystem is None:
+            filesystem, root = resolve_filesystem(storage_path)
+        else:
+            root = storage_path
+        self.filesystem = filesystem
         self.root = f"{root.rstrip('/')}/{name}"
         self.keep = keep
 
@@ -46,38 +53,30 @@ class CheckpointStore:
         ``metrics["epoch"]`` epochs, with ``metrics`` (JSON values); returns it as a ``ray.train.Checkpoint``."""
         import ray.train
 
-        epoch = int(metrics["epoch"])
-        target = f"{self.root}/checkpoint_epoch_{epoch:06d}"
-        temporary = f"{self.root}/.checkpoint_epoch_{epoch:06d}.{os.getpid()}.tmp"
-        self.filesystem.create_dir(self.root, recursive=True)
+        target = f"{self.root}/checkpoint_epoch_{int(metrics['epoch']):06d}"
+        self._delete(target)  # what a crash left of this epoch's checkpoint
+        self.filesystem.create_dir(target, recursive=True)
         with tempfile.TemporaryDirectory() as local:
             torch.save(state, os.path.join(local, CHECKPOINT_FILE))
             with open(os.path.join(local, METRICS_FILE), "w") as handle:
                 json.dump(metrics, handle)
-            self._delete(temporary)
-            self.filesystem.create_dir(temporary, recursive=True)
-            for file_name in (CHECKPOINT_FILE, METRICS_FILE):
-                pyarrow.fs.copy_files(os.path.join(local, file_name), f"{temporary}/{file_name}",
+            for file_name in (CHECKPOINT_FILE, METRICS_FILE):  # the metrics last: they mark it complete
+                pyarrow.fs.copy_files(os.path.join(local, file_name), f"{target}/{file_name}",
                                       source_filesystem=pyarrow.fs.LocalFileSystem(),
                                       destination_filesystem=self.filesystem)
-        self._delete(target)
-        self.filesystem.move(temporary, target)
         for _, old in self._checkpoints()[:-self.keep]:
             self._delete(old)
-        for entry in self._entries():  # what a crashed attempt left mid-write (one process writes a run)
-            if entry.base_name.startswith(".checkpoint_epoch_"):
-                self._delete(entry.path)
         return ray.train.Checkpoint(target, filesystem=self.filesystem)
 
     def latest(self):
-        """The newest checkpoint as a ``ray.train.Checkpoint``, or None if the run has none yet."""
+        """The newest complete checkpoint as a ``ray.train.Checkpoint``, or None if the run has none yet."""
         import ray.train
 
         found = self._checkpoints()
         return ray.train.Checkpoint(found[-1][1], filesystem=self.filesystem) if found else None
 
     def latest_metrics(self) -> dict:
-        """The metrics reported with the newest checkpoint; empty if the run has none yet."""
+        """The metrics reported with the newest complete checkpoint; empty if the run has none yet."""
         found = self._checkpoints()
         if not found:
             return {}
@@ -86,15 +85,14 @@ class CheckpointStore:
 
     def _checkpoints(self) -> list[tuple[int, str]]:
         """(epoch, folder) of every complete checkpoint, oldest first."""
+        selector = pyarrow.fs.FileSelector(self.root, allow_not_found=True)
         found = []
-        for entry in self._entries():
+        for entry in self.filesystem.get_file_info(selector):
             match = _CHECKPOINT_DIR.match(entry.base_name)
-            if match and entry.type == pyarrow.fs.FileType.Directory:
+            if (match and entry.type == pyarrow.fs.FileType.Directory
+                    and self.filesystem.get_file_info(f"{entry.path}/{METRICS_FILE}").type == pyarrow.fs.FileType.File):
                 found.append((int(match.group(1)), entry.path))
         return sorted(found)
-
-    def _entries(self) -> list[pyarrow.fs.FileInfo]:
-        return self.filesystem.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
 
     def _delete(self, folder: str) -> None:
         if self.filesystem.get_file_info(folder).type != pyarrow.fs.FileType.NotFound:

@@ -62,11 +62,28 @@ def test_a_checkpoint_cut_off_mid_write_is_never_the_latest(tmp_path):
     store = CheckpointStore(str(tmp_path), "run")
     assert store.latest() is None and store.latest_metrics() == {}
     store.save({"epoch": 1}, {"epoch": 1, "val_accuracy": 0.5})
-    os.makedirs(tmp_path / "run" / ".checkpoint_epoch_000002.123.tmp")  # a crash between write and move
+    cut_off = tmp_path / "run" / "checkpoint_epoch_000002"  # a crash after the weights, before the metrics
+    cut_off.mkdir()
+    torch.save({"epoch": 2}, cut_off / "checkpoint.pt")
     assert store.latest().path.endswith("checkpoint_epoch_000001")
     assert store.latest_metrics() == {"epoch": 1, "val_accuracy": 0.5}
-    store.save({"epoch": 2}, {"epoch": 2, "val_accuracy": 0.6})  # the leftover temporary is replaced
-    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint_epoch_000001", "checkpoint_epoch_000002"]
+    store.save({"epoch": 2}, {"epoch": 2, "val_accuracy": 0.6})  # the resumed epoch writes it anew
+    store.save({"epoch": 3}, {"epoch": 3, "val_accuracy": 0.7})
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint_epoch_000002", "checkpoint_epoch_000003"]
+    assert store.latest_metrics()["val_accuracy"] == 0.7
+
+
+def test_checkpoints_on_a_file_system_that_is_not_local():
+    """Object stores publish whole files and cannot rename folders: pyarrow's in-memory test file system."""
+    from pyarrow._fs import _MockFileSystem
+
+    store = CheckpointStore("bucket/sweeps", "run", filesystem=_MockFileSystem())
+    for epoch in (1, 2, 3):
+        checkpoint = store.save({"epoch": epoch, "weights": torch.ones(2) * epoch}, {"epoch": epoch})
+    assert checkpoint.path == "bucket/sweeps/run/checkpoint_epoch_000003" and store.latest_metrics() == {"epoch": 3}
+    with checkpoint.as_directory() as folder:  # downloaded by Ray's Checkpoint
+        assert torch.equal(load_checkpoint(folder)["weights"], torch.full((2,), 3.0))
+    assert [epoch for epoch, _ in store._checkpoints()] == [2, 3]
 
 
 def test_only_one_worker_trains_in_process_and_a_run_without_checkpoints_is_named(tmp_path):
