@@ -208,10 +208,10 @@ def fit_single_worker(cfg: TrialConfig, *, name: str, storage_path: str,
     if session.reports:
         return TrainOutcome(session.reports[-1], session.checkpoint, session.reports)
     # nothing left to train (an earlier attempt finished it): its last checkpoint and report
-    metrics = session.store.latest_metrics()
-    if not metrics and session.latest_checkpoint() is not None:  # a TorchTrainer finished it
+    checkpoint, metrics = session.latest_checkpoint(), session.store.latest_metrics()
+    if not metrics and checkpoint is not None:  # a TorchTrainer finished it
         metrics = dict(ray.train.Result.from_path(f"{storage_path.rstrip('/')}/{name}").metrics or {})
-    return TrainOutcome(metrics, session.latest_checkpoint(), [metrics] if metrics else [])
+    return TrainOutcome(metrics, checkpoint, [metrics] if metrics else [])
 
 
 def find_checkpoint(storage_path: str, name: str) -> ray.train.Checkpoint | None:
