@@ -20,8 +20,6 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -90,13 +88,9 @@ def select_eval_images(model: nn.Module, dataset: Dataset, num_images: int, seed
 
 def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None = None,
              device: torch.device | str = "cpu", progress: bool = True) -> EvalResult:
-    """Evaluate every method in ``cfg.methods``; figures go to ``out_dir`` when given.
-
-    On a CPU the evaluation runs on one intra-op thread (:func:`_single_threaded`).
-    """
+    """Evaluate every method in ``cfg.methods``; figures go to ``out_dir`` when given."""
     device = torch.device(device)
-    with _single_threaded(device):
-        return _evaluate(model.to(device), splits, cfg, out_dir, device, progress)
+    return _evaluate(model.to(device), splits, cfg, out_dir, device, progress)
 
 
 @dataclass
@@ -240,22 +234,6 @@ def _explainers(model: nn.Module, randomised: nn.Module, method: str, batch_size
     return (in_batches(make_explainer(model, method, **options), batch_size),
             in_batches(make_explainer(model, method, **fast), batch_size),
             in_batches(make_explainer(randomised, method, **options), batch_size))
-
-
-@contextmanager
-def _single_threaded(device: torch.device) -> Iterator[None]:
-    """On a CPU, one intra-op torch thread for the duration (the count restored after); elsewhere nothing.
-
-    The evaluation's model calls are small (tens of 32 px images): threads that meet at every
-    operator gain little and stall whenever another process holds one of the cores (BENCHMARKS.md).
-    """
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def in_batches(explain: Explainer, batch_size: int) -> Explainer:

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from nsde_ray.attribution import METHODS, AttributionError, ig_baseline, make_explainer, smoothgrad
 from nsde_ray.config import DataConfig, EvalConfig, NoiseConfig
 from nsde_ray.data import build_datasets
-from nsde_ray.evaluate import (EvaluationError, _explainers, _single_threaded, evaluate, evaluate_repeated,
+from nsde_ray.evaluate import (EvaluationError, _explainers, evaluate, evaluate_repeated,
                                in_batches)
 from nsde_ray.models import build_model
 
@@ -212,16 +212,3 @@ def test_the_fast_explainers_are_captums_to_float_rounding_with_the_same_noise(p
         torch.manual_seed(0)
         captum_smoothgrad = in_batches(smoothgrad(make_explainer(model, "ig", **options), 3, 0.3), 4)
         assert torch.equal(captum_smoothgrad(images, labels), expected)
-
-
-def test_the_evaluation_runs_on_one_thread_on_a_cpu_and_restores_the_count():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with _single_threaded(torch.device("cpu")):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with _single_threaded(torch.device("meta")):  # another device: the host's threads are left alone
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
