@@ -21,6 +21,7 @@ AUGMENTATIONS = ("auto", "cifar", "imagenet", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("none", "cosine", "step", "plateau")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+RESIDENT_DATA = ("auto", "off")  # TrainConfig.resident_data
 SHAPING_ENERGIES = ("raw", "preserve")
 
 
@@ -252,6 +253,10 @@ class TrainConfig:
     ``TorchTrainer``, which saves Ray Train's start-up; a failed attempt is retried by Tune, up to
     ``max_failures`` times, from the latest checkpoint. Runs with more workers always use a
     ``TorchTrainer``.
+    ``resident_data``: ``auto`` decodes the training and validation splits once into the training
+    device's memory and batches and augments them there, where the recipe allows it (no
+    augmentation, or ``cifar``) and they fit (:mod:`nsde_ray.resident`); ``off`` keeps a
+    ``DataLoader`` that decodes and augments every image every epoch.
     """
 
     epochs: int = 6
@@ -273,9 +278,11 @@ class TrainConfig:
     compile_mode: str = "default"
     init_from: str | None = None
     single_process: bool = True
+    resident_data: str = "auto"
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
+        _one_of("resident_data", self.resident_data, RESIDENT_DATA)
         _require(isinstance(self.single_process, bool),
                  f"single_process must be true or false, got {self.single_process!r}")
         _require(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")

@@ -36,6 +36,7 @@ from nsde_ray.config import NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets, loader_processes
 from nsde_ray.models import build_model, set_noise_shape_maps
 from nsde_ray.names import CHECKPOINT_FILE
+from nsde_ray.resident import resident_loader
 from nsde_ray.shaping import NoiseShaper, noise_energy
 from nsde_ray.storage import CheckpointStore
 from nsde_ray.weights import load_init_weights, load_tensors, model_from_state
@@ -256,9 +257,17 @@ def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) ->
     sampler = ShardSampler(len(splits.train), rank, world_size, seed=cfg.train.seed)
     processes = loader_processes(cfg.data.dataset, cfg.train.cpus_per_worker)
     loading = dict(pin_memory=on_gpu, num_workers=processes, persistent_workers=processes > 0)
-    train_loader = DataLoader(IndexedDataset(splits.train), batch_size=cfg.train.batch_size, sampler=sampler, **loading)
-    val_loader = DataLoader(Subset(splits.val, range(rank, len(splits.val), world_size)),
-                            batch_size=2 * cfg.train.batch_size, **loading)
+    resident = dict(mean=splits.mean, std=splits.std, device=device, mode=cfg.train.resident_data, processes=processes)
+    train_loader = resident_loader(splits.train_unaugmented, splits.augmentation, sampler.indices.unique(), sampler,
+                                   cfg.train.batch_size, **resident)
+    if train_loader is None:
+        train_loader = DataLoader(IndexedDataset(splits.train), batch_size=cfg.train.batch_size, sampler=sampler,
+                                  **loading)
+    val_indices = torch.arange(rank, len(splits.val), world_size)
+    val_loader = resident_loader(splits.val, "none", val_indices, val_indices.tolist(), 2 * cfg.train.batch_size,
+                                 **resident)
+    if val_loader is None:
+        val_loader = DataLoader(Subset(splits.val, val_indices.tolist()), batch_size=2 * cfg.train.batch_size, **loading)
     shaper = None
     if cfg.noise.mode == "attribution" and cfg.noise.active:
         shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device,
@@ -375,7 +384,7 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
         totals[1] += len(labels)
     model.eval()
     with torch.no_grad(), torch.autocast(**autocast):
-        for images, labels in val_loader:
+        for images, labels, *_ in val_loader:  # a ResidentLoader also yields indices and params
             images = images.to(device, memory_format=memory_format, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             logits = model(images)

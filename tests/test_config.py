@@ -85,6 +85,16 @@ def test_compile_flag_is_validated_and_round_trips():
         TrainConfig(compile_mode="fastest")
 
 
+def test_resident_data_is_auto_or_off_and_round_trips():
+    from nsde_ray.config import TrainConfig, TrialConfig
+
+    cfg = TrialConfig(train=TrainConfig(resident_data="off"))
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_params()["resident_data"] == "off"
+    assert TrainConfig().resident_data == "auto"
+    with pytest.raises(ConfigError, match="resident_data='gpu' is not valid; choose one of: auto, off"):
+        TrainConfig(resident_data="gpu")
+
+
 def test_init_from_is_a_path_or_none_and_round_trips():
     cfg = TrialConfig(train=TrainConfig(init_from="/weights/resnet18.pt"))
     assert TrialConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_params()["init_from"] == "/weights/resnet18.pt"
