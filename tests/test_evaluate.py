@@ -194,7 +194,7 @@ def test_the_papers_protocol_keeps_its_pinned_values(pinned_model):
 
 @pytest.mark.parametrize("method", ["ig", "ig_nt", "saliency"])
 def test_the_fast_explainers_are_captums_to_float_rounding_with_the_same_noise(pinned_model, method):
-    """Perturbed inputs and the randomised model go through the fast path; the evaluation images through Captum."""
+    """Perturbed inputs go through the fast path; the evaluation images, and the randomised model, through Captum."""
     model, splits = pinned_model
     images, labels = splits.test.tensors[0][:6], splits.test.tensors[1][:6]
     options = dict(baselines=ig_baseline(splits.mean, splits.std), n_steps=8, nt_samples=3, nt_stdev=0.3,
