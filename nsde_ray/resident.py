@@ -6,7 +6,8 @@ data.augmentation=none``) or the ``cifar`` recipe (pad by ``size // 8``, random 
 flip). The split's evaluation view is decoded once (:func:`decode`, with the DataLoader's worker
 processes), only the samples of this worker's shard, and kept as normalised float32 tensors on the
 device: 45,000 CIFAR-10 images are 553 MB. Each epoch then costs a gather and an indexed crop per
-batch instead of decoding and augmenting every image in the loader's processes.
+batch instead of decoding and augmenting every image in the loader's processes; attribution
+shaping's refreshes read the same views (:meth:`ResidentLoader.view_batches`).
 
 The crops are those of :class:`nsde_ray.augment.RandomCropFlip`: the offsets uniform over the
 ``2 * size // 8 + 1`` positions and the flip with probability 1/2, drawn from the global torch
@@ -67,6 +68,12 @@ class ResidentLoader:
             else:
                 params = IDENTITY_PARAMS.expand(len(indices), -1).clone()
             yield images, self.labels[rows], indices, params
+
+    def view_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images (b, C, H, W), labels (b,)) of the evaluation views of ``indices``, in order, ``batch_size`` at a time."""
+        for rows in self.position[indices].split(batch_size):
+            rows = rows.to(self.images.device)
+            yield self.images[rows], self.labels[rows]
 
     def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tops, lefts, flips) of ``count`` crops from the global torch RNG: offsets in [0, 2 * padding], flips bool."""

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from nsde_ray.attribution import attribution_map, autocast_options, make_explainer
 from nsde_ray.augment import IDENTITY_PARAMS, apply_geometry, invert_geometry
 from nsde_ray.config import NoiseConfig, ShapingConfig
+from nsde_ray.resident import ResidentLoader
 
 
 def normalise_attributions(maps: torch.Tensor, clip_percentile: float) -> torch.Tensor:
@@ -104,13 +105,15 @@ class NoiseShaper:
     ``loader_processes``: DataLoader worker processes for data sets that are not in-memory tensors.
     ``baseline``: IG's reference input in normalised units, (1, C, 1, 1) or (1, C, H, W); training
     passes :func:`~nsde_ray.attribution.ig_baseline` (black, as evaluation). ``None``: zeros, for
-    data without pixel units (random benchmark tensors).
+    data without pixel units (random benchmark tensors). ``resident``: the training split's
+    :class:`~nsde_ray.resident.ResidentLoader`, whose decoded views the refreshes then read.
     """
 
     def __init__(self, cfg: ShapingConfig, dataset: Dataset, shard: torch.Tensor, steps_per_epoch: int,
                  device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
-                 amp: bool = False, loader_processes: int = 0, baseline: torch.Tensor | None = None) -> None:
-        self.cfg, self.dataset, self.device = cfg, dataset, device
+                 amp: bool = False, loader_processes: int = 0, baseline: torch.Tensor | None = None,
+                 resident: ResidentLoader | None = None) -> None:
+        self.cfg, self.dataset, self.device, self.resident = cfg, dataset, device, resident
         self.baseline = None if baseline is None else baseline.to(device)
         self.loader_processes = loader_processes
         self.memory_format = memory_format
@@ -180,11 +183,14 @@ class NoiseShaper:
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) of the shard in order, ``cfg.batch_size`` images at a time, loaded one batch ahead.
 
-        In-memory tensor data sets are gathered by index (no per-sample collation); others go
-        through a DataLoader. On CUDA the batches are pinned so the copy to the device is asynchronous.
+        Resident views and in-memory tensor data sets are gathered by index (no per-sample
+        collation); others go through a DataLoader. On CUDA the batches are pinned so the copy to
+        the device is asynchronous.
         """
         pin = self.device.type == "cuda"
-        if isinstance(self.dataset, TensorDataset) and len(self.dataset.tensors) >= 2:
+        if self.resident is not None:
+            source = self.resident.view_batches(self.shard, self.cfg.batch_size)
+        elif isinstance(self.dataset, TensorDataset) and len(self.dataset.tensors) >= 2:
             images, labels = self.dataset.tensors[:2]
             order = self.shard.to(images.device)
 

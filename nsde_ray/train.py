@@ -36,7 +36,7 @@ from nsde_ray.config import NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets, loader_processes
 from nsde_ray.models import build_model, set_noise_shape_maps
 from nsde_ray.names import CHECKPOINT_FILE
-from nsde_ray.resident import resident_loader
+from nsde_ray.resident import ResidentLoader, resident_loader
 from nsde_ray.shaping import NoiseShaper, noise_energy
 from nsde_ray.storage import CheckpointStore
 from nsde_ray.weights import load_init_weights, load_tensors, model_from_state
@@ -272,7 +272,8 @@ def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) ->
     if cfg.noise.mode == "attribution" and cfg.noise.active:
         shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device,
                              memory_format, amp=cfg.train.amp, loader_processes=processes,
-                             baseline=ig_baseline(splits.mean, splits.std, "black"))
+                             baseline=ig_baseline(splits.mean, splits.std, "black"),
+                             resident=train_loader if isinstance(train_loader, ResidentLoader) else None)
 
     start_epoch, train_time_s, shaping_time_s, noise_energy_sum = 0, 0.0, 0.0, 0.0
     if checkpoint is not None:

@@ -11,7 +11,9 @@ from torch.utils.data import DataLoader
 from nsde_ray import resident
 from nsde_ray.config import DataConfig, NoiseConfig, ShapingConfig, TrainConfig, TrialConfig
 from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets
+from nsde_ray.models import build_model
 from nsde_ray.resident import ResidentLoader, resident_loader
+from nsde_ray.shaping import NoiseShaper
 from nsde_ray.train import fit_single_worker, load_checkpoint
 
 CPU = torch.device("cpu")
@@ -104,10 +106,12 @@ class Crash(RuntimeError):
     pass
 
 
-def test_a_resident_augmented_run_resumed_after_a_crash_ends_as_the_uninterrupted_run(small_images, tmp_path):
-    """Crops are drawn in the seeded epoch, so the resumed epoch draws the crops it replaces (shaping maps follow them)."""
+@pytest.mark.parametrize("method", ["training_gradient", "ig"])
+def test_a_resident_augmented_run_resumed_after_a_crash_ends_as_the_uninterrupted_run(method, small_images, tmp_path):
+    """Crops are drawn in the seeded epoch, so the resumed epoch draws the crops it replaces; shaping maps follow
+    them (from training gradients), or come from refreshes over the resident views (IG)."""
     cfg = TrialConfig(noise=NoiseConfig("attribution", 0.5),
-                      shaping=ShapingConfig(method="training_gradient", warmup_epochs=1),
+                      shaping=ShapingConfig(method=method, warmup_epochs=1, refresh_every=1, ig_steps=2),
                       data=DataConfig(dataset="imagefolder", data_dir=small_images),
                       train=TrainConfig(epochs=3, batch_size=8))
     straight = fit_single_worker(cfg, name="straight", storage_path=str(tmp_path))
@@ -136,3 +140,18 @@ def test_it_stays_off_when_asked_for_a_recipe_it_cannot_batch_or_memory_it_would
     assert _loader(splits, indices, indices.tolist()) is None
     monkeypatch.setattr(resident, "free_memory", lambda device: int(needed / resident.MEMORY_SHARE) + 1)
     assert isinstance(_loader(splits, indices, indices.tolist()), ResidentLoader)
+
+
+def test_shaping_refreshes_read_the_resident_views_as_they_read_the_data_set(small_images):
+    splits = build_datasets(DataConfig(dataset="imagefolder", data_dir=small_images))
+    shard = torch.tensor([7, 3, 20, 11, 0, 15, 3])  # a shard as ShardSampler deals it: any order, wrapped repeats
+    loader = _loader(splits, shard.unique(), shard.tolist())
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", splits.num_classes, 3, NoiseConfig("gaussian", 0.5)).eval()
+    cfg = ShapingConfig(method="ig", ig_steps=2, batch_size=4)
+    maps = {}
+    for name, source in (("resident", loader), ("data set", None)):
+        shaper = NoiseShaper(cfg, splits.train_unaugmented, shard, 2, CPU, resident=source)
+        shaper.refresh(model, 0)
+        maps[name] = shaper.maps
+    assert maps["resident"].shape == (6, 1, 32, 32) and torch.equal(maps["resident"], maps["data set"])
