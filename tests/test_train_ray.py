@@ -99,17 +99,18 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
     assert 1 / 6 < result.metrics["noise_energy"] < 1 and result.metrics["noise_energy_epoch"] < 0.5
 
 
-def test_an_image_folder_trains_with_loader_processes_and_shaping(local_ray, tmp_path):
-    """Images from disk: 2 reserved cores give the training loop and the shaping refresh one DataLoader process.
-    32 px images train at their own size (no image_size given), pad-and-cropped and flipped, and each batch's
-    shaping maps are cropped and flipped with it."""
+@pytest.mark.parametrize("resident_data", ["off", "auto"])
+def test_an_image_folder_trains_with_loader_processes_and_shaping(resident_data, local_ray, tmp_path):
+    """Images from disk: 2 reserved cores give the training loop and the shaping refresh one DataLoader process
+    (``off``), or the one decoding pass of resident data (``auto``). 32 px images train at their own size (no
+    image_size given), pad-and-cropped and flipped, and each batch's shaping maps are cropped and flipped with it."""
     for split in ("train", "val"):
         write_images(tmp_path / "data" / split / "dark", 12, 20, size=(32, 32))
         write_images(tmp_path / "data" / split / "light", 12, 230, size=(32, 32))
     cfg = TrialConfig(noise=NoiseConfig("attribution", 0.5),
                       shaping=ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency"),
                       data=DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "data")),
-                      train=TrainConfig(epochs=2, batch_size=8, cpus_per_worker=2))
+                      train=TrainConfig(epochs=2, batch_size=8, cpus_per_worker=2, resident_data=resident_data))
     result = build_trainer(cfg, name="folder", storage_path=str(tmp_path / "ray")).fit()
     assert result.error is None
     assert result.metrics["epoch"] == 2 and not result.metrics["diverged"] and result.metrics["shaping_time_s"] > 0
