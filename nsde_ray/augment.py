@@ -50,6 +50,11 @@ def _view_box(height: int, width: int, side: int, size: int) -> tuple[float, flo
     return top * scale_y, left * scale_x, size * scale_y, size * scale_x
 
 
+def cifar_padding(size: int) -> int:
+    """Pixels the ``cifar`` recipe pads a ``size`` x ``size`` view by before its random crop."""
+    return size // 8
+
+
 class RandomCropFlip:
     """Training transform: PIL image -> (``finish(crop)``, params float32 (5,)), a random crop of ``recipe`` and a flip.
 
@@ -60,7 +65,7 @@ class RandomCropFlip:
         if recipe not in RECIPES:
             raise ValueError(f"unknown augmentation recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
         self.recipe, self.size, self.finish = recipe, size, finish
-        self.padding = size // 8
+        self.padding = cifar_padding(size)
         self.view = eval_view(recipe, size)
         self.resized_crop = transforms.RandomResizedCrop(size)
 

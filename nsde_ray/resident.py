@@ -29,7 +29,7 @@ import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from nsde_ray.augment import IDENTITY_PARAMS
+from nsde_ray.augment import IDENTITY_PARAMS, cifar_padding
 
 MEMORY_SHARE = 0.25  # of the device's free memory that resident tensors may take
 RESIDENT_RECIPES = ("none", "cifar")  # augmentations applied to whole batches on the device
@@ -61,19 +61,22 @@ class ResidentLoader:
         torch.empty((), dtype=torch.int64).random_()
         visit = torch.as_tensor(list(iter(self.order)), dtype=torch.long)
         for indices in visit.split(self.batch_size):
-            rows = self.position[indices].to(self.images.device)
-            images = self.images[rows]
+            images, labels = self._gather(indices)
             if self.padding:
                 images, params = self.crop_and_flip(images, *self.draw(len(indices)))
             else:
                 params = IDENTITY_PARAMS.expand(len(indices), -1).clone()
-            yield images, self.labels[rows], indices, params
+            yield images, labels, indices, params
 
     def view_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images (b, C, H, W), labels (b,)) of the evaluation views of ``indices``, in order, ``batch_size`` at a time."""
-        for rows in self.position[indices].split(batch_size):
-            rows = rows.to(self.images.device)
-            yield self.images[rows], self.labels[rows]
+        for chunk in indices.split(batch_size):
+            yield self._gather(chunk)
+
+    def _gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The views (b, C, H, W) and labels (b,) of the samples ``indices`` (the data set's index space)."""
+        rows = self.position[indices].to(self.images.device)
+        return self.images[rows], self.labels[rows]
 
     def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tops, lefts, flips) of ``count`` crops from the global torch RNG: offsets in [0, 2 * padding], flips bool."""
@@ -116,7 +119,7 @@ def resident_loader(view: Dataset, augmentation: str, indices: torch.Tensor, ord
     if needed > MEMORY_SHARE * free_memory(device):
         return None
     images, labels = decode(Subset(view, indices.tolist()), processes)
-    padding = image.shape[-1] // 8 if augmentation == "cifar" else 0
+    padding = cifar_padding(image.shape[-1]) if augmentation == "cifar" else 0
     return ResidentLoader(images.to(device), labels.to(device), indices, order, batch_size, padding, mean, std)
 
 
