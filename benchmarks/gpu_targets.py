@@ -10,6 +10,9 @@ code runs at tiny sizes as a check). Every row is printed as soon as it is measu
 2. ``shaping``: our shaped step (maps set) and the refresh throughput (IG-4 and saliency) of
    NoiseShaper; the default schedule (ShapingConfig(): IG with 4 steps, refresh every 2 epochs)
    amortised: ratio to plain = 1 / (plain / shaped_step + plain / (refresh_every * refresh_rate)).
+   Then (row 2b) maps from training gradients (``method="training_gradient"``): each step reads its
+   samples' maps, takes the input gradient with its backward and writes their next maps; no refresh,
+   so its training rate against plain is the whole ratio.
 3. ``compile``: torch.compile of our Gaussian model (and of plain torchvision) against eager.
 4. ``ig``: IG with 50 steps, Captum's IntegratedGradients in plain fp32 use against our fast path
    (bf16 autocast + channels_last, and fp32 + channels_last), with the completeness error of each.
@@ -89,6 +92,26 @@ class Trainer:
             self.step()
         sync(self.device)
         return steps * len(self.images) / (time.perf_counter() - started)
+
+
+class GradientShapedTrainer(Trainer):
+    """A shaped training step whose maps come from its own input gradient (``ShapingConfig.method =
+    "training_gradient"``), as the training loop runs it: scale the noise by the samples' maps, take the
+    loss gradient with respect to the images too, turn it into the samples' next maps."""
+
+    def __init__(self, model: nn.Module, images, labels, device, amp: bool, shaper: NoiseShaper):
+        super().__init__(model, images, labels, device, amp)
+        self.shaper, self.indices = shaper, torch.arange(len(images))
+
+    def step(self) -> None:
+        set_noise_shape_maps(self.model, self.shaper.scale_for(self.indices))
+        images = self.images.detach().requires_grad_(True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = nn.functional.cross_entropy(self.step_model(images), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.shaper.update_from_gradient(self.indices, None, images.grad)
 
 
 def interleaved(trainers: dict[str, Trainer], steps: int, rounds: int) -> dict[str, float]:
@@ -200,6 +223,11 @@ def target_noise_and_shaping(report: Report, args, device, memory_format, amp, s
         size = min(args.image_size, ShapingConfig().map_size)
         set_noise_shape_maps(shaped, torch.rand(args.batch, 1, size, size, device=device))
         trainers["shaped_step"] = Trainer(shaped, images, labels, device, amp)
+        gradient_cfg = ShapingConfig(method="training_gradient", warmup_epochs=0)
+        gradient_shaper = NoiseShaper(gradient_cfg, TensorDataset(images, labels), torch.arange(args.batch),
+                                      steps_per_epoch=1, device=device, memory_format=memory_format, amp=amp)
+        trainers["training_gradient"] = GradientShapedTrainer(ours("attribution"), images, labels, device, amp,
+                                                               gradient_shaper)
     started = time.perf_counter()
     rates = interleaved(trainers, args.steps, args.rounds)
     plain_rate = rates["plain"]
@@ -245,6 +273,10 @@ def target_noise_and_shaping(report: Report, args, device, memory_format, amp, s
         epochs_between_ig4_refreshes_for_0_90=every_for(refresh["ig"]),
         epochs_between_saliency_refreshes_for_0_90=every_for(refresh["saliency"]),
         refresh_batch=args.refresh_batch, refresh_images=args.refresh_images)
+    gradient_ratio = rates["training_gradient"] / plain_rate
+    report.row("2b_shaping_training_gradient", plain_img_s=plain_rate, gaussian_img_s=rates.get("gaussian"),
+               training_gradient_img_s=rates["training_gradient"], ratio=gradient_ratio, target=">= 0.90",
+               met=gradient_ratio >= 0.90, shaped_step_ratio=shaped_rate / plain_rate)
 
 
 def target_compile(report: Report, args, device, memory_format, amp) -> None:

@@ -17,38 +17,12 @@ mean ± std over the seed runs of each path.
 
 import argparse
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 
-import mlflow
+from sweep_runs import run_sweep, seed_runs, spread
 
 PATHS = {"torch_trainer": ["--set", "train.single_process=false"], "single_process": []}
 SPLIT = ("overhead_s", "train_startup_s", "eval_startup_s", "trial_wall_s", "train_time_s", "eval_time_s")
-
-
-def run_sweep(folder: str, name: str, flags: list[str]) -> float:
-    """One smoke sweep named ``name`` in ``folder``; its wall seconds."""
-    command = [sys.executable, "-m", "sweeps.accuracy_vs_robustness", "--smoke-test", "--quiet", "--name", name,
-               "--storage", os.path.join(folder, "ray"), "--tracking-uri", f"sqlite:///{folder}/mlflow.db", *flags]
-    started = time.perf_counter()
-    with open(os.path.join(folder, f"{name}.log"), "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return time.perf_counter() - started
-
-
-def seed_metrics(folder: str, name: str) -> list[dict[str, float]]:
-    """The logged split of every seed run of sweep ``name``."""
-    client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], "tags.`nsde.role` = 'seed'")
-    return [{key: run.data.metrics[key] for key in SPLIT} for run in runs]
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
 def main() -> None:
@@ -64,8 +38,8 @@ def main() -> None:
     for index in range(args.rounds):
         for path, flags in PATHS.items():
             name = f"{path}_{index}"
-            walls[path].append(run_sweep(folder, name, flags))
-            seeds[path].extend(seed_metrics(folder, name))
+            walls[path].append(run_sweep(folder, name, ["--smoke-test", *flags]))
+            seeds[path].extend({key: run.data.metrics[key] for key in SPLIT} for run in seed_runs(folder, name))
             print(f"{name}: sweep {walls[path][-1]:.0f} s, load average {os.getloadavg()}", flush=True)
     print(f"\n| path | sweep wall s | seed runs | {' | '.join(SPLIT)} |")
     print("| --- | ---: | ---: |" + " ---: |" * len(SPLIT))
