@@ -9,13 +9,13 @@
 #   # there (carry .whl/pydeps.tar.xz), before python:
 #   mkdir -p /tmp/pydeps && tar -xJf .whl/pydeps.tar.xz -C /tmp/pydeps && export PYTHONPATH=/tmp/pydeps:$PWD
 #
-# benchmarks/device_check.sh does the second part.
+# benchmarks/device_check.sh does the second part. PYTHON_VERSION=3.11 builds it for another Python (a check here).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${VENV:-$root/.venv}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-platform=(--python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux2014_x86_64
+platform=(--python-version "${PYTHON_VERSION:-3.12}" --implementation cp --only-binary=:all: --platform manylinux2014_x86_64
           --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64)
 "$venv/bin/pip" freeze --exclude-editable | sed 's/+.*$//' > "$work/constraints.txt"
 "$venv/bin/pip" download -q -d "$work/wheels" "${platform[@]}" -c "$work/constraints.txt" \
@@ -34,6 +34,7 @@ find . -name tests -type d -prune -exec rm -rf {} +
 find . -name __pycache__ -type d -prune -exec rm -rf {} +
 find . -name "*.so*" -type f -exec strip --strip-unneeded {} \; 2>/dev/null || true
 find ray/core -type f -perm -u+x -exec strip --strip-unneeded {} \; 2>/dev/null || true
-mkdir -p "$root/.whl"
-tar -cf - . | xz -T0 -9e > "$root/.whl/pydeps.tar.xz"
-ls -l "$root/.whl/pydeps.tar.xz"
+out="${BUNDLE:-$root/.whl/pydeps.tar.xz}"
+mkdir -p "$(dirname "$out")"
+tar -cf - . | xz -T0 -9e > "$out"
+ls -l "$out"
