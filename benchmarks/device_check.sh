@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the throughput work in one command, for a GPU machine that has PyTorch but not the
+# Every GPU figure of the throughput work in one command (about 9 minutes at most), for a GPU machine that has PyTorch but not the
 # sweep's other packages: Gaussian-vs-plain and shaped-vs-plain training ratios (ResNet-50 at 224 px, and
 # cifar_resnet20 at 32 px), with shaping maps from an IG-4 refresh and from training gradients; then seed
 # runs per GPU-hour of a real CIFAR-10 sweep with trials sharing the GPU (0.25 GPU each) and with one GPU
@@ -44,10 +44,10 @@ step() {  # name, seconds, command...: run one step under its limit, its output 
 }
 
 # shellcheck disable=SC2086
-step targets_resnet50 "${RESNET_S:-170}" $python benchmarks/gpu_targets.py --targets noise,shaping \
+step targets_resnet50 "${RESNET_S:-140}" $python benchmarks/gpu_targets.py --targets noise,shaping \
   --json "$out/targets_resnet50.json" ${RESNET_FLAGS:-}
 # shellcheck disable=SC2086
-step targets_cifar "${CIFAR_S:-90}" $python benchmarks/gpu_targets.py --targets noise,shaping \
+step targets_cifar "${CIFAR_S:-60}" $python benchmarks/gpu_targets.py --targets noise,shaping \
   --json "$out/targets_cifar.json" ${CIFAR_FLAGS:---arch cifar_resnet20 --image-size 32 --classes 10 --batch 512 \
   --steps 50 --refresh-images 8192 --refresh-batch 1024}
 
@@ -62,7 +62,7 @@ if [ -z "$data" ]; then  # train/ and test/ as packed; val/: the last 500 file n
   done
 fi
 # shellcheck disable=SC2086
-step gpu_sweep "${SWEEP_S:-420}" $python benchmarks/gpu_sweep.py --data-dir "$data" --out-dir /tmp/gpu_sweep \
-  --json "$out/gpu_sweep.json" ${SWEEP_FLAGS:---gpus-per-worker 0.25 1 --epochs 4 --num-samples 4}
+step gpu_sweep "${SWEEP_S:-320}" $python benchmarks/gpu_sweep.py --data-dir "$data" --out-dir /tmp/gpu_sweep \
+  --json "$out/gpu_sweep.json" ${SWEEP_FLAGS:---gpus-per-worker 0.25 1 --num-samples 4 2 --epochs 4}
 tar -czf "$out/gpu_sweep_logs.tgz" -C /tmp/gpu_sweep --exclude=ray --exclude=mlflow.db . 2>/dev/null
 exit 0

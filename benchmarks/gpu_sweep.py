@@ -2,7 +2,8 @@
 
 Runs ``python -m sweeps.accuracy_vs_robustness`` on CIFAR-10 (an image folder with ``train/``,
 ``val/`` and ``test/``) once per ``--gpus-per-worker`` value, in that order, each sweep the same
-search (same ``--seed``, so the same configurations), with resident training data (the default:
+search (same ``--seed``: the same configurations, as far as the shorter sweep goes; the first two are
+the reference points), with resident training data (the default:
 decoded once into GPU memory where it fits), and reads every seed run back from MLflow. One seed
 run is a trial's unit of work: training ``--epochs`` epochs from scratch, then the attribution
 evaluation. Per sweep it prints and writes (``--json``):
@@ -15,7 +16,7 @@ evaluation. Per sweep it prints and writes (``--json``):
 Without a GPU it runs the same sweeps on CPU (``--gpus-per-worker`` is then ignored): a check of the
 script, not a figure.
 
-    python benchmarks/gpu_sweep.py --data-dir /tmp/cifar10 --gpus-per-worker 1 0.25 --json gpu_sweep.json
+    python benchmarks/gpu_sweep.py --data-dir /tmp/cifar10 --gpus-per-worker 0.25 1 --num-samples 4 2 --json gpu_sweep.json
 """
 
 import argparse
@@ -41,7 +42,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.2, help="the reference points' learning rate")
-    parser.add_argument("--num-samples", type=int, default=4, help="configurations per sweep")
+    parser.add_argument("--num-samples", type=int, nargs="+", default=[4],
+                        help="configurations per sweep: one number for all, or one per --gpus-per-worker value")
     parser.add_argument("--seeds-per-config", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPU cores the sweeps may use")
     parser.add_argument("--out-dir", help="keep the sweeps' storage, MLflow store and logs here (default: a temporary folder)")
@@ -50,6 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds_per_config < 2:
         parser.error("--seeds-per-config must be >= 2: the figures are read from the seed runs")
+    if len(args.num_samples) not in (1, len(args.gpus_per_worker)):
+        parser.error("--num-samples takes one number, or one per --gpus-per-worker value")
     folder = args.out_dir or tempfile.mkdtemp(prefix="gpu_sweep_")
     os.makedirs(folder, exist_ok=True)
     on_gpu = torch.cuda.is_available()
@@ -59,12 +63,13 @@ def main() -> None:
           f"output in {folder}", flush=True)
     results = {"hardware": hardware, "gpus": gpus, "args": vars(args), "sweeps": {}}
     fractions = args.gpus_per_worker if on_gpu else [None]
-    for fraction in fractions:
+    samples = args.num_samples * len(fractions) if len(args.num_samples) == 1 else args.num_samples
+    for fraction, num_samples in zip(fractions, samples):
         concurrent = int(gpus / fraction) if on_gpu else args.cpus
         cpus_per_worker = max(1, args.cpus // concurrent)
         flags = ["--dataset", "imagefolder", "--data-dir", args.data_dir, "--arch", args.arch,
                  "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                 "--num-samples", str(args.num_samples), "--seeds-per-config", str(args.seeds_per_config),
+                 "--num-samples", str(num_samples), "--seeds-per-config", str(args.seeds_per_config),
                  "--cpus-per-worker", str(cpus_per_worker), *args.extra]
         if on_gpu:
             flags += ["--use-gpu", "--gpus-per-worker", str(fraction)]
@@ -75,7 +80,8 @@ def main() -> None:
         metrics = [run.data.metrics for run in runs]
         plain = [run.data.metrics["val_accuracy"] for run in runs if run.data.params.get("noise_mode") == "none"]
         figures = {
-            "gpus_per_worker": fraction, "trials_at_once": concurrent, "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": fraction, "configurations": num_samples, "trials_at_once": concurrent,
+            "cpus_per_worker": cpus_per_worker,
             "wall_s": wall, "seed_runs": len(runs),
             "seed_runs_per_gpu_hour": len(runs) / (wall / 3600 * max(gpus, 1)),
             **{key: [m[key] for m in metrics if key in m] for key in SPLIT},
