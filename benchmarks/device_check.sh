@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU figure of the throughput work in one command (about 9 minutes at most), for a GPU machine that has PyTorch but not the
-# sweep's other packages: Gaussian-vs-plain and shaped-vs-plain training ratios (ResNet-50 at 224 px, and
-# cifar_resnet20 at 32 px), with shaping maps from an IG-4 refresh and from training gradients; then seed
-# runs per GPU-hour of a real CIFAR-10 sweep with trials sharing the GPU (0.25 GPU each) and with one GPU
-# per trial. Each step has its own time limit and writes its figures as soon as it has them, so a step cut
+# Every GPU figure of the throughput work in one command (9 minutes at most), for a GPU machine that has
+# PyTorch but not the sweep's other packages: Gaussian-vs-plain and shaped-vs-plain training ratios
+# (ResNet-50 at 224 px, and cifar_resnet20 at 32 px), with shaping maps from an IG-4 refresh and from
+# training gradients; then seed runs per GPU-hour of a real CIFAR-10 sweep with trials sharing the GPU
+# (0.25 GPU each) and with one GPU per trial. Each step has its own time limit and writes its figures as soon as it has them, so a step cut
 # short costs only its own.
 #
 #   bash benchmarks/make_device_bundle.sh                       # here, once: .whl/pydeps.tar.xz
@@ -61,8 +61,9 @@ if [ -z "$data" ]; then  # train/ and test/ as packed; val/: the last 500 file n
     find "$class" -name '*.jpg' | sort | tail -n 500 | xargs mv -t "$data/val/$name"
   done
 fi
+sweeps=$(mktemp -d)
 # shellcheck disable=SC2086
-step gpu_sweep "${SWEEP_S:-320}" $python benchmarks/gpu_sweep.py --data-dir "$data" --out-dir /tmp/gpu_sweep \
+step gpu_sweep "${SWEEP_S:-320}" $python benchmarks/gpu_sweep.py --data-dir "$data" --out-dir "$sweeps" \
   --json "$out/gpu_sweep.json" ${SWEEP_FLAGS:---gpus-per-worker 0.25 1 --num-samples 4 2 --epochs 4}
-tar -czf "$out/gpu_sweep_logs.tgz" -C /tmp/gpu_sweep --exclude=ray --exclude=mlflow.db . 2>/dev/null
+tar -czf "$out/gpu_sweep_logs.tgz" -C "$sweeps" --exclude=ray --exclude=mlflow.db . 2>/dev/null
 exit 0
