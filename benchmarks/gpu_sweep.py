@@ -36,7 +36,7 @@ SPLIT = ("trial_wall_s", "train_time_s", "eval_time_s", "overhead_s")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="CIFAR-10 image folder: train/, val/, test/ of class folders")
-    parser.add_argument("--gpus-per-worker", type=float, nargs="+", default=[1.0, 0.25],
+    parser.add_argument("--gpus-per-worker", type=float, nargs="+", default=[0.25, 1.0],
                         help="one sweep per value; 0.25 lets four one-worker trials share the GPU")
     parser.add_argument("--arch", default="cifar_resnet20")
     parser.add_argument("--epochs", type=int, default=10)

@@ -9,7 +9,8 @@
 #   # there (carry .whl/pydeps.tar.xz), before python:
 #   mkdir -p /tmp/pydeps && tar -xJf .whl/pydeps.tar.xz -C /tmp/pydeps && export PYTHONPATH=/tmp/pydeps:$PWD
 #
-# benchmarks/device_check.sh does the second part. PYTHON_VERSION=3.11 builds it for another Python (a check here).
+# benchmarks/device_check.sh does the second part. PYTHON_VERSION (e.g. 3.11) builds it for another Python,
+# to try it on a machine that has that one; BUNDLE names another output file.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${VENV:-$root/.venv}"
