@@ -78,7 +78,8 @@ def main() -> None:
         wall = run_sweep(folder, name, flags)
         runs = seed_runs(folder, name)
         metrics = [run.data.metrics for run in runs]
-        plain = [run.data.metrics["val_accuracy"] for run in runs if run.data.params.get("noise_mode") == "none"]
+        plain = [run.data.metrics["val_accuracy"] for run in runs
+                 if run.data.params.get("noise_mode") == "none" and "val_accuracy" in run.data.metrics]
         figures = {
             "gpus_per_worker": fraction, "configurations": num_samples, "trials_at_once": concurrent,
             "cpus_per_worker": cpus_per_worker,
