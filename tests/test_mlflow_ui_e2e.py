@@ -48,8 +48,8 @@ def patient(page):
 
 
 def switch_to_model_training(page, tries: int = 3) -> None:
-    """Click the experiment page's **Model training** switch until the URL shows its runs. A GenAI tip that opens
-    as the page settles can take the first click for itself, as a user would see it do; the user clicks again."""
+    """Click the experiment page's **Model training** switch until the URL shows its runs, as a user clicks again
+    when a first click, made while the page is still settling (its GenAI tip opening), does not switch."""
     for attempt in range(tries):
         page.get_by_text("Model training", exact=True).click()
         try:
