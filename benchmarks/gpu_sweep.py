@@ -78,15 +78,15 @@ def main() -> None:
         wall = run_sweep(folder, name, flags)
         runs = seed_runs(folder, name)
         metrics = [run.data.metrics for run in runs]
-        plain = [run.data.metrics["val_accuracy"] for run in runs
-                 if run.data.params.get("noise_mode") == "none" and "val_accuracy" in run.data.metrics]
+        scored = [run for run in runs if "val_accuracy" in run.data.metrics]
+        plain = [run.data.metrics["val_accuracy"] for run in scored if run.data.params.get("noise_mode") == "none"]
         figures = {
             "gpus_per_worker": fraction, "configurations": num_samples, "trials_at_once": concurrent,
             "cpus_per_worker": cpus_per_worker,
             "wall_s": wall, "seed_runs": len(runs),
             "seed_runs_per_gpu_hour": len(runs) / (wall / 3600 * max(gpus, 1)),
             **{key: [m[key] for m in metrics if key in m] for key in SPLIT},
-            "val_accuracy_plain": plain, "val_accuracy_all": [m["val_accuracy"] for m in metrics if "val_accuracy" in m],
+            "val_accuracy_plain": plain, "val_accuracy_all": [run.data.metrics["val_accuracy"] for run in scored],
         }
         results["sweeps"][name] = figures
         print(f"{name}: wall {wall:.0f} s, {len(runs)} seed runs, {figures['seed_runs_per_gpu_hour']:.0f} per "

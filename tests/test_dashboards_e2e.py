@@ -72,7 +72,6 @@ def test_pareto_view_and_side_by_side_explanations_in_a_browser(smoke_sweep, das
     page.locator("#trial input").click()
     options = page.get_by_role("option")
     options.last.click()
-    page.locator("#trial-grid img").wait_for(timeout=60_000)
     # the element comes before its picture: wait until one has loaded, at full size
     page.wait_for_function("() => [...document.querySelectorAll('#trial-grid img')]"
                            ".some(img => img.complete && img.naturalWidth > 100)", timeout=60_000)
