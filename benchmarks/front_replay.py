@@ -1,0 +1,219 @@
+"""Replay the sweep's Pareto front on recorded per-seed outcomes: are its probabilities honest, what do seeds buy?
+
+No training: reads the CSV(s) of :mod:`benchmarks.front_replay_record` (one row per configuration
+and training seed; several files, e.g. its shards, are concatenated) and, in each of ``--replays``
+replays, draws one random subset of seed ids used by every configuration (a real sweep's seeds
+0..K-1, relabelled). Each subset is assessed as the sweep assesses it (seed means and SEs as
+the sweep aggregates its seeds, then :func:`nsde_ray.front.assess_front`: same
+objectives, SIC gating and exclusions), under these policies:
+
+- ``today K``: :func:`nsde_ray.pareto.front_probability` (each configuration's own SE, normal, independent);
+- ``pooled K``: :func:`nsde_ray.uncertainty.front_probability` (seed-blocked, pooled per noise mode,
+  t tails, the evaluation-repeat variance of every ``<objective>_eval1`` pair as floor; that
+  variance is a one-off calibration of the evaluation, so it comes from all recorded pairs);
+- ``adaptive B``: 2 seeds each, then :func:`nsde_ray.uncertainty.next_seeds` (band 0.1-0.9, at most
+  every seed recorded) adds one seed at a time to the undecided configurations until the front is
+  decided or B extra seed-runs are spent.
+
+The truth is the front of the means over every seed all configurations have (with its own SIC
+gating). Scores: Brier score; a reliability table (probability bins: mean predicted, observed
+frequency, count); how often a confident prediction (>= 0.95 or <= 0.05) is wrong; membership
+errors (probability >= 0.5 against the truth) per replay against the seed-runs spent. The truth
+shares seeds with every subset, so larger subsets look better than they would against fresh seeds.
+
+    python benchmarks/front_replay.py benchmarks/data/front_replay_digits.csv.shard0 \\
+        benchmarks/data/front_replay_digits.csv.shard1 [--replays 200] [--draws 2000] [--out PATH]
+
+Markdown tables go to stdout and to ``--out`` (default ``benchmarks/data/front_replay_<design>.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nsde_ray import front, pareto, uncertainty  # noqa: E402
+
+OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"), ("sic", "max"))  # the recorded objectives
+METRICS = ("val_accuracy", "sensitivity", "sic", "sic_valid_fraction_ig", "randomisation_passed_ig", "noise_energy")
+BINS = (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0)
+BUDGETS = (0.5, 1.0, 2.0, 4.0)  # adaptive policies' extra seed-runs, in multiples of the configuration count
+START_SEEDS = 2
+
+
+@dataclass
+class Design:
+    """Recorded outcomes: configuration ids (N,), their noise modes (N,), runs[(config, seed)] metrics, common seeds."""
+
+    name: str
+    configs: list[str]
+    groups: list[str]
+    runs: dict[tuple[str, int], dict[str, float]]
+    seeds: list[int]
+
+
+def load(paths: list[str]) -> Design:
+    """The design of the CSV rows in ``paths``; only the seeds every configuration has are kept."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as handle:
+            rows.extend(csv.DictReader(handle))
+    if not rows:
+        raise SystemExit(f"no rows in {', '.join(paths)}")
+    groups = {row["config_id"]: row["noise_mode"] for row in rows}
+    runs = {(row["config_id"], int(row["seed"])): {k: float(v) for k, v in row.items()
+                                                   if k in METRICS or k.endswith("_eval1")} for row in rows}
+    seeds = sorted(set.intersection(*({s for c, s in runs if c == config} for config in groups)))
+    return Design(rows[0]["design"], list(groups), list(groups.values()), runs, seeds)
+
+
+def eval_variances(design: Design) -> dict[str, float]:
+    """Per objective with ``<name>_eval1`` columns: the variance of one evaluation (units²), over all pairs."""
+    pairs = [run for run in design.runs.values() if any(math.isfinite(v) for k, v in run.items() if k.endswith("_eval1"))]
+    names = [name for name, _ in OBJECTIVES if pairs and f"{name}_eval1" in pairs[0]]
+    first = np.array([[run[name] for name in names] for run in pairs]).reshape(len(pairs), len(names))
+    second = np.array([[run[f"{name}_eval1"] for name in names] for run in pairs]).reshape(len(pairs), len(names))
+    return dict(zip(names, uncertainty.eval_variance(first, second)))
+
+
+def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
+    """A configuration's row from its seeds' runs (K): every metric's mean, and the objectives' SE (std / sqrt(K))."""
+    row = {name: float(np.mean([run[name] for run in runs])) for name in METRICS}
+    for name, _ in OBJECTIVES:
+        values = [run[name] for run in runs]
+        row[f"{name}_se"] = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return row
+
+
+def assess(design: Design, seed_sets: list[list[int]], eval_var: dict[str, float],
+           draws: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(today's probabilities (N,), pooled probabilities (N,), front on the means (N,)) with these seeds per configuration."""
+    per_seed = [[design.runs[config, s] for s in seeds] for config, seeds in zip(design.configs, seed_sets)]
+    rows = [aggregate(runs) for runs in per_seed]
+    report = front.assess_front(rows)
+    eligible = [i for i, row in enumerate(rows) if not row["excluded"]]
+    pooled = np.zeros(len(rows))
+    pooled[eligible] = uncertainty.front_probability(
+        [pareto.as_minimisation(per_seed[i], report.objectives) for i in eligible], [seed_sets[i] for i in eligible],
+        [design.groups[i] for i in eligible], np.array([eval_var.get(name, math.nan) for name, _ in report.objectives]),
+        draws=draws)
+    return (np.array([row["pareto_probability"] for row in rows]), pooled,
+            np.array([row["pareto_front"] for row in rows]))
+
+
+def adaptive(design: Design, order: np.ndarray, extra: int, eval_var: dict[str, float],
+             draws: int) -> tuple[np.ndarray, int]:
+    """(pooled probabilities (N,), seed-runs spent) of the adaptive policy, seeds taken in ``order``."""
+    counts, spent = np.full(len(design.configs), START_SEEDS), 0
+    while True:
+        _, probability, _ = assess(design, [list(order[:k]) for k in counts], eval_var, draws)
+        chosen = uncertainty.next_seeds(probability, counts, len(order), extra - spent)
+        if not len(chosen):
+            return probability, int(counts.sum())
+        counts[chosen] += 1
+        spent += len(chosen)
+
+
+def replay(design: Design, replays: int, draws: int, seed: int) -> tuple[np.ndarray, dict[str, list]]:
+    """(truth (N,) bool, {policy: [(probabilities (N,), seed-runs)] per replay})."""
+    eval_var = eval_variances(design)
+    _, _, truth = assess(design, [design.seeds] * len(design.configs), eval_var, draws)
+    rng, results = np.random.default_rng(seed), {}
+    n = len(design.configs)
+    for _ in range(replays):
+        order = rng.permutation(design.seeds)
+        for k in (2, 4):
+            today, pooled, _ = assess(design, [list(order[:k])] * n, eval_var, draws)
+            results.setdefault(f"today K={k}", []).append((today, k * n))
+            results.setdefault(f"pooled K={k}", []).append((pooled, k * n))
+        for budget in BUDGETS:
+            extra = int(round(budget * n))
+            results.setdefault(f"adaptive +{extra}", []).append(adaptive(design, order, extra, eval_var, draws))
+    return truth, results
+
+
+def scores(truth: np.ndarray, outcomes: list) -> dict[str, float]:
+    """Brier score, confident predictions and their wrong fraction, membership errors and seed-runs per replay."""
+    probability = np.concatenate([p for p, _ in outcomes])
+    observed = np.tile(truth, len(outcomes)).astype(float)
+    confident = (probability >= 0.95) | (probability <= 0.05)
+    wrong = confident & ((probability >= 0.5) != (observed > 0))
+    return {"brier": float(np.mean((probability - observed) ** 2)), "confident": int(confident.sum()),
+            "confident_wrong": float(wrong.sum() / max(confident.sum(), 1)),
+            "errors": float(np.sum((probability >= 0.5) != (observed > 0)) / len(outcomes)),
+            "seed_runs": float(np.mean([runs for _, runs in outcomes]))}
+
+
+def reliability(truth: np.ndarray, outcomes: list) -> list[tuple[str, float, float, int]]:
+    """(bin, mean predicted, observed frequency, count) per probability bin of :data:`BINS`."""
+    probability = np.concatenate([p for p, _ in outcomes])
+    observed = np.tile(truth, len(outcomes)).astype(float)
+    index = np.clip(np.searchsorted(BINS, probability, side="right") - 1, 0, len(BINS) - 2)
+    return [(f"[{BINS[b]:.2f}, {BINS[b + 1]:.2f}{']' if b == len(BINS) - 2 else ')'}",
+             float(probability[index == b].mean()) if (index == b).any() else math.nan,
+             float(observed[index == b].mean()) if (index == b).any() else math.nan, int((index == b).sum()))
+            for b in range(len(BINS) - 1)]
+
+
+def spreads(design: Design) -> list[str]:
+    """Per objective, over every common seed: raw seed SD, seed-blocked residual SD, evaluation SD (units)."""
+    values = [pareto.as_minimisation([design.runs[c, s] for s in design.seeds], OBJECTIVES) for c in design.configs]
+    finite = [v for v in values if np.isfinite(v).all()]
+    raw = np.sqrt(sum(((v - v.mean(axis=0)) ** 2).sum(axis=0) for v in finite) / sum(len(v) - 1 for v in finite))
+    blocked = np.sqrt(uncertainty.fit(finite, [design.seeds] * len(finite)).variance[0])
+    evals = eval_variances(design)
+    lines = ["| objective | seed SD (within configuration) | residual SD (seed-blocked) | evaluation SD |",
+             "|---|---|---|---|"]
+    for m, (name, _) in enumerate(OBJECTIVES):
+        lines.append(f"| {name} | {raw[m]:.4g} | {blocked[m]:.4g} | {math.sqrt(evals.get(name, math.nan)):.4g} |")
+    return lines
+
+
+def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replays: int) -> str:
+    """The report: data, scores and cost, reliability."""
+    lines = [f"# Front replay: {design.name}", "",
+             f"{len(design.configs)} configurations x {len(design.seeds)} common seeds ({design.seeds}); "
+             f"{replays} replays. All-seeds front: {', '.join(c for c, t in zip(design.configs, truth) if t)}.", "",
+             *spreads(design), "",
+             "| policy | seed-runs | membership errors / replay | Brier | confident (<=0.05 or >=0.95) | of them wrong |",
+             "|---|---|---|---|---|---|"]
+    for policy, outcomes in results.items():
+        s = scores(truth, outcomes)
+        lines.append(f"| {policy} | {s['seed_runs']:.1f} | {s['errors']:.2f} | {s['brier']:.4f} | "
+                     f"{s['confident']} | {s['confident_wrong']:.3f} |")
+    lines += ["", "| policy | probability bin | mean predicted | observed frequency | count |", "|---|---|---|---|---|"]
+    for policy, outcomes in results.items():
+        if policy.startswith(("today", "pooled")):
+            lines += [f"| {policy} | {b} | {p:.3f} | {o:.3f} | {n} |" for b, p, o, n in reliability(truth, outcomes)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", nargs="+", help="recorded rows (front_replay_record.py's --out, or its shards)")
+    parser.add_argument("--replays", type=int, default=200)
+    parser.add_argument("--draws", type=int, default=2000, help="draws per front probability")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the replays' seed subsets")
+    parser.add_argument("--out", default=None, help="Markdown file (default benchmarks/data/front_replay_<design>.md)")
+    args = parser.parse_args()
+    design = load(args.csv)
+    if len(design.seeds) < 4:
+        raise SystemExit(f"{len(design.seeds)} seeds common to every configuration; the replay needs at least 4")
+    truth, results = replay(design, args.replays, args.draws, args.seed)
+    text = markdown(design, truth, results, args.replays)
+    print(text)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", f"front_replay_{design.name}.md")
+    with open(out, "w") as handle:
+        handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
