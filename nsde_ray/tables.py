@@ -16,8 +16,9 @@ Tables (``Table.name`` is the file stem):
   attribution SDE with IG) per architecture; SIC AUC, higher is better;
 - ``localisation_<arch>``: localisation AUC against foreground masks, where the data set has them;
 - ``paired_differences`` (:func:`paired_table`): per training seed, each noisy model minus the plain
-  model of its seed, with a paired t-test across seeds (``--paired`` grids fine-tune the noisy
-  models from that plain model).
+  model of its seed, with a paired t-test across seeds and its p Holm-adjusted over the table's tests
+  (``--paired`` grids fine-tune the noisy models from that plain model, for epochs the plain model
+  does not get).
 
 Orderings (the claims): sensitivity ResNet > Gaussian SDE (IJCAI 2021 Tables 1-3) > attribution SDE
 (AAAI 2022 Table 1), per method; SIC of IG ResNet < Gaussian SDE < attribution SDE (AAAI 2022
@@ -196,12 +197,39 @@ def spread_note(cells: list[Cell]) -> list[str]:
                else "evaluation repeats, not training seeds, decide how sure an ordering is")]
 
 
+def absent_modes(results: list[ModelResult], arch: str, modes: tuple[str, ...]) -> list[str]:
+    """The labels of ``modes`` that no model of ``arch`` in ``results`` has (the grid left them out, or none finished)."""
+    present = {r.mode for r in results if r.arch == arch}
+    return [NOISE_MODE_LABELS[m] for m in modes if m not in present]
+
+
+def claim_note(claim: str, counts: list[int], untested: list[str], methods: int, absent: list[str]) -> str:
+    """The verdict sentence of one ordering over the methods of a table.
+
+    counts: methods where it held on the means, and in every seed; untested: the labels of the methods
+    without a verdict (a cell missing); absent: the labels of the claim's modes with no model at all.
+    A claim no method could test says "not tested", never "held for 0 of n".
+    """
+    why = f"no {' or '.join(absent)} models in this grid" if absent else "a model it needs has no result"
+    if len(untested) == methods:
+        return f"{claim}: not tested ({why})"
+    tested = methods - len(untested)
+    note = f"{claim} held on the means for {counts[0]} of {tested} methods, in every seed for {counts[1]}"
+    return note + (f"; not tested for {', '.join(untested)} ({why})" if untested else "")
+
+
+def sic_claim(verdict: Verdict) -> str:
+    """A SIC ordering's verdict in a sentence: "not tested" where a model it needs has no result."""
+    return "not tested" if verdict.held is None else verdict.text()
+
+
 def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str]) -> Table:
     """AAAI 2022 Table 1 for one architecture: max-sensitivity per method and noise mode, with the orderings."""
     steps = {"ResNet > Gaussian": ("none", "gaussian"), "Gaussian > attribution": ("gaussian", "attribution"),
              "ResNet > Gaussian > attribution": PAPER_MODES, "input > Gaussian": ("input", "gaussian")}
     rows, records, every_cell = [], [], []
     counts = {claim: [0, 0] for claim in steps}  # methods where it held on the means, and in every seed
+    untested: dict[str, list[str]] = {claim: [] for claim in steps}  # methods without a verdict (a mode missing)
     shown = [m for m in METHODS if m in methods]
     for method in shown:
         cells = {mode: cell(results, arch, mode, f"sensitivity_{method}") for mode in NOISE_MODES}
@@ -214,11 +242,13 @@ def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str])
         for claim, verdict in verdicts.items():
             key = "held_" + claim.replace(" > ", "_gt_").replace(" ", "_").lower()
             record[key], record[f"{key}_seeds"] = verdict.held, f"{verdict.seeds_held}/{verdict.seeds}"
+            if verdict.held is None:
+                untested[claim].append(method)
             counts[claim][0] += verdict.held is True
             counts[claim][1] += verdict.held is True and verdict.seeds_held == verdict.seeds
         records.append(record)
-    notes = [f"{claim} (lower sensitivity is better; the {source} claim) held on the means for "
-             f"{counts[claim][0]} of {len(shown)} methods, in every seed for {counts[claim][1]}"
+    notes = [claim_note(f"{claim} (lower sensitivity is better; the {source} claim)", counts[claim],
+                        [METHOD_LABELS[m] for m in untested[claim]], len(shown), absent_modes(results, arch, steps[claim]))
              for claim, source in zip(steps, ("IJCAI 2021", "AAAI 2022", "AAAI 2022 Table 1",
                                               "input-noise baseline"))]
     notes += spread_note(every_cell)
@@ -238,9 +268,9 @@ def sic_table(results: list[ModelResult], archs: list[str], methods: list[str]) 
             records.append({"arch": arch, "mode": mode, "method": method, **c.columns("sic")})
         ig = [cell(results, arch, mode, "sic_ig") for mode in PAPER_MODES]
         notes.append(f"{arch}: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
-                     f"Table 2): {ordering(ig, decreasing=False).text()}; ResNet < Gaussian SDE: "
-                     f"{ordering(ig[:2], decreasing=False).text()}; Gaussian SDE < attribution SDE: "
-                     f"{ordering(ig[1:], decreasing=False).text()}")
+                     f"Table 2): {sic_claim(ordering(ig, decreasing=False))}; ResNet < Gaussian SDE: "
+                     f"{sic_claim(ordering(ig[:2], decreasing=False))}; Gaussian SDE < attribution SDE: "
+                     f"{sic_claim(ordering(ig[1:], decreasing=False))}")
     return Table("sic", "SIC (AAAI 2022 Table 2; higher is better)", ["Architecture", "Model", "Method", "SIC"],
                  rows, records, notes)
 
@@ -286,10 +316,26 @@ def paired_metrics(methods: list[str]) -> list[tuple[str, str, bool]]:
             ("sic_ig", "SIC (IG)", True)]
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given; NaN stays NaN and is not counted as a test.
+
+    With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted p_(i) is
+    max over j <= i of min(1, (m - j + 1) * p_(j)). Rejecting where the adjusted p < alpha controls the
+    family-wise error rate at alpha over the m tests, under any dependence between them.
+    """
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def paired_table(results: list[ModelResult], archs: list[str], methods: list[str]) -> Table:
     """Per (arch, noisy mode, metric): the per-seed differences noisy minus plain (mode ``none``), their mean,
-    std across seeds, how many seeds moved the better way, and a paired t-test across seeds."""
-    rows, records, tested, significant = [], [], 0, 0
+    std across seeds, how many seeds moved the better way, and a paired t-test across seeds, its p also
+    Holm-adjusted over every test of the table."""
+    rows, records = [], []
     for arch in archs:
         for mode in [m for m in NOISE_MODES if m != "none" and any(r.arch == arch and r.mode == m for r in results)]:
             for metric, label, higher in paired_metrics(methods):
@@ -299,7 +345,6 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
                 differences = Cell({seed: noisy[seed] - plain[seed] for seed in seeds}, math.nan)
                 better = sum((d > 0) == higher and d != 0 for d in differences.per_seed.values())
                 t, p = paired_t_test([noisy[s] for s in seeds], [plain[s] for s in seeds])
-                tested, significant = tested + (not math.isnan(p)), significant + (p < 0.05)
                 text = MISSING if not seeds else f"{differences.mean:+.3g}" + (
                     f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
                 rows.append([arch, NOISE_MODE_LABELS[mode], label, "higher" if higher else "lower", text,
@@ -309,13 +354,23 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
                                 "n_seeds": len(seeds), "better_seeds": better, "t": t, "p": p,
                                 "difference_per_seed": ";".join(f"{s}:{d:.6g}" for s, d in
                                                                 differences.per_seed.items())})
+    adjusted = holm([record["p"] for record in records])
+    for row, record, p_holm in zip(rows, records, adjusted):
+        row.append(_number(p_holm))
+        record["p_holm"] = p_holm
+    tested = sum(not math.isnan(p) for p in adjusted)
+    significant = sum(record["p"] < 0.05 for record in records)
+    surviving = sum(p < 0.05 for p in adjusted)
     notes = ["difference = the noisy model minus the plain ResNet of the same architecture and training seed (in a "
-             "--paired grid, the plain model it was fine-tuned from); ± = std across seeds; better in = seeds whose "
-             "difference goes the better way; t, p: two-sided paired t-test across seeds (scipy.stats.ttest_rel; "
-             "none below 2 seeds)",
-             f"{significant} of {tested} tested differences have p < 0.05 (not corrected for the {tested} tests)"]
+             "--paired grid, the plain model it was fine-tuned from; the noisy model also trained the fine-tune's "
+             "extra epochs, the plain one did not, so a difference there is noise and more training together); "
+             "± = std across seeds; better in = seeds whose difference goes the better way; t, p: two-sided paired "
+             "t-test across seeds (scipy.stats.ttest_rel; none below 2 seeds); p (Holm): p adjusted by Holm's "
+             f"step-down method over all {tested} tests of this table (family-wise error rate)",
+             f"{significant} of {tested} tested differences have p < 0.05 uncorrected, {surviving} after Holm's "
+             f"correction for the {tested} tests"]
     return Table("paired_differences", "Paired differences: noisy minus plain, per training seed",
-                 ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p"],
+                 ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p", "p (Holm)"],
                  rows, records, notes)
 
 

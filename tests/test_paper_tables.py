@@ -12,7 +12,8 @@ import pytest
 
 from helpers import assert_usage_error
 from nsde_ray import tables
-from nsde_ray.config import NOISE_MODES, EvalConfig, SweepConfig
+from nsde_ray.config import EvalConfig, SweepConfig
+from nsde_ray.registry import noise_mode_names
 from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
 from nsde_ray.config import PaperTablesConfig
 from nsde_ray.lifecycle import save_state
@@ -88,6 +89,28 @@ def test_missing_models_leave_dashes_and_no_verdict():
     assert tables.localisation_table([r for r in results if r.arch == "other"], "other", ["ig"]) is None
 
 
+def test_a_claim_whose_mode_the_grid_lacks_is_not_tested_rather_than_held_for_none():
+    results = [r for r in _results() if r.mode != "attribution"]  # no attribution SDE, no input noise
+    notes = tables.sensitivity_table(results, "cifar_resnet8", ["ig", "saliency"]).notes
+    assert notes[0].endswith("held on the means for 1 of 2 methods, in every seed for 1")  # both modes there
+    assert notes[1] == ("Gaussian > attribution (lower sensitivity is better; the AAAI 2022 claim): not tested "
+                        "(no attribution SDE models in this grid)")
+    assert notes[2].endswith("AAAI 2022 Table 1 claim): not tested (no attribution SDE models in this grid)")
+    assert notes[3].endswith("input-noise baseline claim): not tested (no input noise models in this grid)")
+    assert "of 2 methods" not in " ".join(notes[1:4])
+    sic = tables.sic_table(results, ["cifar_resnet8"], ["ig"]).notes[0]
+    assert sic == ("cifar_resnet8: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
+                   "Table 2): not tested; ResNet < Gaussian SDE: yes (3/3 seeds); Gaussian SDE < attribution SDE: "
+                   "not tested")
+    # the mode is there but one method has no result for it: counted over the methods tested, the rest named
+    partial = [r if r.mode != "gaussian" else replace(r, metrics={k: v for k, v in r.metrics.items()
+                                                                   if not k.startswith("sensitivity_saliency")})
+               for r in _results()]
+    note = tables.sensitivity_table(partial, "cifar_resnet8", ["ig", "saliency"]).notes[0]
+    assert note.endswith("held on the means for 1 of 1 methods, in every seed for 1; not tested for Saliency "
+                         "(a model it needs has no result)")
+
+
 def test_repeated_evaluation_is_the_mean_and_std_of_seeded_repeats(digits_model, tmp_path):
     model, splits = digits_model
     cfg = EvalConfig(methods=("ig", "saliency"), num_images=6, n_steps=4, n_perturbations=2, saturation_images=2,
@@ -118,7 +141,8 @@ def _paired_results() -> list[tables.ModelResult]:
 def test_paired_differences_are_noisy_minus_plain_per_seed_with_a_paired_t_test():
     table = tables.paired_table(_paired_results(), ["cifar_resnet8"], ["ig"])
     assert table.name == "paired_differences"
-    assert table.header == ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p"]
+    assert table.header == ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p",
+                            "p (Holm)"]
     assert [row[1:4] for row in table.rows] == [
         ["Gaussian SDE", "val accuracy", "higher"], ["Gaussian SDE", "sensitivity IG", "lower"],
         ["Gaussian SDE", "SIC (IG)", "higher"], ["attribution SDE", "val accuracy", "higher"],
@@ -126,15 +150,35 @@ def test_paired_differences_are_noisy_minus_plain_per_seed_with_a_paired_t_test(
     accuracy, sensitivity, sic = table.rows[:3]
     assert accuracy[4:6] == ["-0.00667 ± 0.015", "1/3"]  # -0.01, -0.02, +0.01
     # -0.10, -0.15, -0.05: t = mean / (std / sqrt(3)) = -2 sqrt(3); two-sided p with 2 degrees of freedom
-    assert sensitivity[4:] == ["-0.1 ± 0.05", "3/3", "-3.46", "0.0742"]
+    assert sensitivity[4:8] == ["-0.1 ± 0.05", "3/3", "-3.46", "0.0742"]
     assert sic[5] == "3/3" and float(sic[7]) < 0.001  # +0.02, +0.021, +0.019
     assert table.rows[4][4:6] == ["-0.075 ± 0.035", "2/2"]  # attribution: seeds 0 and 1 only
     record = next(r for r in table.records if r["mode"] == "gaussian" and r["metric"] == "sensitivity_ig")
     assert record["difference_per_seed"] == "0:-0.1;1:-0.15;2:-0.05" and record["n_seeds"] == 3
     assert record["t"] == pytest.approx(-2 * math.sqrt(3)) and record["p"] == pytest.approx(1 - math.sqrt(12 / 14))
-    assert table.notes[1] == "1 of 6 tested differences have p < 0.05 (not corrected for the 6 tests)"
+    p = [r["p"] for r in table.records]
+    assert [r["p_holm"] for r in table.records] == pytest.approx(tables.holm(p))
+    # sorted p: Gaussian SIC 0.00083, attribution SIC 0.0704, this one 0.0742, ...: the third of 6 tests, so
+    # max(6 x 0.00083, 5 x 0.0704, 4 x 0.0742) = 5 x 0.0704 (the step-down's running maximum)
+    attribution_sic = next(r for r in table.records if r["mode"] == "attribution" and r["metric"] == "sic_ig")
+    assert record["p_holm"] == pytest.approx(5 * attribution_sic["p"]) and sensitivity[8] == "0.352"
+    assert sic[8] == "0.00499" and table.rows[0][8] == "1"  # 6 x 0.000832; accuracy 2 x 0.529 capped at 1
+    assert "Holm's step-down method over all 6 tests" in table.notes[0]
+    assert "more training together" in table.notes[0]
+    assert table.notes[1] == "1 of 6 tested differences have p < 0.05 uncorrected, 1 after Holm's correction for the 6 tests"
     one_seed = tables.paired_table([r for r in _paired_results() if r.seed == 0], ["cifar_resnet8"], ["ig"])
-    assert one_seed.rows[1][4:] == ["-0.1", "1/1", tables.MISSING, tables.MISSING]
+    assert one_seed.rows[1][4:] == ["-0.1", "1/1", tables.MISSING, tables.MISSING, tables.MISSING]
+    assert one_seed.notes[1] == "0 of 0 tested differences have p < 0.05 uncorrected, 0 after Holm's correction for the 0 tests"
+
+
+def test_holm_adjusts_step_down_by_hand():
+    # sorted 0.01, 0.02, 0.03, 0.04 of m = 4: 4 x 0.01 = 0.04, 3 x 0.02 = 0.06, 2 x 0.03 = 0.06, 1 x 0.04 = 0.04 -> 0.06
+    assert tables.holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # NaN is no test (m = 3): 3 x 0.001, 2 x 0.3 = 0.6, then 1 x 0.5 raised to the running maximum 0.6
+    adjusted = tables.holm([0.5, math.nan, 0.001, 0.3])
+    assert math.isnan(adjusted[1]) and [adjusted[i] for i in (0, 2, 3)] == pytest.approx([0.6, 0.003, 0.6])
+    assert tables.holm([0.7, 0.6]) == [1.0, 1.0]  # 2 x 0.6 capped at 1, and 0.7 raised to it
+    assert tables.holm([]) == [] and tables.holm([0.2]) == [0.2]
 
 
 def test_the_accuracy_table_shows_the_effective_sigma_from_the_noise_energy():
@@ -238,7 +282,7 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, r
     parent = next(r for r in runs if r.data.tags["nsde.role"] == "sweep")
     children = [r for r in runs if r.data.tags["nsde.role"] == "trial"]
     assert parent.data.tags["nsde.kind"] == "paper_tables" and parent.data.params["repeats"] == "2"
-    assert sorted(r.data.params["noise_mode"] for r in children) == sorted(NOISE_MODES)
+    assert sorted(r.data.params["noise_mode"] for r in children) == sorted(noise_mode_names())
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["nsde.status"] == "finished"
         # every method's metrics (SIC itself is NaN, so not logged, where no image gives a valid curve)
