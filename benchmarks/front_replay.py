@@ -77,7 +77,8 @@ def load(paths: list[str]) -> Design:
 
 def eval_variances(design: Design) -> dict[str, float]:
     """Per objective with ``<name>_eval1`` columns: the variance of one evaluation (units²), over all pairs."""
-    pairs = [run for run in design.runs.values() if any(math.isfinite(v) for k, v in run.items() if k.endswith("_eval1"))]
+    pairs = [run for run in design.runs.values()
+             if any(math.isfinite(v) for k, v in run.items() if k.endswith("_eval1"))]
     names = [name for name, _ in OBJECTIVES if pairs and f"{name}_eval1" in pairs[0]]
     first = np.array([[run[name] for name in names] for run in pairs]).reshape(len(pairs), len(names))
     second = np.array([[run[f"{name}_eval1"] for name in names] for run in pairs]).reshape(len(pairs), len(names))
@@ -95,7 +96,7 @@ def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def assess(design: Design, seed_sets: list[list[int]], eval_var: dict[str, float],
            draws: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(today's probabilities (N,), pooled probabilities (N,), front on the means (N,)) with these seeds per configuration."""
+    """(today's probabilities (N,), pooled probabilities (N,), front on the means (N,)) with ``seed_sets`` (N lists)."""
     per_seed = [[design.runs[config, s] for s in seeds] for config, seeds in zip(design.configs, seed_sets)]
     rows = [aggregate(runs) for runs in per_seed]
     report = front.assess_front(rows)
@@ -183,7 +184,8 @@ def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replay
              f"{len(design.configs)} configurations x {len(design.seeds)} common seeds ({design.seeds}); "
              f"{replays} replays. All-seeds front: {', '.join(c for c, t in zip(design.configs, truth) if t)}.", "",
              *spreads(design), "",
-             "| policy | seed-runs | membership errors / replay | Brier | confident (<=0.05 or >=0.95) | of them wrong |",
+             "| policy | seed-runs | membership errors / replay | Brier | confident (<=0.05 or >=0.95) "
+             "| of them wrong |",
              "|---|---|---|---|---|---|"]
     for policy, outcomes in results.items():
         s = scores(truth, outcomes)
