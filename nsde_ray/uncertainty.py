@@ -6,19 +6,22 @@ values (the same seed means the same initial weights and data order in every con
 optionally a group label (the noise mode) and, per objective, a measured evaluation-repeat
 variance. The model, per objective::
 
-    y[i, s] = mu[i] + b[s] + e[i, s],    e ~ N(0, sigma²_pool(i))
+    y[i, s] = mu[i] + b[s] + e[i, s],    b ~ N(0, tau²),    e ~ N(0, sigma²_pool(i))
 
-- **Seed blocking.** b[s] is what seed s does to every configuration alike. It cancels exactly in
-  every comparison between configurations at the same seeds, and the front is made of comparisons
-  only (dominance does not change when every configuration moves by the same amount), so it is
-  *removed*, not drawn: :func:`fit` estimates mu and b together by least squares (unbalanced seed
-  sets allowed, as long as they overlap), and the residual e, the configuration x seed interaction
-  plus the evaluation's noise, is what a comparison sees. A shared seed draw would change nothing
-  with equal seed sets and need the seed variance estimated from a handful of seeds; independent
-  draws with each configuration's raw spread (today's rule) count the seed effect into every
-  comparison when it is large, and not at all when two seeds agree by chance. The means reported
-  (and drawn around) are each configuration at the average of the seeds seen: its plain seed mean
-  when every configuration has the same seeds.
+- **Seed effect.** b[s] is what seed s does to every configuration alike; e, the configuration x
+  seed interaction plus the evaluation's noise, is what a *comparison* at the same seeds sees.
+  sigma² comes from the seed-blocked least-squares fit (configuration and seed effects, so a large
+  shared seed effect does not inflate it); tau² is the within-configuration spread of the raw
+  values minus sigma² (a moment estimate, 0 if negative). The means are the generalised least
+  squares estimates under that covariance, and the draws are multivariate over the configurations
+  with the GLS covariance: the shared seed effect is drawn, correlated. In a balanced sweep (every
+  configuration at the same seeds) this is exactly the blocked comparison: the means are the plain
+  seed means, and the shared part moves every configuration alike, which changes no dominance.
+  Drawing it rather than only blocking it matters once the seeds are unbalanced, which adaptive
+  replication makes them: a seed only one configuration has carries nothing in a pure blocked fit
+  (it only estimates its own seed effect), but here it counts, with tau² added to its noise.
+  Today's independent draws with each configuration's own raw spread count the seed effect into
+  every comparison when it is large, and nothing at all when two seeds agree by chance.
 - **Pooling.** With 2 seeds a configuration's own residual variance has about 1 degree of
   freedom (log s² then has a sampling variance near 5), so it is pooled: the empirical-Bayes
   (limma) estimate s̃ᵢ² = (ν₀ s₀² + dᵢ sᵢ²) / (ν₀ + dᵢ) with s₀², ν₀ the pooled variance and degrees
@@ -34,15 +37,17 @@ variance. The model, per objective::
   repeats when a seed's value is a mean over several evaluations) is a *floor* on sigma², not an
   addition: the residual of a single-evaluation value cannot be smaller than its evaluation noise,
   and adding it would count that noise twice.
-- **Tails.** Configuration means are drawn from a multivariate Student t: the normal with the
-  blocked fit's covariance, divided per pool and objective by one sqrt(chi²_ν/ν) per draw, ν the
-  pool's degrees of freedom (one variance estimate, so one scale draw for all its configurations).
-  With no residual degrees of freedom (one seed each) and no floor, the draws are the means.
+- **Tails.** Configuration means are drawn from a multivariate Student t: the normal with the GLS
+  covariance, each configuration's deviation divided by its pool's sqrt(chi²_ν/ν), one per draw and
+  objective, ν the pool's degrees of freedom (one variance estimate, so one scale draw for all its
+  configurations). With no residual degrees of freedom (one seed each) and no floor, the draws
+  are the plain means.
 
-Objectives are drawn independently of one another. :func:`front_probability` is the fraction of
-draws in which a configuration is non-dominated (ties are not dominance, as in
-:func:`nsde_ray.pareto.non_dominated`); :func:`standard_errors` are the comparison standard errors
-behind it, for display and for :func:`nsde_ray.pareto.noise_floor`. :func:`next_seeds` is the
+Objectives are drawn independently of one another; the uncertainty of tau² itself is not drawn
+(it cancels in balanced sweeps). :func:`front_probability` is the fraction of draws in which a
+configuration is non-dominated (ties are not dominance, as in :func:`nsde_ray.pareto.non_dominated`);
+:func:`standard_errors` are the comparison standard errors behind it (the shared seed effect left
+out), for display and for :func:`nsde_ray.pareto.noise_floor`. :func:`next_seeds` is the
 adaptive replication policy: one more seed to the configurations whose membership is undecided.
 Configurations with a non-finite value are left out: NaN means and errors, probability 0.
 """
@@ -63,10 +68,11 @@ _DRAW_CHUNK = 500
 class Fit:
     """The seed-blocked fit of N configurations' M objectives (rows of left-out configurations are NaN).
 
-    means: (N, M) each configuration at the average seed, in the values' units;
-    covariance: (N, N) covariance of those means per unit residual variance (the seed effect removed);
+    means: (N, M) each configuration's GLS mean, in the values' units;
+    covariance: (M, N, N) covariance of those means (the shared seed effect included), units²;
     variance: (N, M) the residual variance of one seed-run of each configuration (pooled, floored), units²;
     dof: (N, M) degrees of freedom of that variance (0: none, the draws are normal);
+    seed_variance: (M,) tau², the variance of the seed effect, units²;
     pools: (N,) the pool each configuration's variance comes from (its group, or ``"all"``).
     """
 
@@ -74,6 +80,7 @@ class Fit:
     covariance: np.ndarray
     variance: np.ndarray
     dof: np.ndarray
+    seed_variance: np.ndarray
     pools: tuple
 
 
@@ -118,7 +125,7 @@ def eval_variance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], groups: Sequence[Hashable] | None = None,
         eval_var: np.ndarray | None = None, min_group_dof: float = MIN_GROUP_DOF) -> Fit:
-    """The seed-blocked, pooled fit of configurations' per-seed ``values`` (K_i, M) at training ``seeds`` (K_i,).
+    """The pooled mixed-model fit of configurations' per-seed ``values`` (K_i, M) at training ``seeds`` (K_i,).
 
     ``groups``: (N,) pool labels (e.g. noise modes; default one pool); ``eval_var``: (M,) per-seed
     evaluation variance, a floor on the residual variance (NaN entries: no floor). Raises
@@ -126,60 +133,101 @@ def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], groups: Se
     configuration from seed effects.
     """
     values = [np.asarray(v, dtype=float).reshape(len(s), -1) for v, s in zip(values, seeds)]
-    n_obj = max((v.shape[1] for v in values), default=0)
+    n, n_obj = len(values), max((v.shape[1] for v in values), default=0)
     keep = [i for i, v in enumerate(values) if v.size and np.isfinite(v).all()]
-    means, covariance = np.full((len(values), n_obj), np.nan), np.full((len(values), len(values)), np.nan)
-    variance, dof = np.full_like(means, np.nan), np.zeros_like(means)
-    pools = ["all"] * len(values)
+    means, variance, dof = np.full((n, n_obj), np.nan), np.full((n, n_obj), np.nan), np.zeros((n, n_obj))
+    covariance, seed_variance, pools = np.full((n_obj, n, n), np.nan), np.full(n_obj, np.nan), ["all"] * n
     if not keep:
-        return Fit(means, covariance, variance, dof, tuple(pools))
-    design, config_of, contrast = _design([seeds[i] for i in keep])
-    response = np.concatenate([values[i] for i in keep])
-    gram = np.linalg.pinv(design.T @ design)
-    if np.linalg.matrix_rank(design) < design.shape[1]:
-        raise ValueError("the configurations' seed sets do not overlap enough to separate them from the seeds")
-    residual = response - design @ (gram @ design.T @ response)
-    spare = 1.0 - np.einsum("ij,jk,ik->i", design, gram, design)  # 1 - leverage of each value
-    ss = np.array([(residual[config_of == k] ** 2).sum(axis=0) for k in range(len(keep))])
-    own_dof = np.clip([spare[config_of == k].sum() for k in range(len(keep))], 0.0, None)
+        return Fit(means, covariance, variance, dof, seed_variance, tuple(pools))
+    kept = [values[i] for i in keep]
+    config_of, seed_of = _layout([seeds[i] for i in keep])
+    ss, own_dof = _blocked_residuals(np.concatenate(kept), config_of, seed_of)
     labels = [groups[i] for i in keep] if groups is not None else ["all"] * len(keep)
     pooled, pooled_dof, kept_pools = pooled_variance(ss, own_dof, labels, min_group_dof)
     floor = np.full(n_obj, np.nan) if eval_var is None else np.asarray(eval_var, dtype=float)
-    means[keep] = contrast @ (gram @ design.T @ response)
-    covariance[np.ix_(keep, keep)] = contrast @ gram @ contrast.T
     variance[keep], dof[keep] = np.fmax(pooled, floor), pooled_dof[:, None]
+    seed_variance[:] = _seed_variance(kept, _pool(ss, own_dof))
+    response = np.concatenate(kept)
+    for m in range(n_obj):
+        means[keep, m], covariance[m][np.ix_(keep, keep)] = _gls(
+            response[:, m], config_of, seed_of, variance[keep, m][config_of], seed_variance[m])
     for k, i in enumerate(keep):
         pools[i] = kept_pools[k]
-    return Fit(means, covariance, variance, dof, tuple(pools))
+    return Fit(means, covariance, variance, dof, seed_variance, tuple(pools))
 
 
-def _design(seeds: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(design (n, N + S - 1), configuration of each value (n,), contrast (N, N + S - 1)) of the additive model.
-
-    Columns: one indicator per configuration, then one per seed but the first (its effect is 0);
-    the contrast gives each configuration at the average of the S seeds.
-    """
+def _layout(seeds: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(configuration index (n,), seed index (n,)) of each value, the seeds numbered in sorted order."""
     seed_ids = sorted({int(s) for config in seeds for s in config})
-    column = {s: len(seeds) + k - 1 for k, s in enumerate(seed_ids)}
     config_of = np.concatenate([np.full(len(config), k) for k, config in enumerate(seeds)])
-    design = np.zeros((len(config_of), len(seeds) + len(seed_ids) - 1))
-    design[np.arange(len(config_of)), config_of] = 1.0
-    for row, seed in enumerate(int(s) for config in seeds for s in config):
-        if column[seed] >= len(seeds):
-            design[row, column[seed]] = 1.0
-    contrast = np.hstack([np.eye(len(seeds)), np.full((len(seeds), len(seed_ids) - 1), 1.0 / len(seed_ids))])
-    return design, config_of, contrast
+    seed_of = np.array([seed_ids.index(int(s)) for config in seeds for s in config])
+    return config_of, seed_of
+
+
+def _blocked_residuals(response: np.ndarray, config_of: np.ndarray,
+                       seed_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(residual sums of squares (N, M), residual degrees of freedom (N,)) of the additive configuration + seed fit.
+
+    A configuration's degrees of freedom are the sum of 1 - leverage over its values, so they add
+    up to the fit's residual degrees of freedom.
+    """
+    configs, seeds = config_of.max() + 1, seed_of.max() + 1
+    design = np.hstack([np.eye(configs)[config_of], np.eye(seeds)[seed_of][:, 1:]])
+    if np.linalg.matrix_rank(design) < design.shape[1]:
+        raise ValueError("the configurations' seed sets do not overlap enough to separate them from the seeds")
+    gram = np.linalg.pinv(design.T @ design)
+    residual = response - design @ (gram @ design.T @ response)
+    spare = 1.0 - np.einsum("ij,jk,ik->i", design, gram, design)
+    ss = np.array([(residual[config_of == k] ** 2).sum(axis=0) for k in range(configs)])
+    return ss, np.clip([spare[config_of == k].sum() for k in range(configs)], 0.0, None)
+
+
+def _seed_variance(values: Sequence[np.ndarray], residual_variance: np.ndarray) -> np.ndarray:
+    """(M,) tau²: the pooled within-configuration variance of raw ``values`` (K_i, M) minus ``residual_variance`` (M,)."""
+    dof = sum(len(v) - 1 for v in values)
+    if dof == 0:
+        return np.zeros(len(residual_variance))
+    within = sum(((v - v.mean(axis=0)) ** 2).sum(axis=0) for v in values) / dof
+    return np.clip(np.nan_to_num(within - residual_variance), 0.0, None)
+
+
+def _gls(response: np.ndarray, config_of: np.ndarray, seed_of: np.ndarray, noise: np.ndarray,
+         seed_variance: float) -> tuple[np.ndarray, np.ndarray]:
+    """(means (N,), covariance (N, N)) of the configurations under cov(y) = diag(``noise``) + tau² [same seed].
+
+    ``response``, ``noise``: (n,) values and their residual variances. Without a usable residual
+    variance (none, or not positive): the plain means and no covariance.
+    """
+    configs = np.eye(config_of.max() + 1)[config_of]  # (n, N)
+    if not (np.isfinite(noise) & (noise > 0)).all():
+        counts = configs.sum(axis=0)
+        return configs.T @ response / counts, np.zeros((len(counts), len(counts)))
+    inverse = np.diag(1.0 / noise)
+    if seed_variance > 0:  # Woodbury: (D + tau² Z Z')⁻¹
+        seeds = np.eye(seed_of.max() + 1)[seed_of] / noise[:, None]  # D⁻¹ Z, (n, S)
+        inner = np.linalg.inv(np.eye(seeds.shape[1]) / seed_variance + np.eye(seeds.shape[1])[seed_of].T @ seeds)
+        inverse -= seeds @ inner @ seeds.T
+    covariance = np.linalg.inv(configs.T @ inverse @ configs)
+    return covariance @ configs.T @ inverse @ response, covariance
 
 
 def standard_errors(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]],
                     groups: Sequence[Hashable] | None = None, eval_var: np.ndarray | None = None) -> np.ndarray:
     """(N, M) comparison standard errors of the configurations' means, in the values' units (see :func:`fit`).
 
-    The seed effect shared by all configurations is not in them: they say how well configurations
-    are told apart, not how far a mean is from what other seeds would give everywhere.
+    The SE of each mean's distance to the average of all the kept means, times sqrt(N / (N - 1)):
+    sigma / sqrt(K) in a balanced sweep. The seed effect all configurations share is not in it: it
+    says how well configurations are told apart, not how far a mean is from other seeds' mean.
     """
     result = fit(values, seeds, groups, eval_var)
-    return np.sqrt(np.nan_to_num(result.variance) * np.diag(result.covariance)[:, None])
+    keep = np.flatnonzero(np.isfinite(result.means).all(axis=1))
+    errors = np.full(result.means.shape, np.nan)
+    centre = np.eye(len(keep)) - 1.0 / len(keep) if len(keep) > 1 else np.eye(len(keep))
+    scale = len(keep) / (len(keep) - 1) if len(keep) > 1 else 1.0
+    for m in range(result.means.shape[1]):
+        centred = centre @ result.covariance[m][np.ix_(keep, keep)] @ centre
+        errors[keep, m] = np.sqrt(np.clip(np.diag(centred) * scale, 0.0, None))
+    return errors
 
 
 def posterior_draws(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]],
@@ -190,11 +238,9 @@ def posterior_draws(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]]
     keep = np.flatnonzero(np.isfinite(result.means).all(axis=1))
     sample = np.full((draws, *result.means.shape), np.nan)
     rng = np.random.default_rng(rng_seed)
-    root = _sqrt_psd(result.covariance[np.ix_(keep, keep)])
     pools = np.array(result.pools, dtype=object)[keep]
     for m in range(result.means.shape[1]):
-        scale = np.sqrt(np.nan_to_num(result.variance[keep, m]))
-        noise = rng.standard_normal((draws, len(keep))) @ root.T * scale
+        noise = rng.standard_normal((draws, len(keep))) @ _sqrt_psd(result.covariance[m][np.ix_(keep, keep)]).T
         for pool in dict.fromkeys(pools.tolist()):
             members, nu = pools == pool, result.dof[keep[pools == pool][0], m]
             if nu > 1e-9:

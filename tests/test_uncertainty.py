@@ -72,6 +72,17 @@ def test_seed_blocking_removes_a_large_shared_seed_effect():
     assert abs(unbalanced[2].mean(axis=0) - values[2].mean(axis=0)).max() > 5e-3  # the raw mean is off
 
 
+def test_seeds_only_one_configuration_has_still_count():
+    rng = np.random.default_rng(5)
+    effect = rng.normal(0.0, 0.3, 6)  # seed effects
+    values = [np.array([[0.3 * c + effect[s] + 0.3 * rng.normal()] for s in range(k)]) for c, k in enumerate([6, 2, 2])]
+    seeds = [list(range(6)), [0, 1], [0, 1]]  # as adaptive replication leaves them: seeds 2-5 unshared
+    fit = uncertainty.fit(values, seeds)
+    assert fit.seed_variance[0] > 0 and fit.means[0, 0] == pytest.approx(values[0].mean())
+    assert uncertainty.standard_errors(values, seeds)[0, 0] < 0.9 * uncertainty.standard_errors(
+        [values[0][:2]] + values[1:], [[0, 1]] * 3)[0, 0]
+
+
 def test_t_tails_are_wider_than_normal_at_few_dof():
     rng = np.random.default_rng(3)
     values = [rng.normal(size=(3, 1)) for _ in range(4)]  # (3 - 1)(4 - 1) = 6 residual dof
