@@ -66,7 +66,7 @@ _DRAW_CHUNK = 500
 
 @dataclass(frozen=True)
 class Fit:
-    """The seed-blocked fit of N configurations' M objectives (rows of left-out configurations are NaN).
+    """The fit of N configurations' M objectives (rows of left-out configurations are NaN).
 
     means: (N, M) each configuration's GLS mean, in the values' units;
     covariance: (M, N, N) covariance of those means (the shared seed effect included), units²;
@@ -128,9 +128,9 @@ def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], groups: Se
     """The pooled mixed-model fit of configurations' per-seed ``values`` (K_i, M) at training ``seeds`` (K_i,).
 
     ``groups``: (N,) pool labels (e.g. noise modes; default one pool); ``eval_var``: (M,) per-seed
-    evaluation variance, a floor on the residual variance (NaN entries: no floor). Raises
-    ValueError when the kept configurations' seed sets do not overlap enough to separate
-    configuration from seed effects.
+    evaluation variance, a floor on the residual variance (NaN entries: no floor). Seed sets may
+    differ; values at a seed no other configuration has add to their configuration's mean (through
+    tau²) but not to sigma²'s degrees of freedom.
     """
     values = [np.asarray(v, dtype=float).reshape(len(s), -1) for v, s in zip(values, seeds)]
     n, n_obj = len(values), max((v.shape[1] for v in values), default=0)
@@ -169,12 +169,10 @@ def _blocked_residuals(response: np.ndarray, config_of: np.ndarray,
     """(residual sums of squares (N, M), residual degrees of freedom (N,)) of the additive configuration + seed fit.
 
     A configuration's degrees of freedom are the sum of 1 - leverage over its values, so they add
-    up to the fit's residual degrees of freedom.
+    up to the fit's residual degrees of freedom (n - rank: disjoint seed sets are allowed).
     """
     configs, seeds = config_of.max() + 1, seed_of.max() + 1
     design = np.hstack([np.eye(configs)[config_of], np.eye(seeds)[seed_of][:, 1:]])
-    if np.linalg.matrix_rank(design) < design.shape[1]:
-        raise ValueError("the configurations' seed sets do not overlap enough to separate them from the seeds")
     gram = np.linalg.pinv(design.T @ design)
     residual = response - design @ (gram @ design.T @ response)
     spare = 1.0 - np.einsum("ij,jk,ik->i", design, gram, design)
@@ -183,7 +181,7 @@ def _blocked_residuals(response: np.ndarray, config_of: np.ndarray,
 
 
 def _seed_variance(values: Sequence[np.ndarray], residual_variance: np.ndarray) -> np.ndarray:
-    """(M,) tau²: the pooled within-configuration variance of raw ``values`` (K_i, M) minus ``residual_variance`` (M,)."""
+    """(M,) tau²: pooled within-configuration variance of raw ``values`` (K_i, M) minus ``residual_variance`` (M,)."""
     dof = sum(len(v) - 1 for v in values)
     if dof == 0:
         return np.zeros(len(residual_variance))
