@@ -11,9 +11,9 @@ objectives, SIC gating and exclusions), under these policies:
 - ``pooled K``: :func:`nsde_ray.uncertainty.front_probability` (seed-blocked, pooled per noise mode,
   t tails, the evaluation-repeat variance of every ``<objective>_eval1`` pair as floor; that
   variance is a one-off calibration of the evaluation, so it comes from all recorded pairs);
-- ``adaptive B``: 2 seeds each, then :func:`nsde_ray.uncertainty.next_seeds` (band 0.1-0.9, at most
-  every seed recorded) adds one seed at a time to the undecided configurations until the front is
-  decided or B extra seed-runs are spent.
+- ``adaptive +B``: 2 seeds each, then :func:`nsde_ray.uncertainty.next_seeds` (band 0.1-0.9, and
+  0.05-0.95 with the largest B; at most every seed recorded) gives one more seed to each undecided
+  configuration, round after round, until the front is decided or B extra seed-runs are spent.
 
 The truth is the front of the means over every seed all configurations have (with its own SIC
 gating). Scores: Brier score; a reliability table (probability bins: mean predicted, observed
@@ -46,6 +46,7 @@ OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"), ("sic", "max"))  
 METRICS = ("val_accuracy", "sensitivity", "sic", "sic_valid_fraction_ig", "randomisation_passed_ig", "noise_energy")
 BINS = (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0)
 BUDGETS = (0.5, 1.0, 2.0, 4.0)  # adaptive policies' extra seed-runs, in multiples of the configuration count
+WIDE_BAND = (0.05, 0.95)  # the band the largest budget is also replayed with, against uncertainty.BAND
 START_SEEDS = 2
 
 
@@ -110,13 +111,13 @@ def assess(design: Design, seed_sets: list[list[int]], eval_var: dict[str, float
             np.array([row["pareto_front"] for row in rows]))
 
 
-def adaptive(design: Design, order: np.ndarray, extra: int, eval_var: dict[str, float],
-             draws: int) -> tuple[np.ndarray, int]:
+def adaptive(design: Design, order: np.ndarray, extra: int, eval_var: dict[str, float], draws: int,
+             band: tuple[float, float] = uncertainty.BAND) -> tuple[np.ndarray, int]:
     """(pooled probabilities (N,), seed-runs spent) of the adaptive policy, seeds taken in ``order``."""
     counts, spent = np.full(len(design.configs), START_SEEDS), 0
     while True:
         _, probability, _ = assess(design, [list(order[:k]) for k in counts], eval_var, draws)
-        chosen = uncertainty.next_seeds(probability, counts, len(order), extra - spent)
+        chosen = uncertainty.next_seeds(probability, counts, len(order), extra - spent, band)
         if not len(chosen):
             return probability, int(counts.sum())
         counts[chosen] += 1
@@ -138,6 +139,8 @@ def replay(design: Design, replays: int, draws: int, seed: int) -> tuple[np.ndar
         for budget in BUDGETS:
             extra = int(round(budget * n))
             results.setdefault(f"adaptive +{extra}", []).append(adaptive(design, order, extra, eval_var, draws))
+        results.setdefault(f"adaptive +{extra}, band {WIDE_BAND[0]}-{WIDE_BAND[1]}", []).append(
+            adaptive(design, order, extra, eval_var, draws, WIDE_BAND))
     return truth, results
 
 
