@@ -31,7 +31,8 @@ from nsde_ray import plots
 from nsde_ray.attribution import AttributionError
 from nsde_ray.explain import explain_image, prepare_image
 from nsde_ray.names import METHOD_LABELS, METHODS
-from nsde_ray.tracking import TABLE_COLUMNS, front_url, table_cell
+from nsde_ray.tracking import front_url
+from nsde_ray.front_table import table_columns, table_cell
 
 METHOD_BY_LABEL = {METHOD_LABELS[method]: method for method in METHODS}
 DISPLAY_SIZE = 256  # pixels; small inputs (digits are 32 px) are shown enlarged, nearest-neighbour
@@ -59,7 +60,7 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
         with gr.Tab("Pareto front"):
             summary = gr.Markdown(elem_id="front-summary")
             plot = gr.Plot(label="Pareto front", elem_id="pareto-plot")
-            table = gr.Dataframe(headers=list(TABLE_COLUMNS), interactive=False,
+            table = gr.Dataframe(headers=list(table_columns()), interactive=False,
                                  label="Finished configurations (objectives: mean ± SE over seeds)")
             trial_box = gr.Dropdown(label="Trial", choices=[], elem_id="trial")
             trial_link = gr.Markdown(elem_id="trial-link")
@@ -117,7 +118,7 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             choices = [(_trial_label(row), row["run_id"]) for row in rows]
             left, right = default_pair(rows)
             gallery = store.gallery(right or left) if (right or left) else []
-            table_rows = [[table_cell(row, column) for column in TABLE_COLUMNS] for row in rows]
+            table_rows = [[table_cell(row, column) for column in table_columns()] for row in rows]
             return (text, plots.pareto_figure(rows), table_rows,
                     gr.update(choices=choices, value=choices[0][1] if choices else None),
                     gr.update(choices=choices, value=left), gr.update(choices=choices, value=right),

@@ -4,7 +4,7 @@ Read-only, through :class:`mlflow.MlflowClient`, with the names of :mod:`nsde_ra
 Artifacts are downloaded once into a cache folder, which is pruned (least recently used runs first)
 when it grows past ``max_cache_bytes``; models load with ``weights_only=True``, their metadata
 checked first (:func:`nsde_ray.explain.load_model`), and at most ``max_models`` stay in memory
-(least recently used dropped). The tracking URI is shown masked (:func:`nsde_ray.tracking.mask_uri`).
+(least recently used dropped). The tracking URI is shown masked (:func:`nsde_ray.mlflow_uri.mask_uri`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from nsde_ray import tracking
+from nsde_ray import mlflow_uri, tracking
 from nsde_ray.evaluate import ARTIFACT_GRID, GALLERY_DIR
 from nsde_ray.explain import ModelBundle, load_model
 from nsde_ray.names import LEGACY_MODEL_FILE, MODEL_FILE
@@ -52,9 +52,9 @@ class SweepStore:
 
     def __init__(self, tracking_uri: str, ui_url: str | None = None, cache_dir: str | None = None,
                  max_models: int = MAX_MODELS, max_cache_bytes: int = MAX_CACHE_BYTES) -> None:
-        self.tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+        self.tracking_uri = mlflow_uri.resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
-        self.ui_url = (ui_url or (tracking.without_credentials(self.tracking_uri)
+        self.ui_url = (ui_url or (mlflow_uri.without_credentials(self.tracking_uri)
                                   if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000")).rstrip("/")
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="nsde-dashboards-")
         self.max_models, self.max_cache_bytes = max_models, max_cache_bytes
@@ -66,12 +66,12 @@ class SweepStore:
     @property
     def display_uri(self) -> str:
         """The tracking URI as the page shows it: a password masked."""
-        return tracking.mask_uri(self.tracking_uri)
+        return mlflow_uri.mask_uri(self.tracking_uri)
 
     def check_reachable(self) -> None:
         try:
-            tracking.check_reachable(self.tracking_uri)
-        except tracking.TrackingError as err:
+            mlflow_uri.check_reachable(self.tracking_uri)
+        except mlflow_uri.TrackingError as err:
             raise DashboardError(f"cannot read the MLflow store: {err}") from err
 
     def sweeps(self) -> list[Sweep]:
@@ -84,7 +84,7 @@ class SweepStore:
                                            order_by=["attributes.start_time DESC"]) if experiments else []
         except Exception as err:  # connection refused, bad URI: MLflow raises many kinds
             raise DashboardError(f"cannot read the MLflow store {self.display_uri!r}: "
-                                 f"{tracking.redact(str(err), self.tracking_uri)}") from err
+                                 f"{mlflow_uri.redact(str(err), self.tracking_uri)}") from err
         names = {e.experiment_id: e.name for e in experiments}
         return [Sweep(names.get(run.info.experiment_id, run.info.experiment_id), run.info.experiment_id,
                       run.info.run_id) for run in runs]

@@ -99,7 +99,9 @@ def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     from nsde_ray.sweep import build_tuner
-    from nsde_ray.tracking import FRONT_FILTER, front_table, front_url, ui_address, ui_command
+    from nsde_ray.tracking import FRONT_FILTER, front_url
+    from nsde_ray.mlflow_uri import ui_address, ui_command
+    from nsde_ray.front_table import front_table
 
     parser = build_parser()
     args = parse_args(parser, argv)

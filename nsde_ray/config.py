@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nsde_ray.names import ARCHS, METHODS, NOISE_MODES, SHAPING_METHODS
+from nsde_ray.names import ARCHS, METHODS, SHAPING_METHODS
+from nsde_ray.registry import noise_mode_names
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic")
 DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
@@ -105,7 +106,7 @@ class NoiseConfig:
     sigma: float = 0.5
 
     def __post_init__(self) -> None:
-        _one_of("noise mode", self.mode, NOISE_MODES)
+        _one_of("noise mode", self.mode, noise_mode_names())
         _finite_at_least("noise sigma", self.sigma, 0.0)
         _require(self.sigma <= MAX_SIGMA, f"noise sigma {self.sigma!r} is above {MAX_SIGMA:g}, the most it may be: "
                                           f"{SIGMA_REASON}")
@@ -429,10 +430,12 @@ def _build_section(section_cls: type, values: dict[str, Any]):
 class SearchSpace:
     """What the sweep searches (each range is ``(low, high)``, inclusive).
 
-    noise_mode is always one of none, gaussian, attribution, input; noise_sigma (unitless, see
-    :class:`NoiseConfig`) and the learning rate (log scale) are searched for every noisy trial,
-    the shaping schedule (warm-up epochs, refresh interval in epochs, outlier-clipping percentile,
-    shaping method, energy: ``raw`` or ``preserve``, see :class:`ShapingConfig`) for ``attribution`` trials only. ``warmup_epochs_max`` and ``refresh_every_max``
+    noise_modes: the modes searched (``None``: every registered one, :data:`nsde_ray.registry.NOISE_MODES`);
+    each mode's record says which params are searched for it (:attr:`NoiseMode.params`), with their
+    ranges here: noise_sigma (unitless, see :class:`NoiseConfig`) for the noisy modes, the shaping
+    schedule (warm-up epochs, refresh interval in epochs, outlier-clipping percentile, shaping method,
+    energy: ``raw`` or ``preserve``, see :class:`ShapingConfig`) for ``attribution`` only. The learning
+    rate (log scale) is searched for every trial. ``warmup_epochs_max`` and ``refresh_every_max``
     of ``None`` mean "up to the trial's epochs". The papers' setting (gaussian, sigma 0.5) and
     the plain ResNet are always evaluated first, at the base learning rate.
     """
@@ -444,8 +447,29 @@ class SearchSpace:
     clip_range: tuple[float, float] = (90.0, 100.0)
     shaping_methods: tuple[str, ...] = ("ig", "saliency")
     shaping_energies: tuple[str, ...] = SHAPING_ENERGIES
+    noise_modes: tuple[str, ...] | None = None
+
+    def modes(self) -> tuple[str, ...]:
+        """The noise modes searched."""
+        return noise_mode_names() if self.noise_modes is None else self.noise_modes
+
+    def bounds(self, name: str, epochs: int):
+        """The ``(low, high)`` range or the choices of a :class:`nsde_ray.registry.SearchParam`'s ``bounds``:
+        a field of this space, or ``warmup_epochs`` / ``refresh_every`` (integer ranges up to ``epochs``)."""
+        if name == "warmup_epochs":
+            most = epochs - 1 if self.warmup_epochs_max is None else self.warmup_epochs_max
+            return 0, max(0, min(most, epochs - 1))
+        if name == "refresh_every":
+            return 1, max(1, epochs if self.refresh_every_max is None else self.refresh_every_max)
+        return getattr(self, name)
 
     def __post_init__(self) -> None:
+        if self.noise_modes is not None:
+            object.__setattr__(self, "noise_modes", tuple(self.noise_modes))
+            _require(len(self.noise_modes) > 0 and len(set(self.noise_modes)) == len(self.noise_modes),
+                     f"noise_modes must be distinct and not empty, got {list(self.noise_modes)}")
+            for mode in self.noise_modes:
+                _one_of("noise mode", mode, noise_mode_names())
         for name in ("sigma_range", "lr_range", "clip_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             value = getattr(self, name)
@@ -562,7 +586,7 @@ class PaperTablesConfig(RunConfig):
     """
 
     archs: tuple[str, ...] = (ModelConfig.arch,)
-    noise_modes: tuple[str, ...] = NOISE_MODES
+    noise_modes: tuple[str, ...] = field(default_factory=noise_mode_names)
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     repeats: int = PAPER_REPEATS
     paired: bool = False

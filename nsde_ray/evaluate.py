@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,17 +28,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from nsde_ray import plots
-from nsde_ray.attribution import (STOCHASTIC_METHODS, Explainer, attribution_map, check_applicable,
-                                  completeness_error, eval_mode, ig_baseline, make_explainer)
+from nsde_ray.aggregate import mean_and_spread
+from nsde_ray.attribution import Explainer, attribution_map, check_applicable, eval_mode, ig_baseline, make_explainer
 from nsde_ray.config import EvalConfig
 from nsde_ray.data import DataSplits, foreground_masks
-from nsde_ray.metrics.faithfulness import infidelity
-from nsde_ray.metrics.localisation import localisation_auc
-from nsde_ray.metrics.pic import PicResult, compute_pic
-from nsde_ray.metrics.randomisation import passes as passes_randomisation
-from nsde_ray.metrics.randomisation import randomisation_check, randomised_copy
-from nsde_ray.metrics.saturation import Saturation, ig_saturation
-from nsde_ray.metrics.sensitivity import max_sensitivity, mean_sensitivity, uniform_perturbations
+from nsde_ray.metric_registry import METHOD_METRICS, EvalInputs, MethodContext
+from nsde_ray.metrics.randomisation import randomised_copy
+from nsde_ray.metrics.sensitivity import uniform_perturbations
+from nsde_ray.registry import OBJECTIVES
 
 ARTIFACT_GRID = "attributions.png"
 ARTIFACT_SIC = "sic_curve.png"
@@ -93,55 +89,29 @@ def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str
     return _evaluate(model.to(device), splits, cfg, out_dir, device, progress)
 
 
-@dataclass
-class _Inputs:
-    """What every method's evaluation reads, on the evaluation device.
-
-    images (B, C, H, W), normalised, and labels (B,); pixels: the images in [0, 1]; foreground:
-    (B, H, W) bool masks or None; baseline: IG's and DeepLIFT's (1, C, H, W); shap_baselines:
-    DeepSHAP's (N, C, H, W); deltas: the sensitivity perturbations (B, n, C, H, W); randomised: the
-    model's :func:`randomised_copy`; options: :func:`make_explainer`'s.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    pixels: torch.Tensor
-    foreground: torch.Tensor | None
-    baseline: torch.Tensor
-    shap_baselines: torch.Tensor
-    deltas: torch.Tensor
-    randomised: nn.Module
-    options: dict
-
-
 def _evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None, device: torch.device,
               progress: bool) -> EvalResult:
     inputs = _inputs(model, splits, cfg, device)
     metrics: dict[str, float] = {"eval_images": float(len(inputs.images))}
     maps: dict[str, torch.Tensor] = {}
-    sic_curves: dict[str, np.ndarray] = {}
-    stages = tqdm(total=3 * len(cfg.methods) + 1, desc="evaluate", disable=not progress)
+    results: dict[str, dict] = {}
+    stages = tqdm(total=len(cfg.methods) * (len(METHOD_METRICS) + 1), desc="evaluate", disable=not progress)
     for method in cfg.methods:
-        method_metrics, maps[method], pic = _evaluate_method(model, method, inputs, splits, cfg, stages)
-        metrics.update(method_metrics)
-        sic_curves[method] = pic.sic_curve
-    stages.set_postfix_str("IG saturation")
-    count = min(cfg.saturation_images, len(inputs.images))
-    saturation = ig_saturation(model, inputs.images[:count], inputs.labels[:count], inputs.baseline,
-                               chunk_size=cfg.batch_size)
-    metrics["ig_alpha_95"] = float(saturation.alpha_95.mean())
-    metrics["ig_grad_norm_after_saturation"] = float(saturation.grad_norm_after.mean())
-    metrics["ig_grad_alignment_after_saturation"] = float(np.nanmean(saturation.alignment_after.numpy()))
-    stages.update()
+        ctx = _method_context(model, method, inputs, splits, cfg, stages)
+        maps[method] = attribution_map(ctx.attributions)
+        for metric in METHOD_METRICS.values():
+            stages.set_postfix_str(f"{method}: {metric.name}")
+            metrics.update(metric.compute(ctx))
+            stages.update()
+        results[method] = ctx.results
     stages.close()
-    metrics["sensitivity"], metrics["sic"] = metrics["sensitivity_ig"], metrics["sic_ig"]
-    artifacts = [] if out_dir is None else _figures(out_dir, splits, cfg, inputs, maps, sic_curves, pic.curve_x,
-                                                    saturation, metrics)
+    metrics.update({o.name: metrics[o.source] for o in OBJECTIVES.values() if o.source in metrics})
+    artifacts = [] if out_dir is None else _figures(out_dir, splits, cfg, inputs, maps, results, metrics)
     return EvalResult(metrics, inputs.labels.cpu(), artifacts)
 
 
-def _inputs(model: nn.Module, splits: DataSplits, cfg: EvalConfig, device: torch.device) -> _Inputs:
-    """The evaluation images of ``cfg.seed`` and everything the methods' metrics read besides (:class:`_Inputs`)."""
+def _inputs(model: nn.Module, splits: DataSplits, cfg: EvalConfig, device: torch.device) -> EvalInputs:
+    """The evaluation images of ``cfg.seed`` and everything the methods' metrics read besides (:class:`EvalInputs`)."""
     images, labels = select_eval_images(model, splits.test, cfg.num_images, cfg.seed, device, cfg.batch_size)
     channel_std = torch.as_tensor(splits.std, device=device).view(1, -1, 1, 1)
     channel_mean = torch.as_tensor(splits.mean, device=device).view(1, -1, 1, 1)
@@ -152,7 +122,7 @@ def _inputs(model: nn.Module, splits: DataSplits, cfg: EvalConfig, device: torch
                    internal_batch_size=cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     pixels = images * channel_std + channel_mean
-    return _Inputs(
+    return EvalInputs(
         images=images, labels=labels, pixels=pixels, foreground=foreground_masks(splits, pixels),
         baseline=baseline.expand(1, *images.shape[1:]).contiguous(),
         shap_baselines=training_sample(splits.train_unaugmented, cfg.deepshap_baselines, cfg.seed).to(device),
@@ -160,54 +130,37 @@ def _inputs(model: nn.Module, splits: DataSplits, cfg: EvalConfig, device: torch
         randomised=randomised_copy(model, cfg.seed), options=options)
 
 
-def _evaluate_method(model: nn.Module, method: str, inputs: _Inputs, splits: DataSplits, cfg: EvalConfig,
-                     stages: tqdm) -> tuple[dict[str, float], torch.Tensor, PicResult]:
-    """``method``'s metrics, its signed maps (B, H, W) of the evaluation images, and their PIC."""
-    images, labels = inputs.images, inputs.labels
-    check_applicable(model, method, images[:1])
+def _method_context(model: nn.Module, method: str, inputs: EvalInputs, splits: DataSplits, cfg: EvalConfig,
+                    stages: tqdm) -> MethodContext:
+    """``method``'s explainers and its Captum attributions of the evaluation images: what its metrics read."""
+    check_applicable(model, method, inputs.images[:1])
     reference, fast, randomised = _explainers(
         model, inputs.randomised, method, cfg.batch_size,
         baselines=inputs.shap_baselines if method == "deepshap" else inputs.baseline, **inputs.options)
     stages.set_postfix_str(f"{method}: attributions")
-    attributions = reference(images, labels)
-    signed_maps = attribution_map(attributions)
-    similarity, repeatability = randomisation_check(reference, randomised, images, labels, attributions, cfg.seed,
-                                                    repeat=method in STOCHASTIC_METHODS)
-    metrics = {f"randomisation_similarity_{method}": similarity,
-               f"randomisation_repeatability_{method}": repeatability,
-               f"randomisation_passed_{method}": float(passes_randomisation(similarity, repeatability)),
-               f"infidelity_{method}": float(infidelity(model, images, labels, attributions, seed=cfg.seed).mean())}
-    if inputs.foreground is not None:
-        metrics[f"localisation_auc_{method}"] = float(np.nanmean(localisation_auc(signed_maps, inputs.foreground)))
+    attributions = reference(inputs.images, inputs.labels)
     stages.update()
-    stages.set_postfix_str(f"{method}: sensitivity")
-    sensitivity = max_sensitivity(fast, model, images, labels, inputs.deltas, keep_prediction=cfg.keep_prediction,
-                                  chunk_size=cfg.batch_size, explanations=attributions)
-    metrics[f"sensitivity_{method}"], metrics[f"sensitivity_valid_fraction_{method}"] = mean_sensitivity(sensitivity)
-    stages.update()
-    stages.set_postfix_str(f"{method}: SIC")
-    pic = compute_pic(model, images, attribution_map(attributions, absolute=True), labels, mean=splits.mean,
-                      std=splits.std, seed=cfg.seed, batch_size=cfg.batch_size)
-    metrics[f"sic_{method}"], metrics[f"aic_{method}"] = float(pic.sic_auc), float(pic.aic_auc)
-    metrics[f"sic_valid_fraction_{method}"] = float(np.isfinite(pic.sic).mean())
-    stages.update()
-    if method == "ig":
-        metrics["ig_completeness_error"] = float(completeness_error(model, images, labels, attributions,
-                                                                    inputs.baseline).mean())
-    return metrics, signed_maps, pic
+    return MethodContext(model, method, inputs, splits, cfg, reference, fast, randomised, attributions)
 
 
-def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: _Inputs, maps: dict[str, torch.Tensor],
-             sic_curves: dict[str, np.ndarray], curve_x: np.ndarray, saturation: Saturation,
-             metrics: dict[str, float]) -> list[str]:
-    """The attribution grid, SIC curves, saturation figure and gallery images, written to ``out_dir``: their paths."""
+def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: EvalInputs, maps: dict[str, torch.Tensor],
+             results: dict[str, dict], metrics: dict[str, float]) -> list[str]:
+    """The attribution grid, SIC curves, saturation figure and gallery images, written to ``out_dir``: their paths.
+
+    ``results``: each method's :attr:`MethodContext.results` (its PIC, and IG's saturation)."""
     os.makedirs(out_dir, exist_ok=True)
     shown = min(cfg.grid_images, len(inputs.images))
     names = [splits.class_names[int(label)] for label in inputs.labels[:shown]]
-    artifacts = [os.path.join(out_dir, name) for name in (ARTIFACT_GRID, ARTIFACT_SIC, ARTIFACT_SATURATION)]
+    artifacts = [os.path.join(out_dir, ARTIFACT_GRID)]
     plots.attribution_grid(artifacts[0], inputs.pixels[:shown], {m: v[:shown] for m, v in maps.items()}, names)
-    plots.sic_curves(artifacts[1], curve_x, sic_curves, {m: metrics[f"sic_{m}"] for m in sic_curves})
-    plots.saturation(artifacts[2], saturation)
+    pics = {method: result["pic"] for method, result in results.items() if "pic" in result}
+    if pics:
+        artifacts.append(os.path.join(out_dir, ARTIFACT_SIC))
+        plots.sic_curves(artifacts[-1], next(iter(pics.values())).curve_x,
+                         {m: pic.sic_curve for m, pic in pics.items()}, {m: metrics[f"sic_{m}"] for m in pics})
+    if "saturation" in results.get("ig", {}):
+        artifacts.append(os.path.join(out_dir, ARTIFACT_SATURATION))
+        plots.saturation(artifacts[-1], results["ig"]["saturation"])
     os.makedirs(os.path.join(out_dir, GALLERY_DIR), exist_ok=True)
     for index, name in enumerate(names):
         artifacts.append(os.path.join(out_dir, GALLERY_DIR, f"{index:02d}_{_file_safe(name)}.png"))
@@ -284,11 +237,8 @@ def evaluate_repeated(model: nn.Module, splits: DataSplits, cfg: EvalConfig, rep
     names = list(results[0].metrics)
     table = np.array([[result.metrics.get(name, np.nan) for name in names] for result in results], dtype=float)
     metrics: dict[str, float] = {}
-    with warnings.catch_warnings():  # a metric NaN in every repeat stays NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for name, column in zip(names, table.T):
-            metrics[name] = float(np.nanmean(column))
-            metrics[f"{name}_std"] = float(np.nanstd(column, ddof=1)) if np.isfinite(column).sum() > 1 else float("nan")
+    for name, column in zip(names, table.T):
+        metrics[name], metrics[f"{name}_std"] = mean_and_spread(column, skip_nan=True)
     artifacts = list(results[0].artifacts)
     if out_dir is not None:
         artifacts.append(os.path.join(out_dir, REPEATS_FILE))

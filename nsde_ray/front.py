@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from nsde_ray import pareto
-from nsde_ray.names import OBJECTIVES
+from nsde_ray.registry import objective_directions
 
 MIN_SIC_VALID_FRACTION = 0.75
 RANDOMISATION_GATE = "randomisation_passed_ig"
@@ -56,7 +56,7 @@ class FrontReport:
         return [name for name, (_, _, flagged) in self.floors.items() if flagged]
 
     def hypervolume(self) -> float:
-        """Hypervolume of the front over the objectives in use (reference: :data:`nsde_ray.pareto.REFERENCE_POINT`)."""
+        """Hypervolume of the front over the objectives in use (reference: :attr:`nsde_ray.registry.Objective.reference`)."""
         front = [row for row in self.rows if row["pareto_front"]]
         return pareto.hypervolume(pareto.as_minimisation(front, self.objectives), pareto.sweep_reference(self.objectives))
 
@@ -69,7 +69,7 @@ def _standard_errors(rows: list[dict[str, Any]], objectives: tuple[tuple[str, st
 
 def exclusion(row: dict[str, Any]) -> str:
     """Why ``row`` cannot be on the front, or ``""``."""
-    bad = [name for name, _ in OBJECTIVES if not math.isfinite(float(row.get(name, math.nan)))]
+    bad = [name for name, _ in objective_directions() if not math.isfinite(float(row.get(name, math.nan)))]
     if bad:
         return f"non-finite {', '.join(bad)}"
     if float(row.get(RANDOMISATION_GATE, 1.0)) < 1.0:
@@ -82,10 +82,11 @@ def assess_front(rows: list[dict[str, Any]], seed: int = 0) -> FrontReport:
     for row in rows:
         row["excluded"] = exclusion(row)
     eligible = [row for row in rows if not row["excluded"]]
-    objectives, notes = OBJECTIVES, []
+    all_objectives = objective_directions()
+    objectives, notes = all_objectives, []
     valid = [float(row[SIC_VALID]) for row in eligible if math.isfinite(float(row.get(SIC_VALID, math.nan)))]
     if valid and float(np.median(valid)) < MIN_SIC_VALID_FRACTION:
-        objectives = tuple(o for o in OBJECTIVES if o[0] != "sic")
+        objectives = tuple(o for o in all_objectives if o[0] != "sic")
         notes.append(f"sic does not drive the front: PAIR's rules kept a median {np.median(valid):.0%} of the "
                      f"images (below {MIN_SIC_VALID_FRACTION:.0%}); it is still logged")
     for row in rows:
@@ -96,7 +97,7 @@ def assess_front(rows: list[dict[str, Any]], seed: int = 0) -> FrontReport:
                                               pareto.front_probability(values, errors, seed=seed)):
             row["pareto_front"], row["pareto_probability"] = bool(on_front), float(probability)
     floors = {name: pareto.noise_floor([float(r[name]) for r in eligible], _standard_errors(eligible, ((name, mode),))[:, 0])
-              for name, mode in OBJECTIVES}
+              for name, mode in all_objectives}
     for name, (floor, spread, flagged) in floors.items():
         if flagged:
             notes.append(f"{name} does not separate the configurations: its noise floor (median SE {floor:.3g}) "

@@ -25,8 +25,8 @@ from nsde_ray.config import SPACE, ConfigError, TrialConfig, check_name
 from nsde_ray.data import DataError
 from nsde_ray.logs import ray_log_level
 from nsde_ray.storage import resolve_filesystem
-from nsde_ray.tracking import (SweepTracker, TrackingError, check_reachable, check_tracking_uri, is_local_store,
-                               mask_uri, redact, resolve_resume_uri, resolve_tracking_uri)
+from nsde_ray.tracking import SweepTracker
+from nsde_ray.mlflow_uri import TrackingError, check_reachable, check_tracking_uri, is_local_store, mask_uri, redact, resolve_resume_uri, resolve_tracking_uri
 from nsde_ray.weights import WeightsError
 
 SWEEP_FILE = "nsde_sweep.json"
@@ -61,7 +61,7 @@ def train_storage(cfg: RunSettings) -> str:
 def save_state(cfg: RunSettings, tracker: dict[str, str], kind: str = "sweep") -> None:
     """The run's settings (under ``kind``, the command that made it) and MLflow ids, next to Tune's state.
 
-    Tracking URIs are stored masked (:func:`nsde_ray.tracking.mask_uri`): no password reaches the
+    Tracking URIs are stored masked (:func:`nsde_ray.mlflow_uri.mask_uri`): no password reaches the
     file. The write is atomic where the storage allows: on a local or NFS path the state goes to a
     temporary file in the same directory, is flushed to disk, then renamed over the old one, so a
     crash or a full disk leaves the previous state whole. On other pyarrow file systems (``s3://``
@@ -172,7 +172,7 @@ def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Ca
     that differ from the stored settings (``resume_fields``: flag dest -> dotted path in the
     settings; ``sections``: those ``--set`` may name) are named in a warning and not applied
     (:func:`resume_differences`). The returned settings hold the tracking URI masked
-    (:func:`nsde_ray.tracking.mask_uri`); only the tracker connects with the real one. Raises
+    (:func:`nsde_ray.mlflow_uri.mask_uri`); only the tracker connects with the real one. Raises
     :func:`usage_errors`; nothing here starts Ray.
     """
     storage = resolve_storage(args.storage)

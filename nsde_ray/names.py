@@ -1,7 +1,7 @@
 """The names other modules and users rely on, each defined once; this module imports nothing.
 
-Architectures, noise modes, attribution methods and their labels, the sweep's objectives, the
-params that describe a configuration on the front, and the file names of checkpoints. The MLflow
+Architectures, attribution methods and their labels, shaping methods and the file names of
+checkpoints. Objectives and noise modes are records in :mod:`nsde_ray.registry`. The MLflow
 names built on them (tags, metrics, artifacts) are in ``docs/mlflow.md``.
 """
 
@@ -12,22 +12,12 @@ TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152
                      "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
 ARCHS = tuple(CIFAR_DEPTHS) + TORCHVISION_ARCHS  # every name models.build_model accepts
 
-NOISE_MODES = ("none", "gaussian", "attribution", "input")
-NOISE_MODE_LABELS = {"none": "ResNet", "gaussian": "Gaussian SDE", "attribution": "attribution SDE",
-                     "input": "input noise"}
-
 METHODS = ("ig", "ig_nt", "saliency", "deeplift", "deepshap")  # AAAI 2022 Table 1's row order
 METHOD_LABELS = {"ig": "IG", "ig_nt": "IG + NT", "saliency": "Saliency", "deeplift": "DeepLIFT",
                  "deepshap": "DeepSHAP"}
 
 # How attribution shaping gets its maps: a refresh pass of IG or Saliency, or each training step's input gradient.
 SHAPING_METHODS = ("ig", "saliency", "training_gradient")
-
-# (metric, direction) of the sweep's search and Pareto front.
-OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"), ("sic", "max"))
-# The params (TrialConfig.to_params names) that tell the configurations of a front apart.
-FRONT_PARAMS = ("noise_mode", "noise_sigma", "lr", "shaping_method", "shaping_warmup_epochs",
-                "shaping_refresh_every", "shaping_clip_percentile", "shaping_energy", "seeds_per_config")
 
 CHECKPOINT_FILE = "checkpoint.pt"  # a training checkpoint, in each of a Train run's checkpoint directories
 MODEL_FILE = "model.pt"  # an exported model (weights, config, preprocessing), in a trial's model/ artifacts

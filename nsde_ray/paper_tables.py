@@ -28,7 +28,8 @@ from nsde_ray.flags import (ARCH_HELP, DATA_SHORTCUTS, TRAINING_SHORTCUTS, HelpF
                             add_data_flags, add_run_flags, add_training_flags, capped, check_trial, fail, parse_args,
                             trial_config_from_args)
 from nsde_ray.lifecycle import experiment_path, init_ray, open_run, resolve_storage, usage_errors
-from nsde_ray.names import METHODS, NOISE_MODES
+from nsde_ray.names import METHODS
+from nsde_ray.registry import noise_mode_names
 from nsde_ray.report import TABLES_DIR, model_results, protocol, write_tables
 
 COMMAND = KIND = "paper_tables"
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--arch", nargs="+", default=[ModelConfig.arch],
                       help=f"architectures, each {ARCH_HELP} (default: the base config's model.arch)")
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--noise-modes", nargs="+", default=list(NOISE_MODES), help="noise modes (table columns)")
+    grid.add_argument("--noise-modes", nargs="+", default=list(noise_mode_names()), help="noise modes (table columns)")
     grid.add_argument("--sigma", type=float, default=REFERENCE_SIGMA,
                       help="normalised noise magnitude of the gaussian and attribution models (the papers' 0.5)")
     grid.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
@@ -114,7 +115,7 @@ def config_from_args(args: argparse.Namespace, name: str, storage: str) -> Paper
 
 def main(argv: list[str] | None = None) -> int:
     from nsde_ray.sweep import build_grid_tuner
-    from nsde_ray.tracking import ui_command
+    from nsde_ray.mlflow_uri import ui_command
 
     parser = build_parser()
     args = parse_args(parser, argv)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from nsde_ray.names import OBJECTIVES
-# Hypervolume reference point in the sweep's own units: accuracy 0, sensitivity 1 (the attribution
-# moved by as much as its own norm), SIC 0. Fixed, so the hypervolume is comparable across steps
-# and sweeps; a trial beyond it in any objective adds nothing.
-REFERENCE_POINT = {"val_accuracy": 0.0, "sensitivity": 1.0, "sic": 0.0}
+from nsde_ray.registry import OBJECTIVES, objective_directions
 
 
 def as_minimisation(rows: list[dict[str, float]],
-                    objectives: tuple[tuple[str, str], ...] = OBJECTIVES) -> np.ndarray:
-    """(N, M) losses from rows holding the ``objectives``' metrics (name, ``min`` or ``max``): maximised ones negated."""
+                    objectives: tuple[tuple[str, str], ...] | None = None) -> np.ndarray:
+    """(N, M) losses from rows holding the ``objectives``' metrics ((name, ``min`` or ``max``); default: the
+    registered objectives): maximised ones negated."""
+    objectives = objective_directions() if objectives is None else objectives
     return np.array([[float(row[name]) if mode == "min" else -float(row[name]) for name, mode in objectives]
                      for row in rows], dtype=float).reshape(len(rows), len(objectives))
 
@@ -65,9 +63,11 @@ def _slice_volume(points: np.ndarray, reference: np.ndarray) -> float:
     return volume
 
 
-def sweep_reference(objectives: tuple[tuple[str, str], ...] = OBJECTIVES) -> np.ndarray:
-    """The hypervolume reference point in :func:`as_minimisation` form."""
-    return as_minimisation([REFERENCE_POINT], objectives)[0]
+def sweep_reference(objectives: tuple[tuple[str, str], ...] | None = None) -> np.ndarray:
+    """The hypervolume reference point (each objective's :attr:`Objective.reference`) in :func:`as_minimisation`
+    form."""
+    objectives = objective_directions() if objectives is None else objectives
+    return as_minimisation([{name: OBJECTIVES[name].reference for name, _ in objectives}], objectives)[0]
 
 
 def front_probability(losses: np.ndarray, standard_errors: np.ndarray, draws: int = 4000, seed: int = 0) -> np.ndarray:

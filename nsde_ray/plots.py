@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from nsde_ray.metrics.saturation import Saturation  # noqa: E402
+from nsde_ray.registry import ACCURACY, OBJECTIVES, front_params, objective_names  # noqa: E402
 
 
 def to_display(pixels: torch.Tensor) -> np.ndarray:
@@ -94,13 +95,13 @@ def saturation(path: str, result: Saturation) -> None:
     plt.close(figure)
 
 
-PARETO_PANELS = (("sensitivity", "IG max-sensitivity (lower is better)"), ("sic", "IG SIC (higher is better)"))
+def pareto_panels() -> list[tuple[str, str]]:
+    """(metric, title) of each panel: every registered objective but accuracy, plotted against accuracy."""
+    return [(o.name, o.label) for o in OBJECTIVES.values() if o.name != ACCURACY]
 
 
 def _hover(row: dict) -> str:
-    shown = ("trial_id", "noise_mode", "noise_sigma", "effective_sigma", "lr", "shaping_method",
-             "shaping_warmup_epochs", "shaping_refresh_every", "shaping_clip_percentile", "shaping_energy",
-             "val_accuracy", "sensitivity", "sic", "pareto_probability", "excluded")
+    shown = ("trial_id", *front_params(), "effective_sigma", *objective_names(), "pareto_probability", "excluded")
     return "<br>".join(f"{key}: {_with_se(row, key)}" for key in shown if row.get(key, "") != "")
 
 
@@ -125,12 +126,13 @@ def pareto_figure(rows: list[dict]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in PARETO_PANELS])
+    panels = pareto_panels()
+    figure = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for _, title in panels])
     groups = (("other configurations", lambda r: not r["pareto_front"] and not r.get("excluded"),
                dict(color="lightgray", size=9)),
               ("kept off the front", lambda r: bool(r.get("excluded")), dict(color="gray", size=9, symbol="x")),
               ("Pareto front", lambda r: r["pareto_front"], dict(color="crimson", size=12, symbol="star")))
-    for column, (metric, title) in enumerate(PARETO_PANELS, start=1):
+    for column, (metric, title) in enumerate(panels, start=1):
         for name, belongs, marker in groups:
             chosen = [row for row in rows if belongs(row)]
             figure.add_trace(go.Scatter(x=[row[metric] for row in chosen], y=[row["val_accuracy"] for row in chosen],
@@ -156,8 +158,10 @@ def pareto_html(path: str, rows: list[dict]) -> None:
 
 def pareto_png(path: str, rows: list[dict]) -> None:
     """The same two panels as :func:`pareto_html`, static, ±1 SE bars; front points labelled with their noise mode."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, (metric, title) in zip(axes, PARETO_PANELS):
+    panels = pareto_panels()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    axes = axes[0]
+    for ax, (metric, title) in zip(axes, panels):
         for on_front, style in ((False, dict(color="lightgray", ms=5, marker="o")),
                                 (True, dict(color="crimson", ms=10, marker="*"))):
             chosen = [row for row in rows if row["pareto_front"] == on_front]

@@ -11,6 +11,7 @@ import os
 
 from nsde_ray import tables
 from nsde_ray.config import PaperTablesConfig
+from nsde_ray.registry import effective_sigma
 from nsde_ray.tracking import STATUS
 
 TABLES_DIR = "paper_tables"  # the parent run's artifact folder
@@ -28,7 +29,7 @@ def run_metrics(run) -> dict[str, float]:
     """An MLflow run's metrics, with ``effective_sigma`` (:func:`tables.effective_sigma`) where it logged noise_energy."""
     metrics = dict(run.data.metrics)
     if "noise_energy" in metrics:
-        metrics["effective_sigma"] = tables.effective_sigma(float(run.data.params["noise_sigma"]),
+        metrics["effective_sigma"] = effective_sigma(float(run.data.params["noise_sigma"]),
                                                             metrics["noise_energy"])
     return metrics
 

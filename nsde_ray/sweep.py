@@ -28,8 +28,9 @@ from ray import tune
 from nsde_ray.config import REFERENCE_SIGMA, PaperTablesConfig, SearchSpace, SweepConfig
 from nsde_ray.lifecycle import RunSettings, experiment_path
 from nsde_ray.logs import configure, tune_verbosity
-from nsde_ray.names import NOISE_MODES, OBJECTIVES
-from nsde_ray.tracking import SweepTracker, tracking_warning
+from nsde_ray.registry import NOISE_MODES, objective_directions
+from nsde_ray.tracking import SweepTracker
+from nsde_ray.mlflow_uri import tracking_warning
 from nsde_ray.trial import trial_trainable
 
 log = logging.getLogger(__name__)
@@ -43,25 +44,23 @@ class DefineSpace:
 
     def __call__(self, trial) -> None:
         space = self.space
-        mode = trial.suggest_categorical("noise_mode", list(NOISE_MODES))
-        if mode != "none":
-            trial.suggest_float("noise_sigma", *space.sigma_range)
-        if mode == "attribution":
-            warmup_max = self.epochs - 1 if space.warmup_epochs_max is None else space.warmup_epochs_max
-            refresh_max = self.epochs if space.refresh_every_max is None else space.refresh_every_max
-            trial.suggest_int("shaping_warmup_epochs", 0, max(0, min(warmup_max, self.epochs - 1)))
-            trial.suggest_int("shaping_refresh_every", 1, max(1, refresh_max))
-            trial.suggest_float("shaping_clip_percentile", *space.clip_range)
-            trial.suggest_categorical("shaping_method", list(space.shaping_methods))
-            trial.suggest_categorical("shaping_energy", list(space.shaping_energies))
+        mode = trial.suggest_categorical("noise_mode", list(space.modes()))
+        for param in NOISE_MODES[mode].params:
+            bounds = space.bounds(param.bounds, self.epochs)
+            if param.kind == "categorical":
+                trial.suggest_categorical(param.name, list(bounds))
+            elif param.kind == "int":
+                trial.suggest_int(param.name, *bounds)
+            else:
+                trial.suggest_float(param.name, *bounds, log=param.log)
         trial.suggest_float("lr", *space.lr_range, log=True)
 
 
 def reference_points(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """The plain ResNet and the papers' setting (gaussian, sigma 0.5), at the base learning rate."""
+    """The plain ResNet and the papers' setting (gaussian, sigma 0.5), at the base learning rate, where searched."""
     points = [{"noise_mode": "none", "lr": cfg.base.train.lr},
               {"noise_mode": "gaussian", "noise_sigma": REFERENCE_SIGMA, "lr": cfg.base.train.lr}]
-    return points[:cfg.num_samples]
+    return [point for point in points if point["noise_mode"] in cfg.space.modes()][:cfg.num_samples]
 
 
 def build_searcher(cfg: SweepConfig, max_concurrent: int):
@@ -73,7 +72,8 @@ def build_searcher(cfg: SweepConfig, max_concurrent: int):
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True,
                                          n_startup_trials=max(2, min(10, cfg.num_samples // 3)))
     searcher = OptunaSearch(space=DefineSpace(cfg.space, cfg.base.train.epochs),
-                            metric=[name for name, _ in OBJECTIVES], mode=[mode for _, mode in OBJECTIVES],
+                            metric=[name for name, _ in objective_directions()],
+                            mode=[mode for _, mode in objective_directions()],
                             points_to_evaluate=reference_points(cfg), sampler=sampler)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 

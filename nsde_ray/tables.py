@@ -36,10 +36,9 @@ import statistics
 import warnings
 from dataclasses import dataclass, field
 
-from nsde_ray.names import METHOD_LABELS, METHODS, NOISE_MODE_LABELS, NOISE_MODES
+from nsde_ray.names import METHOD_LABELS, METHODS
+from nsde_ray.registry import NOISE_MODES
 
-TABLE1_COLUMNS = {"none": "Standard (ResNet)", "gaussian": "Noise (Gaussian SDE)",
-                  "attribution": "Attribution-driven noise", "input": "Input noise (baseline)"}
 PAPER_MODES = ("none", "gaussian", "attribution")  # the papers' claimed order, most sensitive first
 TABLE2_ROWS = (("none", "saliency", "Gradients"), ("none", "ig", "IG"), ("none", "ig_nt", "IG + Noise Tunnel"),
                ("gaussian", "ig", "IG"), ("attribution", "ig", "IG"), ("input", "ig", "IG"))  # AAAI 2022 Table 2: (mode, method, name)
@@ -152,15 +151,6 @@ class Table:
         return out.getvalue()
 
 
-def effective_sigma(sigma: float, noise_energy: float) -> float:
-    """The sigma of Gaussian noise with the same variance as noise of ``sigma`` and ``noise_energy``: sigma * sqrt(energy).
-
-    ``noise_energy`` is the training metric (mean squared noise multiplier relative to Gaussian
-    noise, :func:`nsde_ray.shaping.noise_energy`); both are unitless.
-    """
-    return sigma * math.sqrt(noise_energy)
-
-
 def accuracy_table(results: list[ModelResult], archs: list[str]) -> Table:
     """Validation accuracy (fraction) and effective sigma (metric ``effective_sigma``) per architecture and noise mode."""
     quantities = {"val accuracy": "val_accuracy", "effective sigma": "effective_sigma"}
@@ -178,7 +168,7 @@ def accuracy_table(results: list[ModelResult], archs: list[str]) -> Table:
              "with raw maps has far less than Gaussian noise at the same sigma); compare modes at matched "
              "effective sigma"]
     return Table("accuracy", "Validation accuracy and effective noise sigma",
-                 ["Architecture", "Quantity", *NOISE_MODE_LABELS.values()], rows, records, notes)
+                 ["Architecture", "Quantity", *(m.label for m in NOISE_MODES.values())], rows, records, notes)
 
 
 def spread_note(cells: list[Cell]) -> list[str]:
@@ -200,7 +190,7 @@ def spread_note(cells: list[Cell]) -> list[str]:
 def absent_modes(results: list[ModelResult], arch: str, modes: tuple[str, ...]) -> list[str]:
     """The labels of ``modes`` that no model of ``arch`` in ``results`` has (the grid left them out, or none finished)."""
     present = {r.mode for r in results if r.arch == arch}
-    return [NOISE_MODE_LABELS[m] for m in modes if m not in present]
+    return [NOISE_MODES[m].label for m in modes if m not in present]
 
 
 def claim_note(claim: str, counts: list[int], untested: list[str], methods: int, absent: list[str]) -> str:
@@ -253,7 +243,7 @@ def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str])
                                               "input-noise baseline"))]
     notes += spread_note(every_cell)
     return Table(f"sensitivity_{arch}", f"Sensitivity, {arch} (AAAI 2022 Table 1; lower is better)",
-                 ["Attribution", *TABLE1_COLUMNS.values(), *steps], rows, records, notes)
+                 ["Attribution", *(m.table_column for m in NOISE_MODES.values()), *steps], rows, records, notes)
 
 
 def sic_table(results: list[ModelResult], archs: list[str], methods: list[str]) -> Table:
@@ -264,7 +254,7 @@ def sic_table(results: list[ModelResult], archs: list[str], methods: list[str]) 
             if method not in methods:
                 continue
             c = cell(results, arch, mode, f"sic_{method}")
-            rows.append([arch, NOISE_MODE_LABELS[mode], name, c.text()])
+            rows.append([arch, NOISE_MODES[mode].label, name, c.text()])
             records.append({"arch": arch, "mode": mode, "method": method, **c.columns("sic")})
         ig = [cell(results, arch, mode, "sic_ig") for mode in PAPER_MODES]
         notes.append(f"{arch}: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
@@ -284,13 +274,13 @@ def localisation_table(results: list[ModelResult], arch: str, methods: list[str]
         cells = {mode: cell(results, arch, mode, f"localisation_auc_{method}") for mode in NOISE_MODES}
         ranked = sorted((c.mean, mode) for mode, c in cells.items() if math.isfinite(c.mean))
         rows.append([METHOD_LABELS[method], *(cells[m].text() for m in NOISE_MODES),
-                     NOISE_MODE_LABELS[ranked[-1][1]] if ranked else MISSING])
+                     NOISE_MODES[ranked[-1][1]].label if ranked else MISSING])
         record: dict[str, object] = {"arch": arch, "method": method}
         for mode in NOISE_MODES:
             record.update(cells[mode].columns(mode))
         records.append(record)
     return Table(f"localisation_{arch}", f"Localisation AUC, {arch} (higher is better; no claim in the papers)",
-                 ["Attribution", *(NOISE_MODE_LABELS[m] for m in NOISE_MODES), "best"], rows, records)
+                 ["Attribution", *(NOISE_MODES[m].label for m in NOISE_MODES), "best"], rows, records)
 
 
 def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -347,7 +337,7 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
                 t, p = paired_t_test([noisy[s] for s in seeds], [plain[s] for s in seeds])
                 text = MISSING if not seeds else f"{differences.mean:+.3g}" + (
                     f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
-                rows.append([arch, NOISE_MODE_LABELS[mode], label, "higher" if higher else "lower", text,
+                rows.append([arch, NOISE_MODES[mode].label, label, "higher" if higher else "lower", text,
                              f"{better}/{len(seeds)}", _number(t), _number(p)])
                 records.append({"arch": arch, "mode": mode, "metric": metric, "higher_is_better": higher,
                                 "difference_mean": differences.mean, "difference_seed_std": differences.seed_std,

@@ -7,7 +7,7 @@ instead of duplicating it), ``nsde.status`` (running, finished, diverged or fail
 ``pareto_front`` (true or false) and ``pareto_confidence`` (the probability of being on the front,
 :mod:`nsde_ray.front`). A configuration trained with several seeds has one run per seed nested under
 its run (``nsde.role = seed``, ``nsde.seed_index``), and holds the means over seeds with
-``<name>_std`` and ``<name>_se`` (:func:`aggregate_seeds`).
+``<name>_std`` and ``<name>_se`` (:func:`nsde_ray.aggregate.aggregate_seeds`).
 Everything goes through :class:`mlflow.MlflowClient` with run ids we control; credentials come
 from MLflow's own environment variables (``MLFLOW_TRACKING_USERNAME`` ...).
 """
@@ -15,18 +15,18 @@ from MLflow's own environment variables (``MLFLOW_TRACKING_USERNAME`` ...).
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import tempfile
 from typing import Any
 
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from nsde_ray import front
-from nsde_ray.names import FRONT_PARAMS, OBJECTIVES
+from nsde_ray.front_table import front_markdown
+from nsde_ray.mlflow_uri import TrackingError, mask_uri, redact
+from nsde_ray.registry import effective_sigma, front_params, objective_names, unused_params
 
 ROLE, TRIAL_ID, STATUS, SWEEP = "nsde.role", "nsde.trial_id", "nsde.status", "nsde.sweep"
 PARENT = "mlflow.parentRunId"
@@ -43,147 +43,7 @@ FRONT_FILTER = f"tags.{PARETO_TAG} = 'true'"
 OBJECTIVES_SECTION = "objectives/"
 FRONT_CSV, FRONT_HTML, FRONT_PNG = "pareto_front.csv", "pareto_front.html", "pareto_front.png"
 MODEL_DIR = "model"
-# Metrics whose spread across seeds is logged (<name>_std, <name>_se): the objectives and the per-method ones.
-REPLICATED = ("val_accuracy", "noise_energy", "sensitivity", "sic", "aic_", "infidelity_", "localisation_auc_",
-              "randomisation_similarity_", "randomisation_repeatability_", "ig_")
 FRONT_METRICS = ("sic_valid_fraction_ig", "randomisation_passed_ig", "randomisation_similarity_ig", "noise_energy")
-
-
-class TrackingError(RuntimeError):
-    """The MLflow store cannot be used as asked; the message says what to do."""
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """An explicit URI every Ray process can use: MLflow's default when ``None``, local paths made absolute."""
-    if uri is None:
-        import mlflow
-
-        return mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    if "://" not in uri:
-        return "file://" + os.path.abspath(os.path.expanduser(uri))
-    return uri
-
-
-MASK = "***"
-
-
-def mask_uri(uri: str | None) -> str | None:
-    """``uri`` as it may be shown or stored: a password in it (``user:password@host``) becomes ``user:***@host``.
-
-    Every place that prints a tracking URI, stores it (the sweep state file), logs it or shows it
-    (the dashboards) uses this; the real URI is only used to connect. A URI without a password is
-    returned unchanged.
-    """
-    if not uri or "@" not in uri or "://" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    authority, sep, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not at or ":" not in userinfo:
-        return uri
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:{MASK}@{host}{sep}{path}"
-
-
-def is_masked(uri: str | None) -> bool:
-    """Whether ``uri`` is one that :func:`mask_uri` masked (its password is ``***``)."""
-    return bool(uri) and mask_uri(uri) == uri and f":{MASK}@" in uri
-
-
-def without_credentials(uri: str) -> str:
-    """``uri`` without its ``user:password@`` part (MLflow then takes them from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
-    if "@" not in uri or "://" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    authority, sep, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{sep}{path}"
-
-
-def redact(text: str, uri: str | None) -> str:
-    """``text`` (an error message) with ``uri`` masked and its password, wherever it appears, replaced by ``***``."""
-    if not uri or mask_uri(uri) == uri:
-        return text
-    password = uri.split("://", 1)[1].partition("/")[0].rpartition("@")[0].split(":", 1)[1]
-    text = text.replace(uri, mask_uri(uri))
-    return text.replace(password, MASK) if password else text
-
-
-def tracking_warning(what: str, err: Exception, uri: str | None = None) -> str:
-    """``what`` went wrong with MLflow, and the error, as a warning's text with ``uri``'s password kept out."""
-    return f"{what}: {redact(f'{type(err).__name__}: {err}', uri)}"
-
-
-def resolve_resume_uri(given: str | None, stored: str | None) -> str:
-    """The tracking URI of a resumed run: ``given`` (--tracking-uri) if any, else the ``stored`` one.
-
-    A stored URI had its password masked (:func:`mask_uri`); then MLFLOW_TRACKING_URI stands in for
-    it, or, with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD set, the stored URI without
-    its credentials (MLflow sends those variables as basic auth). Otherwise TrackingError.
-    """
-    if given:
-        return resolve_tracking_uri(given)
-    if not is_masked(stored):
-        return resolve_tracking_uri(stored)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    if os.environ.get("MLFLOW_TRACKING_USERNAME") and os.environ.get("MLFLOW_TRACKING_PASSWORD"):
-        return without_credentials(stored)
-    raise TrackingError(f"the run's tracking URI was stored with its password masked ({stored}): pass --tracking-uri "
-                        "with the password again, or set MLFLOW_TRACKING_URI to it, or set MLFLOW_TRACKING_USERNAME "
-                        "and MLFLOW_TRACKING_PASSWORD (MLflow sends them to the server) and resume again")
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds if a tracking server does not answer its health check (MLflow's client retries for minutes)."""
-    import base64
-    import urllib.parse
-    import urllib.request
-
-    if not uri.startswith(("http://", "https://")):
-        return
-    request = urllib.request.Request(f"{without_credentials(uri).rstrip('/')}/health")
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is not None:  # urllib does not read credentials from the URL itself
-        token = base64.b64encode(f"{urllib.parse.unquote(parts.username or '')}:"
-                                 f"{urllib.parse.unquote(parts.password)}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        urllib.request.urlopen(request, timeout=timeout)
-    except (OSError, ValueError) as err:
-        raise TrackingError(f"the MLflow tracking server {mask_uri(uri)!r} does not answer ({redact(str(err), uri)}); "
-                            "start it (mlflow server ...) or check --tracking-uri") from err
-
-
-def check_tracking_uri(uri: str) -> None:
-    """A clear :class:`TrackingError` for a URI that MLflow cannot use at all (an unknown scheme such as ``foo://``)."""
-    try:
-        MlflowClient(uri)
-    except Exception as err:  # MLflow raises MlflowException subclasses for unsupported schemes
-        raise TrackingError(f"MLflow cannot use the tracking URI {mask_uri(uri)!r}: {redact(str(err), uri)}; "
-                            "pass --tracking-uri http(s)://HOST:PORT (an mlflow server), sqlite:///PATH or a "
-                            "directory") from err
-
-
-def is_local_store(uri: str) -> bool:
-    """Whether only processes on this machine can reach the store (not so an ``http(s)://`` server)."""
-    return uri.startswith(("sqlite:", "file:"))
-
-
-LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-
-
-def ui_command(uri: str) -> str:
-    """The command that browses ``uri`` (bound to 127.0.0.1, MLflow's default)."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {without_credentials(uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {mask_uri(uri)}"
-
-
-def ui_address(uri: str) -> str:
-    """Where MLflow's UI over ``uri`` is: the tracking server itself, or :data:`LOCAL_UI` for a local store."""
-    return without_credentials(uri) if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
 def _metrics(values: dict[str, float], step: int = 0, timestamp: int | None = None) -> list[Metric]:
@@ -196,7 +56,7 @@ def _metrics(values: dict[str, float], step: int = 0, timestamp: int | None = No
 
 def grouped_objectives(metrics: dict[str, Any]) -> dict[str, Any]:
     """The objectives among ``metrics``, and their ``<name>_se``, under :data:`OBJECTIVES_SECTION`."""
-    names = {name for name, _ in OBJECTIVES}
+    names = set(objective_names())
     return {OBJECTIVES_SECTION + key: value for key, value in metrics.items()
             if key in names or key.removesuffix("_se") in names}
 
@@ -334,10 +194,9 @@ class SweepTracker:
                 continue
             metrics, params = run.data.metrics, run.data.params
             row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TRIAL_ID, "")}
-            row.update({name: params.get(name, "") for name in FRONT_PARAMS})
-            if row["noise_mode"] != "attribution":  # shaping params are unused defaults there
-                row.update({name: "" for name in FRONT_PARAMS if name.startswith("shaping_")})
-            for name, _ in OBJECTIVES:  # non-finite values are not logged: NaN here, kept off the front
+            row.update({name: params.get(name, "") for name in front_params()})
+            row.update({name: "" for name in unused_params(row["noise_mode"])})  # unused defaults in this row
+            for name in objective_names():  # non-finite values are not logged: NaN here, kept off the front
                 row[name], row[f"{name}_se"] = metrics.get(name, math.nan), metrics.get(f"{name}_se", math.nan)
             row.update({name: metrics.get(name, math.nan) for name in FRONT_METRICS})
             row["effective_sigma"] = effective_sigma(params.get("noise_sigma", ""), row["noise_energy"])
@@ -394,84 +253,4 @@ class SweepTracker:
     def finish_sweep(self) -> None:
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
 
-
-def aggregate_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """One configuration's metrics from its seeds' (K dicts): the mean of every metric all seeds report.
-
-    For :data:`REPLICATED` names (prefixes) also ``<name>_std`` (sample std, ddof 1) and
-    ``<name>_se`` (std / sqrt(K)). A NaN in any seed makes the mean NaN: a configuration is only
-    as good as all of its seeds. Plus ``seeds`` = K.
-    """
-    names = [name for name in per_seed[0] if all(_is_number(seed.get(name)) for seed in per_seed)]
-    aggregated: dict[str, float] = {"seeds": float(len(per_seed))}
-    for name in names:
-        values = np.array([float(seed[name]) for seed in per_seed])
-        aggregated[name] = float(values.mean())
-        if name.startswith(REPLICATED) and len(values) > 1:
-            std = float(values.std(ddof=1))
-            aggregated[f"{name}_std"], aggregated[f"{name}_se"] = std, std / math.sqrt(len(values))
-    return aggregated
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-TABLE_COLUMNS = ("pareto_front", "pareto_probability", "val_accuracy", "sensitivity", "sic", "noise_mode",
-                 "noise_sigma", "effective_sigma", "lr", "trial_id", "excluded")
-
-
-def front_table(rows: list[dict[str, Any]]) -> str:
-    """The front (and the configurations off it) as a fixed-width text table; objectives as mean ± SE."""
-    cells = [[table_cell(row, c) for c in TABLE_COLUMNS] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(TABLE_COLUMNS)]
-    lines = io.StringIO()
-    lines.write("  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths)).rstrip() + "\n")
-    for r in cells:
-        lines.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
-    return lines.getvalue()
-
-
-def front_markdown(report: front.FrontReport, link: str = "") -> str:
-    """The front table and the notes as Markdown: the sweep run's description in MLflow's UI; ``link``
-    (:func:`front_url`), if any, under the table."""
-    header = "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * len(TABLE_COLUMNS) + "\n"
-    body = "".join("| " + " | ".join(table_cell(row, c) or " " for c in TABLE_COLUMNS) + " |\n" for row in report.rows)
-    notes = "".join(f"- {note}\n" for note in report.notes)
-    return (f"**Pareto front** over {', '.join(name for name, _ in report.objectives)} "
-            f"(mean ± SE over seeds; pareto_probability: on the front when the means are redrawn within their SE)"
-            f"\n\n{header}{body}" + (f"\n[The front's runs]({link})\n" if link else "")
-            + (f"\n{notes}" if notes else ""))
-
-
-def table_cell(row: dict[str, Any], column: str) -> str:
-    """``mean ± SE`` for an objective with a finite SE, blank for NaN, else :func:`format_cell`."""
-    value, se = row.get(column, ""), row.get(f"{column}_se", math.nan)
-    if column in ("trial_id", "run_id"):
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if isinstance(se, float) and math.isfinite(se):
-        return f"{format_cell(value)} ± {se:.2g}"
-    return format_cell(value)
-
-
-def effective_sigma(sigma: Any, noise_energy: float) -> float:
-    """sigma * sqrt(noise_energy): the Gaussian sigma with the same noise energy; NaN where either is unknown."""
-    try:
-        return float(sigma) * math.sqrt(noise_energy)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def format_cell(value: Any) -> str:
-    """A table cell: ``*`` for True, 4 significant digits for numbers and numeric strings (MLflow params)."""
-    if isinstance(value, bool):
-        return "*" if value else ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    try:
-        return f"{float(value):.4g}" if value not in ("", None) and not str(value).isalpha() else str(value)
-    except ValueError:
-        return str(value)
 

@@ -35,8 +35,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from nsde_ray.config import TrialConfig
 from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
 from nsde_ray.logs import configure, ray_log_level
-from nsde_ray.names import OBJECTIVES
-from nsde_ray.tracking import MODEL_DIR, SweepTracker, aggregate_seeds, tracking_warning
+from nsde_ray.registry import ACCURACY, objective_names
+from nsde_ray.tracking import MODEL_DIR, SweepTracker
+from nsde_ray.mlflow_uri import tracking_warning
+from nsde_ray.aggregate import aggregate_seeds
 
 if TYPE_CHECKING:
     from nsde_ray.train import TrainOutcome
@@ -191,7 +193,7 @@ def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeat
     if not diverged:
         log.info(f"{label} finished over {seeds_per_config} seeds: "
                  + ", ".join(f"{name}={final[name]:.4g} ± {final.get(f'{name}_se', math.nan):.2g}"
-                             for name, _ in OBJECTIVES if name in final))
+                             for name in objective_names() if name in final))
     tune.report(reported_metrics(final, diverged=diverged))
 
 
@@ -247,7 +249,7 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
                               artifact_dir)
     final["logging_s"] = time.perf_counter() - logging_started
     tracking.client.log_metric(run_id, "logging_s", final["logging_s"])
-    log.info(f"{label} finished: " + " ".join(f"{name}={final.get(name, math.nan):.4g}" for name, _ in OBJECTIVES)
+    log.info(f"{label} finished: " + " ".join(f"{name}={final.get(name, math.nan):.4g}" for name in objective_names())
              + f" ({final['trial_wall_s']:.0f} s: train {final.get('train_time_s', 0.0):.0f}, "
           f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f}: Train start-up "
           f"{final['train_startup_s']:.0f}, eval start-up {final['eval_startup_s']:.0f}, "
@@ -286,10 +288,10 @@ def reported_metrics(metrics: dict[str, float], diverged: bool) -> dict[str, flo
         value = metrics.get(name)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
-    reported = {name: number(name) for name, _ in OBJECTIVES}
+    reported = {name: number(name) for name in objective_names()}
     if diverged:
-        reported.update({name: math.nan for name, _ in OBJECTIVES[1:]})
-    reported.update({f"{name}_se": number(f"{name}_se") for name, _ in OBJECTIVES if f"{name}_se" in metrics})
+        reported.update({name: math.nan for name in objective_names() if name != ACCURACY})
+    reported.update({f"{name}_se": number(f"{name}_se") for name in objective_names() if f"{name}_se" in metrics})
     reported.update(seeds=number("seeds") if "seeds" in metrics else 1.0, diverged=float(diverged))
     return reported
 

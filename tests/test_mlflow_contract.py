@@ -6,8 +6,9 @@ from urllib.parse import parse_qs, urlsplit
 import mlflow
 import pytest
 
-from nsde_ray.names import OBJECTIVES
-from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, SweepTracker, aggregate_seeds, front_url
+from nsde_ray.registry import objective_names
+from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, SweepTracker, front_url
+from nsde_ray.aggregate import aggregate_seeds
 
 SEEDS = ({"val_accuracy": 0.9, "sensitivity": 0.2, "sic": 0.3, "eval_time_s": 4.0},
          {"val_accuracy": 0.8, "sensitivity": 0.4, "sic": 0.1, "eval_time_s": 5.0})
@@ -33,13 +34,13 @@ def test_objectives_are_also_logged_under_a_section_of_their_own_that_sorts_firs
     """Configuration and seed runs hold each objective (and its _se) under objectives/ as well as under its flat
     name; no other metric has a prefix, so MLflow's Chart view shows the objectives' section first."""
     configuration = sweep.client.get_run(sweep.configuration).data.metrics
-    for name, _ in OBJECTIVES:
+    for name in objective_names():
         for key in (name, f"{name}_se"):
             assert configuration[OBJECTIVES_SECTION + key] == configuration[key]
         assert OBJECTIVES_SECTION + f"{name}_std" not in configuration
     for run_id, logged in zip(sweep.seeds, SEEDS):
         metrics = sweep.client.get_run(run_id).data.metrics
-        assert {OBJECTIVES_SECTION + name: logged[name] for name, _ in OBJECTIVES}.items() <= metrics.items()
+        assert {OBJECTIVES_SECTION + name: logged[name] for name in objective_names()}.items() <= metrics.items()
         history = sweep.client.get_metric_history(run_id, f"{OBJECTIVES_SECTION}val_accuracy")
         assert sorted(m.step for m in history) == [1, 2]  # per epoch, like val_accuracy
     prefixes = {key.split("/")[0] for key in configuration if "/" in key}

@@ -13,7 +13,9 @@ import pytest
 from helpers import mlflow_server
 from test_dashboards_e2e import SCREENSHOTS, page  # noqa: F401 (page: the browser fixture)
 
-from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, ROLE, TABLE_COLUMNS, front_url
+from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, ROLE, front_url
+
+from nsde_ray.front_table import table_columns
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -79,7 +81,7 @@ def test_a_new_user_reaches_the_front_from_the_experiment_page(mlflow_ui, sweep,
     sweep_run.click()
     table = page.locator("table").filter(has_text="pareto_probability")
     table.wait_for()
-    assert table.locator("th").all_inner_texts() == list(TABLE_COLUMNS)
+    assert table.locator("th").all_inner_texts() == list(table_columns())
     assert table.locator("tbody tr").count() == sweep.parent.data.metrics["finished_trials"]
     if page.get_by_text("Show more").count():  # the description is folded after a few lines
         page.get_by_text("Show more").click()

@@ -9,7 +9,7 @@ import pytest
 from helpers import assert_usage_error
 from nsde_ray import cli
 from nsde_ray.config import SweepConfig
-from nsde_ray.tracking import TrackingError, is_masked, mask_uri, redact, ui_address, ui_command, without_credentials
+from nsde_ray.mlflow_uri import TrackingError, is_masked, mask_uri, redact, ui_address, ui_command, without_credentials
 
 URI = "http://alice:s3cret@127.0.0.1:9"
 

@@ -123,7 +123,7 @@ def test_seed_runs_nest_under_their_configuration_and_reopen_by_index(tmp_path):
 
 
 def test_seeds_aggregate_to_means_with_std_and_standard_error():
-    from nsde_ray.tracking import aggregate_seeds
+    from nsde_ray.aggregate import aggregate_seeds
 
     per_seed = [{"val_accuracy": 0.90, "sensitivity": 0.2, "sensitivity_saliency": 0.5, "train_time_s": 10.0},
                 {"val_accuracy": 0.80, "sensitivity": 0.4, "sensitivity_saliency": 0.7, "train_time_s": 30.0},

@@ -9,10 +9,13 @@ detector, a constant, the input itself) keeps its ranking and scores near 1.
 The rank correlation alone cannot see an explainer that ignores both model and input and returns
 fresh noise: its maps disagree with the randomised model's, but also with its own second draw.
 The check therefore also measures repeatability: the rank correlation of two calls of the same
-explainer on the trained model, under different random states (1 for a deterministic method).
+explainer on the trained model, under different random states. It is measured only for methods that
+draw random numbers (SmoothGrad): a deterministic method's repeat is its first call, so its
+repeatability would be 1 by construction and is not reported.
 
 A method passes (:func:`passes`) when its similarity is below :data:`MAX_SIMILARITY` (0.9) and its
-repeatability at least :data:`MIN_REPEATABILITY` (0.5); NaN (a constant or broken map) fails. The
+repeatability (where measured) at least :data:`MIN_REPEATABILITY` (0.5); NaN (a constant or broken map)
+fails. The
 similarity threshold is deliberately lenient: IG and DeepLIFT multiply gradients by (input -
 baseline), so part of their rank order comes from the image itself for any model (Adebayo et al.
 report the same for IG and gradient x input); on digits they score about 0.8 and Saliency about
@@ -71,20 +74,21 @@ def rank_correlation(first: torch.Tensor, second: torch.Tensor) -> np.ndarray:
 
 def randomisation_check(explain: Explainer, explain_randomised: Explainer, inputs: torch.Tensor,
                         target: torch.Tensor, explanations: torch.Tensor | None = None,
-                        seed: int = 0, repeat: bool = True) -> tuple[float, float]:
+                        seed: int = 0, repeat: bool = True) -> tuple[float, float | None]:
     """(similarity, repeatability) of an explainer: mean :func:`rank_correlation` over the images.
 
     ``explain`` explains the trained model, ``explain_randomised`` the same method on
     :func:`randomised_copy`; inputs (B, C, H, W), target (B,). ``explanations`` reuses the trained
     model's attributions already computed; the repeat runs under the global torch seed ``seed + 1``.
     ``repeat=False`` is for a deterministic explainer, whose repeat would return the same maps:
-    they are compared with themselves (1 for an image with a rank order) and ``explain`` is not
-    called again. Means leave out NaN images; all NaN gives NaN.
+    ``explain`` is not called again and the repeatability is ``None`` (not measured). Means leave out
+    NaN images; all NaN gives NaN.
     """
     trained = attribution_map(explain(inputs, target) if explanations is None else explanations)
-    again = attribution_map(_repeat(explain, inputs, target, seed)) if repeat else trained
-    return (_nanmean(rank_correlation(trained, attribution_map(explain_randomised(inputs, target)))),
-            _nanmean(rank_correlation(trained, again)))
+    similarity = _nanmean(rank_correlation(trained, attribution_map(explain_randomised(inputs, target))))
+    if not repeat:
+        return similarity, None
+    return similarity, _nanmean(rank_correlation(trained, attribution_map(_repeat(explain, inputs, target, seed))))
 
 
 def _repeat(explain: Explainer, inputs: torch.Tensor, target: torch.Tensor, seed: int) -> torch.Tensor:
@@ -94,11 +98,12 @@ def _repeat(explain: Explainer, inputs: torch.Tensor, target: torch.Tensor, seed
         return explain(inputs, target)
 
 
-def passes(similarity: float, repeatability: float) -> bool:
-    """Whether a method passes the check, from :func:`randomisation_check`'s values; NaN fails."""
-    if not (math.isfinite(similarity) and math.isfinite(repeatability)):
+def passes(similarity: float, repeatability: float | None) -> bool:
+    """Whether a method passes the check, from :func:`randomisation_check`'s values (repeatability ``None``: not
+    measured, a deterministic method); NaN fails."""
+    if not math.isfinite(similarity) or (repeatability is not None and not math.isfinite(repeatability)):
         return False
-    return similarity < MAX_SIMILARITY and repeatability >= MIN_REPEATABILITY
+    return similarity < MAX_SIMILARITY and (repeatability is None or repeatability >= MIN_REPEATABILITY)
 
 
 def _nanmean(values: np.ndarray) -> float:
