@@ -48,6 +48,7 @@ from torch.utils.data import TensorDataset
 from nsde_ray.config import NoiseConfig, ShapingConfig, TrainConfig
 from nsde_ray.models import build_model, build_plain_model, set_fused_noise, set_noise_shape_maps
 from nsde_ray.shaping import NoiseShaper
+from nsde_ray.train import plain_loss, train_step
 
 TARGETS = ("noise", "shaping", "compile", "ig", "sensitivity", "ray")
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,11 +77,11 @@ class Trainer:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step(self) -> None:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            loss = nn.functional.cross_entropy(self.step_model(self.images), self.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        train_step(self.step_model, self.optimizer, self.images, self.labels, self.loss)
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return plain_loss(model, images, labels, autocast=dict(device_type=self.device.type, dtype=torch.bfloat16,
+                                                              enabled=self.amp))
 
     def rate(self, steps: int, warmup: int = 3) -> float:
         self.model.train()
@@ -106,11 +107,7 @@ class GradientShapedTrainer(Trainer):
     def step(self) -> None:
         set_noise_shape_maps(self.model, self.shaper.scale_for(self.indices))
         images = self.images.detach().requires_grad_(True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            loss = nn.functional.cross_entropy(self.step_model(images), self.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        train_step(self.step_model, self.optimizer, images, self.labels, self.loss)
         self.shaper.update_from_gradient(self.indices, None, images.grad)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nsde_ray.names import ARCHS, METHODS, SHAPING_METHODS
-from nsde_ray.registry import noise_mode_names
+from nsde_ray.registry import injects_noise, noise_mode_names
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic")
 DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
@@ -93,10 +93,14 @@ SIGMA_REASON = (f"sigma is the noise std relative to each block output's own std
 class NoiseConfig:
     """Noise N(i) injected after every residual block (smoother-attributions paper, eq. 5).
 
-    mode: ``none`` (plain ResNet, a neural ODE), ``gaussian`` (Brownian), ``attribution``
-    (Gaussian scaled per sample and location by an attribution map) or ``input`` (no noise in the
-    blocks; the same normalised Gaussian noise added to the input image only: the baseline of
-    plain noise augmentation).
+    mode: a registered mode (:data:`nsde_ray.registry.NOISE_MODES`): ``none`` (plain ResNet, a neural
+    ODE), ``gaussian`` (Brownian), ``attribution`` (Gaussian scaled per sample and location by an
+    attribution map), ``input`` (no noise in the blocks; the same normalised Gaussian noise added to
+    the input image only: the baseline of plain noise augmentation), or the robust-training baselines
+    without noise, ``fgsm`` (FGSM adversarial training with a random start, radius ``fgsm_epsilon`` and
+    step ``fgsm_step``, both L-infinity in pixel units, images in [0, 1], the scale of the evaluation's
+    ``sensitivity_radius``) and ``gradreg`` (cross-entropy plus ``gradreg_weight`` times the squared L2
+    norm of each image's loss gradient in pixel units), :mod:`nsde_ray.robust_training`.
     sigma: normalised magnitude; the noise std is ``sigma * std(block output)`` per sample,
     so 0.5 means the same in every block and architecture (``input``: ``sigma * std(image)``,
     the per-sample std of the normalised image over (C, H, W)). Unitless, in [0, :data:`MAX_SIGMA`].
@@ -104,17 +108,25 @@ class NoiseConfig:
 
     mode: str = "gaussian"
     sigma: float = 0.5
+    fgsm_epsilon: float = 0.02
+    fgsm_step: float = 0.025
+    gradreg_weight: float = 0.1
 
     def __post_init__(self) -> None:
         _one_of("noise mode", self.mode, noise_mode_names())
         _finite_at_least("noise sigma", self.sigma, 0.0)
         _require(self.sigma <= MAX_SIGMA, f"noise sigma {self.sigma!r} is above {MAX_SIGMA:g}, the most it may be: "
                                           f"{SIGMA_REASON}")
+        _finite_at_least("noise fgsm_epsilon (pixel units)", self.fgsm_epsilon, 0.0)
+        _require(self.fgsm_epsilon <= 1.0, f"noise fgsm_epsilon is an L-infinity radius in pixel units (images in "
+                                           f"[0, 1]): at most 1, got {self.fgsm_epsilon!r}")
+        _finite_at_least("noise fgsm_step (pixel units)", self.fgsm_step, 0.0)
+        _finite_at_least("noise gradreg_weight", self.gradreg_weight, 0.0)
 
     @property
     def active(self) -> bool:
         """Whether any noise is injected in training."""
-        return self.mode != "none" and self.sigma > 0
+        return injects_noise(self.mode) and self.sigma > 0
 
 
 @dataclass(frozen=True)
@@ -448,6 +460,9 @@ class SearchSpace:
     shaping_methods: tuple[str, ...] = ("ig", "saliency")
     shaping_energies: tuple[str, ...] = SHAPING_ENERGIES
     noise_modes: tuple[str, ...] | None = None
+    fgsm_epsilon_range: tuple[float, float] = (0.005, 0.05)
+    fgsm_step_range: tuple[float, float] = (0.005, 0.0625)
+    gradreg_weight_range: tuple[float, float] = (0.001, 10.0)
 
     def modes(self) -> tuple[str, ...]:
         """The noise modes searched."""
@@ -470,7 +485,8 @@ class SearchSpace:
                      f"noise_modes must be distinct and not empty, got {list(self.noise_modes)}")
             for mode in self.noise_modes:
                 _one_of("noise mode", mode, noise_mode_names())
-        for name in ("sigma_range", "lr_range", "clip_range"):
+        for name in ("sigma_range", "lr_range", "clip_range", "fgsm_epsilon_range", "fgsm_step_range",
+                     "gradreg_weight_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             value = getattr(self, name)
             _require(len(value) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
@@ -486,6 +502,11 @@ class SearchSpace:
                  f"sigma range {self.sigma_range} must contain {REFERENCE_SIGMA}, the papers' setting, "
                  "which every sweep evaluates as a reference point")
         _require(self.lr_range[0] > 0.0, f"lr range {self.lr_range} must be > 0")
+        _require(self.fgsm_epsilon_range[0] >= 0.0 and self.fgsm_epsilon_range[1] <= 1.0,
+                 f"fgsm_epsilon_range {self.fgsm_epsilon_range} must lie in [0, 1] (pixel units)")
+        _require(self.fgsm_step_range[0] >= 0.0, f"fgsm_step_range {self.fgsm_step_range} must be >= 0 (pixel units)")
+        _require(self.gradreg_weight_range[0] > 0.0,
+                 f"gradreg_weight_range {self.gradreg_weight_range} must be > 0 (it is searched on a log scale)")
         _require(50.0 < self.clip_range[0] and self.clip_range[1] <= 100.0,
                  f"clip range {self.clip_range} must lie in (50, 100] (percentiles; 100 = no clipping)")
         _require(len(self.shaping_methods) > 0, "shaping_methods must not be empty")
@@ -607,8 +628,9 @@ class PaperTablesConfig(RunConfig):
             raise ConfigError(f"seeds must be integers >= 0, got {list(self.seeds)}")
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise ConfigError(f"repeats (--repeats) must be an integer >= 1, got {self.repeats!r}")
-        if set(self.noise_modes) - {"none"} and self.base.noise.sigma <= 0:
-            raise ConfigError(f"sigma (--sigma) must be > 0 for the noisy modes {sorted(set(self.noise_modes) - {'none'})}: "
+        noisy = sorted(mode for mode in self.noise_modes if injects_noise(mode))
+        if noisy and self.base.noise.sigma <= 0:
+            raise ConfigError(f"sigma (--sigma) must be > 0 for the noisy modes {noisy}: "
                               "with sigma 0 they are the plain ResNet (the papers use 0.5)")
         if self.paired:
             if "none" not in self.noise_modes or len(self.noise_modes) < 2:

@@ -87,7 +87,9 @@ class NoiseMode:
     ``zero``, ``unit`` or ``map`` (the mean squared multiplier of its attribution maps,
     :func:`nsde_ray.shaping.noise_energy`). label: short, for fronts, plots and verdicts;
     table_column: the papers' Table 1 header. params: what the sweep searches for it besides the
-    learning rate, in the order the searcher suggests them.
+    learning rate, in the order the searcher suggests them. training_loss: ``"module:function"`` of its
+    training loss, ``loss(model, images, labels, noise, mean, std, autocast) -> scalar`` (see
+    :func:`nsde_ray.train.plain_loss`); empty for the plain cross-entropy.
     """
 
     name: str
@@ -96,6 +98,7 @@ class NoiseMode:
     site: str
     energy: str
     params: tuple[SearchParam, ...] = ()
+    training_loss: str = ""
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
@@ -116,6 +119,13 @@ NOISE_MODES: dict[str, NoiseMode] = {
     "attribution": NoiseMode("attribution", "attribution SDE", "Attribution-driven noise", "blocks", "map",
                              (SIGMA, *SHAPING_PARAMS)),
     "input": NoiseMode("input", "input noise", "Input noise (baseline)", "input", "unit", (SIGMA,)),
+    "fgsm": NoiseMode("fgsm", "FGSM adversarial training", "FGSM training (baseline)", "loss", "zero",
+                      (SearchParam("noise_fgsm_epsilon", "float", "fgsm_epsilon_range"),
+                       SearchParam("noise_fgsm_step", "float", "fgsm_step_range")),
+                      "nsde_ray.robust_training:fgsm_training_loss"),
+    "gradreg": NoiseMode("gradreg", "input-gradient penalty", "Gradient penalty (baseline)", "loss", "zero",
+                         (SearchParam("noise_gradreg_weight", "float", "gradreg_weight_range", log=True),),
+                         "nsde_ray.robust_training:gradreg_training_loss"),
 }
 
 
@@ -128,6 +138,11 @@ def noise_mode(name: str) -> NoiseMode:
     if name not in NOISE_MODES:
         raise ValueError(f"unknown noise mode {name!r}; choose one of: {', '.join(NOISE_MODES)}")
     return NOISE_MODES[name]
+
+
+def injects_noise(name: str) -> bool:
+    """Whether mode ``name`` adds noise in training (in the blocks or on the input), given a sigma > 0."""
+    return noise_mode(name).site in ("blocks", "input")
 
 
 def mode_label(name: str) -> str:

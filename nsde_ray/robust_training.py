@@ -197,3 +197,16 @@ def gradient_penalty_loss(model: nn.Module, images: torch.Tensor, labels: torch.
     (gradient,) = torch.autograd.grad(summed, inputs, create_graph=True)
     penalty = (gradient / _per_channel(std, gradient)).pow(2).flatten(1).sum(dim=1).mean()
     return summed / len(labels) + weight * penalty
+
+
+def fgsm_training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise, mean: tuple[float, ...],
+                       std: tuple[float, ...], autocast: dict | None = None) -> torch.Tensor:
+    """:func:`fgsm_loss` with ``noise``'s (:class:`nsde_ray.config.NoiseConfig`) ``fgsm_epsilon`` and ``fgsm_step``:
+    the training loss of noise mode ``fgsm``."""
+    return fgsm_loss(model, images, labels, noise.fgsm_epsilon, noise.fgsm_step, mean, std, autocast)
+
+
+def gradreg_training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise,
+                          mean: tuple[float, ...], std: tuple[float, ...], autocast: dict | None = None) -> torch.Tensor:
+    """:func:`gradient_penalty_loss` with ``noise``'s ``gradreg_weight``: the training loss of noise mode ``gradreg``."""
+    return gradient_penalty_loss(model, images, labels, noise.gradreg_weight, std, autocast)

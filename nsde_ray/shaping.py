@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from nsde_ray.attribution import attribution_map, autocast_options, make_explainer
 from nsde_ray.augment import IDENTITY_PARAMS, apply_geometry, invert_geometry
 from nsde_ray.config import NoiseConfig, ShapingConfig
+from nsde_ray.registry import NOISE_MODES
 from nsde_ray.resident import ResidentLoader
 
 
@@ -81,14 +82,17 @@ def preserve_energy(multipliers: torch.Tensor, max_multiplier: float) -> torch.T
 def noise_energy(noise: NoiseConfig, multipliers: torch.Tensor | None) -> float:
     """The noise variance relative to Gaussian noise at the same sigma: the mean squared multiplier m² (unitless).
 
-    0 without noise (mode ``none`` or sigma 0); 1 for every other mode without a map (``gaussian``,
-    and ``attribution`` before its first maps: warm-up is plain Gaussian noise); with ``attribution``
-    maps ``multipliers`` (N, 1, h, w), the mean of m² over all samples and pixels, at the maps'
-    resolution (each block sees the maps resized). Summed in float64, a chunk of samples at a time.
+    By the mode's energy rule (:attr:`nsde_ray.registry.NoiseMode.energy`): 0 without noise (rule
+    ``zero``: ``none`` and the robust-training baselines, or sigma 0); 1 for rule ``unit`` (``gaussian``,
+    ``input``) and for rule ``map`` without a map (``attribution`` before its first maps: warm-up is plain
+    Gaussian noise); with maps ``multipliers`` (N, 1, h, w), the mean of m² over all samples and pixels,
+    at the maps' resolution (each block sees the maps resized). Summed in float64, a chunk of samples at
+    a time.
     """
-    if not noise.active:
+    rule = NOISE_MODES[noise.mode].energy
+    if not noise.active or rule == "zero":
         return 0.0
-    if noise.mode != "attribution" or multipliers is None:
+    if rule == "unit" or multipliers is None:
         return 1.0
     total = sum(chunk.double().square().sum() for chunk in multipliers.split(4096))
     return float(total) / max(multipliers.numel(), 1)

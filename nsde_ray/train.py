@@ -16,6 +16,10 @@ much noise) ends the run cleanly with ``diverged = True``.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import importlib
 import logging
 import math
 import os
@@ -36,6 +40,7 @@ from nsde_ray.config import NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.data import IndexedDataset, ShardSampler, build_datasets, loader_processes
 from nsde_ray.models import build_model, set_noise_shape_maps
 from nsde_ray.names import CHECKPOINT_FILE
+from nsde_ray.registry import NOISE_MODES
 from nsde_ray.resident import ResidentLoader, resident_loader
 from nsde_ray.shaping import NoiseShaper, noise_energy
 from nsde_ray.storage import CheckpointStore
@@ -66,6 +71,44 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images, labels) -> scalar
+
+
+def plain_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: NoiseConfig | None = None,
+               mean: tuple[float, ...] = (), std: tuple[float, ...] = (), autocast: dict | None = None) -> torch.Tensor:
+    """Mean cross-entropy (scalar) of ``model`` on ``images`` (B, C, H, W) and ``labels`` (B,), under
+    ``torch.autocast(**autocast)`` if given: the training loss of every mode without one of its own. Its signature
+    is that of :attr:`nsde_ray.registry.NoiseMode.training_loss`."""
+    with torch.autocast(**autocast) if autocast else contextlib.nullcontext():
+        return nn.functional.cross_entropy(model(images), labels)
+
+
+def training_loss(noise: NoiseConfig, mean: tuple[float, ...], std: tuple[float, ...], autocast: dict | None) -> Loss:
+    """The training loss of ``noise``'s mode (its record's ``training_loss``, or :func:`plain_loss`), with the data
+    set's per-channel ``mean`` and ``std`` and the autocast options bound."""
+    entry = NOISE_MODES[noise.mode].training_loss
+    loss = plain_loss
+    if entry:
+        module, name = entry.split(":")
+        loss = getattr(importlib.import_module(module), name)
+    return functools.partial(_bound_loss, loss, noise, mean, std, autocast)
+
+
+def _bound_loss(loss, noise, mean, std, autocast, model, images, labels) -> torch.Tensor:
+    return loss(model, images, labels, noise, mean, std, autocast)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               loss: Loss = plain_loss) -> torch.Tensor:
+    """One optimiser step of ``loss`` (:data:`Loss`) on a batch: the training step of the loop, the in-process
+    fit and the benchmarks. Returns the loss, detached."""
+    value = loss(model, images, labels)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    optimizer.step()
+    return value.detach()
+
+
 def fit_in_process(model: nn.Module, dataset, cfg: TrainConfig) -> nn.Module:
     """``model`` trained in this process, without Ray, DDP, schedule or checkpoints: ``cfg.epochs`` epochs of
     ``cfg``'s optimizer over ``dataset`` ((image, label) pairs) in batches of ``cfg.batch_size`` shuffled by
@@ -75,10 +118,7 @@ def fit_in_process(model: nn.Module, dataset, cfg: TrainConfig) -> nn.Module:
     model.train()
     for _ in range(cfg.epochs):
         for images, labels in DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True):
-            loss = nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, images, labels)
     return model.eval()
 
 
@@ -189,7 +229,7 @@ def train_fn_per_worker(config: dict) -> None:
     the level of the worker's root logger, where Ray Train logs each report at INFO."""
     config = dict(config)
     logging.getLogger().setLevel(config.pop(RAY_LOG_LEVEL, "INFO"))
-    train_loop(config, RayTrainSession())
+    train_loop(TrialConfig.from_dict(config), RayTrainSession())
 
 
 def fit_single_worker(cfg: TrialConfig, *, name: str, storage_path: str,
@@ -205,7 +245,7 @@ def fit_single_worker(cfg: TrialConfig, *, name: str, storage_path: str,
     if cfg.train.num_workers != 1:
         raise ValueError(f"fit_single_worker trains with one worker; this config asks for {cfg.train.num_workers}")
     session = SingleProcessSession(storage_path, name, cfg.train.use_gpu, on_report)
-    train_loop(cfg.to_dict(), session)
+    train_loop(cfg, session)
     if session.reports:
         return TrainOutcome(session.reports[-1], session.checkpoint, session.reports)
     # nothing left to train (an earlier attempt finished it): its last checkpoint and report
@@ -236,10 +276,15 @@ def last_checkpoint(storage_path: str, name: str) -> ray.train.Checkpoint:
     return checkpoint
 
 
-def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) -> None:
-    """Train ``config`` (:meth:`TrialConfig.to_dict`) as ``session``'s rank, from its latest checkpoint if any,
-    reporting each epoch's metrics and checkpoint to it."""
-    cfg = TrialConfig.from_dict(config)
+def train_loop(cfg: TrialConfig, session: RayTrainSession | SingleProcessSession) -> None:
+    """Train ``cfg`` as ``session``'s rank, from its latest checkpoint if any, reporting each epoch's metrics and
+    checkpoint to it.
+
+    Mode ``fgsm`` runs :class:`nsde_ray.robust_training.OverfitGuard` after every epoch on a fixed minibatch
+    of the worker's shard; when its PGD accuracy collapses (catastrophic overfitting), training stops
+    with the previous epoch's weights: a last report (``fgsm_collapsed_epoch``) and a checkpoint marked
+    ``stopped`` that a restore ends at, as it ends at a diverged run's."""
+    config = cfg.to_dict()
     rank, world_size, device = session.rank, session.world_size, session.device
     on_gpu = device.type == "cuda"
     memory_format = torch.channels_last if on_gpu and cfg.train.channels_last else torch.contiguous_format
@@ -279,7 +324,7 @@ def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) ->
     if checkpoint is not None:
         with checkpoint.as_directory() as checkpoint_dir:
             state = load_checkpoint(checkpoint_dir)
-        if state.get("diverged"):
+        if state.get("diverged") or state.get("stopped"):
             return
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -292,6 +337,11 @@ def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) ->
         noise_energy_sum = state["noise_energy_sum"]
     ddp_model = compile_for_training(session.prepare(model), cfg.train)
     autocast = autocast_options(device, cfg.train.amp)
+    step_loss = training_loss(cfg.noise, splits.mean, splits.std, autocast)
+    guard, guard_batch = _overfit_guard(cfg, splits, sampler, device, memory_format)
+    if guard is not None and checkpoint is not None:
+        guard.best = state.get("overfit_guard_best")
+    last_good: tuple[dict, dict] | None = None  # the guarded run's last (metrics, checkpoint state) that passed
 
     for epoch in range(start_epoch, cfg.train.epochs):
         sampler.set_epoch(epoch)
@@ -300,7 +350,7 @@ def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) ->
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         stats = _run_epoch(ddp_model, model, optimizer, train_loader, val_loader, device, memory_format, autocast,
-                           cfg.noise, shaper, first_step=epoch * len(train_loader))
+                           cfg.noise, shaper, first_step=epoch * len(train_loader), step_loss=step_loss)
         epoch_time_s = time.perf_counter() - started
         train_time_s += epoch_time_s
         shaping_time_s += stats.shaping_time_s
@@ -318,18 +368,54 @@ def train_loop(config: dict, session: RayTrainSession | SingleProcessSession) ->
             session.report(metrics, {"epoch": epoch + 1, "diverged": True, "train_time_s": train_time_s,
                                      "config": config})
             return
+        if guard is not None and guard.check(model, *guard_batch, autocast):
+            _report_collapse(session, epoch, last_good, metrics)
+            return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(stats.val_loss)
         elif scheduler is not None:
             scheduler.step()
-        session.report(metrics, {
+        state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "shaping": shaper.state_dict() if shaper is not None else {},
             "num_classes": splits.num_classes, "in_channels": splits.in_channels, "image_size": splits.image_size,
             "epoch": epoch + 1,
             "train_time_s": train_time_s, "shaping_time_s": shaping_time_s, "noise_energy_sum": noise_energy_sum,
-            "config": config})
+            "config": config}
+        if guard is not None:
+            state["overfit_guard_best"] = guard.best
+            last_good = (metrics, {k: copy.deepcopy(v) for k, v in state.items()})
+        session.report(metrics, state)
+
+
+GUARD_IMAGES = 256  # the fixed minibatch of the worker's shard on which FGSM's overfitting guard attacks
+
+
+def _overfit_guard(cfg: TrialConfig, splits, sampler: ShardSampler, device: torch.device,
+                   memory_format: torch.memory_format):
+    """FGSM's :class:`~nsde_ray.robust_training.OverfitGuard` and its fixed minibatch (images, labels on ``device``),
+    or (None, None) for the other modes."""
+    if cfg.noise.mode != "fgsm" or cfg.noise.fgsm_epsilon == 0:
+        return None, None
+    from nsde_ray.robust_training import OverfitGuard
+
+    samples = [splits.train_unaugmented[int(i)] for i in sampler.indices[:GUARD_IMAGES]]
+    batch = (torch.stack([image for image, _ in samples]).to(device, memory_format=memory_format),
+             torch.tensor([int(label) for _, label in samples], device=device))
+    return OverfitGuard(cfg.noise.fgsm_epsilon, splits.mean, splits.std, seed=cfg.train.seed), batch
+
+
+def _report_collapse(session, epoch: int, last_good: tuple[dict, dict] | None, metrics: dict) -> None:
+    """FGSM's catastrophic overfitting at ``epoch`` (0-based): the last report, with the weights and metrics of
+    the last epoch that passed (this epoch's own if none did), marked ``stopped``."""
+    good_metrics, state = last_good if last_good is not None else (metrics, None)
+    if state is None:
+        raise RuntimeError(f"FGSM training collapsed in its first epoch ({epoch + 1}): its PGD accuracy on the "
+                           "guard's minibatch was already lower than it can fall; lower fgsm_epsilon or the lr")
+    final = dict(good_metrics, epoch=epoch + 1, fgsm_collapsed_epoch=epoch + 1,
+                 train_time_s=metrics["train_time_s"], epoch_time_s=metrics["epoch_time_s"])
+    session.report(final, dict(state, epoch=epoch + 1, stopped=True, train_time_s=metrics["train_time_s"]))
 
 
 def compile_for_training(model: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -347,7 +433,8 @@ def compile_for_training(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
 def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
                val_loader: DataLoader, device: torch.device, memory_format: torch.memory_format,
-               autocast: dict, noise: NoiseConfig, shaper: NoiseShaper | None, first_step: int) -> EpochStats:
+               autocast: dict, noise: NoiseConfig, shaper: NoiseShaper | None, first_step: int,
+               step_loss: Loss = plain_loss) -> EpochStats:
     """Train one epoch, then validate (noise off); sums are all-reduced so every rank agrees.
 
     With a shaper, maps are refreshed when due (before global step ``first_step + i``), or taken from
@@ -372,16 +459,12 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
         labels = labels.to(device, non_blocking=True)
         input_gradient = shaper is not None and shaper.wants_gradient(step)
         images.requires_grad_(input_gradient)
-        with torch.autocast(**autocast):
-            loss = nn.functional.cross_entropy(ddp_model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(ddp_model, optimizer, images, labels, step_loss)
         if input_gradient:
             started = time.perf_counter()
             shaper.update_from_gradient(indices, params, images.grad)
             shaping_time_s += time.perf_counter() - started
-        totals[0] += loss.detach().double() * len(labels)
+        totals[0] += loss.double() * len(labels)
         totals[1] += len(labels)
     model.eval()
     with torch.no_grad(), torch.autocast(**autocast):

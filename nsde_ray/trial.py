@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from nsde_ray.config import TrialConfig
 from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
 from nsde_ray.logs import configure, ray_log_level
-from nsde_ray.registry import ACCURACY, objective_names
+from nsde_ray.registry import ACCURACY, injects_noise, objective_names
 from nsde_ray.tracking import MODEL_DIR, SweepTracker
 from nsde_ray.mlflow_uri import tracking_warning
 from nsde_ray.aggregate import aggregate_seeds
@@ -303,9 +303,10 @@ def _describe(params: dict[str, Any]) -> str:
 
 
 def trial_config(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
-    """The base config with a trial's searched params; the plain ResNet gets sigma 0 so its params say so."""
+    """The base config with a trial's searched params; the modes without noise (the plain ResNet, the robust-training
+    baselines) get sigma 0 so that their params say so."""
     params = dict(params)
-    if params.get("noise_mode") == "none":
+    if not injects_noise(params.get("noise_mode", base.noise.mode)):
         params["noise_sigma"] = 0.0
     return base.with_params(params)
 

@@ -30,9 +30,12 @@ def test_digits_with_two_ddp_workers_reaches_90_percent(local_ray, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_one_worker_trains_the_same_in_process_as_under_a_torch_trainer(local_ray, tmp_path):
-    """The sweep's default path (a one-worker trial trains in its own process) is the TorchTrainer's run."""
-    cfg = TrialConfig(noise=NoiseConfig("gaussian", 0.5), train=TrainConfig(epochs=2))
+@pytest.mark.parametrize("noise", [NoiseConfig("gaussian", 0.5), NoiseConfig("attribution", 0.5)],
+                         ids=["gaussian", "shaped"])
+def test_one_worker_trains_the_same_in_process_as_under_a_torch_trainer(noise, local_ray, tmp_path):
+    """The sweep's default path (a one-worker trial trains in its own process) is the TorchTrainer's run; shaped
+    training too, whose maps come from the model being trained (warm-up 1 epoch, then an IG refresh)."""
+    cfg = TrialConfig(noise=noise, shaping=ShapingConfig(warmup_epochs=1, refresh_every=1), train=TrainConfig(epochs=2))
     result = build_trainer(cfg, name="trainer", storage_path=str(tmp_path)).fit()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trainer's one-CPU worker

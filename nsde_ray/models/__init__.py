@@ -18,6 +18,7 @@ from nsde_ray.models.blocks import StochasticBasicBlock, StochasticBottleneck, m
 from nsde_ray.models.cifar import CifarResNet
 from nsde_ray.models.noise import BlockNoise, noise_modules, set_fused_noise, set_noise_shape_maps
 from nsde_ray.names import ARCHS, CIFAR_DEPTHS, TORCHVISION_ARCHS
+from nsde_ray.registry import noise_mode
 
 if TYPE_CHECKING:
     from nsde_ray.config import NoiseConfig
@@ -46,13 +47,16 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, noise: NoiseC
     """A stochastic ResNet: input (B, in_channels, H, W), output logits (B, num_classes).
 
     ``noise=None`` builds it with the noise off (mode ``none``); the result is then the plain
-    network, with every ReLU a separate, not-in-place module. Mode ``input`` puts the noise on the
+    network, with every ReLU a separate, not-in-place module. The mode's record
+    (:data:`nsde_ray.registry.NOISE_MODES`) says where its noise goes: ``blocks``; ``input`` puts it on the
     input image instead of the blocks: ``model.input_noise``, a :class:`BlockNoise` applied by a
-    forward pre-hook (no parameters, so state dicts are those of the plain network).
+    forward pre-hook (no parameters, so state dicts are those of the plain network); ``none`` and
+    ``loss`` (the robust-training baselines) build the plain network.
     """
     model = build_plain_model(arch, num_classes, in_channels)
     mode, sigma = ("none", 0.0) if noise is None else (noise.mode, noise.sigma)
-    block_mode = "none" if mode == "input" else mode
+    site = noise_mode(mode).site
+    block_mode = mode if site == "blocks" else "none"
     model.relu = nn.ReLU()  # the stem's; torchvision's is in place
     for stage_name in _STAGES:
         stage = getattr(model, stage_name, None)
@@ -60,7 +64,7 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, noise: NoiseC
             continue
         for index, block in enumerate(stage):
             stage[index] = make_stochastic(block, BlockNoise(block_mode, sigma))
-    if mode == "input":
+    if site == "input":
         model.input_noise = BlockNoise("gaussian", sigma)
         model.register_forward_pre_hook(_noisy_input)
     return model
