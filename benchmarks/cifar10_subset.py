@@ -75,7 +75,7 @@ def choose(images: dict[str, dict[str, list[str]]], train: int, val: int, test: 
             drawn = random.Random(cls).sample(names, wanted)
             start = 0
             for target, n in targets:
-                for name in drawn[start:start + n]:
+                for name in drawn[start : start + n]:
                     chosen[f"{source}/{cls}/{name}"] = f"{target}/{cls}/{name}"
                 start += n
     return chosen
@@ -123,22 +123,31 @@ def main(argv: list[str] | None = None) -> int:
 
     checksum = sha256(args.archive)
     if checksum != ARCHIVE_SHA256:
-        print(f"error: {args.archive} has SHA-256 {checksum}, not {ARCHIVE_SHA256}: not the archive this subset "
-              "is defined on", file=sys.stderr)
+        print(
+            f"error: {args.archive} has SHA-256 {checksum}, not {ARCHIVE_SHA256}: not the archive this subset "
+            "is defined on",
+            file=sys.stderr,
+        )
         return 1
     counts = {"train": args.train_per_class, "val": args.val_per_class, "test": args.test_per_class}
     chosen = choose(list_images(args.archive), counts["train"], counts["val"], counts["test"])
-    manifest = {"archive_sha256": checksum, "per_class": counts,
-                "rule": "per class, random.Random(class name).sample over the sorted file names; "
-                        "train then val from the archive's train/, test from its test/",
-                "files": dict(sorted(chosen.items()))}
+    manifest = {
+        "archive_sha256": checksum,
+        "per_class": counts,
+        "rule": "per class, random.Random(class name).sample over the sorted file names; "
+        "train then val from the archive's train/, test from its test/",
+        "files": dict(sorted(chosen.items())),
+    }
     out = os.path.abspath(args.out)
     if complete(out, manifest):
         print(f"{out}: already this subset, nothing to do ({time.perf_counter() - started:.1f} s)")
         return 0
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        print(f"error: {out} exists and is not this subset (other files or another {MANIFEST}); remove it or "
-              "choose another --out", file=sys.stderr)
+        print(
+            f"error: {out} exists and is not this subset (other files or another {MANIFEST}); remove it or "
+            "choose another --out",
+            file=sys.stderr,
+        )
         return 1
 
     parent = os.path.dirname(out)
@@ -155,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     totals = {split: sum(1 for path in chosen.values() if path.startswith(f"{split}/")) for split in counts}
-    print(f"{out}: " + ", ".join(f"{split}/ {n:,}" for split, n in totals.items())
-          + f" images in {len(set(p.split('/')[1] for p in chosen.values()))} classes "
-          f"({time.perf_counter() - started:.1f} s)")
+    print(
+        f"{out}: "
+        + ", ".join(f"{split}/ {n:,}" for split, n in totals.items())
+        + f" images in {len(set(p.split('/')[1] for p in chosen.values()))} classes "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 

@@ -42,8 +42,10 @@ SIDES = ("before", "after")
 
 def configs(args: argparse.Namespace) -> dict[str, tuple[EvalConfig, int]]:
     """Evaluation name -> (configuration, repeats)."""
-    return {"sweep": (EvalConfig(methods=("ig", "saliency"), num_images=args.sweep_images), 1),
-            "papers": (EvalConfig(methods=METHODS, num_images=args.paper_images), args.paper_repeats)}
+    return {
+        "sweep": (EvalConfig(methods=("ig", "saliency"), num_images=args.sweep_images), 1),
+        "papers": (EvalConfig(methods=METHODS, num_images=args.paper_images), args.paper_repeats),
+    }
 
 
 def train(path: str) -> None:
@@ -66,8 +68,11 @@ def worker(args: argparse.Namespace) -> None:
     cfg, repeats = configs(args)[args.worker]
     started, cpu = time.perf_counter(), time.process_time()
     metrics = evaluate_repeated(model, splits, cfg, repeats, progress=False).metrics
-    print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
-                      "metrics": metrics}))
+    print(
+        json.dumps(
+            {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, "metrics": metrics}
+        )
+    )
 
 
 def run_side(args: argparse.Namespace, name: str, model: str, package_root: str | None) -> dict:
@@ -82,8 +87,14 @@ def run_side(args: argparse.Namespace, name: str, model: str, package_root: str 
 
 def forwarded(args: argparse.Namespace) -> list[str]:
     """The options a worker shares with the driver."""
-    options = ["--sweep-images", args.sweep_images, "--paper-images", args.paper_images,
-               "--paper-repeats", args.paper_repeats]
+    options = [
+        "--sweep-images",
+        args.sweep_images,
+        "--paper-images",
+        args.paper_images,
+        "--paper-repeats",
+        args.paper_repeats,
+    ]
     return [str(o) for o in options] + ([] if args.threads is None else ["--threads", str(args.threads)])
 
 
@@ -111,14 +122,17 @@ def main() -> None:
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as scratch:
-        archive = subprocess.run(["git", "-C", root, "archive", args.before, "nsde_ray"], check=True,
-                                 capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", root, "archive", args.before, "nsde_ray"], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", scratch], input=archive, check=True)
         model = args.model or os.path.join(scratch, "model.pt")
         if args.model is None:
             train(model)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, before = {args.before}, "
-              f"load average {os.getloadavg()}")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, before = {args.before}, "
+            f"load average {os.getloadavg()}"
+        )
         results = {(name, side): [] for name in args.evaluations for side in SIDES}
         for _ in range(args.rounds):
             for name in args.evaluations:
@@ -131,10 +145,14 @@ def main() -> None:
     for name in args.evaluations:
         wall = [statistics.median(r["seconds"] for r in results[name, side]) for side in SIDES]
         cpu = [statistics.median(r["cpu_seconds"] for r in results[name, side]) for side in SIDES]
-        difference = max(largest_difference(b["metrics"], a["metrics"])
-                         for b, a in zip(results[name, "before"], results[name, "after"]))
-        print(f"| {name} | {wall[0]:.1f} | {wall[1]:.1f} | {wall[0] / wall[1]:.2f}x | {cpu[0]:.1f} / {cpu[1]:.1f} "
-              f"| {difference:.1e} |")
+        difference = max(
+            largest_difference(b["metrics"], a["metrics"])
+            for b, a in zip(results[name, "before"], results[name, "after"])
+        )
+        print(
+            f"| {name} | {wall[0]:.1f} | {wall[1]:.1f} | {wall[0] / wall[1]:.2f}x | {cpu[0]:.1f} / {cpu[1]:.1f} "
+            f"| {difference:.1e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,9 @@ class Trainer:
         train_step(self.step_model, self.optimizer, self.images, self.labels, self.loss)
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return plain_loss(model, images, labels, autocast=dict(device_type=self.device.type, dtype=torch.bfloat16,
-                                                              enabled=self.amp))
+        return plain_loss(
+            model, images, labels, autocast=dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        )
 
     def rate(self, steps: int, warmup: int = 3) -> float:
         self.model.train()
@@ -158,11 +159,18 @@ def tune_noise(report: Report, args, device, memory_format) -> None:
 
     if not fused_noise.available(torch.empty(0, device=device)):
         return
-    shapes = [(args.batch, 256, args.image_size // 4, args.image_size // 4),
-              (args.batch, 1024, args.image_size // 16, args.image_size // 16)]
+    shapes = [
+        (args.batch, 256, args.image_size // 4, args.image_size // 4),
+        (args.batch, 1024, args.image_size // 16, args.image_size // 16),
+    ]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tensors = [(torch.randn(s, device=device, dtype=dtype).to(memory_format=memory_format),
-                torch.randn(s, device=device, dtype=dtype).to(memory_format=memory_format)) for s in shapes]
+    tensors = [
+        (
+            torch.randn(s, device=device, dtype=dtype).to(memory_format=memory_format),
+            torch.randn(s, device=device, dtype=dtype).to(memory_format=memory_format),
+        )
+        for s in shapes
+    ]
 
     def seconds(function, repeats=10):
         function()
@@ -174,14 +182,20 @@ def tune_noise(report: Report, args, device, memory_format) -> None:
         return (time.perf_counter() - started) / repeats
 
     reference = sum(seconds(lambda: torch.relu_(o.clone().add_(i))) - seconds(lambda: o.clone()) for o, i in tensors)
-    eager = sum(seconds(lambda: torch.addcmul(y := torch.relu(o + i), torch.randn_like(y),
-                                              0.5 * y.std(dim=(1, 2, 3), keepdim=True))) for o, i in tensors)
+    eager = sum(
+        seconds(
+            lambda: torch.addcmul(y := torch.relu(o + i), torch.randn_like(y), 0.5 * y.std(dim=(1, 2, 3), keepdim=True))
+        )
+        for o, i in tensors
+    )
     figures = {"plain_add_relu_ms": 1e3 * reference, "eager_tail_ms": 1e3 * eager}
     best = None
     for reduce in ((1024, 32 * 1024, 4), (1024, 16 * 1024, 4), (2048, 64 * 1024, 8), (4096, 64 * 1024, 8)):
         for apply in ((2048, 4), (4096, 4), (4096, 8), (8192, 8)):
-            (fused_noise.REDUCE_BLOCK, fused_noise.REDUCE_CHUNK, fused_noise.REDUCE_WARPS), \
-                (fused_noise.APPLY_BLOCK, fused_noise.APPLY_WARPS) = reduce, apply
+            (
+                (fused_noise.REDUCE_BLOCK, fused_noise.REDUCE_CHUNK, fused_noise.REDUCE_WARPS),
+                (fused_noise.APPLY_BLOCK, fused_noise.APPLY_WARPS),
+            ) = reduce, apply
             try:
                 total = sum(seconds(lambda: fused_noise.residual_noise(o, i, 0.5)) for o, i in tensors)
             except Exception as err:  # noqa: BLE001
@@ -191,8 +205,10 @@ def tune_noise(report: Report, args, device, memory_format) -> None:
             if best is None or total < best[0]:
                 best = (total, reduce, apply)
     if best is not None:
-        (fused_noise.REDUCE_BLOCK, fused_noise.REDUCE_CHUNK, fused_noise.REDUCE_WARPS), \
-            (fused_noise.APPLY_BLOCK, fused_noise.APPLY_WARPS) = best[1], best[2]
+        (
+            (fused_noise.REDUCE_BLOCK, fused_noise.REDUCE_CHUNK, fused_noise.REDUCE_WARPS),
+            (fused_noise.APPLY_BLOCK, fused_noise.APPLY_WARPS),
+        ) = best[1], best[2]
         figures.update(best_reduce=best[1], best_apply=best[2], best_ms=1e3 * best[0])
     report.row("0_noise_kernels", **figures)
 
@@ -204,16 +220,21 @@ def target_noise_and_shaping(report: Report, args, device, memory_format, amp, s
 
     def ours(mode, sigma=0.5):
         return build_model(args.arch, args.classes, args.channels, NoiseConfig(mode, sigma)).to(
-            device, memory_format=memory_format)
+            device, memory_format=memory_format
+        )
 
     plain = build_plain_model(args.arch, args.classes, args.channels).to(device, memory_format=memory_format)
     trainers = {"plain": Trainer(plain, images, labels, device, amp)}
     if noise:
         gaussian, unfused, sigma0 = ours("gaussian"), ours("gaussian"), ours("gaussian", 0.0)
         set_fused_noise(unfused, False)
-        trainers.update({"gaussian": Trainer(gaussian, images, labels, device, amp),
-                         "gaussian_unfused": Trainer(unfused, images, labels, device, amp),
-                         "sigma0": Trainer(sigma0, images, labels, device, amp)})
+        trainers.update(
+            {
+                "gaussian": Trainer(gaussian, images, labels, device, amp),
+                "gaussian_unfused": Trainer(unfused, images, labels, device, amp),
+                "sigma0": Trainer(sigma0, images, labels, device, amp),
+            }
+        )
     shaped = None
     if shaping:
         shaped = ours("attribution")
@@ -221,34 +242,62 @@ def target_noise_and_shaping(report: Report, args, device, memory_format, amp, s
         set_noise_shape_maps(shaped, torch.rand(args.batch, 1, size, size, device=device))
         trainers["shaped_step"] = Trainer(shaped, images, labels, device, amp)
         gradient_cfg = ShapingConfig(method="training_gradient", warmup_epochs=0)
-        gradient_shaper = NoiseShaper(gradient_cfg, TensorDataset(images, labels), torch.arange(args.batch),
-                                      steps_per_epoch=1, device=device, memory_format=memory_format, amp=amp)
-        trainers["training_gradient"] = GradientShapedTrainer(ours("attribution"), images, labels, device, amp,
-                                                               gradient_shaper)
+        gradient_shaper = NoiseShaper(
+            gradient_cfg,
+            TensorDataset(images, labels),
+            torch.arange(args.batch),
+            steps_per_epoch=1,
+            device=device,
+            memory_format=memory_format,
+            amp=amp,
+        )
+        trainers["training_gradient"] = GradientShapedTrainer(
+            ours("attribution"), images, labels, device, amp, gradient_shaper
+        )
     started = time.perf_counter()
     rates = interleaved(trainers, args.steps, args.rounds)
     plain_rate = rates["plain"]
     from nsde_ray.models import fused_noise
 
     if noise:
-        report.row("1_noise", fused_kernels="failed: " + fused_noise.disabled_reason if fused_noise.disabled_reason
+        report.row(
+            "1_noise",
+            fused_kernels="failed: " + fused_noise.disabled_reason
+            if fused_noise.disabled_reason
             else ("triton" if fused_noise.available(images) else "unavailable (eager)"),
-            plain_img_s=plain_rate, gaussian_img_s=rates["gaussian"],
-            ratio=rates["gaussian"] / plain_rate, gaussian_unfused_img_s=rates["gaussian_unfused"],
-            unfused_ratio=rates["gaussian_unfused"] / plain_rate, sigma0_img_s=rates["sigma0"],
-            sigma0_ratio=rates["sigma0"] / plain_rate, target=">= 0.95", met=rates["gaussian"] / plain_rate >= 0.95,
-            rounds=args.rounds, steps=args.steps, wall_s=time.perf_counter() - started)
+            plain_img_s=plain_rate,
+            gaussian_img_s=rates["gaussian"],
+            ratio=rates["gaussian"] / plain_rate,
+            gaussian_unfused_img_s=rates["gaussian_unfused"],
+            unfused_ratio=rates["gaussian_unfused"] / plain_rate,
+            sigma0_img_s=rates["sigma0"],
+            sigma0_ratio=rates["sigma0"] / plain_rate,
+            target=">= 0.95",
+            met=rates["gaussian"] / plain_rate >= 0.95,
+            rounds=args.rounds,
+            steps=args.steps,
+            wall_s=time.perf_counter() - started,
+        )
     if not shaping:
         return
     set_noise_shape_maps(shaped, None)
-    refresh_data = TensorDataset(torch.randn(args.refresh_images, args.channels, args.image_size, args.image_size),
-                                 torch.randint(0, args.classes, (args.refresh_images,)))
+    refresh_data = TensorDataset(
+        torch.randn(args.refresh_images, args.channels, args.image_size, args.image_size),
+        torch.randint(0, args.classes, (args.refresh_images,)),
+    )
     defaults = ShapingConfig()
     refresh = {}
     for method in ("ig", "saliency"):
         cfg = ShapingConfig(method=method, ig_steps=defaults.ig_steps, batch_size=args.refresh_batch)
-        shaper = NoiseShaper(cfg, refresh_data, torch.arange(args.refresh_images), steps_per_epoch=1, device=device,
-                             memory_format=memory_format, amp=amp)
+        shaper = NoiseShaper(
+            cfg,
+            refresh_data,
+            torch.arange(args.refresh_images),
+            steps_per_epoch=1,
+            device=device,
+            memory_format=memory_format,
+            amp=amp,
+        )
         _, seconds = timed(lambda: shaper.refresh(shaped, 0), device, repeats=1)
         refresh[method] = args.refresh_images / seconds
     shaped_rate = rates["shaped_step"]
@@ -261,19 +310,37 @@ def target_noise_and_shaping(report: Report, args, device, memory_format, amp, s
         return "never" if budget <= 0 else f"{plain_rate / (budget * refresh_rate):.1f}"
 
     ratio = amortised(refresh["ig"], defaults.refresh_every)
-    report.row("2_shaping", plain_img_s=plain_rate, shaped_step_img_s=shaped_rate, shaped_step_ratio=shaped_rate / plain_rate,
-        refresh_ig4_img_s=refresh["ig"], refresh_saliency_img_s=refresh["saliency"],
-        refresh_ig4_per_train=refresh["ig"] / plain_rate, refresh_saliency_per_train=refresh["saliency"] / plain_rate,
-        default_schedule=f"ig-{defaults.ig_steps} every {defaults.refresh_every} epochs", ratio=ratio,
-        target=">= 0.90", met=ratio >= 0.90,
-        saliency_every_2_ratio=amortised(refresh["saliency"], 2), ig4_every_10_ratio=amortised(refresh["ig"], 10),
+    report.row(
+        "2_shaping",
+        plain_img_s=plain_rate,
+        shaped_step_img_s=shaped_rate,
+        shaped_step_ratio=shaped_rate / plain_rate,
+        refresh_ig4_img_s=refresh["ig"],
+        refresh_saliency_img_s=refresh["saliency"],
+        refresh_ig4_per_train=refresh["ig"] / plain_rate,
+        refresh_saliency_per_train=refresh["saliency"] / plain_rate,
+        default_schedule=f"ig-{defaults.ig_steps} every {defaults.refresh_every} epochs",
+        ratio=ratio,
+        target=">= 0.90",
+        met=ratio >= 0.90,
+        saliency_every_2_ratio=amortised(refresh["saliency"], 2),
+        ig4_every_10_ratio=amortised(refresh["ig"], 10),
         epochs_between_ig4_refreshes_for_0_90=every_for(refresh["ig"]),
         epochs_between_saliency_refreshes_for_0_90=every_for(refresh["saliency"]),
-        refresh_batch=args.refresh_batch, refresh_images=args.refresh_images)
+        refresh_batch=args.refresh_batch,
+        refresh_images=args.refresh_images,
+    )
     gradient_ratio = rates["training_gradient"] / plain_rate
-    report.row("2b_shaping_training_gradient", plain_img_s=plain_rate, gaussian_img_s=rates.get("gaussian"),
-               training_gradient_img_s=rates["training_gradient"], ratio=gradient_ratio, target=">= 0.90",
-               met=gradient_ratio >= 0.90, shaped_step_ratio=shaped_rate / plain_rate)
+    report.row(
+        "2b_shaping_training_gradient",
+        plain_img_s=plain_rate,
+        gaussian_img_s=rates.get("gaussian"),
+        training_gradient_img_s=rates["training_gradient"],
+        ratio=gradient_ratio,
+        target=">= 0.90",
+        met=gradient_ratio >= 0.90,
+        shaped_step_ratio=shaped_rate / plain_rate,
+    )
 
 
 def target_compile(report: Report, args, device, memory_format, amp) -> None:
@@ -300,20 +367,27 @@ def target_compile(report: Report, args, device, memory_format, amp) -> None:
         figures[f"{name}_compiled_img_s"] = rates["compiled"]
         figures[f"{name}_speedup"] = rates["compiled"] / rates["eager"]
     if "plain_compiled_img_s" in figures:
-        figures["compiled_gaussian_over_compiled_plain"] = figures["gaussian_compiled_img_s"] / figures["plain_compiled_img_s"]
-        figures["compiled_gaussian_over_eager_plain"] = figures["gaussian_compiled_img_s"] / figures["plain_eager_img_s"]
+        figures["compiled_gaussian_over_compiled_plain"] = (
+            figures["gaussian_compiled_img_s"] / figures["plain_compiled_img_s"]
+        )
+        figures["compiled_gaussian_over_eager_plain"] = (
+            figures["gaussian_compiled_img_s"] / figures["plain_eager_img_s"]
+        )
     report.row("3_compile", **figures)
 
 
 def _attribution_setup(args, device, count: int):
     torch.manual_seed(1)
     shape = (count, args.channels, args.image_size, args.image_size)
-    model = calibrated(build_model(args.arch, args.classes, args.channels).to(device), shape, device,
-                       torch.contiguous_format)
+    model = calibrated(
+        build_model(args.arch, args.classes, args.channels).to(device), shape, device, torch.contiguous_format
+    )
     images = torch.randn(shape, device=device)
     with torch.no_grad():
         labels = model(images).argmax(dim=1)
-    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    model_cl = copy.deepcopy(model).to(
+        memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    )
     return model, model_cl, images, labels
 
 
@@ -326,38 +400,60 @@ def target_ig(report: Report, args, device, amp) -> None:
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     captum_ig = IntegratedGradients(model)
-    theirs, t_captum = timed(lambda: captum_ig.attribute(images, target=labels, n_steps=args.ig_steps,
-                                                         internal_batch_size=args.captum_batch), device)
+    theirs, t_captum = timed(
+        lambda: captum_ig.attribute(
+            images, target=labels, n_steps=args.ig_steps, internal_batch_size=args.captum_batch
+        ),
+        device,
+    )
     n = args.ig_images
-    figures = {"images": n, "steps": args.ig_steps, "captum_img_s": n / t_captum,
-               "captum_internal_batch": args.captum_batch}
+    figures = {
+        "images": n,
+        "steps": args.ig_steps,
+        "captum_img_s": n / t_captum,
+        "captum_internal_batch": args.captum_batch,
+    }
     variants = {  # name: options of integrated_gradients; "fast" is the library default with amp on a GPU
         "fast": dict(internal_batch_size=args.fast_batch, amp=amp, memory_format=memory_format),
         "fast_batch256": dict(internal_batch_size=256, amp=amp, memory_format=memory_format),
-        "fast_unfolded": dict(internal_batch_size=args.fast_batch, amp=amp, memory_format=memory_format,
-                              fold_bn=False),
-        "fast_unfolded_autograd_stem": dict(internal_batch_size=args.fast_batch, amp=amp,
-                                            memory_format=memory_format, fold_bn=False, stem_gradient=False),
+        "fast_unfolded": dict(internal_batch_size=args.fast_batch, amp=amp, memory_format=memory_format, fold_bn=False),
+        "fast_unfolded_autograd_stem": dict(
+            internal_batch_size=args.fast_batch,
+            amp=amp,
+            memory_format=memory_format,
+            fold_bn=False,
+            stem_gradient=False,
+        ),
         "fast_fp32": dict(internal_batch_size=args.captum_batch, amp=False, memory_format=memory_format),
     }
     errors = {"captum": completeness_error(model, images, labels, theirs)}
     for name, options in variants.items():
         try:
-            attributions, seconds = timed(lambda: integrated_gradients(model_cl, images, labels, n_steps=args.ig_steps,
-                                                                       **options), device)
+            attributions, seconds = timed(
+                lambda: integrated_gradients(model_cl, images, labels, n_steps=args.ig_steps, **options), device
+            )
         except Exception as err:  # noqa: BLE001 - a variant that fails must not cost the others
             figures[f"{name}_error"] = repr(err)[:200]
             continue
         errors[name] = completeness_error(model, images, labels, attributions)
         difference = (attributions - theirs).flatten(1).norm(dim=1) / theirs.flatten(1).norm(dim=1)
-        figures.update({f"{name}_img_s": n / seconds, f"{name}_speedup": t_captum / seconds,
-                        f"{name}_vs_captum_rel_l2_max": difference.max().item()})
+        figures.update(
+            {
+                f"{name}_img_s": n / seconds,
+                f"{name}_speedup": t_captum / seconds,
+                f"{name}_vs_captum_rel_l2_max": difference.max().item(),
+            }
+        )
     for name, error in errors.items():
         figures[f"completeness_{name}_mean"] = error.mean().item()
         figures[f"completeness_{name}_max"] = error.max().item()
-    figures.update(fast=("bf16 autocast, " if amp else "") + ("channels_last" if device.type == "cuda" else "contiguous")
-                   + f", internal batch {args.fast_batch}, batch norm folded", target=">= 1.5",
-                   met=figures.get("fast_speedup", 0.0) >= 1.5)
+    figures.update(
+        fast=("bf16 autocast, " if amp else "")
+        + ("channels_last" if device.type == "cuda" else "contiguous")
+        + f", internal batch {args.fast_batch}, batch norm folded",
+        target=">= 1.5",
+        met=figures.get("fast_speedup", 0.0) >= 1.5,
+    )
     report.row("4_ig", **figures)
 
 
@@ -372,27 +468,59 @@ def target_sensitivity(report: Report, args, device, amp) -> None:
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     n = args.perturbations
-    std = IMAGENET_STD[:args.channels] if args.channels == 3 else (1.0,) * args.channels
+    std = IMAGENET_STD[: args.channels] if args.channels == 3 else (1.0,) * args.channels
     deltas = uniform_perturbations(images.shape, n, args.radius, std, torch.Generator().manual_seed(0)).to(device)
 
     def same_perturbations(expanded, radius):  # Captum repeats each input n times in a row: deltas.flatten(0, 1)
         return expanded + deltas.flatten(0, 1)
 
     captum_ig = IntegratedGradients(model)
-    theirs, t_captum = timed(lambda: sensitivity_max(captum_ig.attribute, images, perturb_func=same_perturbations,
-                                                     n_perturb_samples=n, target=labels, n_steps=args.ig_steps,
-                                                     internal_batch_size=args.captum_batch), device, repeats=1)
-    figures = {"images": args.sens_images, "perturbations": n, "steps": args.ig_steps, "radius": args.radius,
-               "captum_img_s": args.sens_images / t_captum}
+    theirs, t_captum = timed(
+        lambda: sensitivity_max(
+            captum_ig.attribute,
+            images,
+            perturb_func=same_perturbations,
+            n_perturb_samples=n,
+            target=labels,
+            n_steps=args.ig_steps,
+            internal_batch_size=args.captum_batch,
+        ),
+        device,
+        repeats=1,
+    )
+    figures = {
+        "images": args.sens_images,
+        "perturbations": n,
+        "steps": args.ig_steps,
+        "radius": args.radius,
+        "captum_img_s": args.sens_images / t_captum,
+    }
     for name, use_amp in (("fast", amp), ("fast_fp32", False)):  # fp32 activations: Captum's (smaller) batch
-        explain = make_explainer(model_cl, "ig", n_steps=args.ig_steps, fast=True, amp=use_amp,
-                                 memory_format=memory_format,
-                                 internal_batch_size=args.fast_batch if use_amp else args.captum_batch)
-        ours, seconds = timed(lambda: max_sensitivity(explain, model_cl, images, labels, deltas, keep_prediction=False,
-                                                      chunk_size=args.sens_chunk), device, repeats=1)
+        explain = make_explainer(
+            model_cl,
+            "ig",
+            n_steps=args.ig_steps,
+            fast=True,
+            amp=use_amp,
+            memory_format=memory_format,
+            internal_batch_size=args.fast_batch if use_amp else args.captum_batch,
+        )
+        ours, seconds = timed(
+            lambda: max_sensitivity(
+                explain, model_cl, images, labels, deltas, keep_prediction=False, chunk_size=args.sens_chunk
+            ),
+            device,
+            repeats=1,
+        )
         relative = (ours - theirs.view(-1)).abs() / theirs.view(-1).abs()
-        figures.update({f"{name}_img_s": args.sens_images / seconds, f"{name}_speedup": t_captum / seconds,
-                        f"{name}_rel_diff_max": relative.max().item(), f"{name}_rel_diff_mean": relative.mean().item()})
+        figures.update(
+            {
+                f"{name}_img_s": args.sens_images / seconds,
+                f"{name}_speedup": t_captum / seconds,
+                f"{name}_rel_diff_max": relative.max().item(),
+                f"{name}_rel_diff_mean": relative.mean().item(),
+            }
+        )
     figures.update(captum_mean=theirs.mean().item(), target=">= 2", met=figures["fast_speedup"] >= 2.0)
     report.row("5_sensitivity", **figures)
 
@@ -438,8 +566,16 @@ def target_ray(report: Report, args, device) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    config = {"arch": args.arch, "classes": args.classes, "channels": args.channels, "image_size": args.image_size,
-              "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "device": str(device)}
+    config = {
+        "arch": args.arch,
+        "classes": args.classes,
+        "channels": args.channels,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "device": str(device),
+    }
     bare_result: dict = {}
     started = time.perf_counter()
     ray_loop({**config, "bare": True, "result": bare_result})
@@ -449,12 +585,19 @@ def target_ray(report: Report, args, device) -> None:
     workdir = tempfile.mkdtemp(prefix="nsde_ray_bench_")
     result_file = os.path.join(workdir, "ray_result.json")
     started = time.perf_counter()
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), num_gpus=1 if device.type == "cuda" else 0,
-             include_dashboard=False, log_to_driver=True)
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 2),
+        num_gpus=1 if device.type == "cuda" else 0,
+        include_dashboard=False,
+        log_to_driver=True,
+    )
     ray_start = time.perf_counter() - started
-    trainer = TorchTrainer(ray_loop, train_loop_config={**config, "bare": False, "result_file": result_file},
-                           scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=device.type == "cuda"),
-                           run_config=ray.train.RunConfig(name="gpu_targets_overhead", storage_path=workdir))
+    trainer = TorchTrainer(
+        ray_loop,
+        train_loop_config={**config, "bare": False, "result_file": result_file},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=device.type == "cuda"),
+        run_config=ray.train.RunConfig(name="gpu_targets_overhead", storage_path=workdir),
+    )
     started = time.perf_counter()
     trainer.fit()
     fit_wall = time.perf_counter() - started
@@ -462,16 +605,28 @@ def target_ray(report: Report, args, device) -> None:
     with open(result_file) as handle:
         in_ray = json.load(handle)
     slower = 1.0 - in_ray["img_s"] / bare_result["img_s"]
-    report.row("6_ray", bare_img_s=bare_result["img_s"], ray_img_s=in_ray["img_s"], slower=slower, target="<= 0.05",
-        met=slower <= 0.05, bare_rounds=bare_result["rates"], ray_rounds=in_ray["rates"], ray_init_s=ray_start,
-        fit_wall_s=fit_wall, bare_wall_s=bare_wall, fit_minus_bare_wall_s=fit_wall - bare_wall,
-        ray=ray.__version__)
+    report.row(
+        "6_ray",
+        bare_img_s=bare_result["img_s"],
+        ray_img_s=in_ray["img_s"],
+        slower=slower,
+        target="<= 0.05",
+        met=slower <= 0.05,
+        bare_rounds=bare_result["rates"],
+        ray_rounds=in_ray["rates"],
+        ray_init_s=ray_start,
+        fit_wall_s=fit_wall,
+        bare_wall_s=bare_wall,
+        fit_minus_bare_wall_s=fit_wall - bare_wall,
+        ray=ray.__version__,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", default="noise,shaping,ig,sensitivity",
-                        help=f"comma-separated, from: {', '.join(TARGETS)}")
+    parser.add_argument(
+        "--targets", default="noise,shaping,ig,sensitivity", help=f"comma-separated, from: {', '.join(TARGETS)}"
+    )
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--channels", type=int, default=3)
@@ -490,9 +645,14 @@ def main() -> None:
     parser.add_argument("--perturbations", type=int, default=10)
     parser.add_argument("--radius", type=float, default=0.02)
     parser.add_argument("--compile-plain", action="store_true", help="target 3: also compile plain torchvision")
-    parser.add_argument("--tune-noise", action="store_true",
-                        help="before target 1: time launch configurations of the fused noise kernels, keep the best")
-    parser.add_argument("--cudnn-benchmark", action="store_true", help="targets 4 and 5: torch.backends.cudnn.benchmark")
+    parser.add_argument(
+        "--tune-noise",
+        action="store_true",
+        help="before target 1: time launch configurations of the fused noise kernels, keep the best",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="targets 4 and 5: torch.backends.cudnn.benchmark"
+    )
     parser.add_argument("--json", default=None, help="write every row here")
     args = parser.parse_args()
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -503,25 +663,36 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.type == "cuda"
     memory_format = torch.channels_last if on_gpu else torch.contiguous_format
-    hardware = torch.cuda.get_device_name() if on_gpu else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    hardware = (
+        torch.cuda.get_device_name()
+        if on_gpu
+        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    )
     versions = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
     try:
         import captum
+
         versions["captum"] = captum.__version__
     except ImportError:
         pass
-    header = (f"{time.strftime('%Y-%m-%d')} | {hardware} | "
-              + ", ".join(f"{k} {v}" for k, v in versions.items())
-              + f" | {args.arch} {args.image_size}px batch {args.batch} | "
-              + ("bf16 autocast, channels_last" if on_gpu else "fp32"))
+    header = (
+        f"{time.strftime('%Y-%m-%d')} | {hardware} | "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f" | {args.arch} {args.image_size}px batch {args.batch} | "
+        + ("bf16 autocast, channels_last" if on_gpu else "fp32")
+    )
     print(header, flush=True)
     report = Report(header={"text": header, "command": " ".join(sys.argv), **versions})
 
     jobs = {
-        "noise": lambda: target_noise_and_shaping(report, args, device, memory_format, on_gpu, shaping="shaping" in targets,
-                                                  noise=True),
-        "shaping": lambda: None if "noise" in targets else target_noise_and_shaping(report, args, device, memory_format,
-                                                                                     on_gpu, shaping=True, noise=False),
+        "noise": lambda: target_noise_and_shaping(
+            report, args, device, memory_format, on_gpu, shaping="shaping" in targets, noise=True
+        ),
+        "shaping": lambda: (
+            None
+            if "noise" in targets
+            else target_noise_and_shaping(report, args, device, memory_format, on_gpu, shaping=True, noise=False)
+        ),
         "compile": lambda: target_compile(report, args, device, memory_format, on_gpu),
         "ig": lambda: target_ig(report, args, device, on_gpu),
         "sensitivity": lambda: target_sensitivity(report, args, device, on_gpu),

@@ -29,18 +29,33 @@ def worker(args: argparse.Namespace) -> None:
     from nsde_ray.config import DataConfig, ModelConfig, NoiseConfig, TrainConfig, TrialConfig
     from nsde_ray.train import fit_single_worker
 
-    cfg = TrialConfig(model=ModelConfig(arch=args.arch), noise=NoiseConfig("gaussian", 0.5),
-                      data=DataConfig(dataset=args.dataset, data_dir=args.data_dir),
-                      train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, use_gpu=args.use_gpu,
-                                        cpus_per_worker=args.cpus_per_worker, resident_data=args.worker))
+    cfg = TrialConfig(
+        model=ModelConfig(arch=args.arch),
+        noise=NoiseConfig("gaussian", 0.5),
+        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir),
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            use_gpu=args.use_gpu,
+            cpus_per_worker=args.cpus_per_worker,
+            resident_data=args.worker,
+        ),
+    )
     with tempfile.TemporaryDirectory() as storage:
         started = time.perf_counter()
         outcome = fit_single_worker(cfg, name="run", storage_path=storage)
         wall = time.perf_counter() - started
     epochs = [report["epoch_time_s"] for report in outcome.reports]
-    print(json.dumps({"wall_s": wall, "first_epoch_s": epochs[0],
-                      "later_epoch_s": statistics.mean(epochs[1:]) if len(epochs) > 1 else epochs[0],
-                      "val_accuracy": outcome.metrics["val_accuracy"]}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "first_epoch_s": epochs[0],
+                "later_epoch_s": statistics.mean(epochs[1:]) if len(epochs) > 1 else epochs[0],
+                "val_accuracy": outcome.metrics["val_accuracy"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -58,17 +73,32 @@ def main() -> None:
     if args.worker is not None:
         worker(args)
         return
-    forwarded = ["--data-dir", args.data_dir, "--dataset", args.dataset, "--arch", args.arch, "--epochs",
-                 str(args.epochs), "--batch-size", str(args.batch_size), "--cpus-per-worker", str(args.cpus_per_worker)]
+    forwarded = [
+        "--data-dir",
+        args.data_dir,
+        "--dataset",
+        args.dataset,
+        "--arch",
+        args.arch,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--cpus-per-worker",
+        str(args.cpus_per_worker),
+    ]
     forwarded += ["--use-gpu"] if args.use_gpu else []
-    print(f"{args.arch} on {args.dataset} {args.data_dir}, {args.epochs} epochs, batch {args.batch_size}, "
-          f"{args.cpus_per_worker} CPUs, {'GPU' if args.use_gpu else 'CPU'}, load average {os.getloadavg()}",
-          flush=True)
+    print(
+        f"{args.arch} on {args.dataset} {args.data_dir}, {args.epochs} epochs, batch {args.batch_size}, "
+        f"{args.cpus_per_worker} CPUs, {'GPU' if args.use_gpu else 'CPU'}, load average {os.getloadavg()}",
+        flush=True,
+    )
     results = {mode: [] for mode in MODES}
     for _ in range(args.rounds):
         for mode in MODES:
-            out = subprocess.run([sys.executable, __file__, "--worker", mode, *forwarded], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", mode, *forwarded], check=True, capture_output=True, text=True
+            ).stdout
             results[mode].append(json.loads(out.strip().splitlines()[-1]))
             print(f"resident_data={mode}: {results[mode][-1]}", flush=True)
     print(f"load average {os.getloadavg()}\n")
@@ -76,8 +106,10 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: |")
     for mode in MODES:
         median = {key: statistics.median(r[key] for r in results[mode]) for key in results[mode][0]}
-        print(f"| {mode} | {median['wall_s']:.1f} | {median['first_epoch_s']:.1f} | {median['later_epoch_s']:.1f} "
-              f"| {median['val_accuracy']:.3f} |")
+        print(
+            f"| {mode} | {median['wall_s']:.1f} | {median['first_epoch_s']:.1f} | {median['later_epoch_s']:.1f} "
+            f"| {median['val_accuracy']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

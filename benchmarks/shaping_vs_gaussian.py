@@ -33,9 +33,15 @@ def run(mode: str, seed: int, epochs: int, sigma: float, storage: str) -> dict:
         model, cfg = load_trained_model(checkpoint_dir)
     metrics = evaluate(model, build_datasets(cfg.data), EvalConfig(methods=("ig",)), progress=False).metrics
     history = result.metrics
-    return {"mode": mode, "seed": seed, "val_accuracy": history["val_accuracy"], "sensitivity": metrics["sensitivity"],
-            "sic": metrics["sic"], "train_time_s": history["train_time_s"],
-            "shaping_time_s": history["shaping_time_s"]}
+    return {
+        "mode": mode,
+        "seed": seed,
+        "val_accuracy": history["val_accuracy"],
+        "sensitivity": metrics["sensitivity"],
+        "sic": metrics["sic"],
+        "train_time_s": history["train_time_s"],
+        "shaping_time_s": history["shaping_time_s"],
+    }
 
 
 def main() -> None:
@@ -47,14 +53,17 @@ def main() -> None:
     args = parser.parse_args()
     ray.init(include_dashboard=False, log_to_driver=False)
     storage = tempfile.mkdtemp(prefix="shaping_vs_gaussian_")
-    rows = [run(mode, seed, args.epochs, args.sigma, storage) for seed in args.seeds
-            for mode in ("gaussian", "attribution")]
+    rows = [
+        run(mode, seed, args.epochs, args.sigma, storage) for seed in args.seeds for mode in ("gaussian", "attribution")
+    ]
     for row in rows:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     for mode in ("gaussian", "attribution"):
         values = {c: [r[c] for r in rows if r["mode"] == mode] for c in COLUMNS}
-        summary = ", ".join(f"{c} {statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.4f}"
-                            for c, v in values.items())
+        summary = ", ".join(
+            f"{c} {statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.4f}"
+            for c, v in values.items()
+        )
         print(f"{mode} (n={len(args.seeds)}): {summary}")
     if args.json:
         with open(args.json, "w") as handle:

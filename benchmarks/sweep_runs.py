@@ -11,8 +11,19 @@ import mlflow
 
 def run_sweep(folder: str, name: str, flags: list[str]) -> float:
     """The sweep named ``name`` with ``flags``, its Ray storage, MLflow store (SQLite) and log in ``folder``; its wall seconds."""
-    command = [sys.executable, "-m", "sweeps.accuracy_vs_robustness", "--quiet", "--name", name,
-               "--storage", os.path.join(folder, "ray"), "--tracking-uri", f"sqlite:///{folder}/mlflow.db", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "sweeps.accuracy_vs_robustness",
+        "--quiet",
+        "--name",
+        name,
+        "--storage",
+        os.path.join(folder, "ray"),
+        "--tracking-uri",
+        f"sqlite:///{folder}/mlflow.db",
+        *flags,
+    ]
     started = time.perf_counter()
     with open(os.path.join(folder, f"{name}.log"), "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)

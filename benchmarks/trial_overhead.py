@@ -28,7 +28,9 @@ SPLIT = ("overhead_s", "train_startup_s", "eval_startup_s", "trial_wall_s", "tra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="sweeps per path")
-    parser.add_argument("--out-dir", help="keep the sweeps' storage, MLflow store and logs here (default: a temporary folder)")
+    parser.add_argument(
+        "--out-dir", help="keep the sweeps' storage, MLflow store and logs here (default: a temporary folder)"
+    )
     args = parser.parse_args()
     folder = args.out_dir or tempfile.mkdtemp(prefix="trial_overhead_")
     os.makedirs(folder, exist_ok=True)

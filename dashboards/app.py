@@ -30,9 +30,9 @@ from dashboards.uploads import UploadError, read_image
 from nsde_ray import plots
 from nsde_ray.attribution import AttributionError
 from nsde_ray.explain import explain_image, prepare_image
+from nsde_ray.front_table import table_cell, table_columns
 from nsde_ray.names import METHOD_LABELS, METHODS
 from nsde_ray.tracking import front_url
-from nsde_ray.front_table import table_columns, table_cell
 
 METHOD_BY_LABEL = {METHOD_LABELS[method]: method for method in METHODS}
 DISPLAY_SIZE = 256  # pixels; small inputs (digits are 32 px) are shown enlarged, nearest-neighbour
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 class Limits:
     """What an upload may be, and how much work one explanation may take."""
 
-    max_upload_bytes: int = 20 * 2 ** 20
+    max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
     n_steps: int = 32
     n_perturbations: int = 10
@@ -53,29 +53,38 @@ class Limits:
 
 def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
     with gr.Blocks(title="nsde-ray dashboards", analytics_enabled=False) as app:
-        gr.Markdown("# nsde-ray: accuracy vs attribution robustness\n"
-                    f"MLflow store: `{store.display_uri}`")
+        gr.Markdown(f"# nsde-ray: accuracy vs attribution robustness\nMLflow store: `{store.display_uri}`")
         sweep_box = gr.Dropdown(label="Sweep (MLflow experiment)", choices=[], elem_id="sweep")
         load_status = gr.Markdown(elem_id="load-status")
         with gr.Tab("Pareto front"):
             summary = gr.Markdown(elem_id="front-summary")
             plot = gr.Plot(label="Pareto front", elem_id="pareto-plot")
-            table = gr.Dataframe(headers=list(table_columns()), interactive=False,
-                                 label="Finished configurations (objectives: mean ± SE over seeds)")
+            table = gr.Dataframe(
+                headers=list(table_columns()),
+                interactive=False,
+                label="Finished configurations (objectives: mean ± SE over seeds)",
+            )
             trial_box = gr.Dropdown(label="Trial", choices=[], elem_id="trial")
             trial_link = gr.Markdown(elem_id="trial-link")
             with gr.Row():
                 params_view = gr.JSON(label="Params")
                 metrics_view = gr.JSON(label="Final metrics")
-            grid_view = gr.Image(label="Attribution grid (input | one map per method)", type="filepath",
-                                 elem_id="trial-grid", interactive=False)
+            grid_view = gr.Image(
+                label="Attribution grid (input | one map per method)",
+                type="filepath",
+                elem_id="trial-grid",
+                interactive=False,
+            )
         with gr.Tab("Explain"):
-            gr.Markdown("Upload a JPEG or PNG (any size, RGB or grey; the centre square is resized to the "
-                        "models' input), or pick one of the sweep's evaluation images.")
+            gr.Markdown(
+                "Upload a JPEG or PNG (any size, RGB or grey; the centre square is resized to the "
+                "models' input), or pick one of the sweep's evaluation images."
+            )
             with gr.Row():
                 upload = gr.File(label="Image", type="filepath", elem_id="upload")
-                gallery = gr.Gallery(label="Evaluation images", columns=6, height=160, allow_preview=False,
-                                     elem_id="gallery")
+                gallery = gr.Gallery(
+                    label="Evaluation images", columns=6, height=160, allow_preview=False, elem_id="gallery"
+                )
             with gr.Row():
                 left_box = gr.Dropdown(label="Left model", choices=[], elem_id="left-model")
                 right_box = gr.Dropdown(label="Right model", choices=[], elem_id="right-model")
@@ -85,10 +94,18 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             with gr.Row():
                 for side in ("left", "right"):
                     with gr.Column():
-                        sides.append((gr.Image(label=f"{side} model: attribution", type="numpy", interactive=False,
-                                               elem_id=f"{side}-attribution"),
-                                      gr.Label(num_top_classes=5, label="top-5 prediction", elem_id=f"{side}-top5"),
-                                      gr.Markdown(elem_id=f"{side}-sensitivity")))
+                        sides.append(
+                            (
+                                gr.Image(
+                                    label=f"{side} model: attribution",
+                                    type="numpy",
+                                    interactive=False,
+                                    elem_id=f"{side}-attribution",
+                                ),
+                                gr.Label(num_top_classes=5, label="top-5 prediction", elem_id=f"{side}-top5"),
+                                gr.Markdown(elem_id=f"{side}-sensitivity"),
+                            )
+                        )
         image_path = gr.State(None)
         gallery_paths = gr.State([])
         side_outputs = [component for side in sides for component in side]
@@ -99,8 +116,9 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             except DashboardError as err:
                 return gr.update(choices=[], value=None), f"**Error:** {err}"
             if not labels:
-                return gr.update(choices=[], value=None), ("No sweeps in this store yet: run "
-                                                           "`python -m sweeps.accuracy_vs_robustness` first.")
+                return gr.update(choices=[], value=None), (
+                    "No sweeps in this store yet: run `python -m sweeps.accuracy_vs_robustness` first."
+                )
             return gr.update(choices=labels, value=labels[0]), ""
 
         def show_sweep(label):
@@ -113,16 +131,24 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             except DashboardError as err:
                 return (f"**Error:** {err}", None, [], *empty, [], [])
             front = sum(row["pareto_front"] for row in rows)
-            text = (f"**{len(rows)} finished configurations, {front} on the Pareto front** (mean ± 1 SE over seeds). "
-                    f"[The front in MLflow's UI]({front_url(sweep.experiment_id, store.ui_url)}).")
+            text = (
+                f"**{len(rows)} finished configurations, {front} on the Pareto front** (mean ± 1 SE over seeds). "
+                f"[The front in MLflow's UI]({front_url(sweep.experiment_id, store.ui_url)})."
+            )
             choices = [(_trial_label(row), row["run_id"]) for row in rows]
             left, right = default_pair(rows)
             gallery = store.gallery(right or left) if (right or left) else []
             table_rows = [[table_cell(row, column) for column in table_columns()] for row in rows]
-            return (text, plots.pareto_figure(rows), table_rows,
-                    gr.update(choices=choices, value=choices[0][1] if choices else None),
-                    gr.update(choices=choices, value=left), gr.update(choices=choices, value=right),
-                    gallery, gallery)
+            return (
+                text,
+                plots.pareto_figure(rows),
+                table_rows,
+                gr.update(choices=choices, value=choices[0][1] if choices else None),
+                gr.update(choices=choices, value=left),
+                gr.update(choices=choices, value=right),
+                gallery,
+                gallery,
+            )
 
         def show_trial(label, run_id):
             if not run_id:
@@ -160,14 +186,17 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
             return [f"{image.width}x{image.height} {image.mode} image, {method_label}.", *results]
 
         app.load(list_sweeps, None, [sweep_box, load_status])
-        sweep_box.change(show_sweep, sweep_box, [summary, plot, table, trial_box, left_box, right_box, gallery,
-                                                 gallery_paths])
+        sweep_box.change(
+            show_sweep, sweep_box, [summary, plot, table, trial_box, left_box, right_box, gallery, gallery_paths]
+        )
         trial_box.change(show_trial, [sweep_box, trial_box], [trial_link, params_view, metrics_view, grid_view])
         explain_inputs = [image_path, left_box, right_box, method_box]
-        upload.upload(lambda path: path, upload, image_path).then(explain, explain_inputs,
-                                                                  [explain_status, *side_outputs])
-        gallery.select(pick_gallery, gallery_paths, image_path).then(explain, explain_inputs,
-                                                                     [explain_status, *side_outputs])
+        upload.upload(lambda path: path, upload, image_path).then(
+            explain, explain_inputs, [explain_status, *side_outputs]
+        )
+        gallery.select(pick_gallery, gallery_paths, image_path).then(
+            explain, explain_inputs, [explain_status, *side_outputs]
+        )
         for control in (left_box, right_box, method_box):
             control.input(explain, explain_inputs, [explain_status, *side_outputs])
     # One event at a time: Captum's DeepLIFT/DeepSHAP hooks mutate the shared models (see the module docstring).
@@ -183,20 +212,27 @@ def _explain_with(bundle, image: Image.Image, method: str, limits: Limits) -> li
     if picture.shape[0] < DISPLAY_SIZE:
         picture = np.asarray(Image.fromarray(picture).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST))
     if math.isnan(result.sensitivity):
-        sensitivity = (f"Max-sensitivity: **n/a**: each of the {limits.n_perturbations} perturbations changed the "
-                       "prediction.")
+        sensitivity = (
+            f"Max-sensitivity: **n/a**: each of the {limits.n_perturbations} perturbations changed the prediction."
+        )
     else:
-        sensitivity = (f"Max-sensitivity of this map: **{result.sensitivity:.4f}** (lower is more robust; "
-                       f"{result.kept_perturbations} of {limits.n_perturbations} perturbations kept the prediction)")
+        sensitivity = (
+            f"Max-sensitivity of this map: **{result.sensitivity:.4f}** (lower is more robust; "
+            f"{result.kept_perturbations} of {limits.n_perturbations} perturbations kept the prediction)"
+        )
     config = bundle.config
-    sensitivity += (f"  \n{config.model.arch}, noise {config.noise.mode}, sigma {config.noise.sigma:g} · "
-                    f"{time.perf_counter() - started:.1f} s")
+    sensitivity += (
+        f"  \n{config.model.arch}, noise {config.noise.mode}, sigma {config.noise.sigma:g} · "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return [picture, dict(result.top), sensitivity]
 
 
 def _trial_label(row: dict) -> str:
     star = "★ " if row["pareto_front"] else ""
     sigma = row.get("noise_sigma", "")
-    return (f"{star}{row['trial_id']} · {row.get('noise_mode', '')}"
-            f"{f' σ={float(sigma):.2f}' if sigma not in ('', None) else ''} · acc {row['val_accuracy']:.3f} · "
-            f"sens {row['sensitivity']:.3f} · sic {row['sic']:.3g}")
+    return (
+        f"{star}{row['trial_id']} · {row.get('noise_mode', '')}"
+        f"{f' σ={float(sigma):.2f}' if sigma not in ('', None) else ''} · acc {row['val_accuracy']:.3f} · "
+        f"sens {row['sensitivity']:.3f} · sic {row['sic']:.3g}"
+    )

@@ -44,18 +44,30 @@ class Sweep:
 
 
 MAX_MODELS = 8  # models kept in memory
-MAX_CACHE_BYTES = 2 * 2 ** 30  # the artifact cache folder's size before the least recently used runs go
+MAX_CACHE_BYTES = 2 * 2**30  # the artifact cache folder's size before the least recently used runs go
 
 
 class SweepStore:
     """The sweeps in one MLflow tracking store; safe to share between the app's request threads."""
 
-    def __init__(self, tracking_uri: str, ui_url: str | None = None, cache_dir: str | None = None,
-                 max_models: int = MAX_MODELS, max_cache_bytes: int = MAX_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        ui_url: str | None = None,
+        cache_dir: str | None = None,
+        max_models: int = MAX_MODELS,
+        max_cache_bytes: int = MAX_CACHE_BYTES,
+    ) -> None:
         self.tracking_uri = mlflow_uri.resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
-        self.ui_url = (ui_url or (mlflow_uri.without_credentials(self.tracking_uri)
-                                  if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000")).rstrip("/")
+        self.ui_url = (
+            ui_url
+            or (
+                mlflow_uri.without_credentials(self.tracking_uri)
+                if self.tracking_uri.startswith("http")
+                else "http://127.0.0.1:5000"
+            )
+        ).rstrip("/")
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="nsde-dashboards-")
         self.max_models, self.max_cache_bytes = max_models, max_cache_bytes
         self._models: OrderedDict[str, ModelBundle] = OrderedDict()
@@ -79,15 +91,24 @@ class SweepStore:
         self.check_reachable()
         try:
             experiments = self.client.search_experiments()
-            runs = self.client.search_runs([e.experiment_id for e in experiments],
-                                           filter_string=f"tags.`{tracking.ROLE}` = 'sweep'",
-                                           order_by=["attributes.start_time DESC"]) if experiments else []
+            runs = (
+                self.client.search_runs(
+                    [e.experiment_id for e in experiments],
+                    filter_string=f"tags.`{tracking.ROLE}` = 'sweep'",
+                    order_by=["attributes.start_time DESC"],
+                )
+                if experiments
+                else []
+            )
         except Exception as err:  # connection refused, bad URI: MLflow raises many kinds
-            raise DashboardError(f"cannot read the MLflow store {self.display_uri!r}: "
-                                 f"{mlflow_uri.redact(str(err), self.tracking_uri)}") from err
+            raise DashboardError(
+                f"cannot read the MLflow store {self.display_uri!r}: {mlflow_uri.redact(str(err), self.tracking_uri)}"
+            ) from err
         names = {e.experiment_id: e.name for e in experiments}
-        return [Sweep(names.get(run.info.experiment_id, run.info.experiment_id), run.info.experiment_id,
-                      run.info.run_id) for run in runs]
+        return [
+            Sweep(names.get(run.info.experiment_id, run.info.experiment_id), run.info.experiment_id, run.info.run_id)
+            for run in runs
+        ]
 
     def sweep(self, label: str) -> Sweep:
         for sweep in self.sweeps():
@@ -165,11 +186,14 @@ class SweepStore:
             if run_id in self._models:
                 self._models.move_to_end(run_id)
                 return self._models[run_id]
-            path = self.artifact(run_id, f"{tracking.MODEL_DIR}/{MODEL_FILE}") \
-                or self.artifact(run_id, f"{tracking.MODEL_DIR}/{LEGACY_MODEL_FILE}")
+            path = self.artifact(run_id, f"{tracking.MODEL_DIR}/{MODEL_FILE}") or self.artifact(
+                run_id, f"{tracking.MODEL_DIR}/{LEGACY_MODEL_FILE}"
+            )
             if path is None:
-                raise DashboardError(f"run {run_id} has no model artifact ({tracking.MODEL_DIR}/{MODEL_FILE}): it "
-                                     "failed, diverged, or its artifacts were deleted; choose another run")
+                raise DashboardError(
+                    f"run {run_id} has no model artifact ({tracking.MODEL_DIR}/{MODEL_FILE}): it "
+                    "failed, diverged, or its artifacts were deleted; choose another run"
+                )
             try:
                 bundle = load_model(path)
             except Exception as err:  # a truncated download, a file from an older version

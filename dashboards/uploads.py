@@ -21,21 +21,26 @@ def read_image(path: str, max_bytes: int, max_pixels: int) -> Image.Image:
     name = os.path.basename(path)
     size = os.path.getsize(path)
     if size > max_bytes:
-        raise UploadError(f"{name} is {size / 2 ** 20:.1f} MiB; the limit is {max_bytes / 2 ** 20:.1f} MiB. "
-                          "Upload a smaller JPEG or PNG.")
+        raise UploadError(
+            f"{name} is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.1f} MiB. Upload a smaller JPEG or PNG."
+        )
     try:
         image = Image.open(path, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         raise UploadError(f"{name} is not a JPEG or PNG image. Upload a .jpg or .png file.") from None
     except Image.DecompressionBombError:
-        raise UploadError(f"{name} has far too many pixels; the limit is {max_pixels / 1e6:.0f} megapixels. "
-                          "Upload a smaller image.") from None
+        raise UploadError(
+            f"{name} has far too many pixels; the limit is {max_pixels / 1e6:.0f} megapixels. Upload a smaller image."
+        ) from None
     if image.width * image.height > max_pixels:
-        raise UploadError(f"{name} is {image.width}x{image.height} pixels; the limit is {max_pixels / 1e6:.0f} "
-                          "megapixels. Upload a smaller image.")
+        raise UploadError(
+            f"{name} is {image.width}x{image.height} pixels; the limit is {max_pixels / 1e6:.0f} "
+            "megapixels. Upload a smaller image."
+        )
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupted data
-        raise UploadError(f"{name} looks like a {image.format} file but cannot be decoded ({err}); "
-                          "it may be corrupted or truncated.") from None
+        raise UploadError(
+            f"{name} looks like a {image.format} file but cannot be decoded ({err}); it may be corrupted or truncated."
+        ) from None
     return image

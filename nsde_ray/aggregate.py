@@ -23,8 +23,11 @@ def replicated() -> tuple[str, ...]:
     registered metric's (:attr:`nsde_ray.metric_registry.MethodMetric.replicated`)."""
     from nsde_ray.metric_registry import METHOD_METRICS
 
-    return (*objective_names(), *TRAINING_REPLICATED,
-            *(prefix for metric in METHOD_METRICS.values() for prefix in metric.replicated))
+    return (
+        *objective_names(),
+        *TRAINING_REPLICATED,
+        *(prefix for metric in METHOD_METRICS.values() for prefix in metric.replicated),
+    )
 
 
 def mean_and_spread(values: np.ndarray, skip_nan: bool = False) -> tuple[float, float]:

@@ -76,8 +76,10 @@ def check_applicable(model: nn.Module, method: str, example: torch.Tensor) -> No
         return
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if any(relu.inplace for relu in relus):
-        raise AttributionError(f"{method} needs every ReLU to be a separate, not-in-place module; this model has "
-                               "in-place ReLUs: build it with nsde_ray.models.build_model")
+        raise AttributionError(
+            f"{method} needs every ReLU to be a separate, not-in-place module; this model has "
+            "in-place ReLUs: build it with nsde_ray.models.build_model"
+        )
     calls: dict[int, int] = {}
     hooks = [r.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls.get(id(m), 0) + 1)) for r in relus]
     try:
@@ -87,14 +89,27 @@ def check_applicable(model: nn.Module, method: str, example: torch.Tensor) -> No
         for hook in hooks:
             hook.remove()
     if any(count > 1 for count in calls.values()):
-        raise AttributionError(f"{method} needs every ReLU module to be used once per forward pass; this model "
-                               "reuses one (as torchvision's blocks do): build it with nsde_ray.models.build_model")
+        raise AttributionError(
+            f"{method} needs every ReLU module to be used once per forward pass; this model "
+            "reuses one (as torchvision's blocks do): build it with nsde_ray.models.build_model"
+        )
 
 
-def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | None = None, n_steps: int = 32,
-                   nt_samples: int = 8, nt_stdev: float = 0.1, internal_batch_size: int = 512, fast: bool = False,
-                   amp: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
-                   stem_gradient: bool = True, fold_bn: bool = True) -> Explainer:
+def make_explainer(
+    model: nn.Module,
+    method: str,
+    *,
+    baselines: torch.Tensor | None = None,
+    n_steps: int = 32,
+    nt_samples: int = 8,
+    nt_stdev: float = 0.1,
+    internal_batch_size: int = 512,
+    fast: bool = False,
+    amp: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    stem_gradient: bool = True,
+    fold_bn: bool = True,
+) -> Explainer:
     """A function ``(inputs (B, C, H, W), target (B,)) -> attributions (B, C, H, W)``.
 
     baselines: for ``ig`` and ``deeplift`` one reference input (1, C, H, W), or one colour
@@ -110,8 +125,13 @@ def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | N
     """
     check_method(method)
     if fast and method in ("ig", "ig_nt", "saliency"):
-        fast_options = dict(internal_batch_size=internal_batch_size, amp=amp, memory_format=memory_format,
-                            stem_gradient=stem_gradient, fold_bn=fold_bn)
+        fast_options = dict(
+            internal_batch_size=internal_batch_size,
+            amp=amp,
+            memory_format=memory_format,
+            stem_gradient=stem_gradient,
+            fold_bn=fold_bn,
+        )
 
         def explain_fast(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             if method == "saliency":
@@ -121,16 +141,26 @@ def make_explainer(model: nn.Module, method: str, *, baselines: torch.Tensor | N
         return smoothgrad(explain_fast, nt_samples, nt_stdev) if method == "ig_nt" else explain_fast
 
     if method == "deepshap" and (baselines is None or baselines.ndim != 4 or len(baselines) < 2):
-        raise AttributionError("deepshap needs a baseline distribution: a tensor (N, C, H, W) with N >= 2 "
-                               "reference inputs, e.g. a few training images")
+        raise AttributionError(
+            "deepshap needs a baseline distribution: a tensor (N, C, H, W) with N >= 2 "
+            "reference inputs, e.g. a few training images"
+        )
     if method == "saliency":
         algorithm, options = Saliency(model), {"abs": False}
     elif method == "ig":
-        algorithm, options = IntegratedGradients(model), {"n_steps": n_steps, "internal_batch_size": internal_batch_size}
+        algorithm, options = (
+            IntegratedGradients(model),
+            {"n_steps": n_steps, "internal_batch_size": internal_batch_size},
+        )
     elif method == "ig_nt":
         algorithm = NoiseTunnel(IntegratedGradients(model))
-        options = {"nt_type": "smoothgrad", "nt_samples": nt_samples, "stdevs": nt_stdev, "n_steps": n_steps,
-                   "internal_batch_size": internal_batch_size}
+        options = {
+            "nt_type": "smoothgrad",
+            "nt_samples": nt_samples,
+            "stdevs": nt_stdev,
+            "n_steps": n_steps,
+            "internal_batch_size": internal_batch_size,
+        }
     elif method == "deeplift":
         algorithm, options = DeepLift(model), {}
     else:
@@ -233,8 +263,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             pairs = [(name, "bn" + name[4:]) for name in names if name.startswith("conv")]
         for conv_name, bn_name in pairs:
             conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
-            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
-                    and bn.num_features == conv.out_channels):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(bn, nn.BatchNorm2d)
+                and bn.running_mean is not None
+                and bn.num_features == conv.out_channels
+            ):
                 module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
                 module._modules[bn_name] = nn.Identity()
     return folded
@@ -257,13 +291,17 @@ def _folded(model: nn.Module, probe: torch.Tensor, memory_format: torch.memory_f
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         with torch.no_grad(), eval_mode(model):
             reference = model(probe.float()).float()
-            ok = torch.allclose(folded(probe.float()).float(), reference, rtol=0.0,
-                                atol=1e-2 * reference.abs().max().item() + 1e-5)
+            ok = torch.allclose(
+                folded(probe.float()).float(), reference, rtol=0.0, atol=1e-2 * reference.abs().max().item() + 1e-5
+            )
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     if not ok:
-        warnings.warn("fold_batchnorm changed this model's output; attributing with the unfolded model",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "fold_batchnorm changed this model's output; attributing with the unfolded model",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     _FOLDED[model] = (key, folded if ok else None)
     return folded if ok else model
 
@@ -276,8 +314,9 @@ def _stem_conv(model: nn.Module) -> nn.Conv2d | None:
     return None
 
 
-def _target_gradients(model: nn.Module, points: torch.Tensor, target: torch.Tensor, autocast: dict,
-                      stem: nn.Conv2d | None = None) -> torch.Tensor:
+def _target_gradients(
+    model: nn.Module, points: torch.Tensor, target: torch.Tensor, autocast: dict, stem: nn.Conv2d | None = None
+) -> torch.Tensor:
     """d logit_target / d points for a batch of points (N, C, H, W), float32; no parameter gradients are formed.
 
     stem: the convolution that reads the input. Autograd then stops at its output and the last step,
@@ -289,6 +328,7 @@ def _target_gradients(model: nn.Module, points: torch.Tensor, target: torch.Tens
     captured: dict[str, torch.Tensor] = {}
     handle = None
     if stem is not None:
+
         def cut(module, args, output):
             if args[0] is points:
                 captured["output"] = output.detach().requires_grad_()
@@ -312,9 +352,15 @@ def _target_gradients(model: nn.Module, points: torch.Tensor, target: torch.Tens
         return _target_gradients(model, points, target, autocast, None)
     (grad_output,) = torch.autograd.grad(selected, captured["output"])
     grad_output = grad_output.contiguous()
-    grad = torch.nn.grad.conv2d_input(points.shape, stem.weight.detach().to(grad_output.dtype).contiguous(),
-                                      grad_output, stride=stem.stride, padding=stem.padding,
-                                      dilation=stem.dilation, groups=stem.groups)
+    grad = torch.nn.grad.conv2d_input(
+        points.shape,
+        stem.weight.detach().to(grad_output.dtype).contiguous(),
+        grad_output,
+        stride=stem.stride,
+        padding=stem.padding,
+        dilation=stem.dilation,
+        groups=stem.groups,
+    )
     return grad.float()
 
 
@@ -323,8 +369,15 @@ def _targets(target: torch.Tensor | int, batch: int, device: torch.device) -> to
     return target.expand(batch) if target.ndim == 0 else target
 
 
-def _prepared(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int, amp: bool,
-              memory_format: torch.memory_format, stem_gradient: bool, fold_bn: bool):
+def _prepared(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor | int,
+    amp: bool,
+    memory_format: torch.memory_format,
+    stem_gradient: bool,
+    fold_bn: bool,
+):
     """What both fast methods start from: (model to differentiate, inputs (B, C, H, W) as float32 or wider in
     ``memory_format``, targets (B,), autocast options, stem convolution or None)."""
     target = _targets(target, len(inputs), inputs.device)
@@ -334,10 +387,19 @@ def _prepared(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int
     return model, x, target, autocast_options(inputs.device, amp), _stem_conv(model) if stem_gradient else None
 
 
-def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
-                         baselines: torch.Tensor | None = None, *, n_steps: int = 50, internal_batch_size: int = 512,
-                         amp: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
-                         stem_gradient: bool = True, fold_bn: bool = True) -> torch.Tensor:
+def integrated_gradients(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor | int,
+    baselines: torch.Tensor | None = None,
+    *,
+    n_steps: int = 50,
+    internal_batch_size: int = 512,
+    amp: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    stem_gradient: bool = True,
+    fold_bn: bool = True,
+) -> torch.Tensor:
     """IG of ``target`` (B,) for ``inputs`` (B, C, H, W): (x - b) * sum_k w_k grad f(b + a_k (x - b)).
 
     The same Gauss-Legendre points a_k and weights w_k as Captum's default. Path points go to the
@@ -362,37 +424,56 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: torch.T
             for alpha, weight in zip(alphas, weights):
                 for start in range(0, batch, internal_batch_size):
                     rows = slice(start, start + internal_batch_size)
-                    grad = _target_gradients(model, torch.add(base[rows], diff[rows], alpha=alpha), target[rows],
-                                             autocast, stem)
+                    grad = _target_gradients(
+                        model, torch.add(base[rows], diff[rows], alpha=alpha), target[rows], autocast, stem
+                    )
                     total[rows].add_(grad, alpha=weight)
         else:  # several steps of the whole batch per call
             per_call = max(1, internal_batch_size // batch)
             for first in range(0, n_steps, per_call):
                 steps = range(first, min(first + per_call, n_steps))
                 points = torch.cat([torch.add(base, diff, alpha=alphas[k]) for k in steps])
-                grad = _target_gradients(model, points.contiguous(memory_format=memory_format),
-                                         target.repeat(len(steps)), autocast, stem)
+                grad = _target_gradients(
+                    model, points.contiguous(memory_format=memory_format), target.repeat(len(steps)), autocast, stem
+                )
                 for i, k in enumerate(steps):
-                    total.add_(grad[i * batch:(i + 1) * batch], alpha=weights[k])
+                    total.add_(grad[i * batch : (i + 1) * batch], alpha=weights[k])
     return (total * diff).contiguous()
 
 
-def saliency(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int, *, internal_batch_size: int = 512,
-             amp: bool = False, memory_format: torch.memory_format = torch.contiguous_format,
-             stem_gradient: bool = True, fold_bn: bool = True) -> torch.Tensor:
+def saliency(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor | int,
+    *,
+    internal_batch_size: int = 512,
+    amp: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    stem_gradient: bool = True,
+    fold_bn: bool = True,
+) -> torch.Tensor:
     """Signed input gradient of ``target`` (Captum's ``Saliency(abs=False)``), float32 (B, C, H, W), contiguous.
 
     Options as :func:`integrated_gradients`.
     """
     model, x, target, autocast, stem = _prepared(model, inputs, target, amp, memory_format, stem_gradient, fold_bn)
     with eval_mode(model), torch.enable_grad():
-        grads = [_target_gradients(model, x[s:s + internal_batch_size], target[s:s + internal_batch_size], autocast,
-                                   stem) for s in range(0, len(x), internal_batch_size)]
+        grads = [
+            _target_gradients(
+                model, x[s : s + internal_batch_size], target[s : s + internal_batch_size], autocast, stem
+            )
+            for s in range(0, len(x), internal_batch_size)
+        ]
     return torch.cat(grads).contiguous()
 
 
-def completeness_error(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
-                       attributions: torch.Tensor, baselines: torch.Tensor | None = None) -> torch.Tensor:
+def completeness_error(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor | int,
+    attributions: torch.Tensor,
+    baselines: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per image |sum(A) - (f(x) - f(b))| / |f(x) - f(b)|, f the target logit in float32 (IG's completeness axiom).
 
     A single baseline (one row, or ``None``) goes through the model once, for every image.

@@ -79,12 +79,18 @@ class RandomCropFlip:
         else:
             _, full_height, full_width = TF.get_dimensions(image)
             top, left, height, width = transforms.RandomResizedCrop.get_params(
-                image, self.resized_crop.scale, self.resized_crop.ratio)
+                image, self.resized_crop.scale, self.resized_crop.ratio
+            )
             image = TF.resized_crop(image, top, left, height, width, [size, size], antialias=True)
-            view_top, view_left, view_height, view_width = _view_box(full_height, full_width,
-                                                                     _resize_side("imagenet", size), size)
-            box = ((top - view_top) / view_height, (left - view_left) / view_width,
-                   height / view_height, width / view_width)
+            view_top, view_left, view_height, view_width = _view_box(
+                full_height, full_width, _resize_side("imagenet", size), size
+            )
+            box = (
+                (top - view_top) / view_height,
+                (left - view_left) / view_width,
+                height / view_height,
+                width / view_width,
+            )
         flip = bool(torch.rand(1) < 0.5)
         if flip:
             image = TF.hflip(image)
@@ -106,8 +112,13 @@ def apply_geometry(maps: torch.Tensor, params: torch.Tensor, fill: torch.Tensor 
     top, left, height, width, flip = params.unbind(1)
     zero = torch.zeros_like(top)
     # Output x in [-1, 1] reads the view at 2 * (left + width * (x + 1) / 2) - 1, mirrored when flipped.
-    theta = torch.stack([torch.stack([width * (1.0 - 2.0 * flip), zero, 2.0 * left + width - 1.0], dim=1),
-                         torch.stack([zero, height, 2.0 * top + height - 1.0], dim=1)], dim=1)
+    theta = torch.stack(
+        [
+            torch.stack([width * (1.0 - 2.0 * flip), zero, 2.0 * left + width - 1.0], dim=1),
+            torch.stack([zero, height, 2.0 * top + height - 1.0], dim=1),
+        ],
+        dim=1,
+    )
     grid = F.affine_grid(theta, list(maps.shape), align_corners=False)
     fill = torch.as_tensor(fill, dtype=torch.float32, device=maps.device).reshape(-1, 1, 1, 1)
     moved = F.grid_sample(maps.float() - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

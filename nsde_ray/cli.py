@@ -16,9 +16,22 @@ from dataclasses import replace
 
 from nsde_ray import overrides
 from nsde_ray.config import SPACE, ModelConfig, SearchSpace, SweepConfig, TrainConfig
-from nsde_ray.flags import (ARCH_HELP, DATA_SHORTCUTS, TRAINING_SHORTCUTS, HelpFormatter, add_config_flags,
-                            add_data_flags, add_run_flags, add_training_flags, capped, check_trial, fail, parse_args,
-                            shortcut_layers, trial_config_from_args)
+from nsde_ray.flags import (
+    ARCH_HELP,
+    DATA_SHORTCUTS,
+    TRAINING_SHORTCUTS,
+    HelpFormatter,
+    add_config_flags,
+    add_data_flags,
+    add_run_flags,
+    add_training_flags,
+    capped,
+    check_trial,
+    fail,
+    parse_args,
+    shortcut_layers,
+    trial_config_from_args,
+)
 from nsde_ray.lifecycle import experiment_path, init_ray, open_run, resolve_storage, usage_errors
 from nsde_ray.overrides import Override
 
@@ -34,43 +47,84 @@ log = logging.getLogger(__name__)
 SWEEP_SHORTCUTS = {**DATA_SHORTCUTS, **TRAINING_SHORTCUTS, "arch": "model.arch", "seed": "train.seed"}
 SPACE_SHORTCUTS = {"sigma_range": "space.sigma_range", "lr_range": "space.lr_range", "clip_range": "space.clip_range"}
 # --resume: flag dest -> where the stored settings (SweepConfig.to_dict()) hold its value.
-SWEEP_RESUME_FIELDS = {**{dest: f"base.{path}" for dest, path in SWEEP_SHORTCUTS.items()}, **SPACE_SHORTCUTS,
-                       "num_samples": "num_samples", "seeds_per_config": "seeds_per_config",
-                       "max_concurrent": "max_concurrent"}
+SWEEP_RESUME_FIELDS = {
+    **{dest: f"base.{path}" for dest, path in SWEEP_SHORTCUTS.items()},
+    **SPACE_SHORTCUTS,
+    "num_samples": "num_samples",
+    "seeds_per_config": "seeds_per_config",
+    "max_concurrent": "max_concurrent",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sweeps.accuracy_vs_robustness",
         description="Search noise settings of stochastic ResNets (discretised neural SDEs) for the Pareto front of "
-                    "accuracy against attribution robustness: Ray Tune + Optuna over Ray Train trials, tracked in "
-                    "MLflow. With no flags: scikit-learn digits, a small CIFAR-style ResNet, local Ray, MLflow's "
-                    "default local store.",
-        formatter_class=HelpFormatter)
+        "accuracy against attribution robustness: Ray Tune + Optuna over Ray Train trials, tracked in "
+        "MLflow. With no flags: scikit-learn digits, a small CIFAR-style ResNet, local Ray, MLflow's "
+        "default local store.",
+        formatter_class=HelpFormatter,
+    )
     data = add_data_flags(parser)
     data.add_argument("--arch", default=ModelConfig.arch, help=ARCH_HELP)
     search = parser.add_argument_group("search")
-    search.add_argument("--num-samples", type=int, default=SweepConfig.num_samples,
-                        help="trials in all, the two reference points (plain ResNet; gaussian sigma 0.5) included")
-    search.add_argument("--sigma-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=SearchSpace.sigma_range, help="noise_sigma search range")
-    search.add_argument("--lr-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=SearchSpace.lr_range,
-                        help="learning-rate search range (log scale); under --recipe, one decade either side of the "
-                             "base lr unless given")
-    search.add_argument("--clip-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=SearchSpace.clip_range, help="outlier-clipping percentile range of shaped trials")
+    search.add_argument(
+        "--num-samples",
+        type=int,
+        default=SweepConfig.num_samples,
+        help="trials in all, the two reference points (plain ResNet; gaussian sigma 0.5) included",
+    )
+    search.add_argument(
+        "--sigma-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=SearchSpace.sigma_range,
+        help="noise_sigma search range",
+    )
+    search.add_argument(
+        "--lr-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=SearchSpace.lr_range,
+        help="learning-rate search range (log scale); under --recipe, one decade either side of the "
+        "base lr unless given",
+    )
+    search.add_argument(
+        "--clip-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=SearchSpace.clip_range,
+        help="outlier-clipping percentile range of shaped trials",
+    )
     search.add_argument("--seed", type=int, default=TrainConfig.seed, help="search and training seed")
-    search.add_argument("--seeds-per-config", type=int, default=SweepConfig.seeds_per_config,
-                        help="training seeds per configuration (--seed onwards), each a full run; the search and the "
-                             "Pareto front use their means, with standard errors")
-    add_training_flags(parser, lr_help="learning rate of the reference points", eval_images=SWEEP_EVAL_IMAGES,
-                       eval_methods=SWEEP_EVAL_METHODS)
-    add_run_flags(parser, command=COMMAND, smoke_help=f"a tiny version of the same sweep, for CI: {SMOKE_SAMPLES} "
-                                                      f"trials of {SMOKE_EPOCHS} epochs")
-    add_config_flags(parser, recipe_note="; without --lr-range the lr search range is then one decade either side "
-                                         "of the base lr (paper: 1e-05 to 0.001), as the default 0.02 to 0.3 "
-                                         "suits SGD",
-                     extra_sections=f" and of the search space (section {SPACE}: SearchSpace)")
+    search.add_argument(
+        "--seeds-per-config",
+        type=int,
+        default=SweepConfig.seeds_per_config,
+        help="training seeds per configuration (--seed onwards), each a full run; the search and the "
+        "Pareto front use their means, with standard errors",
+    )
+    add_training_flags(
+        parser,
+        lr_help="learning rate of the reference points",
+        eval_images=SWEEP_EVAL_IMAGES,
+        eval_methods=SWEEP_EVAL_METHODS,
+    )
+    add_run_flags(
+        parser,
+        command=COMMAND,
+        smoke_help=f"a tiny version of the same sweep, for CI: {SMOKE_SAMPLES} trials of {SMOKE_EPOCHS} epochs",
+    )
+    add_config_flags(
+        parser,
+        recipe_note="; without --lr-range the lr search range is then one decade either side "
+        "of the base lr (paper: 1e-05 to 0.001), as the default 0.02 to 0.3 "
+        "suits SGD",
+        extra_sections=f" and of the search space (section {SPACE}: SearchSpace)",
+    )
     return parser
 
 
@@ -88,61 +142,91 @@ def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) ->
         num_samples = min(num_samples, SMOKE_SAMPLES)
     defaults, given = shortcut_layers(args, SPACE_SHORTCUTS, sections)
     recipe = [Override(SPACE, "lr_range", (base.train.lr / 10, base.train.lr * 10))] if args.recipe else []
-    space = SearchSpace(**overrides.merged(defaults, recipe, given, [item for item in sets if item.section == SPACE])
-                        .get(SPACE, {}))
-    cfg = SweepConfig(name=name, storage=storage, base=base, space=space, num_samples=num_samples,
-                      max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri, seed=args.seed,
-                      seeds_per_config=args.seeds_per_config)
+    space = SearchSpace(
+        **overrides.merged(defaults, recipe, given, [item for item in sets if item.section == SPACE]).get(SPACE, {})
+    )
+    cfg = SweepConfig(
+        name=name,
+        storage=storage,
+        base=base,
+        space=space,
+        num_samples=num_samples,
+        max_concurrent=args.max_concurrent,
+        tracking_uri=args.tracking_uri,
+        seed=args.seed,
+        seeds_per_config=args.seeds_per_config,
+    )
     check_trial(cfg.base, (cfg.base.model.arch,))
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nsde_ray.front_table import front_table
+    from nsde_ray.mlflow_uri import ui_address, ui_command
     from nsde_ray.sweep import build_tuner
     from nsde_ray.tracking import FRONT_FILTER, front_url
-    from nsde_ray.mlflow_uri import ui_address, ui_command
-    from nsde_ray.front_table import front_table
 
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
-        cfg, tracking = open_run(args, command=COMMAND, kind="sweep", from_args=sweep_config_from_args,
-                                 from_dict=SweepConfig.from_dict, resume_fields=SWEEP_RESUME_FIELDS,
-                                 sections={**overrides.trial_sections(), SPACE: SearchSpace})
+        cfg, tracking = open_run(
+            args,
+            command=COMMAND,
+            kind="sweep",
+            from_args=sweep_config_from_args,
+            from_dict=SweepConfig.from_dict,
+            resume_fields=SWEEP_RESUME_FIELDS,
+            sections={**overrides.trial_sections(), SPACE: SearchSpace},
+        )
     except usage_errors() as err:
         fail(parser, str(err))
     name, storage = cfg.name, resolve_storage(args.storage)
     if args.resume:
-        log.info(f"resuming sweep {name!r} with its stored settings ({cfg.num_samples} trials, "
-                 f"{cfg.base.train.epochs} epochs each); errored trials "
-                 + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints"))
+        log.info(
+            f"resuming sweep {name!r} with its stored settings ({cfg.num_samples} trials, "
+            f"{cfg.base.train.epochs} epochs each); errored trials "
+            + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints")
+        )
 
     started = time.perf_counter()
     init_ray(args.address, args.log_level)
-    log.info(f"sweep {name!r}: {cfg.num_samples} configurations x {cfg.seeds_per_config} seed(s) of "
-             f"{cfg.base.model.arch} on {cfg.base.data.dataset}, {cfg.base.train.epochs} epochs, "
-             f"{cfg.base.train.num_workers} DDP worker(s) each; Tune state in {experiment_path(cfg)}; "
-             f"MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}")
-    tuner = build_tuner(cfg, tracking.describe(), resume=args.resume, retry_errored=not args.no_retry_errored,
-                        log_level=args.log_level)
+    log.info(
+        f"sweep {name!r}: {cfg.num_samples} configurations x {cfg.seeds_per_config} seed(s) of "
+        f"{cfg.base.model.arch} on {cfg.base.data.dataset}, {cfg.base.train.epochs} epochs, "
+        f"{cfg.base.train.num_workers} DDP worker(s) each; Tune state in {experiment_path(cfg)}; "
+        f"MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}"
+    )
+    tuner = build_tuner(
+        cfg, tracking.describe(), resume=args.resume, retry_errored=not args.no_retry_errored, log_level=args.log_level
+    )
     results = tuner.fit()
     report = tracking.update_front()
     rows = report.rows
     tracking.finish_sweep()
     errors = sum(result.error is not None for result in results)
-    print(f"\n[nsde-ray] sweep {name!r} done in {time.perf_counter() - started:.0f} s: {len(results)} trials, "
-          f"{len(rows)} evaluated, {errors} failed")
+    print(
+        f"\n[nsde-ray] sweep {name!r} done in {time.perf_counter() - started:.0f} s: {len(results)} trials, "
+        f"{len(rows)} evaluated, {errors} failed"
+    )
     objectives = ", ".join(f"{name} {mode}" for name, mode in report.objectives)
-    print(f"[nsde-ray] Pareto front over {objectives} (* = on the front on the means; pareto_probability = on the "
-          f"front when each mean is redrawn within its standard error; {cfg.seeds_per_config} seed(s) per "
-          "configuration, objectives as mean ± SE):")
+    print(
+        f"[nsde-ray] Pareto front over {objectives} (* = on the front on the means; pareto_probability = on the "
+        f"front when each mean is redrawn within its standard error; {cfg.seeds_per_config} seed(s) per "
+        "configuration, objectives as mean ± SE):"
+    )
     print(front_table(rows))
     for note in report.notes:
         print(f"[nsde-ray] note: {note}")
-    floors = ", ".join(f"{name} {floor:.3g} of range {spread:.3g}" for name, (floor, spread, _) in report.floors.items())
+    floors = ", ".join(
+        f"{name} {floor:.3g} of range {spread:.3g}" for name, (floor, spread, _) in report.floors.items()
+    )
     print(f"[nsde-ray] noise floors (median SE of range): {floors}; flagged: {', '.join(report.flagged) or 'none'}")
     print(f"[nsde-ray] browse it: {ui_command(tracking.tracking_uri)}")
-    print(f"[nsde-ray]   experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}; the front's runs, listed flat: "
-          f"{front_url(tracking.experiment_id, ui_address(tracking.tracking_uri))}")
-    print(f"[nsde-ray] resume it (after a crash or a stop): python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume")
+    print(
+        f"[nsde-ray]   experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}; the front's runs, listed flat: "
+        f"{front_url(tracking.experiment_id, ui_address(tracking.tracking_uri))}"
+    )
+    print(
+        f"[nsde-ray] resume it (after a crash or a stop): python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume"
+    )
     return 0 if rows else 1

@@ -40,14 +40,17 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _positive_int(name: str, value: int) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-             f"{name} must be an integer >= 1, got {value!r}")
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        f"{name} must be an integer >= 1, got {value!r}",
+    )
 
 
 def _finite_at_least(name: str, value: float, low: float) -> None:
-    _require(isinstance(value, (int, float)) and not isinstance(value, bool)
-             and math.isfinite(value) and value >= low,
-             f"{name} must be a finite number >= {low}, got {value!r}")
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low,
+        f"{name} must be a finite number >= {low}, got {value!r}",
+    )
 
 
 def check_name(name: object) -> None:
@@ -58,12 +61,18 @@ def check_name(name: object) -> None:
     can never point outside its storage or hide in a listing.
     """
     _require(isinstance(name, str) and name != "", f"the sweep name (--name) must be a non-empty name, got {name!r}")
-    _require(name not in (".", ".."), f"the sweep name (--name) cannot be {name!r}: it names a directory of the "
-                                      "storage itself or its parent")
-    _require("/" not in name and "\\" not in name,
-             f"the sweep name (--name) must not contain path separators ('/' or '\\'), got {name!r}")
-    _require(not any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in name),
-             f"the sweep name (--name) must not contain control characters, got {name!r}")
+    _require(
+        name not in (".", ".."),
+        f"the sweep name (--name) cannot be {name!r}: it names a directory of the storage itself or its parent",
+    )
+    _require(
+        "/" not in name and "\\" not in name,
+        f"the sweep name (--name) must not contain path separators ('/' or '\\'), got {name!r}",
+    )
+    _require(
+        not any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in name),
+        f"the sweep name (--name) must not contain control characters, got {name!r}",
+    )
     _require(name == name.strip(), f"the sweep name (--name) must not start or end with whitespace, got {name!r}")
 
 
@@ -84,9 +93,11 @@ class ModelConfig:
 # The largest noise sigma a config accepts. sigma is the noise std relative to the block output's own std,
 # so at 10 every block's output is 99% noise by variance; the papers use 0.5 and the sweep searches [0, 1].
 MAX_SIGMA = 10.0
-SIGMA_REASON = (f"sigma is the noise std relative to each block output's own std, so sigma {MAX_SIGMA:g} already "
-                "drowns the signal in noise 100 times its variance and such a trial can only diverge or learn "
-                "nothing (the papers use 0.5; the sweep searches 0 to 1)")
+SIGMA_REASON = (
+    f"sigma is the noise std relative to each block output's own std, so sigma {MAX_SIGMA:g} already "
+    "drowns the signal in noise 100 times its variance and such a trial can only diverge or learn "
+    "nothing (the papers use 0.5; the sweep searches 0 to 1)"
+)
 
 
 @dataclass(frozen=True)
@@ -115,11 +126,16 @@ class NoiseConfig:
     def __post_init__(self) -> None:
         _one_of("noise mode", self.mode, noise_mode_names())
         _finite_at_least("noise sigma", self.sigma, 0.0)
-        _require(self.sigma <= MAX_SIGMA, f"noise sigma {self.sigma!r} is above {MAX_SIGMA:g}, the most it may be: "
-                                          f"{SIGMA_REASON}")
+        _require(
+            self.sigma <= MAX_SIGMA,
+            f"noise sigma {self.sigma!r} is above {MAX_SIGMA:g}, the most it may be: {SIGMA_REASON}",
+        )
         _finite_at_least("noise fgsm_epsilon (pixel units)", self.fgsm_epsilon, 0.0)
-        _require(self.fgsm_epsilon <= 1.0, f"noise fgsm_epsilon is an L-infinity radius in pixel units (images in "
-                                           f"[0, 1]): at most 1, got {self.fgsm_epsilon!r}")
+        _require(
+            self.fgsm_epsilon <= 1.0,
+            f"noise fgsm_epsilon is an L-infinity radius in pixel units (images in "
+            f"[0, 1]): at most 1, got {self.fgsm_epsilon!r}",
+        )
         _finite_at_least("noise fgsm_step (pixel units)", self.fgsm_step, 0.0)
         _finite_at_least("noise gradreg_weight", self.gradreg_weight, 0.0)
 
@@ -177,23 +193,33 @@ class ShapingConfig:
     max_multiplier: float = 4.0
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
-                 f"shaping warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        _require(
+            isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+            f"shaping warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}",
+        )
         _positive_int("shaping refresh_every", self.refresh_every)
         _one_of("shaping refresh_unit", self.refresh_unit, ("epochs", "steps"))
         _one_of("shaping method", self.method, SHAPING_METHODS)
         _positive_int("shaping ig_steps", self.ig_steps)
-        _require(isinstance(self.clip_percentile, (int, float)) and 50.0 < self.clip_percentile <= 100.0,
-                 f"shaping clip_percentile must be in (50, 100] (100 = no clipping), got {self.clip_percentile!r}")
-        _require(isinstance(self.blend, (int, float)) and 0.0 <= self.blend <= 1.0,
-                 f"shaping blend must be in [0, 1] (0 = fully shaped, 1 = plain Gaussian), got {self.blend!r}")
+        _require(
+            isinstance(self.clip_percentile, (int, float)) and 50.0 < self.clip_percentile <= 100.0,
+            f"shaping clip_percentile must be in (50, 100] (100 = no clipping), got {self.clip_percentile!r}",
+        )
+        _require(
+            isinstance(self.blend, (int, float)) and 0.0 <= self.blend <= 1.0,
+            f"shaping blend must be in [0, 1] (0 = fully shaped, 1 = plain Gaussian), got {self.blend!r}",
+        )
         _require(isinstance(self.map_size, int) and self.map_size >= 4, "shaping map_size must be an integer >= 4")
         _positive_int("shaping batch_size", self.batch_size)
         _one_of("shaping energy", self.energy, SHAPING_ENERGIES)
-        _require(isinstance(self.max_multiplier, (int, float)) and not isinstance(self.max_multiplier, bool)
-                 and math.isfinite(self.max_multiplier) and self.max_multiplier >= 1.0,
-                 f"shaping max_multiplier must be a finite number >= 1 (the cap on energy-preserving multipliers, "
-                 f"whose mean square is 1; 4 by default), got {self.max_multiplier!r}")
+        _require(
+            isinstance(self.max_multiplier, (int, float))
+            and not isinstance(self.max_multiplier, bool)
+            and math.isfinite(self.max_multiplier)
+            and self.max_multiplier >= 1.0,
+            f"shaping max_multiplier must be a finite number >= 1 (the cap on energy-preserving multipliers, "
+            f"whose mean square is 1; 4 by default), got {self.max_multiplier!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -225,17 +251,23 @@ class DataConfig:
     def __post_init__(self) -> None:
         _one_of("dataset", self.dataset, DATASETS)
         if self.dataset in DATASETS_ON_DISK and not self.data_dir:
-            raise ConfigError(f"dataset {self.dataset!r} is read from disk: pass --data-dir PATH"
-                              + (" (add --download to fetch CIFAR there)" if "cifar" in self.dataset else ""))
+            raise ConfigError(
+                f"dataset {self.dataset!r} is read from disk: pass --data-dir PATH"
+                + (" (add --download to fetch CIFAR there)" if "cifar" in self.dataset else "")
+            )
         if self.download and self.dataset not in ("cifar10", "cifar100"):
             raise ConfigError("download is only available for cifar10 and cifar100")
         if self.image_size is not None:
-            _require(isinstance(self.image_size, int) and self.image_size >= 8,
-                     f"image_size must be an integer >= 8 pixels, got {self.image_size!r}")
+            _require(
+                isinstance(self.image_size, int) and self.image_size >= 8,
+                f"image_size must be an integer >= 8 pixels, got {self.image_size!r}",
+            )
         _one_of("augmentation", self.augmentation, AUGMENTATIONS)
-        _require(self.dataset in DATASETS_ON_DISK or self.augmentation in ("auto", "none"),
-                 f"augmentation={self.augmentation!r} applies to images read from disk ({', '.join(DATASETS_ON_DISK)}); "
-                 f"{self.dataset} is in-memory tensors without augmentation: leave augmentation at 'auto'")
+        _require(
+            self.dataset in DATASETS_ON_DISK or self.augmentation in ("auto", "none"),
+            f"augmentation={self.augmentation!r} applies to images read from disk ({', '.join(DATASETS_ON_DISK)}); "
+            f"{self.dataset} is in-memory tensors without augmentation: leave augmentation at 'auto'",
+        )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             _require(0.0 < value < 0.5, f"{name} must be in (0, 0.5), got {value!r}")
@@ -296,31 +328,44 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
         _one_of("resident_data", self.resident_data, RESIDENT_DATA)
-        _require(isinstance(self.single_process, bool),
-                 f"single_process must be true or false, got {self.single_process!r}")
+        _require(
+            isinstance(self.single_process, bool), f"single_process must be true or false, got {self.single_process!r}"
+        )
         _require(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         _one_of("compile_mode", self.compile_mode, COMPILE_MODES)
         _positive_int("batch_size", self.batch_size)
         _positive_int("num_workers (--workers-per-trial)", self.num_workers)
         _positive_int("cpus_per_worker (--cpus-per-worker)", self.cpus_per_worker)
-        _require(isinstance(self.gpus_per_worker, (int, float)) and not isinstance(self.gpus_per_worker, bool)
-                 and 0 < self.gpus_per_worker and (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer()),
-                 f"gpus_per_worker (--gpus-per-worker) must be a fraction in (0, 1] or a whole number, "
-                 f"got {self.gpus_per_worker!r}")
-        _require(not self.use_gpu or self.gpus_per_worker >= 1 or self.num_workers == 1,
-                 f"gpus_per_worker {self.gpus_per_worker} < 1 needs one worker per trial: NCCL cannot run two "
-                 f"DDP ranks on one GPU (got {self.num_workers} workers)")
+        _require(
+            isinstance(self.gpus_per_worker, (int, float))
+            and not isinstance(self.gpus_per_worker, bool)
+            and 0 < self.gpus_per_worker
+            and (self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer()),
+            f"gpus_per_worker (--gpus-per-worker) must be a fraction in (0, 1] or a whole number, "
+            f"got {self.gpus_per_worker!r}",
+        )
+        _require(
+            not self.use_gpu or self.gpus_per_worker >= 1 or self.num_workers == 1,
+            f"gpus_per_worker {self.gpus_per_worker} < 1 needs one worker per trial: NCCL cannot run two "
+            f"DDP ranks on one GPU (got {self.num_workers} workers)",
+        )
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-                 f"lr must be a finite number > 0, got {self.lr!r}")
+        _require(
+            isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+            f"lr must be a finite number > 0, got {self.lr!r}",
+        )
         _finite_at_least("momentum", self.momentum, 0.0)
         _finite_at_least("weight_decay", self.weight_decay, 0.0)
-        _require(isinstance(self.max_failures, int) and self.max_failures >= -1,
-                 "max_failures must be an integer >= 0, or -1 for unlimited retries")
+        _require(
+            isinstance(self.max_failures, int) and self.max_failures >= -1,
+            "max_failures must be an integer >= 0, or -1 for unlimited retries",
+        )
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
-        _require(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
-                 f"init_from must be the path of initial weights, or None, got {self.init_from!r}")
+        _require(
+            self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+            f"init_from must be the path of initial weights, or None, got {self.init_from!r}",
+        )
 
     @property
     def gpu_request(self) -> float:
@@ -363,8 +408,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
-        _require(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods),
-                 f"methods must be distinct and not empty, got {self.methods!r}")
+        _require(
+            len(self.methods) > 0 and len(set(self.methods)) == len(self.methods),
+            f"methods must be distinct and not empty, got {self.methods!r}",
+        )
         for method in self.methods:
             _one_of("attribution method", method, METHODS)
         _require("ig" in self.methods, "methods must include 'ig': the sweep's sensitivity and sic are those of IG")
@@ -373,8 +420,10 @@ class EvalConfig:
         _positive_int("saturation_images", self.saturation_images)
         _require(self.deepshap_baselines >= 2, "deepshap_baselines must be >= 2")
         _finite_at_least("nt_stdev", self.nt_stdev, 0.0)
-        _require(math.isfinite(self.sensitivity_radius) and self.sensitivity_radius > 0,
-                 f"sensitivity_radius must be > 0 (pixel units), got {self.sensitivity_radius!r}")
+        _require(
+            math.isfinite(self.sensitivity_radius) and self.sensitivity_radius > 0,
+            f"sensitivity_radius must be > 0 (pixel units), got {self.sensitivity_radius!r}",
+        )
         _one_of("baseline", self.baseline, ("black", "mean"))
 
 
@@ -403,8 +452,7 @@ class TrialConfig:
         """Rebuild (and so re-validate) a config from :meth:`to_dict`'s output; missing sections take defaults."""
         unknown = set(data) - set(_SECTIONS)
         _require(not unknown, f"unknown config sections {sorted(unknown)}; valid: {sorted(_SECTIONS)}")
-        return cls(**{name: _build_section(section_cls, data.get(name, {}))
-                      for name, section_cls in _SECTIONS.items()})
+        return cls(**{name: _build_section(section_cls, data.get(name, {})) for name, section_cls in _SECTIONS.items()})
 
     def to_params(self) -> dict[str, Any]:
         """Flat ``{name: value}`` of the whole resolved config, for MLflow params."""
@@ -426,9 +474,14 @@ class TrialConfig:
         return TrialConfig.from_dict(sections)
 
 
-_SECTIONS: dict[str, type] = {"model": ModelConfig, "noise": NoiseConfig, "shaping": ShapingConfig, "data": DataConfig,
-                              "train": TrainConfig,
-                              "eval": EvalConfig}
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "noise": NoiseConfig,
+    "shaping": ShapingConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
 
 
 def _build_section(section_cls: type, values: dict[str, Any]):
@@ -481,34 +534,57 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if self.noise_modes is not None:
             object.__setattr__(self, "noise_modes", tuple(self.noise_modes))
-            _require(len(self.noise_modes) > 0 and len(set(self.noise_modes)) == len(self.noise_modes),
-                     f"noise_modes must be distinct and not empty, got {list(self.noise_modes)}")
+            _require(
+                len(self.noise_modes) > 0 and len(set(self.noise_modes)) == len(self.noise_modes),
+                f"noise_modes must be distinct and not empty, got {list(self.noise_modes)}",
+            )
             for mode in self.noise_modes:
                 _one_of("noise mode", mode, noise_mode_names())
-        for name in ("sigma_range", "lr_range", "clip_range", "fgsm_epsilon_range", "fgsm_step_range",
-                     "gradreg_weight_range"):
+        for name in (
+            "sigma_range",
+            "lr_range",
+            "clip_range",
+            "fgsm_epsilon_range",
+            "fgsm_step_range",
+            "gradreg_weight_range",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             value = getattr(self, name)
-            _require(len(value) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
-                     and value[0] <= value[1], f"{name} must be two finite numbers LOW <= HIGH, got {value!r}")
+            _require(
+                len(value) == 2
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+                and value[0] <= value[1],
+                f"{name} must be two finite numbers LOW <= HIGH, got {value!r}",
+            )
         object.__setattr__(self, "shaping_methods", tuple(self.shaping_methods))
         object.__setattr__(self, "shaping_energies", tuple(self.shaping_energies))
-        _require(self.sigma_range[0] >= 0.0,
-                 f"sigma range {self.sigma_range} goes below 0: the noise magnitude sigma is >= 0 (try 0 1)")
-        _require(self.sigma_range[1] <= MAX_SIGMA,
-                 f"sigma range {self.sigma_range} goes above {MAX_SIGMA:g}, the most a noise sigma may be: "
-                 f"{SIGMA_REASON}")
-        _require(self.sigma_range[0] <= REFERENCE_SIGMA <= self.sigma_range[1],
-                 f"sigma range {self.sigma_range} must contain {REFERENCE_SIGMA}, the papers' setting, "
-                 "which every sweep evaluates as a reference point")
+        _require(
+            self.sigma_range[0] >= 0.0,
+            f"sigma range {self.sigma_range} goes below 0: the noise magnitude sigma is >= 0 (try 0 1)",
+        )
+        _require(
+            self.sigma_range[1] <= MAX_SIGMA,
+            f"sigma range {self.sigma_range} goes above {MAX_SIGMA:g}, the most a noise sigma may be: {SIGMA_REASON}",
+        )
+        _require(
+            self.sigma_range[0] <= REFERENCE_SIGMA <= self.sigma_range[1],
+            f"sigma range {self.sigma_range} must contain {REFERENCE_SIGMA}, the papers' setting, "
+            "which every sweep evaluates as a reference point",
+        )
         _require(self.lr_range[0] > 0.0, f"lr range {self.lr_range} must be > 0")
-        _require(self.fgsm_epsilon_range[0] >= 0.0 and self.fgsm_epsilon_range[1] <= 1.0,
-                 f"fgsm_epsilon_range {self.fgsm_epsilon_range} must lie in [0, 1] (pixel units)")
+        _require(
+            self.fgsm_epsilon_range[0] >= 0.0 and self.fgsm_epsilon_range[1] <= 1.0,
+            f"fgsm_epsilon_range {self.fgsm_epsilon_range} must lie in [0, 1] (pixel units)",
+        )
         _require(self.fgsm_step_range[0] >= 0.0, f"fgsm_step_range {self.fgsm_step_range} must be >= 0 (pixel units)")
-        _require(self.gradreg_weight_range[0] > 0.0,
-                 f"gradreg_weight_range {self.gradreg_weight_range} must be > 0 (it is searched on a log scale)")
-        _require(50.0 < self.clip_range[0] and self.clip_range[1] <= 100.0,
-                 f"clip range {self.clip_range} must lie in (50, 100] (percentiles; 100 = no clipping)")
+        _require(
+            self.gradreg_weight_range[0] > 0.0,
+            f"gradreg_weight_range {self.gradreg_weight_range} must be > 0 (it is searched on a log scale)",
+        )
+        _require(
+            50.0 < self.clip_range[0] and self.clip_range[1] <= 100.0,
+            f"clip range {self.clip_range} must lie in (50, 100] (percentiles; 100 = no clipping)",
+        )
         _require(len(self.shaping_methods) > 0, "shaping_methods must not be empty")
         for method in self.shaping_methods:
             _one_of("shaping method", method, SHAPING_METHODS)
@@ -517,8 +593,10 @@ class SearchSpace:
             _one_of("shaping energy", energy, SHAPING_ENERGIES)
         for name in ("warmup_epochs_max", "refresh_every_max"):
             value = getattr(self, name)
-            _require(value is None or (isinstance(value, int) and value >= (0 if name.startswith("warmup") else 1)),
-                     f"{name} must be None or an integer >= {0 if name.startswith('warmup') else 1}, got {value!r}")
+            _require(
+                value is None or (isinstance(value, int) and value >= (0 if name.startswith("warmup") else 1)),
+                f"{name} must be None or an integer >= {0 if name.startswith('warmup') else 1}, got {value!r}",
+            )
 
 
 REFERENCE_SIGMA = 0.5
@@ -545,10 +623,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        _require(self.max_concurrent is None or (isinstance(self.max_concurrent, int)
-                                                 and not isinstance(self.max_concurrent, bool)
-                                                 and self.max_concurrent >= 1),
-                 f"max_concurrent (--max-concurrent) must be an integer >= 1, got {self.max_concurrent!r}")
+        _require(
+            self.max_concurrent is None
+            or (
+                isinstance(self.max_concurrent, int)
+                and not isinstance(self.max_concurrent, bool)
+                and self.max_concurrent >= 1
+            ),
+            f"max_concurrent (--max-concurrent) must be an integer >= 1, got {self.max_concurrent!r}",
+        )
 
     @property
     def experiment_name(self) -> str:
@@ -576,9 +659,11 @@ class SweepConfig(RunConfig):
         super().__post_init__()
         _positive_int("num_samples (--num-samples)", self.num_samples)
         _positive_int("seeds_per_config (--seeds-per-config)", self.seeds_per_config)
-        _require(self.space.lr_range[0] <= self.base.train.lr <= self.space.lr_range[1],
-                 f"the base learning rate {self.base.train.lr} (the reference points') must lie in the lr range "
-                 f"{self.space.lr_range}")
+        _require(
+            self.space.lr_range[0] <= self.base.train.lr <= self.space.lr_range[1],
+            f"the base learning rate {self.base.train.lr} (the reference points') must lie in the lr range "
+            f"{self.space.lr_range}",
+        )
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
 
     @classmethod
@@ -630,19 +715,30 @@ class PaperTablesConfig(RunConfig):
             raise ConfigError(f"repeats (--repeats) must be an integer >= 1, got {self.repeats!r}")
         noisy = sorted(mode for mode in self.noise_modes if injects_noise(mode))
         if noisy and self.base.noise.sigma <= 0:
-            raise ConfigError(f"sigma (--sigma) must be > 0 for the noisy modes {noisy}: "
-                              "with sigma 0 they are the plain ResNet (the papers use 0.5)")
+            raise ConfigError(
+                f"sigma (--sigma) must be > 0 for the noisy modes {noisy}: "
+                "with sigma 0 they are the plain ResNet (the papers use 0.5)"
+            )
         if self.paired:
             if "none" not in self.noise_modes or len(self.noise_modes) < 2:
-                raise ConfigError("--paired fine-tunes the noisy models from the plain one: --noise-modes must include "
-                                  f"none and another mode, got {list(self.noise_modes)}")
-            if not isinstance(self.finetune_epochs, int) or isinstance(self.finetune_epochs, bool) \
-                    or self.finetune_epochs < 1:
-                raise ConfigError("--paired needs --finetune-epochs N (an integer >= 1): the epochs of each noisy "
-                                  f"model's fine-tune from the plain model, got {self.finetune_epochs!r}")
+                raise ConfigError(
+                    "--paired fine-tunes the noisy models from the plain one: --noise-modes must include "
+                    f"none and another mode, got {list(self.noise_modes)}"
+                )
+            if (
+                not isinstance(self.finetune_epochs, int)
+                or isinstance(self.finetune_epochs, bool)
+                or self.finetune_epochs < 1
+            ):
+                raise ConfigError(
+                    "--paired needs --finetune-epochs N (an integer >= 1): the epochs of each noisy "
+                    f"model's fine-tune from the plain model, got {self.finetune_epochs!r}"
+                )
             if "://" in self.storage:
-                raise ConfigError(f"--paired reads the plain models' checkpoints as files: --storage must be a local "
-                                  f"or NFS path that every node sees, not {self.storage!r}")
+                raise ConfigError(
+                    f"--paired reads the plain models' checkpoints as files: --storage must be a local "
+                    f"or NFS path that every node sees, not {self.storage!r}"
+                )
         elif self.finetune_epochs is not None:
             raise ConfigError("--finetune-epochs applies to --paired grids only: add --paired or drop it")
 
@@ -653,8 +749,14 @@ class PaperTablesConfig(RunConfig):
     def parent_params(self) -> dict[str, Any]:
         """The parent run's params: the base trial's, with the grid's axes (comma-separated) and repeats."""
         paired = {"paired": "true", "finetune_epochs": self.finetune_epochs} if self.paired else {"paired": "false"}
-        return dict(self.base.to_params(), arch=",".join(self.archs), noise_mode=",".join(self.noise_modes),
-                    seed=",".join(map(str, self.seeds)), repeats=self.repeats, **paired)
+        return dict(
+            self.base.to_params(),
+            arch=",".join(self.archs),
+            noise_mode=",".join(self.noise_modes),
+            seed=",".join(map(str, self.seeds)),
+            repeats=self.repeats,
+            **paired,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PaperTablesConfig:

@@ -45,10 +45,14 @@ SMALL_IMAGE_SIDE = 64
 DECODE_ALL, DECODE_SAMPLE = 2000, 200  # check_images: decode every image of a split this small, else a sample
 _PROBED_CLASSES = 16
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-_CIFAR_LAYOUT = ("{data_dir}/{folder}/ as torchvision's {cls} reader expects it (the python version of the "
-                 "archive, unpacked); pass --download to fetch it there")
-_FOLDER_LAYOUT = ("{data_dir}/train/<class>/<image> and {data_dir}/val/<class>/<image> "
-                  "(optionally {data_dir}/test/<class>/<image>), one folder per class, same class folders in each")
+_CIFAR_LAYOUT = (
+    "{data_dir}/{folder}/ as torchvision's {cls} reader expects it (the python version of the "
+    "archive, unpacked); pass --download to fetch it there"
+)
+_FOLDER_LAYOUT = (
+    "{data_dir}/train/<class>/<image> and {data_dir}/val/<class>/<image> "
+    "(optionally {data_dir}/test/<class>/<image>), one folder per class, same class folders in each"
+)
 
 
 class DataError(ValueError):
@@ -103,12 +107,16 @@ def check_data(cfg: DataConfig, images: bool = True) -> None:
         folder = os.path.join(cfg.data_dir, _CIFAR_FOLDERS[cfg.dataset])
         if cfg.download:
             if not os.path.isdir(cfg.data_dir):
-                raise DataError(f"--data-dir {cfg.data_dir!r} does not exist; create it so CIFAR can be downloaded there")
+                raise DataError(
+                    f"--data-dir {cfg.data_dir!r} does not exist; create it so CIFAR can be downloaded there"
+                )
             return
         if not os.path.isdir(folder):
             cls = "CIFAR10" if cfg.dataset == "cifar10" else "CIFAR100"
-            raise DataError(f"{cfg.dataset} not found: expected "
-                            + _CIFAR_LAYOUT.format(data_dir=cfg.data_dir, folder=_CIFAR_FOLDERS[cfg.dataset], cls=cls))
+            raise DataError(
+                f"{cfg.dataset} not found: expected "
+                + _CIFAR_LAYOUT.format(data_dir=cfg.data_dir, folder=_CIFAR_FOLDERS[cfg.dataset], cls=cls)
+            )
     elif cfg.dataset in ("imagenet", "imagefolder"):
         layout = _FOLDER_LAYOUT.format(data_dir=cfg.data_dir)
         if not os.path.isdir(cfg.data_dir):
@@ -122,8 +130,10 @@ def check_data(cfg: DataConfig, images: bool = True) -> None:
             if not classes[split]:
                 raise DataError(f"{cfg.dataset}: {split_dir!r} has no class folders; expected {layout}")
         if classes["train"] != classes["val"]:
-            raise DataError(f"{cfg.dataset}: train/ and val/ have different class folders "
-                            f"({len(classes['train'])} vs {len(classes['val'])}); expected {layout}")
+            raise DataError(
+                f"{cfg.dataset}: train/ and val/ have different class folders "
+                f"({len(classes['train'])} vs {len(classes['val'])}); expected {layout}"
+            )
         splits = ["train", "val"] + (["test"] if os.path.isdir(os.path.join(cfg.data_dir, "test")) else [])
         for split in splits if images else []:
             check_images(os.path.join(cfg.data_dir, split), cfg.dataset, seed=cfg.split_seed)
@@ -171,9 +181,11 @@ def check_images(split_dir: str, dataset: str = "imagefolder", seed: int = 0) ->
             listed[entry.path] = list(_image_files(entry.path))
             files.extend(listed[entry.path])
     if empty:
-        raise DataError(f"{dataset}: {len(empty)} class folder(s) in {split_dir!r} hold no images "
-                        f"(extensions as torchvision's ImageFolder reads them): {_first(empty)}; add images or remove "
-                        "the folders (from every split)")
+        raise DataError(
+            f"{dataset}: {len(empty)} class folder(s) in {split_dir!r} hold no images "
+            f"(extensions as torchvision's ImageFolder reads them): {_first(empty)}; add images or remove "
+            "the folders (from every split)"
+        )
     if len(files) > DECODE_ALL:
         rng = random.Random(seed)
         folders = sorted(e.path for e in os.scandir(split_dir) if e.is_dir())
@@ -188,8 +200,10 @@ def check_images(split_dir: str, dataset: str = "imagefolder", seed: int = 0) ->
         files = sorted(sample)
     bad = [reason for reason in map(_bad_image, files) if reason is not None]
     if bad:
-        raise DataError(f"{dataset}: {len(bad)} of {len(files)} images checked in {split_dir!r} cannot be decoded: "
-                        f"{_first(bad)}; remove or replace them")
+        raise DataError(
+            f"{dataset}: {len(bad)} of {len(files)} images checked in {split_dir!r} cannot be decoded: "
+            f"{_first(bad)}; remove or replace them"
+        )
 
 
 def _first(items: list[str], count: int = 5) -> str:
@@ -242,9 +256,18 @@ def _tensor_splits(images: torch.Tensor, labels: np.ndarray, cfg: DataConfig, cl
     normalised = _normalise(images, mean, std)
     targets = torch.as_tensor(labels, dtype=torch.long)
     make = lambda idx: TensorDataset(normalised[idx], targets[idx])  # noqa: E731
-    return DataSplits(cfg.dataset, make(train), make(val), make(test), num_classes=len(class_names), in_channels=images.shape[1],
-                      image_size=images.shape[-1], class_names=class_names,
-                      mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+    return DataSplits(
+        cfg.dataset,
+        make(train),
+        make(val),
+        make(test),
+        num_classes=len(class_names),
+        in_channels=images.shape[1],
+        image_size=images.shape[-1],
+        class_names=class_names,
+        mean=tuple(mean.tolist()),
+        std=tuple(std.tolist()),
+    )
 
 
 def _digits(cfg: DataConfig, size: int) -> DataSplits:
@@ -301,16 +324,27 @@ def _cifar(cfg: DataConfig, size: int) -> DataSplits:
         train_eval = reader(cfg.data_dir, train=True, transform=eval_tf)
         test = reader(cfg.data_dir, train=False, transform=eval_tf)
     except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
-        raise DataError(f"{cfg.dataset} in {cfg.data_dir!r} is unreadable ({err}); expected "
-                        + _CIFAR_LAYOUT.format(data_dir=cfg.data_dir, folder=_CIFAR_FOLDERS[cfg.dataset],
-                                               cls=reader.__name__)) from err
+        raise DataError(
+            f"{cfg.dataset} in {cfg.data_dir!r} is unreadable ({err}); expected "
+            + _CIFAR_LAYOUT.format(data_dir=cfg.data_dir, folder=_CIFAR_FOLDERS[cfg.dataset], cls=reader.__name__)
+        ) from err
     order = np.random.default_rng(cfg.split_seed).permutation(len(train_aug))
     n_val = int(round(cfg.val_fraction * len(order)))
     train_indices, val_indices = order[n_val:].tolist(), order[:n_val].tolist()
-    return DataSplits(cfg.dataset, Subset(train_aug, train_indices), Subset(train_eval, val_indices), test,
-                      num_classes=len(train_aug.classes), in_channels=3, image_size=size,
-                      class_names=list(train_aug.classes), mean=RECIPE_STATS[recipe][0], std=RECIPE_STATS[recipe][1],
-                      train_plain=Subset(train_eval, train_indices), augmentation=augmentation)
+    return DataSplits(
+        cfg.dataset,
+        Subset(train_aug, train_indices),
+        Subset(train_eval, val_indices),
+        test,
+        num_classes=len(train_aug.classes),
+        in_channels=3,
+        image_size=size,
+        class_names=list(train_aug.classes),
+        mean=RECIPE_STATS[recipe][0],
+        std=RECIPE_STATS[recipe][1],
+        train_plain=Subset(train_eval, train_indices),
+        augmentation=augmentation,
+    )
 
 
 def probe_sides(samples: list[tuple[str, int]]) -> tuple[int, int]:
@@ -352,9 +386,20 @@ def _image_folder(cfg: DataConfig) -> DataSplits:
     train.transform, eval_tf = recipe_transforms(recipe, augmentation, size)
     for split in (train_plain, val, test):
         split.transform = eval_tf
-    return DataSplits(cfg.dataset, train, val, test, num_classes=len(train.classes), in_channels=3, image_size=size,
-                      class_names=list(train.classes), mean=RECIPE_STATS[recipe][0], std=RECIPE_STATS[recipe][1],
-                      train_plain=train_plain, augmentation=augmentation)
+    return DataSplits(
+        cfg.dataset,
+        train,
+        val,
+        test,
+        num_classes=len(train.classes),
+        in_channels=3,
+        image_size=size,
+        class_names=list(train.classes),
+        mean=RECIPE_STATS[recipe][0],
+        std=RECIPE_STATS[recipe][1],
+        train_plain=train_plain,
+        augmentation=augmentation,
+    )
 
 
 def loader_processes(dataset: str, cpus_per_worker: int) -> int:

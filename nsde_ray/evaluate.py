@@ -56,8 +56,9 @@ class EvalResult:
     artifacts: list[str] = field(default_factory=list)
 
 
-def select_eval_images(model: nn.Module, dataset: Dataset, num_images: int, seed: int, device: torch.device,
-                       batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def select_eval_images(
+    model: nn.Module, dataset: Dataset, num_images: int, seed: int, device: torch.device, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``num_images`` correctly classified images (N, C, H, W) and labels (N,), in a seeded order."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     kept_images, kept_labels, count = [], [], 0
@@ -67,8 +68,9 @@ def select_eval_images(model: nn.Module, dataset: Dataset, num_images: int, seed
             try:
                 logits = model(images)
             except RuntimeError as err:  # e.g. a channel or size mismatch deep inside a conv
-                raise EvaluationError(f"the model cannot take the evaluation images of shape "
-                                      f"{tuple(images.shape[1:])} (C, H, W): {err}") from err
+                raise EvaluationError(
+                    f"the model cannot take the evaluation images of shape {tuple(images.shape[1:])} (C, H, W): {err}"
+                ) from err
             correct = logits.argmax(dim=1) == labels
             kept_images.append(images[correct])
             kept_labels.append(labels[correct])
@@ -76,21 +78,30 @@ def select_eval_images(model: nn.Module, dataset: Dataset, num_images: int, seed
             if count >= num_images:
                 break
     if count == 0:
-        raise EvaluationError(f"the model classifies none of the {len(dataset)} held-out images correctly; "
-                              "attributions are evaluated on correctly classified images only: train it longer "
-                              "or check that model and data match")
+        raise EvaluationError(
+            f"the model classifies none of the {len(dataset)} held-out images correctly; "
+            "attributions are evaluated on correctly classified images only: train it longer "
+            "or check that model and data match"
+        )
     return torch.cat(kept_images)[:num_images], torch.cat(kept_labels)[:num_images]
 
 
-def evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None = None,
-             device: torch.device | str = "cpu", progress: bool = True) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    splits: DataSplits,
+    cfg: EvalConfig,
+    out_dir: str | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> EvalResult:
     """Evaluate every method in ``cfg.methods``; figures go to ``out_dir`` when given."""
     device = torch.device(device)
     return _evaluate(model.to(device), splits, cfg, out_dir, device, progress)
 
 
-def _evaluate(model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None, device: torch.device,
-              progress: bool) -> EvalResult:
+def _evaluate(
+    model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None, device: torch.device, progress: bool
+) -> EvalResult:
     inputs = _inputs(model, splits, cfg, device)
     metrics: dict[str, float] = {"eval_images": float(len(inputs.images))}
     maps: dict[str, torch.Tensor] = {}
@@ -118,33 +129,55 @@ def _inputs(model: nn.Module, splits: DataSplits, cfg: EvalConfig, device: torch
     if images.shape[1] != len(splits.std):
         raise EvaluationError(f"images have {images.shape[1]} channels, the data set's normalisation {len(splits.std)}")
     baseline = ig_baseline(splits.mean, splits.std, cfg.baseline).to(device)
-    options = dict(n_steps=cfg.n_steps, nt_samples=cfg.nt_samples, nt_stdev=cfg.nt_stdev / float(channel_std.mean()),
-                   internal_batch_size=cfg.batch_size)
+    options = dict(
+        n_steps=cfg.n_steps,
+        nt_samples=cfg.nt_samples,
+        nt_stdev=cfg.nt_stdev / float(channel_std.mean()),
+        internal_batch_size=cfg.batch_size,
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     pixels = images * channel_std + channel_mean
     return EvalInputs(
-        images=images, labels=labels, pixels=pixels, foreground=foreground_masks(splits, pixels),
+        images=images,
+        labels=labels,
+        pixels=pixels,
+        foreground=foreground_masks(splits, pixels),
         baseline=baseline.expand(1, *images.shape[1:]).contiguous(),
         shap_baselines=training_sample(splits.train_unaugmented, cfg.deepshap_baselines, cfg.seed).to(device),
         deltas=uniform_perturbations(images.shape, cfg.n_perturbations, cfg.sensitivity_radius, splits.std, generator),
-        randomised=randomised_copy(model, cfg.seed), options=options)
+        randomised=randomised_copy(model, cfg.seed),
+        options=options,
+    )
 
 
-def _method_context(model: nn.Module, method: str, inputs: EvalInputs, splits: DataSplits, cfg: EvalConfig,
-                    stages: tqdm) -> MethodContext:
+def _method_context(
+    model: nn.Module, method: str, inputs: EvalInputs, splits: DataSplits, cfg: EvalConfig, stages: tqdm
+) -> MethodContext:
     """``method``'s explainers and its Captum attributions of the evaluation images: what its metrics read."""
     check_applicable(model, method, inputs.images[:1])
     reference, fast, randomised = _explainers(
-        model, inputs.randomised, method, cfg.batch_size,
-        baselines=inputs.shap_baselines if method == "deepshap" else inputs.baseline, **inputs.options)
+        model,
+        inputs.randomised,
+        method,
+        cfg.batch_size,
+        baselines=inputs.shap_baselines if method == "deepshap" else inputs.baseline,
+        **inputs.options,
+    )
     stages.set_postfix_str(f"{method}: attributions")
     attributions = reference(inputs.images, inputs.labels)
     stages.update()
     return MethodContext(model, method, inputs, splits, cfg, reference, fast, randomised, attributions)
 
 
-def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: EvalInputs, maps: dict[str, torch.Tensor],
-             results: dict[str, dict], metrics: dict[str, float]) -> list[str]:
+def _figures(
+    out_dir: str,
+    splits: DataSplits,
+    cfg: EvalConfig,
+    inputs: EvalInputs,
+    maps: dict[str, torch.Tensor],
+    results: dict[str, dict],
+    metrics: dict[str, float],
+) -> list[str]:
     """The attribution grid, SIC curves, saturation figure and gallery images, written to ``out_dir``: their paths.
 
     ``results``: each method's :attr:`MethodContext.results` (its PIC, and IG's saturation)."""
@@ -156,8 +189,12 @@ def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: EvalInpu
     pics = {method: result["pic"] for method, result in results.items() if "pic" in result}
     if pics:
         artifacts.append(os.path.join(out_dir, ARTIFACT_SIC))
-        plots.sic_curves(artifacts[-1], next(iter(pics.values())).curve_x,
-                         {m: pic.sic_curve for m, pic in pics.items()}, {m: metrics[f"sic_{m}"] for m in pics})
+        plots.sic_curves(
+            artifacts[-1],
+            next(iter(pics.values())).curve_x,
+            {m: pic.sic_curve for m, pic in pics.items()},
+            {m: metrics[f"sic_{m}"] for m in pics},
+        )
     if "saturation" in results.get("ig", {}):
         artifacts.append(os.path.join(out_dir, ARTIFACT_SATURATION))
         plots.saturation(artifacts[-1], results["ig"]["saturation"])
@@ -168,8 +205,9 @@ def _figures(out_dir: str, splits: DataSplits, cfg: EvalConfig, inputs: EvalInpu
     return artifacts
 
 
-def _explainers(model: nn.Module, randomised: nn.Module, method: str, batch_size: int,
-                **options) -> tuple[Explainer, Explainer, Explainer]:
+def _explainers(
+    model: nn.Module, randomised: nn.Module, method: str, batch_size: int, **options
+) -> tuple[Explainer, Explainer, Explainer]:
     """(reference, fast, randomised) explainers of ``method``, ``batch_size`` model inputs (B, C, H, W) per call.
 
     reference and randomised: Captum's, of ``model`` and of its :func:`randomised_copy`, for the
@@ -184,17 +222,20 @@ def _explainers(model: nn.Module, randomised: nn.Module, method: str, batch_size
     if method == "deepshap":
         batch_size = max(1, batch_size // (2 * len(options["baselines"])))
     fast = dict(options, fast=True, memory_format=torch.channels_last, stem_gradient=False)  # fastest on CPU
-    return (in_batches(make_explainer(model, method, **options), batch_size),
-            in_batches(make_explainer(model, method, **fast), batch_size),
-            in_batches(make_explainer(randomised, method, **options), batch_size))
+    return (
+        in_batches(make_explainer(model, method, **options), batch_size),
+        in_batches(make_explainer(model, method, **fast), batch_size),
+        in_batches(make_explainer(randomised, method, **options), batch_size),
+    )
 
 
 def in_batches(explain: Explainer, batch_size: int) -> Explainer:
     """``explain`` applied ``batch_size`` inputs at a time, the results concatenated."""
 
     def batched(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.cat([explain(inputs[s:s + batch_size], target[s:s + batch_size])
-                          for s in range(0, len(inputs), batch_size)])
+        return torch.cat(
+            [explain(inputs[s : s + batch_size], target[s : s + batch_size]) for s in range(0, len(inputs), batch_size)]
+        )
 
     return batched
 
@@ -212,9 +253,15 @@ def training_sample(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
 REPEATS_FILE = "eval_repeats.csv"
 
 
-def evaluate_repeated(model: nn.Module, splits: DataSplits, cfg: EvalConfig, repeats: int = 1,
-                      out_dir: str | None = None, device: torch.device | str = "cpu",
-                      progress: bool = True) -> EvalResult:
+def evaluate_repeated(
+    model: nn.Module,
+    splits: DataSplits,
+    cfg: EvalConfig,
+    repeats: int = 1,
+    out_dir: str | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> EvalResult:
     """:func:`evaluate` ``repeats`` times, as the papers did (100 images, 5 times): mean and std of every metric.
 
     Repeat r runs with seed ``cfg.seed + r`` (and the global torch RNG seeded with it, for
@@ -230,8 +277,16 @@ def evaluate_repeated(model: nn.Module, splits: DataSplits, cfg: EvalConfig, rep
     results = []
     for repeat in range(repeats):
         torch.manual_seed(cfg.seed + repeat)
-        results.append(evaluate(model, splits, replace(cfg, seed=cfg.seed + repeat),
-                                out_dir=out_dir if repeat == 0 else None, device=device, progress=progress))
+        results.append(
+            evaluate(
+                model,
+                splits,
+                replace(cfg, seed=cfg.seed + repeat),
+                out_dir=out_dir if repeat == 0 else None,
+                device=device,
+                progress=progress,
+            )
+        )
     if repeats == 1:
         return results[0]
     names = list(results[0].metrics)

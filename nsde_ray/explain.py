@@ -73,10 +73,21 @@ def export_model(checkpoint_dir: str, splits: DataSplits, out_dir: str, seed: in
     baselines = training_sample(splits.train_unaugmented, SHAP_BASELINES, seed)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, MODEL_FILE)
-    torch.save({"model": state["model"], "config": state["config"], "epoch": state["epoch"],
-                "num_classes": state["num_classes"], "in_channels": state["in_channels"],
-                "class_names": list(splits.class_names), "mean": list(splits.mean), "std": list(splits.std),
-                "image_size": splits.image_size, "shap_baselines": baselines.to(torch.float16)}, path)
+    torch.save(
+        {
+            "model": state["model"],
+            "config": state["config"],
+            "epoch": state["epoch"],
+            "num_classes": state["num_classes"],
+            "in_channels": state["in_channels"],
+            "class_names": list(splits.class_names),
+            "mean": list(splits.mean),
+            "std": list(splits.std),
+            "image_size": splits.image_size,
+            "shap_baselines": baselines.to(torch.float16),
+        },
+        path,
+    )
     return path
 
 
@@ -86,12 +97,21 @@ def load_model(path: str) -> ModelBundle:
     state = load_tensors(path)
     missing = {"model", "config", "class_names", "mean", "std", "image_size", "shap_baselines"} - set(state)
     if missing:
-        raise ValueError(f"{path} is not an exported model (missing {', '.join(sorted(missing))}); "
-                         "it was written by an older version or is a training checkpoint")
+        raise ValueError(
+            f"{path} is not an exported model (missing {', '.join(sorted(missing))}); "
+            "it was written by an older version or is a training checkpoint"
+        )
     check_metadata(state, path)
     model, cfg = model_from_state(state)
-    return ModelBundle(model, cfg, tuple(state["class_names"]), tuple(state["mean"]), tuple(state["std"]),
-                       int(state["image_size"]), state["shap_baselines"].float())
+    return ModelBundle(
+        model,
+        cfg,
+        tuple(state["class_names"]),
+        tuple(state["mean"]),
+        tuple(state["std"]),
+        int(state["image_size"]),
+        state["shap_baselines"].float(),
+    )
 
 
 def check_metadata(state: dict, path: str = "the model") -> None:
@@ -102,6 +122,7 @@ def check_metadata(state: dict, path: str = "the model") -> None:
     :data:`MAX_CLASSES` classes with one name each, mean and std one finite value per channel (std
     > 0), and DeepSHAP baselines of shape (K, channels, size, size).
     """
+
     def fail(what: str) -> None:
         raise ValueError(f"{path} has invalid metadata: {what}; it is damaged or not an exported model of this package")
 
@@ -121,16 +142,25 @@ def check_metadata(state: dict, path: str = "the model") -> None:
         fail(f"class_names must be {classes} names, one per class, got {count!r}")
     for key in ("mean", "std"):
         values = state.get(key)
-        if not isinstance(values, (list, tuple)) or len(values) != channels \
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != channels
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        ):
             fail(f"{key} must be {channels} finite numbers, one per input channel, got {values!r}")
     if not all(v > 0 for v in state["std"]):
         fail(f"std must be > 0, got {state['std']!r}")
     baselines = state.get("shap_baselines")
-    if not isinstance(baselines, torch.Tensor) or baselines.dim() != 4 or tuple(baselines.shape[1:]) != \
-            (channels, size, size) or not 1 <= baselines.shape[0] <= 1024:
-        fail(f"shap_baselines must be a (K, {channels}, {size}, {size}) tensor, got "
-             f"{tuple(baselines.shape) if isinstance(baselines, torch.Tensor) else type(baselines).__name__}")
+    if (
+        not isinstance(baselines, torch.Tensor)
+        or baselines.dim() != 4
+        or tuple(baselines.shape[1:]) != (channels, size, size)
+        or not 1 <= baselines.shape[0] <= 1024
+    ):
+        fail(
+            f"shap_baselines must be a (K, {channels}, {size}, {size}) tensor, got "
+            f"{tuple(baselines.shape) if isinstance(baselines, torch.Tensor) else type(baselines).__name__}"
+        )
 
 
 def prepare_image(image: Image.Image, bundle: ModelBundle) -> torch.Tensor:
@@ -144,16 +174,28 @@ def prepare_image(image: Image.Image, bundle: ModelBundle) -> torch.Tensor:
     return pixels.view(size, size, bundle.in_channels).permute(2, 0, 1).contiguous()
 
 
-def explain_image(bundle: ModelBundle, pixels: torch.Tensor, method: str = "ig", *, top_k: int = 5,
-                  n_steps: int = 32, n_perturbations: int = 10, radius: float = 0.02, nt_samples: int = 8,
-                  nt_stdev: float = 0.1, seed: int = 0) -> Explanation:
+def explain_image(
+    bundle: ModelBundle,
+    pixels: torch.Tensor,
+    method: str = "ig",
+    *,
+    top_k: int = 5,
+    n_steps: int = 32,
+    n_perturbations: int = 10,
+    radius: float = 0.02,
+    nt_samples: int = 8,
+    nt_stdev: float = 0.1,
+    seed: int = 0,
+) -> Explanation:
     """Explain ``pixels`` (C, H, W) in [0, 1] with ``method``; radius and nt_stdev in pixel units."""
     model = bundle.model
     mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
     std = torch.tensor(bundle.std).view(1, -1, 1, 1)
     if pixels.shape != (bundle.in_channels, bundle.image_size, bundle.image_size):
-        raise ValueError(f"pixels must be {(bundle.in_channels, bundle.image_size, bundle.image_size)} (C, H, W), "
-                         f"got {tuple(pixels.shape)}: use prepare_image")
+        raise ValueError(
+            f"pixels must be {(bundle.in_channels, bundle.image_size, bundle.image_size)} (C, H, W), "
+            f"got {tuple(pixels.shape)}: use prepare_image"
+        )
     image = (pixels.unsqueeze(0) - mean) / std
     check_applicable(model, method, image)
     with torch.no_grad(), eval_mode(model):
@@ -161,19 +203,29 @@ def explain_image(bundle: ModelBundle, pixels: torch.Tensor, method: str = "ig",
     ranked = probabilities.argsort(descending=True)[:top_k]
     target = ranked[:1]
     black = ig_baseline(bundle.mean, bundle.std, "black").expand_as(image).contiguous()
-    explain = make_explainer(model, method, baselines=bundle.shap_baselines if method == "deepshap" else black,
-                             n_steps=n_steps, nt_samples=nt_samples, nt_stdev=nt_stdev / float(std.mean()),
-                             internal_batch_size=64)
+    explain = make_explainer(
+        model,
+        method,
+        baselines=bundle.shap_baselines if method == "deepshap" else black,
+        n_steps=n_steps,
+        nt_samples=nt_samples,
+        nt_stdev=nt_stdev / float(std.mean()),
+        internal_batch_size=64,
+    )
     attributions = explain(image, target)
-    deltas = uniform_perturbations(image.shape, n_perturbations, radius, bundle.std,
-                                   torch.Generator().manual_seed(seed))
-    sensitivity = max_sensitivity(explain, model, image, target, deltas, keep_prediction=True,
-                                  explanations=attributions)
+    deltas = uniform_perturbations(
+        image.shape, n_perturbations, radius, bundle.std, torch.Generator().manual_seed(seed)
+    )
+    sensitivity = max_sensitivity(
+        explain, model, image, target, deltas, keep_prediction=True, explanations=attributions
+    )
     kept = _kept_perturbations(model, image, deltas, int(target))
-    return Explanation(top=[(bundle.class_names[int(k)], float(probabilities[k])) for k in ranked],
-                       attribution=attribution_map(attributions)[0].detach(),
-                       sensitivity=float(sensitivity[0]),
-                       kept_perturbations=kept)
+    return Explanation(
+        top=[(bundle.class_names[int(k)], float(probabilities[k])) for k in ranked],
+        attribution=attribution_map(attributions)[0].detach(),
+        sensitivity=float(sensitivity[0]),
+        kept_perturbations=kept,
+    )
 
 
 def _kept_perturbations(model: nn.Module, image: torch.Tensor, deltas: torch.Tensor, target: int) -> int:

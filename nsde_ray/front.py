@@ -58,13 +58,16 @@ class FrontReport:
     def hypervolume(self) -> float:
         """Hypervolume of the front over the objectives in use (reference: :attr:`nsde_ray.registry.Objective.reference`)."""
         front = [row for row in self.rows if row["pareto_front"]]
-        return pareto.hypervolume(pareto.as_minimisation(front, self.objectives), pareto.sweep_reference(self.objectives))
+        return pareto.hypervolume(
+            pareto.as_minimisation(front, self.objectives), pareto.sweep_reference(self.objectives)
+        )
 
 
 def _standard_errors(rows: list[dict[str, Any]], objectives: tuple[tuple[str, str], ...]) -> np.ndarray:
     """(N, M) standard errors of the rows' objectives; NaN where a row has none (one seed)."""
-    return np.array([[float(row.get(f"{name}_se", math.nan)) for name, _ in objectives] for row in rows],
-                    dtype=float).reshape(len(rows), len(objectives))
+    return np.array(
+        [[float(row.get(f"{name}_se", math.nan)) for name, _ in objectives] for row in rows], dtype=float
+    ).reshape(len(rows), len(objectives))
 
 
 def exclusion(row: dict[str, Any]) -> str:
@@ -87,23 +90,32 @@ def assess_front(rows: list[dict[str, Any]], seed: int = 0) -> FrontReport:
     valid = [float(row[SIC_VALID]) for row in eligible if math.isfinite(float(row.get(SIC_VALID, math.nan)))]
     if valid and float(np.median(valid)) < MIN_SIC_VALID_FRACTION:
         objectives = tuple(o for o in all_objectives if o[0] != "sic")
-        notes.append(f"sic does not drive the front: PAIR's rules kept a median {np.median(valid):.0%} of the "
-                     f"images (below {MIN_SIC_VALID_FRACTION:.0%}); it is still logged")
+        notes.append(
+            f"sic does not drive the front: PAIR's rules kept a median {np.median(valid):.0%} of the "
+            f"images (below {MIN_SIC_VALID_FRACTION:.0%}); it is still logged"
+        )
     for row in rows:
         row["pareto_front"], row["pareto_probability"] = False, 0.0
     if eligible:
         values, errors = pareto.as_minimisation(eligible, objectives), _standard_errors(eligible, objectives)
-        for row, on_front, probability in zip(eligible, pareto.non_dominated(values),
-                                              pareto.front_probability(values, errors, seed=seed)):
+        for row, on_front, probability in zip(
+            eligible, pareto.non_dominated(values), pareto.front_probability(values, errors, seed=seed)
+        ):
             row["pareto_front"], row["pareto_probability"] = bool(on_front), float(probability)
-    floors = {name: pareto.noise_floor([float(r[name]) for r in eligible], _standard_errors(eligible, ((name, mode),))[:, 0])
-              for name, mode in all_objectives}
+    floors = {
+        name: pareto.noise_floor([float(r[name]) for r in eligible], _standard_errors(eligible, ((name, mode),))[:, 0])
+        for name, mode in all_objectives
+    }
     for name, (floor, spread, flagged) in floors.items():
         if flagged:
-            notes.append(f"{name} does not separate the configurations: its noise floor (median SE {floor:.3g}) "
-                         f"exceeds half its range over the sweep ({spread:.3g})")
+            notes.append(
+                f"{name} does not separate the configurations: its noise floor (median SE {floor:.3g}) "
+                f"exceeds half its range over the sweep ({spread:.3g})"
+            )
     excluded = [row for row in rows if row["excluded"]]
     if excluded:
-        notes.append(f"{len(excluded)} configuration(s) kept off the front: "
-                     + "; ".join(f"{row.get('trial_id', '?')}: {row['excluded']}" for row in excluded))
+        notes.append(
+            f"{len(excluded)} configuration(s) kept off the front: "
+            + "; ".join(f"{row.get('trial_id', '?')}: {row['excluded']}" for row in excluded)
+        )
     return FrontReport(rows, objectives, floors, notes)

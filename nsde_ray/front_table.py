@@ -12,8 +12,17 @@ from nsde_ray.registry import objective_names
 
 def table_columns() -> tuple[str, ...]:
     """The front table's columns: membership, every registered objective, the mode and what sets its strength."""
-    return ("pareto_front", "pareto_probability", *objective_names(), "noise_mode", "noise_sigma", "effective_sigma",
-            "lr", "trial_id", "excluded")
+    return (
+        "pareto_front",
+        "pareto_probability",
+        *objective_names(),
+        "noise_mode",
+        "noise_sigma",
+        "effective_sigma",
+        "lr",
+        "trial_id",
+        "excluded",
+    )
 
 
 def front_table(rows: list[dict[str, Any]]) -> str:
@@ -35,10 +44,11 @@ def front_markdown(report: front.FrontReport, link: str = "") -> str:
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     body = "".join("| " + " | ".join(table_cell(row, c) or " " for c in columns) + " |\n" for row in report.rows)
     notes = "".join(f"- {note}\n" for note in report.notes)
-    return (f"**Pareto front** over {', '.join(name for name, _ in report.objectives)} "
-            f"(mean ± SE over seeds; pareto_probability: on the front when the means are redrawn within their SE)"
-            f"\n\n{header}{body}" + (f"\n[The front's runs]({link})\n" if link else "")
-            + (f"\n{notes}" if notes else ""))
+    return (
+        f"**Pareto front** over {', '.join(name for name, _ in report.objectives)} "
+        f"(mean ± SE over seeds; pareto_probability: on the front when the means are redrawn within their SE)"
+        f"\n\n{header}{body}" + (f"\n[The front's runs]({link})\n" if link else "") + (f"\n{notes}" if notes else "")
+    )
 
 
 def table_cell(row: dict[str, Any], column: str) -> str:

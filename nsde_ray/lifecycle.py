@@ -24,9 +24,18 @@ from nsde_ray import overrides
 from nsde_ray.config import SPACE, ConfigError, TrialConfig, check_name
 from nsde_ray.data import DataError
 from nsde_ray.logs import ray_log_level
+from nsde_ray.mlflow_uri import (
+    TrackingError,
+    check_reachable,
+    check_tracking_uri,
+    is_local_store,
+    mask_uri,
+    redact,
+    resolve_resume_uri,
+    resolve_tracking_uri,
+)
 from nsde_ray.storage import resolve_filesystem
 from nsde_ray.tracking import SweepTracker
-from nsde_ray.mlflow_uri import TrackingError, check_reachable, check_tracking_uri, is_local_store, mask_uri, redact, resolve_resume_uri, resolve_tracking_uri
 from nsde_ray.weights import WeightsError
 
 SWEEP_FILE = "nsde_sweep.json"
@@ -113,8 +122,10 @@ def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict
 
     filesystem, root = resolve_filesystem(f"{storage.rstrip('/')}/{name}")
     if filesystem.get_file_info(f"{root}/{SWEEP_FILE}").type == pyarrow.fs.FileType.NotFound:
-        raise SweepError(f"no sweep named {name!r} in {storage} to resume; check --name and --storage"
-                         f" (sweeps there: {', '.join(list_sweeps(storage)) or 'none'})")
+        raise SweepError(
+            f"no sweep named {name!r} in {storage} to resume; check --name and --storage"
+            f" (sweeps there: {', '.join(list_sweeps(storage)) or 'none'})"
+        )
     with filesystem.open_input_stream(f"{root}/{SWEEP_FILE}") as handle:
         text = handle.read().decode()
     try:
@@ -123,8 +134,10 @@ def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict
         raise SweepError(f"the state of {name!r} in {storage} ({SWEEP_FILE}) is unreadable: {err}") from err
     if kind not in state:
         other = next((key for key in state if key != "tracker"), "unknown")
-        raise SweepError(f"{name!r} in {storage} is a {other!r} run, not a {kind!r} one: resume it with the command "
-                         "that started it, or choose another --name")
+        raise SweepError(
+            f"{name!r} in {storage} is a {other!r} run, not a {kind!r} one: resume it with the command "
+            "that started it, or choose another --name"
+        )
     return state[kind], state["tracker"]
 
 
@@ -139,11 +152,16 @@ def list_sweeps(storage: str) -> list[str]:
     try:
         filesystem, root = resolve_filesystem(storage)
         entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-        return sorted(os.path.basename(e.path) for e in entries
-                      if filesystem.get_file_info(f"{e.path}/{SWEEP_FILE}").type == pyarrow.fs.FileType.File)
+        return sorted(
+            os.path.basename(e.path)
+            for e in entries
+            if filesystem.get_file_info(f"{e.path}/{SWEEP_FILE}").type == pyarrow.fs.FileType.File
+        )
     except (OSError, ValueError) as err:  # pyarrow raises OSError subclasses; ArrowInvalid for a bad URI
-        raise SweepError(f"cannot list the sweeps in --storage {storage}: {err}; check the path (or bucket), "
-                         "that it is a directory, and its permissions") from err
+        raise SweepError(
+            f"cannot list the sweeps in --storage {storage}: {err}; check the path (or bucket), "
+            "that it is a directory, and its permissions"
+        ) from err
 
 
 def sweep_exists(storage: str, name: str) -> bool:
@@ -160,9 +178,17 @@ def usage_errors() -> tuple[type[Exception], ...]:
     return ConfigError, DataError, SweepError, TrackingError, WeightsError
 
 
-def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Callable, from_dict: Callable,
-             parent_params: Callable | None = None, resume_fields: dict[str, str] | None = None,
-             sections: dict[str, type] | None = None):
+def open_run(
+    args: argparse.Namespace,
+    *,
+    command: str,
+    kind: str,
+    from_args: Callable,
+    from_dict: Callable,
+    parent_params: Callable | None = None,
+    resume_fields: dict[str, str] | None = None,
+    sections: dict[str, type] | None = None,
+):
     """The run the flags name, ready for Ray: (settings, :class:`SweepTracker`).
 
     A new run's settings come from ``from_args(args, name, storage)`` (a name already in the
@@ -185,30 +211,38 @@ def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Ca
         cfg = from_dict(settings)
         differences = resume_differences(args, settings, resume_fields or {}, sections)
         if differences:
-            log.warning(f"--resume continues {name!r} with its stored settings; these flags differ from them and "
-                        "are not applied: " + "; ".join(differences))
+            log.warning(
+                f"--resume continues {name!r} with its stored settings; these flags differ from them and "
+                "are not applied: " + "; ".join(differences)
+            )
         tracking_uri = resolve_resume_uri(args.tracking_uri, cfg.tracking_uri)
     else:
         cfg = from_args(args, name, storage)
         if sweep_exists(storage, name):
-            raise SweepError(f"a sweep named {name!r} already exists in {storage}: pass --resume to "
-                                    "continue it, or choose another --name")
+            raise SweepError(
+                f"a sweep named {name!r} already exists in {storage}: pass --resume to "
+                "continue it, or choose another --name"
+            )
         tracker = None
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking_uri)
     check_reachable(tracking_uri)
     if args.address and is_local_store(tracking_uri):
-        log.warning(f"MLflow store {mask_uri(tracking_uri)} is local to this machine; on a multi-node cluster pass "
-                    "--tracking-uri http://<mlflow server>:5000")
+        log.warning(
+            f"MLflow store {mask_uri(tracking_uri)} is local to this machine; on a multi-node cluster pass "
+            "--tracking-uri http://<mlflow server>:5000"
+        )
     cfg = replace(cfg, tracking_uri=mask_uri(tracking_uri))
     if tracker is not None:
         tracking = SweepTracker(**dict(tracker, tracking_uri=tracking_uri))
         try:
             tracking.reopen_parent()
         except Exception as err:  # MLflow raises many kinds: a wrong store, a deleted run
-            raise TrackingError(f"cannot reopen the parent run {tracker.get('parent_run_id')} of {name!r} in the "
-                                f"MLflow store {mask_uri(tracking_uri)!r}: {redact(str(err), tracking_uri)}; "
-                                "check --tracking-uri") from err
+            raise TrackingError(
+                f"cannot reopen the parent run {tracker.get('parent_run_id')} of {name!r} in the "
+                f"MLflow store {mask_uri(tracking_uri)!r}: {redact(str(err), tracking_uri)}; "
+                "check --tracking-uri"
+            ) from err
         return cfg, tracking
     params = parent_params(cfg) if parent_params is not None else cfg.base.to_params()
     tracking = SweepTracker.start(tracking_uri, cfg.experiment_name, name, params)
@@ -220,8 +254,9 @@ def open_run(args: argparse.Namespace, *, command: str, kind: str, from_args: Ca
 RUN_FLAGS = frozenset({"name", "storage", "resume", "tracking_uri", "address", "no_retry_errored", "out_dir"})
 
 
-def resume_differences(args: argparse.Namespace, settings: dict[str, Any], fields: dict[str, str],
-                       sections: dict[str, type] | None = None) -> list[str]:
+def resume_differences(
+    args: argparse.Namespace, settings: dict[str, Any], fields: dict[str, str], sections: dict[str, type] | None = None
+) -> list[str]:
     """The flags given with ``--resume`` whose values differ from the stored ``settings``, each as
     ``--flag (stored X, given Y)``; ``fields``: flag dest -> dotted path in ``settings`` (``base.train.epochs``);
     ``--set``, ``--recipe`` and ``--config`` are compared field by field (``sections``: those they may name,
@@ -276,8 +311,12 @@ def _same(stored: Any, given: Any) -> bool:
     if isinstance(stored, (list, tuple)) and isinstance(given, (list, tuple)):
         return len(stored) == len(given) and all(_same(a, b) for a, b in zip(stored, given))
     numbers = (int, float)
-    if isinstance(stored, numbers) and isinstance(given, numbers) and not isinstance(stored, bool) \
-            and not isinstance(given, bool):
+    if (
+        isinstance(stored, numbers)
+        and isinstance(given, numbers)
+        and not isinstance(stored, bool)
+        and not isinstance(given, bool)
+    ):
         return math.isclose(float(stored), float(given), rel_tol=1e-9, abs_tol=0.0) or stored == given
     return stored == given
 
@@ -302,5 +341,3 @@ def init_ray(address: str | None, level: int = logging.INFO) -> None:
     if ray.is_initialized():
         return
     ray.init(address=address, logging_config=ray.LoggingConfig(log_level=ray_log_level(level)))
-
-

@@ -83,10 +83,19 @@ class MethodMetric:
 
 def _randomisation(ctx: MethodContext) -> dict[str, float]:
     images, labels, method = ctx.inputs.images, ctx.inputs.labels, ctx.method
-    similarity, repeatability = randomisation_check(ctx.reference, ctx.randomised, images, labels, ctx.attributions,
-                                                    ctx.cfg.seed, repeat=method in STOCHASTIC_METHODS)
-    metrics = {f"randomisation_similarity_{method}": similarity,
-               f"randomisation_passed_{method}": float(passes_randomisation(similarity, repeatability))}
+    similarity, repeatability = randomisation_check(
+        ctx.reference,
+        ctx.randomised,
+        images,
+        labels,
+        ctx.attributions,
+        ctx.cfg.seed,
+        repeat=method in STOCHASTIC_METHODS,
+    )
+    metrics = {
+        f"randomisation_similarity_{method}": similarity,
+        f"randomisation_passed_{method}": float(passes_randomisation(similarity, repeatability)),
+    }
     if repeatability is not None:
         metrics[f"randomisation_repeatability_{method}"] = repeatability
     return metrics
@@ -106,28 +115,44 @@ def _localisation(ctx: MethodContext) -> dict[str, float]:
 
 def _sensitivity(ctx: MethodContext) -> dict[str, float]:
     cfg = ctx.cfg
-    sensitivity = max_sensitivity(ctx.fast, ctx.model, ctx.inputs.images, ctx.inputs.labels, ctx.inputs.deltas,
-                                  keep_prediction=cfg.keep_prediction, chunk_size=cfg.batch_size,
-                                  explanations=ctx.attributions)
+    sensitivity = max_sensitivity(
+        ctx.fast,
+        ctx.model,
+        ctx.inputs.images,
+        ctx.inputs.labels,
+        ctx.inputs.deltas,
+        keep_prediction=cfg.keep_prediction,
+        chunk_size=cfg.batch_size,
+        explanations=ctx.attributions,
+    )
     mean, valid = mean_sensitivity(sensitivity)
     return {f"sensitivity_{ctx.method}": mean, f"sensitivity_valid_fraction_{ctx.method}": valid}
 
 
 def _pic(ctx: MethodContext) -> dict[str, float]:
     splits = ctx.splits
-    pic = compute_pic(ctx.model, ctx.inputs.images, attribution_map(ctx.attributions, absolute=True),
-                      ctx.inputs.labels, mean=splits.mean, std=splits.std, seed=ctx.cfg.seed,
-                      batch_size=ctx.cfg.batch_size)
+    pic = compute_pic(
+        ctx.model,
+        ctx.inputs.images,
+        attribution_map(ctx.attributions, absolute=True),
+        ctx.inputs.labels,
+        mean=splits.mean,
+        std=splits.std,
+        seed=ctx.cfg.seed,
+        batch_size=ctx.cfg.batch_size,
+    )
     ctx.results["pic"] = pic
-    return {f"sic_{ctx.method}": float(pic.sic_auc), f"aic_{ctx.method}": float(pic.aic_auc),
-            f"sic_valid_fraction_{ctx.method}": float(np.isfinite(pic.sic).mean())}
+    return {
+        f"sic_{ctx.method}": float(pic.sic_auc),
+        f"aic_{ctx.method}": float(pic.aic_auc),
+        f"sic_valid_fraction_{ctx.method}": float(np.isfinite(pic.sic).mean()),
+    }
 
 
 def _ig_completeness(ctx: MethodContext) -> dict[str, float]:
     if ctx.method != "ig":
         return {}
-    error = completeness_error(ctx.model, ctx.inputs.images, ctx.inputs.labels, ctx.attributions,
-                               ctx.inputs.baseline)
+    error = completeness_error(ctx.model, ctx.inputs.images, ctx.inputs.labels, ctx.attributions, ctx.inputs.baseline)
     return {"ig_completeness_error": float(error.mean())}
 
 
@@ -135,17 +160,25 @@ def _ig_saturation(ctx: MethodContext) -> dict[str, float]:
     if ctx.method != "ig":
         return {}
     count = min(ctx.cfg.saturation_images, len(ctx.inputs.images))
-    saturation = ig_saturation(ctx.model, ctx.inputs.images[:count], ctx.inputs.labels[:count], ctx.inputs.baseline,
-                               chunk_size=ctx.cfg.batch_size)
+    saturation = ig_saturation(
+        ctx.model,
+        ctx.inputs.images[:count],
+        ctx.inputs.labels[:count],
+        ctx.inputs.baseline,
+        chunk_size=ctx.cfg.batch_size,
+    )
     ctx.results["saturation"] = saturation
-    return {"ig_alpha_95": float(saturation.alpha_95.mean()),
-            "ig_grad_norm_after_saturation": float(saturation.grad_norm_after.mean()),
-            "ig_grad_alignment_after_saturation": float(np.nanmean(saturation.alignment_after.numpy()))}
+    return {
+        "ig_alpha_95": float(saturation.alpha_95.mean()),
+        "ig_grad_norm_after_saturation": float(saturation.grad_norm_after.mean()),
+        "ig_grad_alignment_after_saturation": float(np.nanmean(saturation.alignment_after.numpy())),
+    }
 
 
 METHOD_METRICS: dict[str, MethodMetric] = {
-    "randomisation": MethodMetric("randomisation", _randomisation,
-                                  ("randomisation_similarity_", "randomisation_repeatability_")),
+    "randomisation": MethodMetric(
+        "randomisation", _randomisation, ("randomisation_similarity_", "randomisation_repeatability_")
+    ),
     "infidelity": MethodMetric("infidelity", _infidelity, ("infidelity_",)),
     "localisation": MethodMetric("localisation", _localisation, ("localisation_auc_",)),
     "sensitivity": MethodMetric("sensitivity", _sensitivity, ("sensitivity",)),

@@ -23,7 +23,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
         return mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
     if "://" not in uri:
         return "file://" + os.path.abspath(os.path.expanduser(uri))
     return uri
@@ -93,9 +93,11 @@ def resolve_resume_uri(given: str | None, stored: str | None) -> str:
         return resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     if os.environ.get("MLFLOW_TRACKING_USERNAME") and os.environ.get("MLFLOW_TRACKING_PASSWORD"):
         return without_credentials(stored)
-    raise TrackingError(f"the run's tracking URI was stored with its password masked ({stored}): pass --tracking-uri "
-                        "with the password again, or set MLFLOW_TRACKING_URI to it, or set MLFLOW_TRACKING_USERNAME "
-                        "and MLFLOW_TRACKING_PASSWORD (MLflow sends them to the server) and resume again")
+    raise TrackingError(
+        f"the run's tracking URI was stored with its password masked ({stored}): pass --tracking-uri "
+        "with the password again, or set MLFLOW_TRACKING_URI to it, or set MLFLOW_TRACKING_USERNAME "
+        "and MLFLOW_TRACKING_PASSWORD (MLflow sends them to the server) and resume again"
+    )
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -109,14 +111,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     request = urllib.request.Request(f"{without_credentials(uri).rstrip('/')}/health")
     parts = urllib.parse.urlsplit(uri)
     if parts.password is not None:  # urllib does not read credentials from the URL itself
-        token = base64.b64encode(f"{urllib.parse.unquote(parts.username or '')}:"
-                                 f"{urllib.parse.unquote(parts.password)}".encode()).decode()
+        token = base64.b64encode(
+            f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password)}".encode()
+        ).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
         urllib.request.urlopen(request, timeout=timeout)
     except (OSError, ValueError) as err:
-        raise TrackingError(f"the MLflow tracking server {mask_uri(uri)!r} does not answer ({redact(str(err), uri)}); "
-                            "start it (mlflow server ...) or check --tracking-uri") from err
+        raise TrackingError(
+            f"the MLflow tracking server {mask_uri(uri)!r} does not answer ({redact(str(err), uri)}); "
+            "start it (mlflow server ...) or check --tracking-uri"
+        ) from err
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -124,9 +129,11 @@ def check_tracking_uri(uri: str) -> None:
     try:
         MlflowClient(uri)
     except Exception as err:  # MLflow raises MlflowException subclasses for unsupported schemes
-        raise TrackingError(f"MLflow cannot use the tracking URI {mask_uri(uri)!r}: {redact(str(err), uri)}; "
-                            "pass --tracking-uri http(s)://HOST:PORT (an mlflow server), sqlite:///PATH or a "
-                            "directory") from err
+        raise TrackingError(
+            f"MLflow cannot use the tracking URI {mask_uri(uri)!r}: {redact(str(err), uri)}; "
+            "pass --tracking-uri http(s)://HOST:PORT (an mlflow server), sqlite:///PATH or a "
+            "directory"
+        ) from err
 
 
 def is_local_store(uri: str) -> bool:

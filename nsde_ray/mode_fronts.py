@@ -105,29 +105,69 @@ class ModeReport:
 
     def csv_rows(self) -> list[dict[str, Any]]:
         """One dict per verdict, with labels, counts, test and correction."""
-        return [{"mode_x": v.mode_x, "mode_y": v.mode_y, "label_x": self.labels[v.mode_x],
-                 "label_y": self.labels[v.mode_y], "level": v.level, "difference": v.difference, "low": v.low,
-                 "high": v.high, "p": v.p, "p_holm": v.p_holm, "verdict": v.verdict,
-                 "configs_x": self.counts[v.mode_x][0], "seeds_x": self.counts[v.mode_x][1],
-                 "configs_y": self.counts[v.mode_y][0], "seeds_y": self.counts[v.mode_y][1],
-                 "test": self._test(v)} for v in self.verdicts]
+        return [
+            {
+                "mode_x": v.mode_x,
+                "mode_y": v.mode_y,
+                "label_x": self.labels[v.mode_x],
+                "label_y": self.labels[v.mode_y],
+                "level": v.level,
+                "difference": v.difference,
+                "low": v.low,
+                "high": v.high,
+                "p": v.p,
+                "p_holm": v.p_holm,
+                "verdict": v.verdict,
+                "configs_x": self.counts[v.mode_x][0],
+                "seeds_x": self.counts[v.mode_x][1],
+                "configs_y": self.counts[v.mode_y][0],
+                "seeds_y": self.counts[v.mode_y][1],
+                "test": self._test(v),
+            }
+            for v in self.verdicts
+        ]
 
     def to_text(self) -> str:
         """Plain-text tables for the console."""
-        return "\n".join([self._summary(), "", "Fronts:", _aligned(*self._front_table()), "",
-                          "Verdicts:", _aligned(*self._verdict_table()), *self._notes()])
+        return "\n".join(
+            [
+                self._summary(),
+                "",
+                "Fronts:",
+                _aligned(*self._front_table()),
+                "",
+                "Verdicts:",
+                _aligned(*self._verdict_table()),
+                *self._notes(),
+            ]
+        )
 
     def to_markdown(self) -> str:
         """Markdown for the MLflow run description."""
-        return "\n".join(["### Noise modes compared by their fronts", "", self._summary(), "", "#### Fronts", "",
-                          _markdown(*self._front_table()), "", "#### Verdicts", "",
-                          _markdown(*self._verdict_table()), *self._notes()])
+        return "\n".join(
+            [
+                "### Noise modes compared by their fronts",
+                "",
+                self._summary(),
+                "",
+                "#### Fronts",
+                "",
+                _markdown(*self._front_table()),
+                "",
+                "#### Verdicts",
+                "",
+                _markdown(*self._verdict_table()),
+                *self._notes(),
+            ]
+        )
 
     def _summary(self) -> str:
         levels = ", ".join(f"{level:g}" for level in self.levels) or "none"
-        return (f"S(a) = lowest sensitivity among a mode's configurations with val_accuracy >= a. Levels a: {levels}. "
-                f"Interval: {1 - self.alpha:.0%} over {self.draws} draws of the configuration means; p two-sided "
-                f"from the draws, Holm-corrected over {self.family} comparisons; verdict at Holm p <= {self.alpha:g}.")
+        return (
+            f"S(a) = lowest sensitivity among a mode's configurations with val_accuracy >= a. Levels a: {levels}. "
+            f"Interval: {1 - self.alpha:.0%} over {self.draws} draws of the configuration means; p two-sided "
+            f"from the draws, Holm-corrected over {self.family} comparisons; verdict at Holm p <= {self.alpha:g}."
+        )
 
     def _notes(self) -> list[str]:
         return ["", *self.notes] if self.notes else []
@@ -141,16 +181,38 @@ class ModeReport:
 
     def _front_table(self) -> tuple[list[str], list[list[str]]]:
         header = ["mode", "val_accuracy", "sensitivity", "lr", "noise_sigma", "seeds"]
-        cells = [[self.labels[mode], f"{row['val_accuracy']:.4f}", f"{row['sensitivity']:.4f}",
-                  _value(row.get("lr")), _value(row.get("noise_sigma")), _value(row.get("seeds"))]
-                 for mode, front in self.fronts.items() for row in front]
+        cells = [
+            [
+                self.labels[mode],
+                f"{row['val_accuracy']:.4f}",
+                f"{row['sensitivity']:.4f}",
+                _value(row.get("lr")),
+                _value(row.get("noise_sigma")),
+                _value(row.get("seeds")),
+            ]
+            for mode, front in self.fronts.items()
+            for row in front
+        ]
         return header, cells
 
     def _verdict_table(self) -> tuple[list[str], list[list[str]]]:
         header = ["X", "Y", "acc >=", "S_X - S_Y", "interval", "p", "p Holm", "n X", "n Y", "test", "verdict"]
-        cells = [[self.labels[v.mode_x], self.labels[v.mode_y], f"{v.level:g}", _value(v.difference, "+.3g"),
-                  f"[{v.low:+.3g}, {v.high:+.3g}]" if v.tested else "", _value(v.p, ".2g"), _value(v.p_holm, ".2g"),
-                  self._n(v.mode_x), self._n(v.mode_y), self._test(v), v.verdict] for v in self.verdicts]
+        cells = [
+            [
+                self.labels[v.mode_x],
+                self.labels[v.mode_y],
+                f"{v.level:g}",
+                _value(v.difference, "+.3g"),
+                f"[{v.low:+.3g}, {v.high:+.3g}]" if v.tested else "",
+                _value(v.p, ".2g"),
+                _value(v.p_holm, ".2g"),
+                self._n(v.mode_x),
+                self._n(v.mode_y),
+                self._test(v),
+                v.verdict,
+            ]
+            for v in self.verdicts
+        ]
         return header, cells
 
 
@@ -180,8 +242,9 @@ def normal_draws(rows: list[dict[str, Any]], draws: int = 4000, seed: int = 0) -
     """
     rng = np.random.default_rng(seed)
     seeds = np.array([float(row.get("seeds", 1)) for row in rows])
-    columns = [_t_draws(_column(rows, name), _column(rows, f"{name}_se"), seeds, draws, rng)
-               for name, _ in FRONT_OBJECTIVES]
+    columns = [
+        _t_draws(_column(rows, name), _column(rows, f"{name}_se"), seeds, draws, rng) for name, _ in FRONT_OBJECTIVES
+    ]
     return np.stack(columns, axis=-1).reshape(draws, len(rows), 2)
 
 
@@ -190,8 +253,9 @@ def _column(rows: list[dict[str, Any]], name: str) -> np.ndarray:
     return np.array([float(row.get(name, math.nan)) for row in rows], dtype=float)
 
 
-def _t_draws(means: np.ndarray, errors: np.ndarray, seeds: np.ndarray, draws: int,
-             rng: np.random.Generator) -> np.ndarray:
+def _t_draws(
+    means: np.ndarray, errors: np.ndarray, seeds: np.ndarray, draws: int, rng: np.random.Generator
+) -> np.ndarray:
     """(D, N) draws of one objective's means (N,) from their SEs (N,) and seed counts (N,)."""
     known = np.isfinite(errors) & (seeds >= 2)
     pool = known & np.isfinite(means)
@@ -207,7 +271,7 @@ def _pooled_sd(errors: np.ndarray, seeds: np.ndarray) -> tuple[float, float]:
     dof = float(np.sum(seeds - 1))
     if dof == 0:
         return math.nan, math.nan
-    return math.sqrt(float(np.sum((seeds - 1) * errors ** 2 * seeds)) / dof), dof
+    return math.sqrt(float(np.sum((seeds - 1) * errors**2 * seeds)) / dof), dof
 
 
 def attainable(accuracy: np.ndarray, sensitivity: np.ndarray, level: float) -> np.ndarray:
@@ -266,9 +330,15 @@ def draw_test(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, float,
     return float(low), float(high), float(p), -1 if above < below else 1
 
 
-def compare_modes(rows: list[dict[str, Any]], labels: dict[str, str] | None = None, draws: np.ndarray | None = None,
-                  modes: tuple[str, ...] = (), levels: list[float] | None = None, alpha: float = 0.05,
-                  seed: int = 0) -> ModeReport:
+def compare_modes(
+    rows: list[dict[str, Any]],
+    labels: dict[str, str] | None = None,
+    draws: np.ndarray | None = None,
+    modes: tuple[str, ...] = (),
+    levels: list[float] | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> ModeReport:
     """Fronts, levels and Holm-corrected verdicts of the noise modes of a sweep's ``rows`` (N); see the module doc.
 
     ``draws`` (D, N, 2): plausible (val_accuracy, sensitivity) means of the rows (default :func:`normal_draws`).
@@ -293,12 +363,22 @@ def compare_modes(rows: list[dict[str, Any]], labels: dict[str, str] | None = No
 
 def _with_control(rows: list[dict[str, Any]], draws: np.ndarray, seed: int) -> tuple[list[dict[str, Any]], np.ndarray]:
     """``rows`` (N) and ``draws`` (D, N, 2) with the control's rows (C) appended: (N + C rows, (D, N + C, 2))."""
-    sources = [i for i, row in enumerate(rows) if row.get("noise_mode") == PLAIN
-               and math.isfinite(float(row.get(CONTROL_METRIC, math.nan)))]
+    sources = [
+        i
+        for i, row in enumerate(rows)
+        if row.get("noise_mode") == PLAIN and math.isfinite(float(row.get(CONTROL_METRIC, math.nan)))
+    ]
     if not sources:
         return rows, draws
-    control = [{**rows[i], "noise_mode": CONTROL, "sensitivity": rows[i][CONTROL_METRIC],
-                "sensitivity_se": rows[i].get(f"{CONTROL_METRIC}_se", math.nan)} for i in sources]
+    control = [
+        {
+            **rows[i],
+            "noise_mode": CONTROL,
+            "sensitivity": rows[i][CONTROL_METRIC],
+            "sensitivity_se": rows[i].get(f"{CONTROL_METRIC}_se", math.nan),
+        }
+        for i in sources
+    ]
     control_draws = normal_draws(control, len(draws), seed + 1)
     control_draws[:, :, 0] = draws[:, sources, 0]
     return rows + control, np.concatenate([draws, control_draws], axis=1)
@@ -320,12 +400,21 @@ def _groups(rows: list[dict[str, Any]], modes: tuple[str, ...]) -> dict[str, lis
     return groups
 
 
-def _verdicts(rows: list[dict[str, Any]], draws: np.ndarray, groups: dict[str, list[int]], names: dict[str, str],
-              levels: list[float], alpha: float) -> list[Verdict]:
+def _verdicts(
+    rows: list[dict[str, Any]],
+    draws: np.ndarray,
+    groups: dict[str, list[int]],
+    names: dict[str, str],
+    levels: list[float],
+    alpha: float,
+) -> list[Verdict]:
     """Every pair of modes at every level; the tested ones Holm-corrected together."""
     means = np.array([[float(row[name]) for name, _ in FRONT_OBJECTIVES] for row in rows]).reshape(len(rows), 2)
-    pending = [_compare(x, y, level, means, draws, groups, names, alpha)
-               for x, y in combinations(groups, 2) for level in levels]
+    pending = [
+        _compare(x, y, level, means, draws, groups, names, alpha)
+        for x, y in combinations(groups, 2)
+        for level in levels
+    ]
     tested = [i for i, (verdict, _) in enumerate(pending) if verdict.tested]
     for i, adjusted in zip(tested, holm([pending[i][0].p for i in tested])):
         verdict, sign = pending[i]
@@ -336,8 +425,16 @@ def _verdicts(rows: list[dict[str, Any]], draws: np.ndarray, groups: dict[str, l
     return [verdict for verdict, _ in pending]
 
 
-def _compare(x: str, y: str, level: float, means: np.ndarray, draws: np.ndarray, groups: dict[str, list[int]],
-             names: dict[str, str], alpha: float) -> tuple[Verdict, int]:
+def _compare(
+    x: str,
+    y: str,
+    level: float,
+    means: np.ndarray,
+    draws: np.ndarray,
+    groups: dict[str, list[int]],
+    names: dict[str, str],
+    alpha: float,
+) -> tuple[Verdict, int]:
     """(verdict before Holm, sign of the difference) of modes ``x`` and ``y`` at accuracy ``level``."""
     untested = Verdict(x, y, level, math.nan, math.nan, math.nan, math.nan, math.nan, "")
     for mode in (x, y):

@@ -5,16 +5,29 @@ checkpoints. Objectives and noise modes are records in :mod:`nsde_ray.registry`.
 names built on them (tags, metrics, artifacts) are in ``docs/mlflow.md``.
 """
 
-CIFAR_DEPTHS = {"cifar_resnet8": 8, "cifar_resnet14": 14, "cifar_resnet20": 20, "cifar_resnet32": 32,
-                "cifar_resnet56": 56}
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                     "wide_resnet50_2", "wide_resnet101_2",
-                     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
+CIFAR_DEPTHS = {
+    "cifar_resnet8": 8,
+    "cifar_resnet14": 14,
+    "cifar_resnet20": 20,
+    "cifar_resnet32": 32,
+    "cifar_resnet56": 56,
+}
+TORCHVISION_ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+)
 ARCHS = tuple(CIFAR_DEPTHS) + TORCHVISION_ARCHS  # every name models.build_model accepts
 
 METHODS = ("ig", "ig_nt", "saliency", "deeplift", "deepshap")  # AAAI 2022 Table 1's row order
-METHOD_LABELS = {"ig": "IG", "ig_nt": "IG + NT", "saliency": "Saliency", "deeplift": "DeepLIFT",
-                 "deepshap": "DeepSHAP"}
+METHOD_LABELS = {"ig": "IG", "ig_nt": "IG + NT", "saliency": "Saliency", "deeplift": "DeepLIFT", "deepshap": "DeepSHAP"}
 
 # How attribution shaping gets its maps: a refresh pass of IG or Saliency, or each training step's input gradient.
 SHAPING_METHODS = ("ig", "saliency", "training_gradient")

@@ -137,8 +137,10 @@ def load_config_file(path: str) -> list[Override]:
         try:
             import yaml
         except ImportError as err:
-            raise OverrideError(f"--config {path!r}: reading YAML needs PyYAML (pip install pyyaml, part of the "
-                                "dev extra), or write the file as JSON") from err
+            raise OverrideError(
+                f"--config {path!r}: reading YAML needs PyYAML (pip install pyyaml, part of the "
+                "dev extra), or write the file as JSON"
+            ) from err
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
@@ -172,13 +174,16 @@ def _lookup(name: str, known: dict[str, dict[str, Any]]) -> tuple[str, str, Any]
     section, dot, field = name.partition(".")
     if not dot:
         matches = [f"{s}.{f}" for s, fields in known.items() for f in difflib.get_close_matches(name, fields)]
-        raise OverrideError(f"{name!r} names no config field{_did_you_mean(matches)}: write SECTION.FIELD, "
-                            f"sections: {', '.join(known)}")
+        raise OverrideError(
+            f"{name!r} names no config field{_did_you_mean(matches)}: write SECTION.FIELD, sections: {', '.join(known)}"
+        )
     fields = _section_fields(section, name, known)
     if field not in fields:
-        raise OverrideError(f"unknown field {field!r} of config section {section!r}"
-                            + _did_you_mean([f"{section}.{f}" for f in difflib.get_close_matches(field, fields)])
-                            + f"; valid {section} fields: {', '.join(fields)}")
+        raise OverrideError(
+            f"unknown field {field!r} of config section {section!r}"
+            + _did_you_mean([f"{section}.{f}" for f in difflib.get_close_matches(field, fields)])
+            + f"; valid {section} fields: {', '.join(fields)}"
+        )
     return section, field, fields[field]
 
 
@@ -187,9 +192,12 @@ def _section_fields(section: str, name: str, sections: dict[str, dict[str, Any]]
     if section not in sections:
         field = name.partition(".")[2]
         matches = difflib.get_close_matches(section, sections)
-        raise OverrideError(f"unknown config section {section!r}" + (f" in {name!r}" if field else "")
-                            + _did_you_mean([f"{s}.{field}" if field else s for s in matches])
-                            + f"; valid sections: {', '.join(sections)}")
+        raise OverrideError(
+            f"unknown config section {section!r}"
+            + (f" in {name!r}" if field else "")
+            + _did_you_mean([f"{s}.{field}" if field else s for s in matches])
+            + f"; valid sections: {', '.join(sections)}"
+        )
     return sections[section]
 
 
@@ -217,8 +225,13 @@ def _accepts(hint: Any, value: Any) -> bool:
 
 def _is(option: Any, value: Any) -> bool:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    checks = {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
-              int: number and isinstance(value, int), float: number}
+    checks = {
+        type(None): value is None,
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+        int: number and isinstance(value, int),
+        float: number,
+    }
     if option in checks:
         return checks[option]
     if typing.get_origin(option) is tuple:
@@ -237,6 +250,9 @@ def _describe(hint: Any) -> str:
         elif typing.get_origin(option) is tuple:
             words.append(f"{len(items)} comma-separated values ({', '.join(_describe(item) for item in items)})")
         else:
-            words.append({type(None): "none", bool: "true or false", int: "an integer", float: "a number",
-                          str: "text"}.get(option, str(option)))
+            words.append(
+                {type(None): "none", bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(
+                    option, str(option)
+                )
+            )
     return " or ".join(words)

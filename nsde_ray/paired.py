@@ -33,8 +33,15 @@ log = logging.getLogger(__name__)
 
 def stage(cfg: PaperTablesConfig, name: str, noise_modes: tuple[str, ...], epochs: int) -> PaperTablesConfig:
     """One stage's settings: a grid over ``noise_modes`` of ``epochs`` epochs, in the grid's experiment directory."""
-    return replace(cfg, name=name, storage=experiment_path(cfg), noise_modes=noise_modes, paired=False,
-                   finetune_epochs=None, base=replace(cfg.base, train=replace(cfg.base.train, epochs=epochs)))
+    return replace(
+        cfg,
+        name=name,
+        storage=experiment_path(cfg),
+        noise_modes=noise_modes,
+        paired=False,
+        finetune_epochs=None,
+        base=replace(cfg.base, train=replace(cfg.base.train, epochs=epochs)),
+    )
 
 
 def plain_stage(cfg: PaperTablesConfig) -> PaperTablesConfig:
@@ -74,8 +81,12 @@ def finetune_space(bases: dict[str, tuple[str, int]], noise_modes: tuple[str, ..
     """Stage 2's grid: every plain checkpoint x every noisy mode, with the checkpoint's arch and seed."""
     from ray import tune
 
-    return {"init_from": tune.grid_search(sorted(bases)), "noise_mode": tune.grid_search(list(noise_modes)),
-            "arch": tune.sample_from(BaseOf(bases, 0)), "seed": tune.sample_from(BaseOf(bases, 1))}
+    return {
+        "init_from": tune.grid_search(sorted(bases)),
+        "noise_mode": tune.grid_search(list(noise_modes)),
+        "arch": tune.sample_from(BaseOf(bases, 0)),
+        "seed": tune.sample_from(BaseOf(bases, 1)),
+    }
 
 
 def run(cfg: PaperTablesConfig, tracking, retry_errored: bool = True, log_level: int = logging.INFO) -> list:
@@ -85,19 +96,36 @@ def run(cfg: PaperTablesConfig, tracking, retry_errored: bool = True, log_level:
 
     tracker = tracking.describe()
     plain, finetune = plain_stage(cfg), finetune_stage(cfg)
-    log.info(f"paired: stage 1 trains {plain.grid_size} plain models for {plain.base.train.epochs} epochs; "
-             f"stage 2 fine-tunes {', '.join(finetune.noise_modes)} from each for {cfg.finetune_epochs} epochs")
-    results = list(build_grid_tuner(plain, tracker, resume=tune.Tuner.can_restore(experiment_path(plain)),
-                                    retry_errored=retry_errored, log_level=log_level).fit())
+    log.info(
+        f"paired: stage 1 trains {plain.grid_size} plain models for {plain.base.train.epochs} epochs; "
+        f"stage 2 fine-tunes {', '.join(finetune.noise_modes)} from each for {cfg.finetune_epochs} epochs"
+    )
+    results = list(
+        build_grid_tuner(
+            plain,
+            tracker,
+            resume=tune.Tuner.can_restore(experiment_path(plain)),
+            retry_errored=retry_errored,
+            log_level=log_level,
+        ).fit()
+    )
     mark_runs(tracking, cfg)
     bases = plain_checkpoints(cfg, tracking)
     if not bases:
         log.info("paired: no plain model finished, so nothing to fine-tune")
         return results
     trials = len(bases) * len(finetune.noise_modes)
-    results += list(build_grid_tuner(finetune, tracker, resume=tune.Tuner.can_restore(experiment_path(finetune)),
-                                     param_space=finetune_space(bases, finetune.noise_modes), trials=trials,
-                                     retry_errored=retry_errored, log_level=log_level).fit())
+    results += list(
+        build_grid_tuner(
+            finetune,
+            tracker,
+            resume=tune.Tuner.can_restore(experiment_path(finetune)),
+            param_space=finetune_space(bases, finetune.noise_modes),
+            trials=trials,
+            retry_errored=retry_errored,
+            log_level=log_level,
+        ).fit()
+    )
     mark_runs(tracking, cfg)
     return results
 

@@ -22,11 +22,30 @@ import time
 from dataclasses import replace
 
 from nsde_ray import tables
-from nsde_ray.config import (DEFAULT_SEEDS, PAPER_REPEATS, REFERENCE_SIGMA, EvalConfig, ModelConfig,
-                             PaperTablesConfig, ShapingConfig)
-from nsde_ray.flags import (ARCH_HELP, DATA_SHORTCUTS, TRAINING_SHORTCUTS, HelpFormatter, add_config_flags,
-                            add_data_flags, add_run_flags, add_training_flags, capped, check_trial, fail, parse_args,
-                            trial_config_from_args)
+from nsde_ray.config import (
+    DEFAULT_SEEDS,
+    PAPER_REPEATS,
+    REFERENCE_SIGMA,
+    EvalConfig,
+    ModelConfig,
+    PaperTablesConfig,
+    ShapingConfig,
+)
+from nsde_ray.flags import (
+    ARCH_HELP,
+    DATA_SHORTCUTS,
+    TRAINING_SHORTCUTS,
+    HelpFormatter,
+    add_config_flags,
+    add_data_flags,
+    add_run_flags,
+    add_training_flags,
+    capped,
+    check_trial,
+    fail,
+    parse_args,
+    trial_config_from_args,
+)
 from nsde_ray.lifecycle import experiment_path, init_ray, open_run, resolve_storage, usage_errors
 from nsde_ray.names import METHODS
 from nsde_ray.registry import noise_mode_names
@@ -38,17 +57,31 @@ PAPER_IMAGES = 100
 # --smoke-test: the same path in about a minute of compute; shaping by saliency from the first step,
 # so that one epoch exercises it.
 SMOKE_EPOCHS, SMOKE_REPEATS = 1, 2
-SMOKE_EVAL = dict(num_images=8, n_steps=4, nt_samples=2, n_perturbations=2, deepshap_baselines=2,
-                  saturation_images=2, grid_images=2)
+SMOKE_EVAL = dict(
+    num_images=8, n_steps=4, nt_samples=2, n_perturbations=2, deepshap_baselines=2, saturation_images=2, grid_images=2
+)
 SMOKE_SHAPING = ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency")
 # Shortcut flags (dests) -> the config field each sets; --arch and --seeds are the grid's axes instead.
-SHORTCUTS = {**DATA_SHORTCUTS, **TRAINING_SHORTCUTS, "sigma": "noise.sigma", "ig_steps": "eval.n_steps",
-             "nt_samples": "eval.nt_samples", "perturbations": "eval.n_perturbations",
-             "shap_baselines": "eval.deepshap_baselines"}
+SHORTCUTS = {
+    **DATA_SHORTCUTS,
+    **TRAINING_SHORTCUTS,
+    "sigma": "noise.sigma",
+    "ig_steps": "eval.n_steps",
+    "nt_samples": "eval.nt_samples",
+    "perturbations": "eval.n_perturbations",
+    "shap_baselines": "eval.deepshap_baselines",
+}
 # --resume: flag dest -> where the stored settings (PaperTablesConfig.to_dict()) hold its value.
-RESUME_FIELDS = {**{dest: f"base.{path}" for dest, path in SHORTCUTS.items()}, "arch": "archs",
-                 "noise_modes": "noise_modes", "seeds": "seeds", "repeats": "repeats", "paired": "paired",
-                 "finetune_epochs": "finetune_epochs", "max_concurrent": "max_concurrent"}
+RESUME_FIELDS = {
+    **{dest: f"base.{path}" for dest, path in SHORTCUTS.items()},
+    "arch": "archs",
+    "noise_modes": "noise_modes",
+    "seeds": "seeds",
+    "repeats": "repeats",
+    "paired": "paired",
+    "finetune_epochs": "finetune_epochs",
+    "max_concurrent": "max_concurrent",
+}
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +90,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m sweeps.{COMMAND}",
         description="Reproduce the papers' tables (IJCAI 2021 Tables 1-3, AAAI 2022 Tables 1 and 2) on your data "
-                    "and architectures: a Ray Tune grid over architecture, noise mode and seed, each model evaluated "
-                    "with every attribution method on 100 correctly classified images, 5 times; tables to the "
-                    "terminal, as Markdown and CSV, and to MLflow. Resumable with --resume.",
-        formatter_class=HelpFormatter)
+        "and architectures: a Ray Tune grid over architecture, noise mode and seed, each model evaluated "
+        "with every attribution method on 100 correctly classified images, 5 times; tables to the "
+        "terminal, as Markdown and CSV, and to MLflow. Resumable with --resume.",
+        formatter_class=HelpFormatter,
+    )
     data = add_data_flags(parser)
-    data.add_argument("--arch", nargs="+", default=[ModelConfig.arch],
-                      help=f"architectures, each {ARCH_HELP} (default: the base config's model.arch)")
+    data.add_argument(
+        "--arch",
+        nargs="+",
+        default=[ModelConfig.arch],
+        help=f"architectures, each {ARCH_HELP} (default: the base config's model.arch)",
+    )
     grid = parser.add_argument_group("grid")
     grid.add_argument("--noise-modes", nargs="+", default=list(noise_mode_names()), help="noise modes (table columns)")
-    grid.add_argument("--sigma", type=float, default=REFERENCE_SIGMA,
-                      help="normalised noise magnitude of the gaussian and attribution models (the papers' 0.5)")
-    grid.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
-                      help="training seeds; each (arch, noise mode) is trained once per seed")
-    grid.add_argument("--repeats", type=int, default=PAPER_REPEATS,
-                      help="evaluations of each model, each on a new seeded set of --eval-images images")
-    grid.add_argument("--paired", action="store_true",
-                      help="train the plain model (none) of each arch and seed first, then fine-tune every other "
-                           "noise mode from its final weights for --finetune-epochs; adds the paired-differences "
-                           "table (noisy minus plain per seed, paired t-test)")
+    grid.add_argument(
+        "--sigma",
+        type=float,
+        default=REFERENCE_SIGMA,
+        help="normalised noise magnitude of the gaussian and attribution models (the papers' 0.5)",
+    )
+    grid.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SEEDS),
+        help="training seeds; each (arch, noise mode) is trained once per seed",
+    )
+    grid.add_argument(
+        "--repeats",
+        type=int,
+        default=PAPER_REPEATS,
+        help="evaluations of each model, each on a new seeded set of --eval-images images",
+    )
+    grid.add_argument(
+        "--paired",
+        action="store_true",
+        help="train the plain model (none) of each arch and seed first, then fine-tune every other "
+        "noise mode from its final weights for --finetune-epochs; adds the paired-differences "
+        "table (noisy minus plain per seed, paired t-test)",
+    )
     grid.add_argument("--finetune-epochs", type=int, default=None, help="epochs of each noisy fine-tune (--paired)")
     train = add_training_flags(parser, lr_help="learning rate", eval_images=PAPER_IMAGES, eval_methods=METHODS)
     train.add_argument("--ig-steps", type=int, default=EvalConfig.n_steps, help="IG (and IG + NT) integration points")
     train.add_argument("--nt-samples", type=int, default=EvalConfig.nt_samples, help="IG + NT (SmoothGrad) samples")
-    train.add_argument("--perturbations", type=int, default=EvalConfig.n_perturbations,
-                       help="perturbations per image of max-sensitivity")
-    train.add_argument("--shap-baselines", type=int, default=EvalConfig.deepshap_baselines,
-                       help="training images in DeepSHAP's baseline distribution")
-    run = add_run_flags(parser, command=COMMAND,
-                        smoke_help=f"a tiny grid for CI: the first arch and seed, {SMOKE_EPOCHS} epoch, "
-                                   f"{SMOKE_REPEATS} repeats of {SMOKE_EVAL['num_images']} images")
+    train.add_argument(
+        "--perturbations",
+        type=int,
+        default=EvalConfig.n_perturbations,
+        help="perturbations per image of max-sensitivity",
+    )
+    train.add_argument(
+        "--shap-baselines",
+        type=int,
+        default=EvalConfig.deepshap_baselines,
+        help="training images in DeepSHAP's baseline distribution",
+    )
+    run = add_run_flags(
+        parser,
+        command=COMMAND,
+        smoke_help=f"a tiny grid for CI: the first arch and seed, {SMOKE_EPOCHS} epoch, "
+        f"{SMOKE_REPEATS} repeats of {SMOKE_EVAL['num_images']} images",
+    )
     run.add_argument("--out-dir", default=None, help="where the tables are written (default: tables/NAME here)")
     add_config_flags(parser)
     return parser
@@ -98,53 +163,81 @@ def config_from_args(args: argparse.Namespace, name: str, storage: str) -> Paper
     archs = args.arch if "arch" in args.given else [base.model.arch]
     seeds, repeats = args.seeds, args.repeats
     if args.smoke_test:
-        base = replace(base, train=capped(base.train, {"epochs": SMOKE_EPOCHS}), eval=capped(base.eval, SMOKE_EVAL),
-                       shaping=SMOKE_SHAPING)
+        base = replace(
+            base,
+            train=capped(base.train, {"epochs": SMOKE_EPOCHS}),
+            eval=capped(base.eval, SMOKE_EVAL),
+            shaping=SMOKE_SHAPING,
+        )
         archs, seeds, repeats = archs[:1], seeds[:1], min(repeats, SMOKE_REPEATS)
     base = replace(base, model=replace(base.model, arch=archs[0]), train=replace(base.train, seed=seeds[0]))
     finetune_epochs = args.finetune_epochs
     if args.smoke_test and finetune_epochs is not None:
         finetune_epochs = min(finetune_epochs, SMOKE_EPOCHS)
-    cfg = PaperTablesConfig(name=name, storage=storage, base=base, archs=tuple(archs),
-                            noise_modes=tuple(args.noise_modes), seeds=tuple(seeds), repeats=repeats,
-                            max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri, paired=args.paired,
-                            finetune_epochs=finetune_epochs)
+    cfg = PaperTablesConfig(
+        name=name,
+        storage=storage,
+        base=base,
+        archs=tuple(archs),
+        noise_modes=tuple(args.noise_modes),
+        seeds=tuple(seeds),
+        repeats=repeats,
+        max_concurrent=args.max_concurrent,
+        tracking_uri=args.tracking_uri,
+        paired=args.paired,
+        finetune_epochs=finetune_epochs,
+    )
     check_trial(cfg.base, cfg.archs)
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nsde_ray.sweep import build_grid_tuner
     from nsde_ray.mlflow_uri import ui_command
+    from nsde_ray.sweep import build_grid_tuner
 
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
-        cfg, tracking = open_run(args, command=COMMAND, kind=KIND, from_args=config_from_args,
-                                 from_dict=PaperTablesConfig.from_dict, parent_params=PaperTablesConfig.parent_params,
-                                 resume_fields=RESUME_FIELDS)
+        cfg, tracking = open_run(
+            args,
+            command=COMMAND,
+            kind=KIND,
+            from_args=config_from_args,
+            from_dict=PaperTablesConfig.from_dict,
+            parent_params=PaperTablesConfig.parent_params,
+            resume_fields=RESUME_FIELDS,
+        )
     except usage_errors() as err:
         fail(parser, str(err))
     if args.resume:
-        log.info(f"resuming paper tables {cfg.name!r} with its stored settings; errored trials "
-                 + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints"))
+        log.info(
+            f"resuming paper tables {cfg.name!r} with its stored settings; errored trials "
+            + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints")
+        )
     else:
         tracking.client.set_tag(tracking.parent_run_id, KIND_TAG, KIND)
 
     started = time.perf_counter()
     init_ray(args.address, args.log_level)
-    log.info(f"paper tables {cfg.name!r}: {cfg.grid_size} models ({', '.join(cfg.archs)} x "
-             f"{', '.join(cfg.noise_modes)} x seeds {', '.join(map(str, cfg.seeds))}) on {cfg.base.data.dataset}, "
-             f"{cfg.base.train.epochs} epochs each, then {', '.join(cfg.base.eval.methods)} on "
-             f"{cfg.base.eval.num_images} images x {cfg.repeats} repeats; Tune state in {experiment_path(cfg)}; "
-             f"MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}")
+    log.info(
+        f"paper tables {cfg.name!r}: {cfg.grid_size} models ({', '.join(cfg.archs)} x "
+        f"{', '.join(cfg.noise_modes)} x seeds {', '.join(map(str, cfg.seeds))}) on {cfg.base.data.dataset}, "
+        f"{cfg.base.train.epochs} epochs each, then {', '.join(cfg.base.eval.methods)} on "
+        f"{cfg.base.eval.num_images} images x {cfg.repeats} repeats; Tune state in {experiment_path(cfg)}; "
+        f"MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}"
+    )
     if cfg.paired:
         from nsde_ray import paired
 
         grid = paired.run(cfg, tracking, retry_errored=not args.no_retry_errored, log_level=args.log_level)
     else:
-        grid = build_grid_tuner(cfg, tracking.describe(), resume=args.resume,
-                                retry_errored=not args.no_retry_errored, log_level=args.log_level).fit()
+        grid = build_grid_tuner(
+            cfg,
+            tracking.describe(),
+            resume=args.resume,
+            retry_errored=not args.no_retry_errored,
+            log_level=args.log_level,
+        ).fit()
     results = model_results(tracking)
     report = tables.paper_tables(results, list(cfg.archs), list(cfg.base.eval.methods))
     if cfg.paired:
@@ -154,11 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     tracking.client.log_artifacts(tracking.parent_run_id, out_dir, TABLES_DIR)
     tracking.finish_sweep()
     errors = sum(result.error is not None for result in grid)
-    print(f"\n[nsde-ray] paper tables {cfg.name!r} done in {time.perf_counter() - started:.0f} s: {len(grid)} trials, "
-          f"{len(results)} evaluated, {errors} failed\n")
+    print(
+        f"\n[nsde-ray] paper tables {cfg.name!r} done in {time.perf_counter() - started:.0f} s: {len(grid)} trials, "
+        f"{len(results)} evaluated, {errors} failed\n"
+    )
     print(text)
-    print(f"[nsde-ray] tables written to {out_dir} (Markdown and CSV) and logged to the parent run "
-          f"{tracking.parent_run_id} under {TABLES_DIR}/; browse: {ui_command(tracking.tracking_uri)}")
-    print(f"[nsde-ray] resume or re-render: python -m sweeps.{COMMAND} --name {cfg.name} "
-          f"--storage {resolve_storage(args.storage)} --resume")
+    print(
+        f"[nsde-ray] tables written to {out_dir} (Markdown and CSV) and logged to the parent run "
+        f"{tracking.parent_run_id} under {TABLES_DIR}/; browse: {ui_command(tracking.tracking_uri)}"
+    )
+    print(
+        f"[nsde-ray] resume or re-render: python -m sweeps.{COMMAND} --name {cfg.name} "
+        f"--storage {resolve_storage(args.storage)} --resume"
+    )
     return 0 if results else 1

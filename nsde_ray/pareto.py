@@ -11,13 +11,14 @@ import numpy as np
 from nsde_ray.registry import OBJECTIVES, objective_directions
 
 
-def as_minimisation(rows: list[dict[str, float]],
-                    objectives: tuple[tuple[str, str], ...] | None = None) -> np.ndarray:
+def as_minimisation(rows: list[dict[str, float]], objectives: tuple[tuple[str, str], ...] | None = None) -> np.ndarray:
     """(N, M) losses from rows holding the ``objectives``' metrics ((name, ``min`` or ``max``); default: the
     registered objectives): maximised ones negated."""
     objectives = objective_directions() if objectives is None else objectives
-    return np.array([[float(row[name]) if mode == "min" else -float(row[name]) for name, mode in objectives]
-                     for row in rows], dtype=float).reshape(len(rows), len(objectives))
+    return np.array(
+        [[float(row[name]) if mode == "min" else -float(row[name]) for name, mode in objectives] for row in rows],
+        dtype=float,
+    ).reshape(len(rows), len(objectives))
 
 
 def non_dominated(losses: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def _slice_volume(points: np.ndarray, reference: np.ndarray) -> float:
     for k in range(len(points)):
         upper = points[k + 1, -1] if k + 1 < len(points) else reference[-1]
         if upper > points[k, -1]:
-            volume += (upper - points[k, -1]) * _slice_volume(points[:k + 1, :-1], reference[:-1])
+            volume += (upper - points[k, -1]) * _slice_volume(points[: k + 1, :-1], reference[:-1])
     return volume
 
 

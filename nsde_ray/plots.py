@@ -80,8 +80,11 @@ def saturation(path: str, result: Saturation) -> None:
     """IG along the path: logit, gradient norm and consecutive-gradient alignment against alpha."""
     alphas = result.alphas.numpy()
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    panels = [(alphas, result.logits, "target logit"), (alphas, result.grad_norm, "gradient L2 norm"),
-              (alphas[:-1], result.alignment[:, :-1], "cos(g(alpha), g(next alpha))")]
+    panels = [
+        (alphas, result.logits, "target logit"),
+        (alphas, result.grad_norm, "gradient L2 norm"),
+        (alphas[:-1], result.alignment[:, :-1], "cos(g(alpha), g(next alpha))"),
+    ]
     for axis, (x, curves, title) in zip(axes, panels):
         values = curves.numpy()
         axis.plot(x, values.T, color="tab:blue", alpha=0.15, linewidth=0.8)
@@ -128,20 +131,36 @@ def pareto_figure(rows: list[dict]):
 
     panels = pareto_panels()
     figure = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for _, title in panels])
-    groups = (("other configurations", lambda r: not r["pareto_front"] and not r.get("excluded"),
-               dict(color="lightgray", size=9)),
-              ("kept off the front", lambda r: bool(r.get("excluded")), dict(color="gray", size=9, symbol="x")),
-              ("Pareto front", lambda r: r["pareto_front"], dict(color="crimson", size=12, symbol="star")))
+    groups = (
+        (
+            "other configurations",
+            lambda r: not r["pareto_front"] and not r.get("excluded"),
+            dict(color="lightgray", size=9),
+        ),
+        ("kept off the front", lambda r: bool(r.get("excluded")), dict(color="gray", size=9, symbol="x")),
+        ("Pareto front", lambda r: r["pareto_front"], dict(color="crimson", size=12, symbol="star")),
+    )
     for column, (metric, title) in enumerate(panels, start=1):
         for name, belongs, marker in groups:
             chosen = [row for row in rows if belongs(row)]
-            figure.add_trace(go.Scatter(x=[row[metric] for row in chosen], y=[row["val_accuracy"] for row in chosen],
-                                        error_x=dict(type="data", array=_error(chosen, metric), thickness=1),
-                                        error_y=dict(type="data", array=_error(chosen, "val_accuracy"), thickness=1),
-                                        mode="markers", name=name, marker=marker, showlegend=column == 1,
-                                        legendgroup=name, text=[_hover(row) for row in chosen],
-                                        customdata=[row["run_id"] for row in chosen], hoverinfo="text"),
-                             row=1, col=column)
+            figure.add_trace(
+                go.Scatter(
+                    x=[row[metric] for row in chosen],
+                    y=[row["val_accuracy"] for row in chosen],
+                    error_x=dict(type="data", array=_error(chosen, metric), thickness=1),
+                    error_y=dict(type="data", array=_error(chosen, "val_accuracy"), thickness=1),
+                    mode="markers",
+                    name=name,
+                    marker=marker,
+                    showlegend=column == 1,
+                    legendgroup=name,
+                    text=[_hover(row) for row in chosen],
+                    customdata=[row["run_id"] for row in chosen],
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=column,
+            )
         figure.update_xaxes(title_text=title, row=1, col=column)
         figure.update_yaxes(title_text="validation accuracy", row=1, col=column)
     figure.update_layout(title="Accuracy vs attribution robustness (mean ± 1 SE over seeds)", height=520)
@@ -162,16 +181,30 @@ def pareto_png(path: str, rows: list[dict]) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     axes = axes[0]
     for ax, (metric, title) in zip(axes, panels):
-        for on_front, style in ((False, dict(color="lightgray", ms=5, marker="o")),
-                                (True, dict(color="crimson", ms=10, marker="*"))):
+        for on_front, style in (
+            (False, dict(color="lightgray", ms=5, marker="o")),
+            (True, dict(color="crimson", ms=10, marker="*")),
+        ):
             chosen = [row for row in rows if row["pareto_front"] == on_front]
-            ax.errorbar([row[metric] for row in chosen], [row["val_accuracy"] for row in chosen],
-                        xerr=_error(chosen, metric), yerr=_error(chosen, "val_accuracy"), linestyle="none",
-                        elinewidth=0.8, label="Pareto front" if on_front else "other configurations", **style)
+            ax.errorbar(
+                [row[metric] for row in chosen],
+                [row["val_accuracy"] for row in chosen],
+                xerr=_error(chosen, metric),
+                yerr=_error(chosen, "val_accuracy"),
+                linestyle="none",
+                elinewidth=0.8,
+                label="Pareto front" if on_front else "other configurations",
+                **style,
+            )
         for row in rows:
             if row["pareto_front"]:
-                ax.annotate(f"{row.get('noise_mode', '')} p={row.get('pareto_probability', 1.0):.2f}",
-                            (row[metric], row["val_accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+                ax.annotate(
+                    f"{row.get('noise_mode', '')} p={row.get('pareto_probability', 1.0):.2f}",
+                    (row[metric], row["val_accuracy"]),
+                    fontsize=7,
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                )
         ax.set_xlabel(title)
         ax.set_ylabel("validation accuracy")
     axes[0].legend(loc="lower right")

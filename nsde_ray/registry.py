@@ -108,24 +108,41 @@ class NoiseMode:
 
 
 SIGMA = SearchParam("noise_sigma", "float", "sigma_range")
-SHAPING_PARAMS = (SearchParam("shaping_warmup_epochs", "int", "warmup_epochs"),
-                  SearchParam("shaping_refresh_every", "int", "refresh_every"),
-                  SearchParam("shaping_clip_percentile", "float", "clip_range"),
-                  SearchParam("shaping_method", "categorical", "shaping_methods"),
-                  SearchParam("shaping_energy", "categorical", "shaping_energies"))
+SHAPING_PARAMS = (
+    SearchParam("shaping_warmup_epochs", "int", "warmup_epochs"),
+    SearchParam("shaping_refresh_every", "int", "refresh_every"),
+    SearchParam("shaping_clip_percentile", "float", "clip_range"),
+    SearchParam("shaping_method", "categorical", "shaping_methods"),
+    SearchParam("shaping_energy", "categorical", "shaping_energies"),
+)
 NOISE_MODES: dict[str, NoiseMode] = {
     "none": NoiseMode("none", "ResNet", "Standard (ResNet)", "none", "zero"),
     "gaussian": NoiseMode("gaussian", "Gaussian SDE", "Noise (Gaussian SDE)", "blocks", "unit", (SIGMA,)),
-    "attribution": NoiseMode("attribution", "attribution SDE", "Attribution-driven noise", "blocks", "map",
-                             (SIGMA, *SHAPING_PARAMS)),
+    "attribution": NoiseMode(
+        "attribution", "attribution SDE", "Attribution-driven noise", "blocks", "map", (SIGMA, *SHAPING_PARAMS)
+    ),
     "input": NoiseMode("input", "input noise", "Input noise (baseline)", "input", "unit", (SIGMA,)),
-    "fgsm": NoiseMode("fgsm", "FGSM adversarial training", "FGSM training (baseline)", "loss", "zero",
-                      (SearchParam("noise_fgsm_epsilon", "float", "fgsm_epsilon_range"),
-                       SearchParam("noise_fgsm_step", "float", "fgsm_step_range")),
-                      "nsde_ray.robust_training:fgsm_training_loss"),
-    "gradreg": NoiseMode("gradreg", "input-gradient penalty", "Gradient penalty (baseline)", "loss", "zero",
-                         (SearchParam("noise_gradreg_weight", "float", "gradreg_weight_range", log=True),),
-                         "nsde_ray.robust_training:gradreg_training_loss"),
+    "fgsm": NoiseMode(
+        "fgsm",
+        "FGSM adversarial training",
+        "FGSM training (baseline)",
+        "loss",
+        "zero",
+        (
+            SearchParam("noise_fgsm_epsilon", "float", "fgsm_epsilon_range"),
+            SearchParam("noise_fgsm_step", "float", "fgsm_step_range"),
+        ),
+        "nsde_ray.robust_training:fgsm_training_loss",
+    ),
+    "gradreg": NoiseMode(
+        "gradreg",
+        "input-gradient penalty",
+        "Gradient penalty (baseline)",
+        "loss",
+        "zero",
+        (SearchParam("noise_gradreg_weight", "float", "gradreg_weight_range", log=True),),
+        "nsde_ray.robust_training:gradreg_training_loss",
+    ),
 }
 
 

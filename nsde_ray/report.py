@@ -20,17 +20,20 @@ REPORT_FILE = "paper_tables.md"
 
 def model_results(tracking) -> list[tables.ModelResult]:
     """The grid's finished models, from the parent's MLflow child runs (a resumed grid included)."""
-    return [tables.ModelResult(run.data.params["arch"], run.data.params["noise_mode"], int(run.data.params["seed"]),
-                               run_metrics(run))
-            for run in tracking.trial_runs() if run.data.tags.get(STATUS) == "finished"]
+    return [
+        tables.ModelResult(
+            run.data.params["arch"], run.data.params["noise_mode"], int(run.data.params["seed"]), run_metrics(run)
+        )
+        for run in tracking.trial_runs()
+        if run.data.tags.get(STATUS) == "finished"
+    ]
 
 
 def run_metrics(run) -> dict[str, float]:
     """An MLflow run's metrics, with ``effective_sigma`` (:func:`tables.effective_sigma`) where it logged noise_energy."""
     metrics = dict(run.data.metrics)
     if "noise_energy" in metrics:
-        metrics["effective_sigma"] = effective_sigma(float(run.data.params["noise_sigma"]),
-                                                            metrics["noise_energy"])
+        metrics["effective_sigma"] = effective_sigma(float(run.data.params["noise_sigma"]), metrics["noise_energy"])
     return metrics
 
 
@@ -50,14 +53,20 @@ def write_tables(report: list[tables.Table], header: str, out_dir: str) -> str:
 def protocol(cfg: PaperTablesConfig, finished: int) -> str:
     """What the tables measured, in a sentence: the header of the report."""
     base = cfg.base
-    return (f"{finished} of {cfg.grid_size} models finished: {', '.join(cfg.archs)} on {base.data.dataset}, "
-            f"noise modes {', '.join(cfg.noise_modes)} (sigma {base.noise.sigma}), seeds "
-            f"{', '.join(map(str, cfg.seeds))}, {base.train.epochs} epochs"
-            + (f" for the plain models, each noisy model fine-tuned from the plain model of its seed for "
-               f"{cfg.finetune_epochs} epochs (paired)" if cfg.paired else "")
-            + f". Each model evaluated {cfg.repeats} times "
-            f"on {base.eval.num_images} correctly classified test images (evaluation seeds {base.eval.seed} to "
-            f"{base.eval.seed + cfg.repeats - 1}): IG {base.eval.n_steps} steps, IG + NT {base.eval.nt_samples} "
-            f"samples, DeepSHAP {base.eval.deepshap_baselines} baselines, sensitivity radius "
-            f"{base.eval.sensitivity_radius} with {base.eval.n_perturbations} perturbations. A cell is the mean over "
-            "seeds of each model's mean over repeats; ± is the std across seeds.\n")
+    return (
+        f"{finished} of {cfg.grid_size} models finished: {', '.join(cfg.archs)} on {base.data.dataset}, "
+        f"noise modes {', '.join(cfg.noise_modes)} (sigma {base.noise.sigma}), seeds "
+        f"{', '.join(map(str, cfg.seeds))}, {base.train.epochs} epochs"
+        + (
+            f" for the plain models, each noisy model fine-tuned from the plain model of its seed for "
+            f"{cfg.finetune_epochs} epochs (paired)"
+            if cfg.paired
+            else ""
+        )
+        + f". Each model evaluated {cfg.repeats} times "
+        f"on {base.eval.num_images} correctly classified test images (evaluation seeds {base.eval.seed} to "
+        f"{base.eval.seed + cfg.repeats - 1}): IG {base.eval.n_steps} steps, IG + NT {base.eval.nt_samples} "
+        f"samples, DeepSHAP {base.eval.deepshap_baselines} baselines, sensitivity radius "
+        f"{base.eval.sensitivity_radius} with {base.eval.n_perturbations} perturbations. A cell is the mean over "
+        "seeds of each model's mean over repeats; ± is the std across seeds.\n"
+    )

@@ -45,8 +45,17 @@ class ResidentLoader:
     Images and labels come on ``device``; indices and params on the CPU, as a ``DataLoader`` gives them.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, order: Sequence[int],
-                 batch_size: int, padding: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
+        order: Sequence[int],
+        batch_size: int,
+        padding: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         self.images, self.labels, self.order, self.batch_size, self.padding = images, labels, order, batch_size, padding
         self.position = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
         self.position[indices] = torch.arange(len(indices))
@@ -83,14 +92,15 @@ class ResidentLoader:
         offsets = torch.randint(0, 2 * self.padding + 1, (2, count))
         return offsets[0], offsets[1], torch.rand(count) < 0.5
 
-    def crop_and_flip(self, images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor,
-                      flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def crop_and_flip(
+        self, images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The crops (B, C, H, W) of ``images`` zero-padded (black) by ``padding``, at (tops, lefts) of the padded
         image, mirrored where ``flips``; and their params (B, 5) as :class:`~nsde_ray.augment.RandomCropFlip` gives them."""
         batch, channels, height, width = images.shape
         pad = self.padding
         padded = self.black.expand(batch, channels, height + 2 * pad, width + 2 * pad).clone()
-        padded[:, :, pad:pad + height, pad:pad + width] = images
+        padded[:, :, pad : pad + height, pad : pad + width] = images
         device = images.device
         row = tops.to(device).view(-1, 1) + torch.arange(height, device=device)
         columns = torch.arange(width, device=device)
@@ -102,9 +112,18 @@ class ResidentLoader:
         return crops.contiguous(), params
 
 
-def resident_loader(view: Dataset, augmentation: str, indices: torch.Tensor, order: Sequence[int], batch_size: int,
-                    mean: Sequence[float], std: Sequence[float], device: torch.device, mode: str = "auto",
-                    processes: int = 0) -> ResidentLoader | None:
+def resident_loader(
+    view: Dataset,
+    augmentation: str,
+    indices: torch.Tensor,
+    order: Sequence[int],
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    mode: str = "auto",
+    processes: int = 0,
+) -> ResidentLoader | None:
     """A :class:`ResidentLoader` of ``view``'s samples ``indices`` on ``device``, or None where training keeps a DataLoader.
 
     view: the split as the model sees it at evaluation, yielding (image (C, H, W), label);

@@ -48,8 +48,9 @@ def _no_sync(model: nn.Module):
     return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
 
 
-def _delta_bounds(images: torch.Tensor, epsilon: float, mean: tuple[float, ...],
-                  std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _delta_bounds(
+    images: torch.Tensor, epsilon: float, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds (N, C, H, W) on a normalised perturbation of ``images`` (N, C, H, W), normalised.
 
     The intersection of the L-infinity ball of radius ``epsilon`` (pixel units) with the set where
@@ -60,8 +61,9 @@ def _delta_bounds(images: torch.Tensor, epsilon: float, mean: tuple[float, ...],
     return torch.maximum(-radius, -shift / scale - images), torch.minimum(radius, (1 - shift) / scale - images)
 
 
-def _loss_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor,
-                   autocast: dict | None) -> torch.Tensor:
+def _loss_gradient(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor, autocast: dict | None
+) -> torch.Tensor:
     """Gradient (N, C, H, W) of the summed cross-entropy at ``images + delta`` w.r.t. ``delta`` alone.
 
     Parameters' ``.grad`` are left untouched (``torch.autograd.grad`` w.r.t. ``delta`` only).
@@ -73,15 +75,24 @@ def _loss_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return gradient
 
 
-def _random_start(low: torch.Tensor, high: torch.Tensor, epsilon: float, std: tuple[float, ...],
-                  generator: torch.Generator | None) -> torch.Tensor:
+def _random_start(
+    low: torch.Tensor, high: torch.Tensor, epsilon: float, std: tuple[float, ...], generator: torch.Generator | None
+) -> torch.Tensor:
     """Uniform in [-epsilon, epsilon] (pixel units) per element, normalised, clamped to [low, high]: (N, C, H, W)."""
     unit = torch.rand(low.shape, generator=generator, dtype=low.dtype, device=low.device)
     return ((2 * unit - 1) * epsilon / _per_channel(std, low)).clamp(low, high)
 
 
-def fgsm_perturbation(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float, step: float,
-                      mean: tuple[float, ...], std: tuple[float, ...], autocast: dict | None = None) -> torch.Tensor:
+def fgsm_perturbation(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    step: float,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast: dict | None = None,
+) -> torch.Tensor:
     """FGSM with a random start: a perturbation (N, C, H, W), normalised units, detached, of ``images`` (N, C, H, W).
 
     ``delta`` starts uniform in the L-infinity ball of radius ``epsilon`` (pixel units), takes one step of
@@ -94,8 +105,16 @@ def fgsm_perturbation(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     return (delta + step / _per_channel(std, delta) * gradient.sign()).clamp(low, high)
 
 
-def fgsm_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float, step: float,
-              mean: tuple[float, ...], std: tuple[float, ...], autocast: dict | None = None) -> torch.Tensor:
+def fgsm_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    step: float,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast: dict | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy (scalar) of ``model`` on ``images`` (N, C, H, W, normalised) moved by
     :func:`fgsm_perturbation` (detached), differentiable in the parameters.
 
@@ -108,9 +127,18 @@ def fgsm_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsi
         return F.cross_entropy(model(images), labels)
 
 
-def pgd_perturbation(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float, step: float,
-                     steps: int, mean: tuple[float, ...], std: tuple[float, ...], autocast: dict | None = None,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def pgd_perturbation(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    step: float,
+    steps: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast: dict | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """L-infinity PGD from a random start: a perturbation (N, C, H, W), normalised units, detached.
 
     ``steps`` signed-gradient steps of ``step`` (pixel units), each projected onto the ball of radius
@@ -127,9 +155,18 @@ def pgd_perturbation(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return delta
 
 
-def pgd_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float, step: float,
-                 steps: int, mean: tuple[float, ...], std: tuple[float, ...], autocast: dict | None = None,
-                 generator: torch.Generator | None = None) -> float:
+def pgd_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    step: float,
+    steps: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast: dict | None = None,
+    generator: torch.Generator | None = None,
+) -> float:
     """Fraction in [0, 1] of ``images`` (N, C, H, W, normalised) still classified as ``labels`` (N,) under
     :func:`pgd_perturbation` (same arguments); the model's mode is left as it is."""
     delta = pgd_perturbation(model, images, labels, epsilon, step, steps, mean, std, autocast, generator)
@@ -149,8 +186,16 @@ class OverfitGuard:
     generator untouched. ``best``: the best accuracy so far (None before the first check).
     """
 
-    def __init__(self, epsilon: float, mean: tuple[float, ...], std: tuple[float, ...], pgd_steps: int = PGD_STEPS,
-                 pgd_step: float | None = None, drop: float = 0.2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        epsilon: float,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        pgd_steps: int = PGD_STEPS,
+        pgd_step: float | None = None,
+        drop: float = 0.2,
+        seed: int = 0,
+    ) -> None:
         self.epsilon, self.mean, self.std, self.drop, self.seed = epsilon, mean, std, drop, seed
         self.pgd_steps = pgd_steps
         self.pgd_step = PGD_STEP_FRACTION * epsilon if pgd_step is None else pgd_step
@@ -162,23 +207,38 @@ class OverfitGuard:
         self.best = accuracy if self.best is None else max(self.best, accuracy)
         return collapsed
 
-    def check(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              autocast: dict | None = None) -> bool:
+    def check(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast: dict | None = None) -> bool:
         """:meth:`observe` of the PGD accuracy of ``model`` (the unwrapped module, not DDP's) on ``images``
         (N, C, H, W, normalised) and ``labels`` (N,); the model runs in eval mode and gets its mode back."""
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
         was_training = model.training
         model.eval()
         try:
-            accuracy = pgd_accuracy(model, images, labels, self.epsilon, self.pgd_step, self.pgd_steps,
-                                    self.mean, self.std, autocast, generator)
+            accuracy = pgd_accuracy(
+                model,
+                images,
+                labels,
+                self.epsilon,
+                self.pgd_step,
+                self.pgd_steps,
+                self.mean,
+                self.std,
+                autocast,
+                generator,
+            )
         finally:
             model.train(was_training)
         return self.observe(accuracy)
 
 
-def gradient_penalty_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, weight: float,
-                          std: tuple[float, ...], autocast: dict | None = None) -> torch.Tensor:
+def gradient_penalty_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    weight: float,
+    std: tuple[float, ...],
+    autocast: dict | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy plus ``weight`` times the batch mean of ``|d CE_i / d pixel_i|^2`` (scalar).
 
     ``images`` (N, C, H, W, normalised), ``labels`` (N,). The input gradient is the gradient of the
@@ -199,14 +259,28 @@ def gradient_penalty_loss(model: nn.Module, images: torch.Tensor, labels: torch.
     return summed / len(labels) + weight * penalty
 
 
-def fgsm_training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise, mean: tuple[float, ...],
-                       std: tuple[float, ...], autocast: dict | None = None) -> torch.Tensor:
+def fgsm_training_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    noise,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast: dict | None = None,
+) -> torch.Tensor:
     """:func:`fgsm_loss` with ``noise``'s (:class:`nsde_ray.config.NoiseConfig`) ``fgsm_epsilon`` and ``fgsm_step``:
     the training loss of noise mode ``fgsm``."""
     return fgsm_loss(model, images, labels, noise.fgsm_epsilon, noise.fgsm_step, mean, std, autocast)
 
 
-def gradreg_training_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise,
-                          mean: tuple[float, ...], std: tuple[float, ...], autocast: dict | None = None) -> torch.Tensor:
+def gradreg_training_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    noise,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast: dict | None = None,
+) -> torch.Tensor:
     """:func:`gradient_penalty_loss` with ``noise``'s ``gradreg_weight``: the training loss of noise mode ``gradreg``."""
     return gradient_penalty_loss(model, images, labels, noise.gradreg_weight, std, autocast)

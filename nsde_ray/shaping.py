@@ -113,10 +113,19 @@ class NoiseShaper:
     :class:`~nsde_ray.resident.ResidentLoader`, whose decoded views the refreshes then read.
     """
 
-    def __init__(self, cfg: ShapingConfig, dataset: Dataset, shard: torch.Tensor, steps_per_epoch: int,
-                 device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
-                 amp: bool = False, loader_processes: int = 0, baseline: torch.Tensor | None = None,
-                 resident: ResidentLoader | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ShapingConfig,
+        dataset: Dataset,
+        shard: torch.Tensor,
+        steps_per_epoch: int,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        amp: bool = False,
+        loader_processes: int = 0,
+        baseline: torch.Tensor | None = None,
+        resident: ResidentLoader | None = None,
+    ) -> None:
         self.cfg, self.dataset, self.device, self.resident = cfg, dataset, device, resident
         self.baseline = None if baseline is None else baseline.to(device)
         self.loader_processes = loader_processes
@@ -135,15 +144,19 @@ class NoiseShaper:
 
     def due(self, step: int) -> bool:
         """Whether maps must be (re)computed by a refresh before global optimizer step ``step`` (0-based)."""
-        return (not self.from_training and step >= self.warmup_steps
-                and (step - self.warmup_steps) % self.interval_steps == 0)
+        return (
+            not self.from_training
+            and step >= self.warmup_steps
+            and (step - self.warmup_steps) % self.interval_steps == 0
+        )
 
     def wants_gradient(self, step: int) -> bool:
         """Whether training step ``step`` should pass its input gradient to :meth:`update_from_gradient`."""
         return self.from_training and step >= self.first_gradient_step
 
-    def update_from_gradient(self, indices: torch.Tensor, params: torch.Tensor | None,
-                             input_gradient: torch.Tensor) -> None:
+    def update_from_gradient(
+        self, indices: torch.Tensor, params: torch.Tensor | None, input_gradient: torch.Tensor
+    ) -> None:
         """New maps for the samples ``indices`` (B,) from their training step's loss gradient (B, C, H, W) with
         respect to the augmented images (crops and flips ``params`` (B, 5), or None for none), used from each
         sample's next visit on. Where its crop did not see the view (padding) a sample keeps its old map;
@@ -171,9 +184,16 @@ class NoiseShaper:
 
     def refresh(self, model: nn.Module, step: int) -> None:
         """Recompute the shard's maps with ``model`` as it is now (eval mode, no noise)."""
-        explain = make_explainer(model, self.cfg.method, baselines=self.baseline, n_steps=self.cfg.ig_steps,
-                                 internal_batch_size=self.cfg.batch_size, fast=True,
-                                 amp=self.autocast["enabled"], memory_format=self.memory_format)
+        explain = make_explainer(
+            model,
+            self.cfg.method,
+            baselines=self.baseline,
+            n_steps=self.cfg.ig_steps,
+            internal_batch_size=self.cfg.batch_size,
+            fast=True,
+            amp=self.autocast["enabled"],
+            memory_format=self.memory_format,
+        )
         chunks = []
         for images, labels in self._batches():
             images = images.to(self.device, non_blocking=True)
@@ -199,17 +219,24 @@ class NoiseShaper:
             order = self.shard.to(images.device)
 
             def load(start: int):
-                rows = order[start:start + self.cfg.batch_size]
+                rows = order[start : start + self.cfg.batch_size]
                 if pin and not images.is_cuda:  # gather straight into page-locked memory: one copy, async upload
-                    return tuple(torch.index_select(t, 0, rows, out=torch.empty((len(rows), *t.shape[1:]),
-                                                                                dtype=t.dtype, pin_memory=True))
-                                 for t in (images, labels))
+                    return tuple(
+                        torch.index_select(
+                            t, 0, rows, out=torch.empty((len(rows), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+                        )
+                        for t in (images, labels)
+                    )
                 return images.index_select(0, rows), labels.index_select(0, rows.to(labels.device))
 
             source = (load(start) for start in range(0, len(order), self.cfg.batch_size))
         else:
-            loader = DataLoader(Subset(self.dataset, self.shard.tolist()), batch_size=self.cfg.batch_size,
-                                pin_memory=pin, num_workers=self.loader_processes)
+            loader = DataLoader(
+                Subset(self.dataset, self.shard.tolist()),
+                batch_size=self.cfg.batch_size,
+                pin_memory=pin,
+                num_workers=self.loader_processes,
+            )
             source = ((batch[0], batch[1]) for batch in loader)
         yield from _prefetched(source)
 
@@ -223,8 +250,10 @@ class NoiseShaper:
             return None
         rows = self.position[indices.cpu()]
         if (rows < 0).any():
-            raise RuntimeError("a training batch holds samples outside this worker's shard; the sampler and "
-                               "the shaper must use the same ShardSampler indices")
+            raise RuntimeError(
+                "a training batch holds samples outside this worker's shard; the sampler and "
+                "the shaper must use the same ShardSampler indices"
+            )
         maps = self.maps[_to_device(rows, self.maps.device)].float()
         if params is None or torch.equal(params.cpu(), IDENTITY_PARAMS.expand_as(params)):
             return maps

@@ -36,8 +36,9 @@ class CheckpointStore:
     which publish each file whole and cannot rename folders). The newest ``keep`` are kept.
     """
 
-    def __init__(self, storage_path: str, name: str, keep: int = 2,
-                 filesystem: pyarrow.fs.FileSystem | None = None) -> None:
+    def __init__(
+        self, storage_path: str, name: str, keep: int = 2, filesystem: pyarrow.fs.FileSystem | None = None
+    ) -> None:
         """``filesystem``: where ``storage_path`` lies, as Ray's ``storage_filesystem``; by default the one
         its form names (a local path, ``s3://...``)."""
         if filesystem is None:
@@ -61,10 +62,13 @@ class CheckpointStore:
             with open(os.path.join(local, METRICS_FILE), "w") as handle:
                 json.dump(metrics, handle)
             for file_name in (CHECKPOINT_FILE, METRICS_FILE):  # the metrics last: they mark it complete
-                pyarrow.fs.copy_files(os.path.join(local, file_name), f"{target}/{file_name}",
-                                      source_filesystem=pyarrow.fs.LocalFileSystem(),
-                                      destination_filesystem=self.filesystem)
-        for _, old in self._checkpoints()[:-self.keep]:
+                pyarrow.fs.copy_files(
+                    os.path.join(local, file_name),
+                    f"{target}/{file_name}",
+                    source_filesystem=pyarrow.fs.LocalFileSystem(),
+                    destination_filesystem=self.filesystem,
+                )
+        for _, old in self._checkpoints()[: -self.keep]:
             self._delete(old)
         return ray.train.Checkpoint(target, filesystem=self.filesystem)
 
@@ -89,8 +93,11 @@ class CheckpointStore:
         found = []
         for entry in self.filesystem.get_file_info(selector):
             match = _CHECKPOINT_DIR.match(entry.base_name)
-            if (match and entry.type == pyarrow.fs.FileType.Directory
-                    and self.filesystem.get_file_info(f"{entry.path}/{METRICS_FILE}").type == pyarrow.fs.FileType.File):
+            if (
+                match
+                and entry.type == pyarrow.fs.FileType.Directory
+                and self.filesystem.get_file_info(f"{entry.path}/{METRICS_FILE}").type == pyarrow.fs.FileType.File
+            ):
                 found.append((int(match.group(1)), entry.path))
         return sorted(found)
 

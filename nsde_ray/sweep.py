@@ -28,9 +28,9 @@ from ray import tune
 from nsde_ray.config import REFERENCE_SIGMA, PaperTablesConfig, SearchSpace, SweepConfig
 from nsde_ray.lifecycle import RunSettings, experiment_path
 from nsde_ray.logs import configure, tune_verbosity
+from nsde_ray.mlflow_uri import tracking_warning
 from nsde_ray.registry import NOISE_MODES, objective_directions
 from nsde_ray.tracking import SweepTracker
-from nsde_ray.mlflow_uri import tracking_warning
 from nsde_ray.trial import trial_trainable
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,11 @@ class DefineSpace:
 
 def reference_points(cfg: SweepConfig) -> list[dict[str, Any]]:
     """The plain ResNet and the papers' setting (gaussian, sigma 0.5), at the base learning rate, where searched."""
-    points = [{"noise_mode": "none", "lr": cfg.base.train.lr},
-              {"noise_mode": "gaussian", "noise_sigma": REFERENCE_SIGMA, "lr": cfg.base.train.lr}]
-    return [point for point in points if point["noise_mode"] in cfg.space.modes()][:cfg.num_samples]
+    points = [
+        {"noise_mode": "none", "lr": cfg.base.train.lr},
+        {"noise_mode": "gaussian", "noise_sigma": REFERENCE_SIGMA, "lr": cfg.base.train.lr},
+    ]
+    return [point for point in points if point["noise_mode"] in cfg.space.modes()][: cfg.num_samples]
 
 
 def build_searcher(cfg: SweepConfig, max_concurrent: int):
@@ -69,17 +71,25 @@ def build_searcher(cfg: SweepConfig, max_concurrent: int):
     from ray.tune.search.optuna import OptunaSearch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True,
-                                         n_startup_trials=max(2, min(10, cfg.num_samples // 3)))
-    searcher = OptunaSearch(space=DefineSpace(cfg.space, cfg.base.train.epochs),
-                            metric=[name for name, _ in objective_directions()],
-                            mode=[mode for _, mode in objective_directions()],
-                            points_to_evaluate=reference_points(cfg), sampler=sampler)
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.seed,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+        n_startup_trials=max(2, min(10, cfg.num_samples // 3)),
+    )
+    searcher = OptunaSearch(
+        space=DefineSpace(cfg.space, cfg.base.train.epochs),
+        metric=[name for name, _ in objective_directions()],
+        mode=[mode for _, mode in objective_directions()],
+        points_to_evaluate=reference_points(cfg),
+        sampler=sampler,
+    )
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
-
 # --- the driver -----------------------------------------------------------------------------------
+
 
 class ProgressCallback(tune.Callback):
     """On the driver: a progress line as trials finish; a trial that errors has its MLflow run marked failed.
@@ -100,8 +110,9 @@ class ProgressCallback(tune.Callback):
         try:
             summary = self.summary()
         except Exception as err:  # MLflow raises many kinds; Tune must not see them
-            log.warning(tracking_warning(f"trial {trial.trial_id}: cannot update MLflow", err,
-                                         self.tracker.get("tracking_uri")))
+            log.warning(
+                tracking_warning(f"trial {trial.trial_id}: cannot update MLflow", err, self.tracker.get("tracking_uri"))
+            )
             summary = "; Pareto front not updated (MLflow error)"
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
         log.info(f"{done}/{self.num_samples} trials done{summary}")
@@ -110,11 +121,19 @@ class ProgressCallback(tune.Callback):
         try:
             tracking = SweepTracker(**self.tracker)
             for run in tracking.trial_runs():
-                if run.data.tags.get("nsde.trial_id") == trial.trial_id and run.data.tags.get("nsde.status") == "running":
+                if (
+                    run.data.tags.get("nsde.trial_id") == trial.trial_id
+                    and run.data.tags.get("nsde.status") == "running"
+                ):
                     tracking.finish_trial(run.info.run_id, "failed", {}, error=str(trial.error_file or "trial error"))
         except Exception as err:  # as in on_trial_complete
-            log.warning(tracking_warning(f"trial {trial.trial_id} errored; cannot mark its MLflow run failed", err,
-                                         self.tracker.get("tracking_uri")))
+            log.warning(
+                tracking_warning(
+                    f"trial {trial.trial_id} errored; cannot mark its MLflow run failed",
+                    err,
+                    self.tracker.get("tracking_uri"),
+                )
+            )
         self.on_trial_complete(iteration, trials, trial)
 
 
@@ -144,8 +163,13 @@ def restore_tuner(cfg: RunSettings, trainable, retry_errored: bool = True) -> tu
     (a failed run is not finished, so :meth:`SweepTracker.open_trial` reopens it); otherwise they
     stay errored.
     """
-    return tune.Tuner.restore(experiment_path(cfg), trainable=trainable, resume_unfinished=True,
-                              resume_errored=retry_errored, restart_errored=False)
+    return tune.Tuner.restore(
+        experiment_path(cfg),
+        trainable=trainable,
+        resume_unfinished=True,
+        resume_errored=retry_errored,
+        restart_errored=False,
+    )
 
 
 def run_config(cfg: RunSettings, callback: ProgressCallback, log_level: int = logging.INFO) -> tune.RunConfig:
@@ -154,12 +178,18 @@ def run_config(cfg: RunSettings, callback: ProgressCallback, log_level: int = lo
     trials that train in their own process (the only retries they get), one on top of Ray Train's for the rest."""
     train = cfg.base.train
     retries = train.max_failures if train.in_trial_process else 1
-    return tune.RunConfig(name=cfg.name, storage_path=cfg.storage, verbose=tune_verbosity(log_level),
-                          callbacks=[callback], failure_config=tune.FailureConfig(max_failures=retries))
+    return tune.RunConfig(
+        name=cfg.name,
+        storage_path=cfg.storage,
+        verbose=tune_verbosity(log_level),
+        callbacks=[callback],
+        failure_config=tune.FailureConfig(max_failures=retries),
+    )
 
 
-def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool, retry_errored: bool = True,
-                log_level: int = logging.INFO) -> tune.Tuner:
+def build_tuner(
+    cfg: SweepConfig, tracker: dict[str, str], resume: bool, retry_errored: bool = True, log_level: int = logging.INFO
+) -> tune.Tuner:
     """A new ``Tuner`` for the sweep ``cfg``, or (``resume``) the one restored from its experiment directory
     (``retry_errored``: as :func:`restore_tuner`)."""
     trainable = trial_trainable(cfg, tracker, seeds_per_config=cfg.seeds_per_config, log_level=log_level)
@@ -168,14 +198,22 @@ def build_tuner(cfg: SweepConfig, tracker: dict[str, str], resume: bool, retry_e
     max_concurrent = cfg.max_concurrent or default_max_concurrent(cfg)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=build_searcher(cfg, max_concurrent), num_samples=cfg.num_samples,
-                                    reuse_actors=False),
-        run_config=run_config(cfg, FrontCallback(tracker, cfg.num_samples, log_level), log_level))
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(cfg, max_concurrent), num_samples=cfg.num_samples, reuse_actors=False
+        ),
+        run_config=run_config(cfg, FrontCallback(tracker, cfg.num_samples, log_level), log_level),
+    )
 
 
-def build_grid_tuner(cfg: PaperTablesConfig, tracker: dict[str, str], resume: bool,
-                     param_space: dict[str, Any] | None = None, trials: int | None = None,
-                     retry_errored: bool = True, log_level: int = logging.INFO) -> tune.Tuner:
+def build_grid_tuner(
+    cfg: PaperTablesConfig,
+    tracker: dict[str, str],
+    resume: bool,
+    param_space: dict[str, Any] | None = None,
+    trials: int | None = None,
+    retry_errored: bool = True,
+    log_level: int = logging.INFO,
+) -> tune.Tuner:
     """A new ``Tuner`` over the grid ``cfg`` (or over ``param_space``, ``trials`` trials), or (``resume``) the
     one restored from its experiment directory, errored trials run again unless not ``retry_errored``."""
     trainable = trial_trainable(cfg, tracker, repeats=cfg.repeats, log_level=log_level)
@@ -183,7 +221,10 @@ def build_grid_tuner(cfg: PaperTablesConfig, tracker: dict[str, str], resume: bo
         return restore_tuner(cfg, trainable, retry_errored)
     grid = {"seed": list(cfg.seeds), "arch": list(cfg.archs), "noise_mode": list(cfg.noise_modes)}
     return tune.Tuner(
-        trainable, param_space=param_space or {name: tune.grid_search(values) for name, values in grid.items()},
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False,
-                                    max_concurrent_trials=cfg.max_concurrent or default_max_concurrent(cfg)),
-        run_config=run_config(cfg, ProgressCallback(tracker, trials or cfg.grid_size, log_level), log_level))
+        trainable,
+        param_space=param_space or {name: tune.grid_search(values) for name, values in grid.items()},
+        tune_config=tune.TuneConfig(
+            num_samples=1, reuse_actors=False, max_concurrent_trials=cfg.max_concurrent or default_max_concurrent(cfg)
+        ),
+        run_config=run_config(cfg, ProgressCallback(tracker, trials or cfg.grid_size, log_level), log_level),
+    )

@@ -40,8 +40,14 @@ from nsde_ray.names import METHOD_LABELS, METHODS
 from nsde_ray.registry import NOISE_MODES
 
 PAPER_MODES = ("none", "gaussian", "attribution")  # the papers' claimed order, most sensitive first
-TABLE2_ROWS = (("none", "saliency", "Gradients"), ("none", "ig", "IG"), ("none", "ig_nt", "IG + Noise Tunnel"),
-               ("gaussian", "ig", "IG"), ("attribution", "ig", "IG"), ("input", "ig", "IG"))  # AAAI 2022 Table 2: (mode, method, name)
+TABLE2_ROWS = (
+    ("none", "saliency", "Gradients"),
+    ("none", "ig", "IG"),
+    ("none", "ig_nt", "IG + Noise Tunnel"),
+    ("gaussian", "ig", "IG"),
+    ("attribution", "ig", "IG"),
+    ("input", "ig", "IG"),
+)  # AAAI 2022 Table 2: (mode, method, name)
 MISSING = "—"
 
 
@@ -78,14 +84,20 @@ class Cell:
 
     def columns(self, prefix: str) -> dict[str, object]:
         """The CSV columns of this cell: mean, seed std, repeat std, seed count, per-seed values."""
-        return {f"{prefix}_mean": self.mean, f"{prefix}_seed_std": self.seed_std,
-                f"{prefix}_repeat_std": self.repeat_std, f"{prefix}_n_seeds": len(self.per_seed),
-                f"{prefix}_per_seed": ";".join(f"{seed}:{value:.6g}" for seed, value in sorted(self.per_seed.items()))}
+        return {
+            f"{prefix}_mean": self.mean,
+            f"{prefix}_seed_std": self.seed_std,
+            f"{prefix}_repeat_std": self.repeat_std,
+            f"{prefix}_n_seeds": len(self.per_seed),
+            f"{prefix}_per_seed": ";".join(f"{seed}:{value:.6g}" for seed, value in sorted(self.per_seed.items())),
+        }
 
 
 def cell(results: list[ModelResult], arch: str, mode: str, metric: str) -> Cell:
     """``metric`` of the models of (``arch``, ``mode``), one value per seed."""
-    models = [r for r in results if r.arch == arch and r.mode == mode and math.isfinite(r.metrics.get(metric, math.nan))]
+    models = [
+        r for r in results if r.arch == arch and r.mode == mode and math.isfinite(r.metrics.get(metric, math.nan))
+    ]
     stds = [r.metrics.get(f"{metric}_std", math.nan) for r in models]
     stds = [s for s in stds if math.isfinite(s)]
     return Cell({r.seed: r.metrics[metric] for r in models}, statistics.fmean(stds) if stds else math.nan)
@@ -163,12 +175,20 @@ def accuracy_table(results: list[ModelResult], archs: list[str]) -> Table:
             for mode, c in zip(NOISE_MODES, cells):
                 record.update(c.columns(mode if metric == "val_accuracy" else f"{mode}_{metric}"))
         records.append(record)
-    notes = ["effective sigma = sigma * sqrt(noise_energy): the sigma of Gaussian noise with the variance the model "
-             "saw in training (noise_energy: mean squared noise multiplier, averaged over training; shaped noise "
-             "with raw maps has far less than Gaussian noise at the same sigma); compare modes at matched "
-             "effective sigma"]
-    return Table("accuracy", "Validation accuracy and effective noise sigma",
-                 ["Architecture", "Quantity", *(m.label for m in NOISE_MODES.values())], rows, records, notes)
+    notes = [
+        "effective sigma = sigma * sqrt(noise_energy): the sigma of Gaussian noise with the variance the model "
+        "saw in training (noise_energy: mean squared noise multiplier, averaged over training; shaped noise "
+        "with raw maps has far less than Gaussian noise at the same sigma); compare modes at matched "
+        "effective sigma"
+    ]
+    return Table(
+        "accuracy",
+        "Validation accuracy and effective noise sigma",
+        ["Architecture", "Quantity", *(m.label for m in NOISE_MODES.values())],
+        rows,
+        records,
+        notes,
+    )
 
 
 def spread_note(cells: list[Cell]) -> list[str]:
@@ -181,10 +201,15 @@ def spread_note(cells: list[Cell]) -> list[str]:
     if not pairs:
         return []
     seed_std, repeat_std = (statistics.median(values) for values in zip(*pairs))
-    return [f"spread: the std across training seeds (median over cells {seed_std:.2g}) is "
-            f"{seed_std / repeat_std:.1f}x the std across evaluation repeats of one model ({repeat_std:.2g}); "
-            + ("training seeds, not evaluation repeats, decide how sure an ordering is" if seed_std > repeat_std
-               else "evaluation repeats, not training seeds, decide how sure an ordering is")]
+    return [
+        f"spread: the std across training seeds (median over cells {seed_std:.2g}) is "
+        f"{seed_std / repeat_std:.1f}x the std across evaluation repeats of one model ({repeat_std:.2g}); "
+        + (
+            "training seeds, not evaluation repeats, decide how sure an ordering is"
+            if seed_std > repeat_std
+            else "evaluation repeats, not training seeds, decide how sure an ordering is"
+        )
+    ]
 
 
 def absent_modes(results: list[ModelResult], arch: str, modes: tuple[str, ...]) -> list[str]:
@@ -215,8 +240,12 @@ def sic_claim(verdict: Verdict) -> str:
 
 def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str]) -> Table:
     """AAAI 2022 Table 1 for one architecture: max-sensitivity per method and noise mode, with the orderings."""
-    steps = {"ResNet > Gaussian": ("none", "gaussian"), "Gaussian > attribution": ("gaussian", "attribution"),
-             "ResNet > Gaussian > attribution": PAPER_MODES, "input > Gaussian": ("input", "gaussian")}
+    steps = {
+        "ResNet > Gaussian": ("none", "gaussian"),
+        "Gaussian > attribution": ("gaussian", "attribution"),
+        "ResNet > Gaussian > attribution": PAPER_MODES,
+        "input > Gaussian": ("input", "gaussian"),
+    }
     rows, records, every_cell = [], [], []
     counts = {claim: [0, 0] for claim in steps}  # methods where it held on the means, and in every seed
     untested: dict[str, list[str]] = {claim: [] for claim in steps}  # methods without a verdict (a mode missing)
@@ -225,7 +254,9 @@ def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str])
         cells = {mode: cell(results, arch, mode, f"sensitivity_{method}") for mode in NOISE_MODES}
         every_cell += cells.values()
         verdicts = {claim: ordering([cells[m] for m in modes], decreasing=True) for claim, modes in steps.items()}
-        rows.append([METHOD_LABELS[method], *(cells[m].text() for m in NOISE_MODES), *(v.text() for v in verdicts.values())])
+        rows.append(
+            [METHOD_LABELS[method], *(cells[m].text() for m in NOISE_MODES), *(v.text() for v in verdicts.values())]
+        )
         record: dict[str, object] = {"arch": arch, "method": method}
         for mode in NOISE_MODES:
             record.update(cells[mode].columns(mode))
@@ -237,13 +268,25 @@ def sensitivity_table(results: list[ModelResult], arch: str, methods: list[str])
             counts[claim][0] += verdict.held is True
             counts[claim][1] += verdict.held is True and verdict.seeds_held == verdict.seeds
         records.append(record)
-    notes = [claim_note(f"{claim} (lower sensitivity is better; the {source} claim)", counts[claim],
-                        [METHOD_LABELS[m] for m in untested[claim]], len(shown), absent_modes(results, arch, steps[claim]))
-             for claim, source in zip(steps, ("IJCAI 2021", "AAAI 2022", "AAAI 2022 Table 1",
-                                              "input-noise baseline"))]
+    notes = [
+        claim_note(
+            f"{claim} (lower sensitivity is better; the {source} claim)",
+            counts[claim],
+            [METHOD_LABELS[m] for m in untested[claim]],
+            len(shown),
+            absent_modes(results, arch, steps[claim]),
+        )
+        for claim, source in zip(steps, ("IJCAI 2021", "AAAI 2022", "AAAI 2022 Table 1", "input-noise baseline"))
+    ]
     notes += spread_note(every_cell)
-    return Table(f"sensitivity_{arch}", f"Sensitivity, {arch} (AAAI 2022 Table 1; lower is better)",
-                 ["Attribution", *(m.table_column for m in NOISE_MODES.values()), *steps], rows, records, notes)
+    return Table(
+        f"sensitivity_{arch}",
+        f"Sensitivity, {arch} (AAAI 2022 Table 1; lower is better)",
+        ["Attribution", *(m.table_column for m in NOISE_MODES.values()), *steps],
+        rows,
+        records,
+        notes,
+    )
 
 
 def sic_table(results: list[ModelResult], archs: list[str], methods: list[str]) -> Table:
@@ -257,12 +300,20 @@ def sic_table(results: list[ModelResult], archs: list[str], methods: list[str]) 
             rows.append([arch, NOISE_MODES[mode].label, name, c.text()])
             records.append({"arch": arch, "mode": mode, "method": method, **c.columns("sic")})
         ig = [cell(results, arch, mode, "sic_ig") for mode in PAPER_MODES]
-        notes.append(f"{arch}: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
-                     f"Table 2): {sic_claim(ordering(ig, decreasing=False))}; ResNet < Gaussian SDE: "
-                     f"{sic_claim(ordering(ig[:2], decreasing=False))}; Gaussian SDE < attribution SDE: "
-                     f"{sic_claim(ordering(ig[1:], decreasing=False))}")
-    return Table("sic", "SIC (AAAI 2022 Table 2; higher is better)", ["Architecture", "Model", "Method", "SIC"],
-                 rows, records, notes)
+        notes.append(
+            f"{arch}: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
+            f"Table 2): {sic_claim(ordering(ig, decreasing=False))}; ResNet < Gaussian SDE: "
+            f"{sic_claim(ordering(ig[:2], decreasing=False))}; Gaussian SDE < attribution SDE: "
+            f"{sic_claim(ordering(ig[1:], decreasing=False))}"
+        )
+    return Table(
+        "sic",
+        "SIC (AAAI 2022 Table 2; higher is better)",
+        ["Architecture", "Model", "Method", "SIC"],
+        rows,
+        records,
+        notes,
+    )
 
 
 def localisation_table(results: list[ModelResult], arch: str, methods: list[str]) -> Table | None:
@@ -273,14 +324,24 @@ def localisation_table(results: list[ModelResult], arch: str, methods: list[str]
     for method in [m for m in METHODS if m in methods]:
         cells = {mode: cell(results, arch, mode, f"localisation_auc_{method}") for mode in NOISE_MODES}
         ranked = sorted((c.mean, mode) for mode, c in cells.items() if math.isfinite(c.mean))
-        rows.append([METHOD_LABELS[method], *(cells[m].text() for m in NOISE_MODES),
-                     NOISE_MODES[ranked[-1][1]].label if ranked else MISSING])
+        rows.append(
+            [
+                METHOD_LABELS[method],
+                *(cells[m].text() for m in NOISE_MODES),
+                NOISE_MODES[ranked[-1][1]].label if ranked else MISSING,
+            ]
+        )
         record: dict[str, object] = {"arch": arch, "method": method}
         for mode in NOISE_MODES:
             record.update(cells[mode].columns(mode))
         records.append(record)
-    return Table(f"localisation_{arch}", f"Localisation AUC, {arch} (higher is better; no claim in the papers)",
-                 ["Attribution", *(NOISE_MODES[m].label for m in NOISE_MODES), "best"], rows, records)
+    return Table(
+        f"localisation_{arch}",
+        f"Localisation AUC, {arch} (higher is better; no claim in the papers)",
+        ["Attribution", *(NOISE_MODES[m].label for m in NOISE_MODES), "best"],
+        rows,
+        records,
+    )
 
 
 def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -301,9 +362,11 @@ def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def paired_metrics(methods: list[str]) -> list[tuple[str, str, bool]]:
     """(metric, label, higher is better) of the paired-differences table: accuracy, sensitivity per method, SIC of IG."""
-    return [("val_accuracy", "val accuracy", True),
-            *((f"sensitivity_{m}", f"sensitivity {METHOD_LABELS[m]}", False) for m in METHODS if m in methods),
-            ("sic_ig", "SIC (IG)", True)]
+    return [
+        ("val_accuracy", "val accuracy", True),
+        *((f"sensitivity_{m}", f"sensitivity {METHOD_LABELS[m]}", False) for m in METHODS if m in methods),
+        ("sic_ig", "SIC (IG)", True),
+    ]
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -335,15 +398,38 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
                 differences = Cell({seed: noisy[seed] - plain[seed] for seed in seeds}, math.nan)
                 better = sum((d > 0) == higher and d != 0 for d in differences.per_seed.values())
                 t, p = paired_t_test([noisy[s] for s in seeds], [plain[s] for s in seeds])
-                text = MISSING if not seeds else f"{differences.mean:+.3g}" + (
-                    f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
-                rows.append([arch, NOISE_MODES[mode].label, label, "higher" if higher else "lower", text,
-                             f"{better}/{len(seeds)}", _number(t), _number(p)])
-                records.append({"arch": arch, "mode": mode, "metric": metric, "higher_is_better": higher,
-                                "difference_mean": differences.mean, "difference_seed_std": differences.seed_std,
-                                "n_seeds": len(seeds), "better_seeds": better, "t": t, "p": p,
-                                "difference_per_seed": ";".join(f"{s}:{d:.6g}" for s, d in
-                                                                differences.per_seed.items())})
+                text = (
+                    MISSING
+                    if not seeds
+                    else f"{differences.mean:+.3g}" + (f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
+                )
+                rows.append(
+                    [
+                        arch,
+                        NOISE_MODES[mode].label,
+                        label,
+                        "higher" if higher else "lower",
+                        text,
+                        f"{better}/{len(seeds)}",
+                        _number(t),
+                        _number(p),
+                    ]
+                )
+                records.append(
+                    {
+                        "arch": arch,
+                        "mode": mode,
+                        "metric": metric,
+                        "higher_is_better": higher,
+                        "difference_mean": differences.mean,
+                        "difference_seed_std": differences.seed_std,
+                        "n_seeds": len(seeds),
+                        "better_seeds": better,
+                        "t": t,
+                        "p": p,
+                        "difference_per_seed": ";".join(f"{s}:{d:.6g}" for s, d in differences.per_seed.items()),
+                    }
+                )
     adjusted = holm([record["p"] for record in records])
     for row, record, p_holm in zip(rows, records, adjusted):
         row.append(_number(p_holm))
@@ -351,17 +437,24 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
     tested = sum(not math.isnan(p) for p in adjusted)
     significant = sum(record["p"] < 0.05 for record in records)
     surviving = sum(p < 0.05 for p in adjusted)
-    notes = ["difference = the noisy model minus the plain ResNet of the same architecture and training seed (in a "
-             "--paired grid, the plain model it was fine-tuned from; the noisy model also trained the fine-tune's "
-             "extra epochs, the plain one did not, so a difference there is noise and more training together); "
-             "± = std across seeds; better in = seeds whose difference goes the better way; t, p: two-sided paired "
-             "t-test across seeds (scipy.stats.ttest_rel; none below 2 seeds); p (Holm): p adjusted by Holm's "
-             f"step-down method over all {tested} tests of this table (family-wise error rate)",
-             f"{significant} of {tested} tested differences have p < 0.05 uncorrected, {surviving} after Holm's "
-             f"correction for the {tested} tests"]
-    return Table("paired_differences", "Paired differences: noisy minus plain, per training seed",
-                 ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p", "p (Holm)"],
-                 rows, records, notes)
+    notes = [
+        "difference = the noisy model minus the plain ResNet of the same architecture and training seed (in a "
+        "--paired grid, the plain model it was fine-tuned from; the noisy model also trained the fine-tune's "
+        "extra epochs, the plain one did not, so a difference there is noise and more training together); "
+        "± = std across seeds; better in = seeds whose difference goes the better way; t, p: two-sided paired "
+        "t-test across seeds (scipy.stats.ttest_rel; none below 2 seeds); p (Holm): p adjusted by Holm's "
+        f"step-down method over all {tested} tests of this table (family-wise error rate)",
+        f"{significant} of {tested} tested differences have p < 0.05 uncorrected, {surviving} after Holm's "
+        f"correction for the {tested} tests",
+    ]
+    return Table(
+        "paired_differences",
+        "Paired differences: noisy minus plain, per training seed",
+        ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p", "p (Holm)"],
+        rows,
+        records,
+        notes,
+    )
 
 
 def _number(value: float) -> str:

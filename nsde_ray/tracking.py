@@ -50,15 +50,21 @@ def _metrics(values: dict[str, float], step: int = 0, timestamp: int | None = No
     import time
 
     now = timestamp or int(time.time() * 1000)
-    return [Metric(key, float(value), now, step) for key, value in dict(values, **grouped_objectives(values)).items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    return [
+        Metric(key, float(value), now, step)
+        for key, value in dict(values, **grouped_objectives(values)).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
 
 
 def grouped_objectives(metrics: dict[str, Any]) -> dict[str, Any]:
     """The objectives among ``metrics``, and their ``<name>_se``, under :data:`OBJECTIVES_SECTION`."""
     names = set(objective_names())
-    return {OBJECTIVES_SECTION + key: value for key, value in metrics.items()
-            if key in names or key.removesuffix("_se") in names}
+    return {
+        OBJECTIVES_SECTION + key: value
+        for key, value in metrics.items()
+        if key in names or key.removesuffix("_se") in names
+    }
 
 
 def front_url(experiment_id: str, base: str = "") -> str:
@@ -70,9 +76,15 @@ def front_url(experiment_id: str, base: str = "") -> str:
     """
     import urllib.parse
 
-    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": FRONT_FILTER,
-                                    "orderByKey": "metrics.`val_accuracy`", "orderByAsc": "false"},
-                                   quote_via=urllib.parse.quote)
+    query = urllib.parse.urlencode(
+        {
+            "workflowType": "machine_learning",
+            "searchFilter": FRONT_FILTER,
+            "orderByKey": "metrics.`val_accuracy`",
+            "orderByAsc": "false",
+        },
+        quote_via=urllib.parse.quote,
+    )
     return f"{base.rstrip('/') + '/' if base else ''}#/experiments/{experiment_id}/runs?{query}"
 
 
@@ -89,18 +101,25 @@ class SweepTracker:
         client = MlflowClient(tracking_uri)
         try:
             experiment = client.get_experiment_by_name(experiment_name)
-            experiment_id = (experiment.experiment_id if experiment is not None
-                             else client.create_experiment(experiment_name, tags={EXPERIMENT_KIND: TRAINING_KIND}))
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else client.create_experiment(experiment_name, tags={EXPERIMENT_KIND: TRAINING_KIND})
+            )
             run = client.create_run(experiment_id, run_name=sweep_name, tags={ROLE: "sweep", SWEEP: sweep_name})
         except Exception as err:  # connection refused, bad URI, permissions: MLflow raises many kinds
-            raise TrackingError(f"cannot use the MLflow tracking store {mask_uri(tracking_uri)!r}: "
-                                f"{redact(str(err), tracking_uri)}") from err
+            raise TrackingError(
+                f"cannot use the MLflow tracking store {mask_uri(tracking_uri)!r}: {redact(str(err), tracking_uri)}"
+            ) from err
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return cls(tracking_uri, experiment_id, run.info.run_id)
 
     def describe(self) -> dict[str, str]:
-        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
-                "parent_run_id": self.parent_run_id}
+        return {
+            "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+        }
 
     def reopen_parent(self) -> None:
         """Mark the parent running again (a resumed sweep)."""
@@ -110,20 +129,27 @@ class SweepTracker:
 
     def trial_runs(self) -> list:
         """Every child run of the sweep."""
-        return self.client.search_runs([self.experiment_id], filter_string=f"tags.{PARENT} = '{self.parent_run_id}'",
-                                       max_results=50_000)
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.{PARENT} = '{self.parent_run_id}'", max_results=50_000
+        )
 
     def open_trial(self, trial_id: str, params: dict[str, Any]) -> tuple[str, str]:
         """The child run of ``trial_id``: (run id, nsde.status); created with its params if new."""
-        return self._open(f"tags.{PARENT} = '{self.parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'",
-                          f"trial_{trial_id}", {PARENT: self.parent_run_id, ROLE: "trial", TRIAL_ID: trial_id,
-                                                PARETO_TAG: "false"}, params)
+        return self._open(
+            f"tags.{PARENT} = '{self.parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'",
+            f"trial_{trial_id}",
+            {PARENT: self.parent_run_id, ROLE: "trial", TRIAL_ID: trial_id, PARETO_TAG: "false"},
+            params,
+        )
 
     def open_seed(self, trial_run_id: str, trial_id: str, index: int, params: dict[str, Any]) -> tuple[str, str]:
         """The run of seed ``index`` of a configuration, nested under its run: (run id, nsde.status)."""
-        return self._open(f"tags.{PARENT} = '{trial_run_id}' and tags.`{SEED_INDEX}` = '{index}'",
-                          f"trial_{trial_id}_seed{index}", {PARENT: trial_run_id, ROLE: "seed", TRIAL_ID: trial_id,
-                                                            SEED_INDEX: str(index)}, params)
+        return self._open(
+            f"tags.{PARENT} = '{trial_run_id}' and tags.`{SEED_INDEX}` = '{index}'",
+            f"trial_{trial_id}_seed{index}",
+            {PARENT: trial_run_id, ROLE: "seed", TRIAL_ID: trial_id, SEED_INDEX: str(index)},
+            params,
+        )
 
     def _open(self, filter_string: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> tuple[str, str]:
         """The run ``filter_string`` finds, marked running unless it ended well, or a new one; (run id, nsde.status)."""
@@ -159,8 +185,14 @@ class SweepTracker:
         if node_id and node_id not in nodes.split(","):
             self.client.set_tag(run_id, TRAIN_NODES, ",".join(filter(None, [nodes, node_id])))
 
-    def finish_trial(self, run_id: str, status: str, metrics: dict[str, float], artifact_dir: str | None = None,
-                     error: str | None = None) -> None:
+    def finish_trial(
+        self,
+        run_id: str,
+        status: str,
+        metrics: dict[str, float],
+        artifact_dir: str | None = None,
+        error: str | None = None,
+    ) -> None:
         """Final metrics, artifacts and status (finished, diverged or failed) of a trial's run."""
         finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         self.client.log_batch(run_id, metrics=_metrics(finite, step=int(metrics.get("epoch", 0))))
@@ -207,8 +239,9 @@ class SweepTracker:
 
     def seed_runs(self, trial_run_id: str) -> list:
         """The seed runs nested under a configuration's run, by seed index (none with one seed per configuration)."""
-        runs = self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.{PARENT} = '{trial_run_id}' and tags.`{ROLE}` = 'seed'")
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.{PARENT} = '{trial_run_id}' and tags.`{ROLE}` = 'seed'"
+        )
         return sorted(runs, key=lambda run: int(run.data.tags.get(SEED_INDEX, 0)))
 
     def update_front(self) -> front.FrontReport:
@@ -221,8 +254,10 @@ class SweepTracker:
         assessed = {row["run_id"]: row for row in rows}
         for run in runs:
             row = assessed.get(run.info.run_id, {"pareto_front": False, "pareto_probability": 0.0, "excluded": ""})
-            tags = {PARETO_TAG: "true" if row["pareto_front"] else "false",
-                    CONFIDENCE_TAG: f"{row['pareto_probability']:.2f}"}
+            tags = {
+                PARETO_TAG: "true" if row["pareto_front"] else "false",
+                CONFIDENCE_TAG: f"{row['pareto_probability']:.2f}",
+            }
             if row["excluded"]:
                 tags[EXCLUDED_TAG] = row["excluded"]
             changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
@@ -231,15 +266,22 @@ class SweepTracker:
         if not rows:
             return report
         step = len(rows)
-        summary = {"hypervolume": report.hypervolume(), "finished_trials": len(rows),
-                   "front_size": sum(row["pareto_front"] for row in rows)}
+        summary = {
+            "hypervolume": report.hypervolume(),
+            "finished_trials": len(rows),
+            "front_size": sum(row["pareto_front"] for row in rows),
+        }
         for name, (floor, spread, _) in report.floors.items():
             summary.update({f"noise_floor_{name}": floor, f"range_{name}": spread})
         self.client.log_batch(self.parent_run_id, metrics=_metrics(summary, step=step))
-        self.client.log_batch(self.parent_run_id, tags=[
-            RunTag("front_objectives", ",".join(name for name, _ in report.objectives)),
-            RunTag("noise_floor_flagged", ",".join(report.flagged) or "none"),
-            RunTag("mlflow.note.content", front_markdown(report, front_url(self.experiment_id)))])
+        self.client.log_batch(
+            self.parent_run_id,
+            tags=[
+                RunTag("front_objectives", ",".join(name for name, _ in report.objectives)),
+                RunTag("noise_floor_flagged", ",".join(report.flagged) or "none"),
+                RunTag("mlflow.note.content", front_markdown(report, front_url(self.experiment_id))),
+            ],
+        )
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, FRONT_CSV), "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -252,5 +294,3 @@ class SweepTracker:
 
     def finish_sweep(self) -> None:
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
-
-

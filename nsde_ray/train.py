@@ -65,7 +65,9 @@ class EpochStats:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = model.parameters()
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -74,8 +76,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images, labels) -> scalar
 
 
-def plain_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: NoiseConfig | None = None,
-               mean: tuple[float, ...] = (), std: tuple[float, ...] = (), autocast: dict | None = None) -> torch.Tensor:
+def plain_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    noise: NoiseConfig | None = None,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
+    autocast: dict | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy (scalar) of ``model`` on ``images`` (B, C, H, W) and ``labels`` (B,), under
     ``torch.autocast(**autocast)`` if given: the training loss of every mode without one of its own. Its signature
     is that of :attr:`nsde_ray.registry.NoiseMode.training_loss`."""
@@ -98,8 +107,13 @@ def _bound_loss(loss, noise, mean, std, autocast, model, images, labels) -> torc
     return loss(model, images, labels, noise, mean, std, autocast)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               loss: Loss = plain_loss) -> torch.Tensor:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss: Loss = plain_loss,
+) -> torch.Tensor:
     """One optimiser step of ``loss`` (:data:`Loss`) on a batch: the training step of the loop, the in-process
     fit and the benchmarks. Returns the loss, detached."""
     value = loss(model, images, labels)
@@ -186,8 +200,7 @@ class SingleProcessSession:
     trial's GPU if it holds one, checkpoints in a :class:`nsde_ray.storage.CheckpointStore`, and each
     report passed to ``on_report(metrics)``; the reports and the last checkpoint are kept."""
 
-    def __init__(self, storage_path: str, name: str, use_gpu: bool,
-                 on_report: Callable[[dict], None] | None) -> None:
+    def __init__(self, storage_path: str, name: str, use_gpu: bool, on_report: Callable[[dict], None] | None) -> None:
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cuda", 0) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
         self.storage_path, self.name = storage_path, name
@@ -232,8 +245,9 @@ def train_fn_per_worker(config: dict) -> None:
     train_loop(TrialConfig.from_dict(config), RayTrainSession())
 
 
-def fit_single_worker(cfg: TrialConfig, *, name: str, storage_path: str,
-                      on_report: Callable[[dict], None] | None = None) -> TrainOutcome:
+def fit_single_worker(
+    cfg: TrialConfig, *, name: str, storage_path: str, on_report: Callable[[dict], None] | None = None
+) -> TrainOutcome:
     """The one-worker training of :func:`build_trainer`'s ``TorchTrainer``, run in this process.
 
     Same loop, seeds and checkpoint contents; the checkpoints go to ``{storage_path}/{name}``
@@ -303,22 +317,40 @@ def train_loop(cfg: TrialConfig, session: RayTrainSession | SingleProcessSession
     processes = loader_processes(cfg.data.dataset, cfg.train.cpus_per_worker)
     loading = dict(pin_memory=on_gpu, num_workers=processes, persistent_workers=processes > 0)
     resident = dict(mean=splits.mean, std=splits.std, device=device, mode=cfg.train.resident_data, processes=processes)
-    train_loader = resident_loader(splits.train_unaugmented, splits.augmentation, sampler.indices.unique(), sampler,
-                                   cfg.train.batch_size, **resident)
+    train_loader = resident_loader(
+        splits.train_unaugmented,
+        splits.augmentation,
+        sampler.indices.unique(),
+        sampler,
+        cfg.train.batch_size,
+        **resident,
+    )
     if train_loader is None:
-        train_loader = DataLoader(IndexedDataset(splits.train), batch_size=cfg.train.batch_size, sampler=sampler,
-                                  **loading)
+        train_loader = DataLoader(
+            IndexedDataset(splits.train), batch_size=cfg.train.batch_size, sampler=sampler, **loading
+        )
     val_indices = torch.arange(rank, len(splits.val), world_size)
-    val_loader = resident_loader(splits.val, "none", val_indices, val_indices.tolist(), 2 * cfg.train.batch_size,
-                                 **resident)
+    val_loader = resident_loader(
+        splits.val, "none", val_indices, val_indices.tolist(), 2 * cfg.train.batch_size, **resident
+    )
     if val_loader is None:
-        val_loader = DataLoader(Subset(splits.val, val_indices.tolist()), batch_size=2 * cfg.train.batch_size, **loading)
+        val_loader = DataLoader(
+            Subset(splits.val, val_indices.tolist()), batch_size=2 * cfg.train.batch_size, **loading
+        )
     shaper = None
     if cfg.noise.mode == "attribution" and cfg.noise.active:
-        shaper = NoiseShaper(cfg.shaping, splits.train_unaugmented, sampler.indices, len(train_loader), device,
-                             memory_format, amp=cfg.train.amp, loader_processes=processes,
-                             baseline=ig_baseline(splits.mean, splits.std, "black"),
-                             resident=train_loader if isinstance(train_loader, ResidentLoader) else None)
+        shaper = NoiseShaper(
+            cfg.shaping,
+            splits.train_unaugmented,
+            sampler.indices,
+            len(train_loader),
+            device,
+            memory_format,
+            amp=cfg.train.amp,
+            loader_processes=processes,
+            baseline=ig_baseline(splits.mean, splits.std, "black"),
+            resident=train_loader if isinstance(train_loader, ResidentLoader) else None,
+        )
 
     start_epoch, train_time_s, shaping_time_s, noise_energy_sum = 0, 0.0, 0.0, 0.0
     if checkpoint is not None:
@@ -349,24 +381,45 @@ def train_loop(cfg: TrialConfig, session: RayTrainSession | SingleProcessSession
         torch.manual_seed(cfg.train.seed + 1_000_003 * (rank + 1) + epoch)
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        stats = _run_epoch(ddp_model, model, optimizer, train_loader, val_loader, device, memory_format, autocast,
-                           cfg.noise, shaper, first_step=epoch * len(train_loader), step_loss=step_loss)
+        stats = _run_epoch(
+            ddp_model,
+            model,
+            optimizer,
+            train_loader,
+            val_loader,
+            device,
+            memory_format,
+            autocast,
+            cfg.noise,
+            shaper,
+            first_step=epoch * len(train_loader),
+            step_loss=step_loss,
+        )
         epoch_time_s = time.perf_counter() - started
         train_time_s += epoch_time_s
         shaping_time_s += stats.shaping_time_s
         noise_energy_sum += stats.noise_energy
-        metrics = {"epoch": epoch + 1, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
-                   "val_accuracy": stats.val_accuracy, "lr": lr, "resumed_from_epoch": start_epoch,
-                   "epoch_time_s": epoch_time_s, "train_time_s": train_time_s,
-                   "shaping_time_s": shaping_time_s, "noise_energy_epoch": stats.noise_energy,
-                   "noise_energy": noise_energy_sum / (epoch + 1),
-                   "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
-                   "diverged": not math.isfinite(stats.train_loss)}
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": stats.train_loss,
+            "val_loss": stats.val_loss,
+            "val_accuracy": stats.val_accuracy,
+            "lr": lr,
+            "resumed_from_epoch": start_epoch,
+            "epoch_time_s": epoch_time_s,
+            "train_time_s": train_time_s,
+            "shaping_time_s": shaping_time_s,
+            "noise_energy_epoch": stats.noise_energy,
+            "noise_energy": noise_energy_sum / (epoch + 1),
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+            "diverged": not math.isfinite(stats.train_loss),
+        }
         if metrics["diverged"]:
             # A marker checkpoint without weights: the run's result shows the divergence, and a
             # restore (worker failure, --resume) ends at once instead of training a diverged model.
-            session.report(metrics, {"epoch": epoch + 1, "diverged": True, "train_time_s": train_time_s,
-                                     "config": config})
+            session.report(
+                metrics, {"epoch": epoch + 1, "diverged": True, "train_time_s": train_time_s, "config": config}
+            )
             return
         if guard is not None and guard.check(model, *guard_batch, autocast):
             _report_collapse(session, epoch, last_good, metrics)
@@ -376,13 +429,19 @@ def train_loop(cfg: TrialConfig, session: RayTrainSession | SingleProcessSession
         elif scheduler is not None:
             scheduler.step()
         state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "shaping": shaper.state_dict() if shaper is not None else {},
-            "num_classes": splits.num_classes, "in_channels": splits.in_channels, "image_size": splits.image_size,
+            "num_classes": splits.num_classes,
+            "in_channels": splits.in_channels,
+            "image_size": splits.image_size,
             "epoch": epoch + 1,
-            "train_time_s": train_time_s, "shaping_time_s": shaping_time_s, "noise_energy_sum": noise_energy_sum,
-            "config": config}
+            "train_time_s": train_time_s,
+            "shaping_time_s": shaping_time_s,
+            "noise_energy_sum": noise_energy_sum,
+            "config": config,
+        }
         if guard is not None:
             state["overfit_guard_best"] = guard.best
             last_good = (metrics, {k: copy.deepcopy(v) for k, v in state.items()})
@@ -392,8 +451,9 @@ def train_loop(cfg: TrialConfig, session: RayTrainSession | SingleProcessSession
 GUARD_IMAGES = 256  # the fixed minibatch of the worker's shard on which FGSM's overfitting guard attacks
 
 
-def _overfit_guard(cfg: TrialConfig, splits, sampler: ShardSampler, device: torch.device,
-                   memory_format: torch.memory_format):
+def _overfit_guard(
+    cfg: TrialConfig, splits, sampler: ShardSampler, device: torch.device, memory_format: torch.memory_format
+):
     """FGSM's :class:`~nsde_ray.robust_training.OverfitGuard` and its fixed minibatch (images, labels on ``device``),
     or (None, None) for the other modes."""
     if cfg.noise.mode != "fgsm" or cfg.noise.fgsm_epsilon == 0:
@@ -401,8 +461,10 @@ def _overfit_guard(cfg: TrialConfig, splits, sampler: ShardSampler, device: torc
     from nsde_ray.robust_training import OverfitGuard
 
     samples = [splits.train_unaugmented[int(i)] for i in sampler.indices[:GUARD_IMAGES]]
-    batch = (torch.stack([image for image, _ in samples]).to(device, memory_format=memory_format),
-             torch.tensor([int(label) for _, label in samples], device=device))
+    batch = (
+        torch.stack([image for image, _ in samples]).to(device, memory_format=memory_format),
+        torch.tensor([int(label) for _, label in samples], device=device),
+    )
     return OverfitGuard(cfg.noise.fgsm_epsilon, splits.mean, splits.std, seed=cfg.train.seed), batch
 
 
@@ -411,10 +473,17 @@ def _report_collapse(session, epoch: int, last_good: tuple[dict, dict] | None, m
     the last epoch that passed (this epoch's own if none did), marked ``stopped``."""
     good_metrics, state = last_good if last_good is not None else (metrics, None)
     if state is None:
-        raise RuntimeError(f"FGSM training collapsed in its first epoch ({epoch + 1}): its PGD accuracy on the "
-                           "guard's minibatch was already lower than it can fall; lower fgsm_epsilon or the lr")
-    final = dict(good_metrics, epoch=epoch + 1, fgsm_collapsed_epoch=epoch + 1,
-                 train_time_s=metrics["train_time_s"], epoch_time_s=metrics["epoch_time_s"])
+        raise RuntimeError(
+            f"FGSM training collapsed in its first epoch ({epoch + 1}): its PGD accuracy on the "
+            "guard's minibatch was already lower than it can fall; lower fgsm_epsilon or the lr"
+        )
+    final = dict(
+        good_metrics,
+        epoch=epoch + 1,
+        fgsm_collapsed_epoch=epoch + 1,
+        train_time_s=metrics["train_time_s"],
+        epoch_time_s=metrics["epoch_time_s"],
+    )
     session.report(final, dict(state, epoch=epoch + 1, stopped=True, train_time_s=metrics["train_time_s"]))
 
 
@@ -431,10 +500,20 @@ def compile_for_training(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     return torch.compile(model, mode=cfg.compile_mode)
 
 
-def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
-               val_loader: DataLoader, device: torch.device, memory_format: torch.memory_format,
-               autocast: dict, noise: NoiseConfig, shaper: NoiseShaper | None, first_step: int,
-               step_loss: Loss = plain_loss) -> EpochStats:
+def _run_epoch(
+    ddp_model: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    autocast: dict,
+    noise: NoiseConfig,
+    shaper: NoiseShaper | None,
+    first_step: int,
+    step_loss: Loss = plain_loss,
+) -> EpochStats:
     """Train one epoch, then validate (noise off); sums are all-reduced so every rank agrees.
 
     With a shaper, maps are refreshed when due (before global step ``first_step + i``), or taken from
@@ -479,12 +558,18 @@ def _run_epoch(ddp_model: nn.Module, model: nn.Module, optimizer: torch.optim.Op
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     train_loss, n_train, val_loss, correct, n_val, energy_sum, steps = totals.tolist()
-    return EpochStats(train_loss / max(n_train, 1.0), val_loss / max(n_val, 1.0), correct / max(n_val, 1.0),
-                      shaping_time_s, energy_sum / max(steps, 1.0))
+    return EpochStats(
+        train_loss / max(n_train, 1.0),
+        val_loss / max(n_val, 1.0),
+        correct / max(n_val, 1.0),
+        shaping_time_s,
+        energy_sum / max(steps, 1.0),
+    )
 
 
-def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str, callbacks: list | None = None,
-                  train_log_level: str = "ERROR") -> ray.train.torch.TorchTrainer:
+def build_trainer(
+    cfg: TrialConfig, *, name: str, storage_path: str, callbacks: list | None = None, train_log_level: str = "ERROR"
+) -> ray.train.torch.TorchTrainer:
     """A ``TorchTrainer`` for one trial.
 
     ``name`` must be stable across restarts (no timestamps): Ray Train restores a run from its
@@ -499,12 +584,19 @@ def build_trainer(cfg: TrialConfig, *, name: str, storage_path: str, callbacks: 
         train_loop_config={**cfg.to_dict(), RAY_LOG_LEVEL: train_log_level},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker,
-                                  **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})}),
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.train.cpus_per_worker,
+                **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {}),
+            },
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path, callbacks=callbacks,
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            logging_config=ray.train.LoggingConfig(log_level=train_log_level)),
+            logging_config=ray.train.LoggingConfig(log_level=train_log_level),
+        ),
     )

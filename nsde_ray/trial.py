@@ -32,18 +32,18 @@ import torch
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from nsde_ray.aggregate import aggregate_seeds
 from nsde_ray.config import TrialConfig
 from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
 from nsde_ray.logs import configure, ray_log_level
+from nsde_ray.mlflow_uri import tracking_warning
 from nsde_ray.registry import ACCURACY, injects_noise, objective_names
 from nsde_ray.tracking import MODEL_DIR, SweepTracker
-from nsde_ray.mlflow_uri import tracking_warning
-from nsde_ray.aggregate import aggregate_seeds
 
 if TYPE_CHECKING:
     from nsde_ray.train import TrainOutcome
 
-TRIAL_DRIVER_MEMORY = 256 * 1024 ** 2  # bytes
+TRIAL_DRIVER_MEMORY = 256 * 1024**2  # bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class EpochLogger(ray.train.UserCallback):
     A run in the trial's own process calls :meth:`log` directly.
     """
 
-    def __init__(self, tracker: dict[str, str], run_id: str, label: str, epochs: int,
-                 log_level: int = logging.INFO) -> None:
+    def __init__(
+        self, tracker: dict[str, str], run_id: str, label: str, epochs: int, log_level: int = logging.INFO
+    ) -> None:
         self.tracker, self.run_id, self.label, self.epochs = tracker, run_id, label, epochs
         self.log_level = log_level
         self._client: SweepTracker | None = None
@@ -81,7 +82,8 @@ class EpochLogger(ray.train.UserCallback):
             self.flush()
             configure(self.log_level).info(
                 f"{self.label} epoch {epoch}/{self.epochs}: train_loss={epoch_metrics['train_loss']:.4f} "
-                f"val_accuracy={epoch_metrics['val_accuracy']:.4f}")
+                f"val_accuracy={epoch_metrics['val_accuracy']:.4f}"
+            )
         except Exception as err:  # a malformed report: never fail the Train run over logging
             self._warn(err)
 
@@ -111,13 +113,19 @@ class EpochLogger(ray.train.UserCallback):
     def _warn(self, err: Exception) -> None:
         if not self._warned:
             self._warned = True
-            configure(self.log_level).warning(tracking_warning(
-                f"{self.label}: cannot log epoch metrics to MLflow (keeping up to {PENDING_EPOCHS} epochs to log "
-                "when it answers again)", err, self.tracker.get("tracking_uri")))
+            configure(self.log_level).warning(
+                tracking_warning(
+                    f"{self.label}: cannot log epoch metrics to MLflow (keeping up to {PENDING_EPOCHS} epochs to log "
+                    "when it answers again)",
+                    err,
+                    self.tracker.get("tracking_uri"),
+                )
+            )
 
 
-def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool,
-                        repeats: int = 1) -> tuple[dict, dict[str, bytes]]:
+def evaluate_checkpoint(
+    checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool, repeats: int = 1
+) -> tuple[dict, dict[str, bytes]]:
     """Evaluate a trial's final checkpoint; returns (metrics, {artifact path: bytes}) including the model file.
 
     ``repeats`` > 1 repeats the evaluation on new seeded image sets (:func:`evaluate_repeated`).
@@ -147,8 +155,15 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, config: dict, use_gpu:
     return metrics, files
 
 
-def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeats: int = 1,
-              seeds_per_config: int = 1, log_level: int = logging.INFO) -> None:
+def run_trial(
+    config: dict,
+    base: dict,
+    storage_path: str,
+    tracker: dict,
+    repeats: int = 1,
+    seeds_per_config: int = 1,
+    log_level: int = logging.INFO,
+) -> None:
     """Tune's trainable: one configuration, trained and evaluated with each of its seeds, reported to Tune.
 
     ``config`` holds the trial's params, applied to ``base`` (:meth:`TrialConfig.to_dict`);
@@ -181,24 +196,48 @@ def run_trial(config: dict, base: dict, storage_path: str, tracker: dict, repeat
         seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + index))
         seed_run, seed_status = tracking.open_seed(run_id, trial_id, index, seed_cfg.to_params())
         if seed_status not in ("finished", "diverged"):
-            seed_status, _ = run_seed(seed_cfg, tracking, seed_run, f"trial_{trial_id}_seed{index}",
-                                      f"{label} seed {index + 1}/{seeds_per_config}", storage_path, repeats,
-                                      log_level)
+            seed_status, _ = run_seed(
+                seed_cfg,
+                tracking,
+                seed_run,
+                f"trial_{trial_id}_seed{index}",
+                f"{label} seed {index + 1}/{seeds_per_config}",
+                storage_path,
+                repeats,
+                log_level,
+            )
         outcomes.append((seed_status, tracking.finished_metrics(seed_run)))
     diverged = any(seed_status == "diverged" for seed_status, _ in outcomes)
     final = aggregate_seeds([metrics for _, metrics in outcomes])
     final["trial_wall_s"] = time.perf_counter() - started
-    tracking.finish_trial(run_id, "diverged" if diverged else "finished", final,
-                          error="a seed's training loss became non-finite" if diverged else None)
+    tracking.finish_trial(
+        run_id,
+        "diverged" if diverged else "finished",
+        final,
+        error="a seed's training loss became non-finite" if diverged else None,
+    )
     if not diverged:
-        log.info(f"{label} finished over {seeds_per_config} seeds: "
-                 + ", ".join(f"{name}={final[name]:.4g} ± {final.get(f'{name}_se', math.nan):.2g}"
-                             for name in objective_names() if name in final))
+        log.info(
+            f"{label} finished over {seeds_per_config} seeds: "
+            + ", ".join(
+                f"{name}={final[name]:.4g} ± {final.get(f'{name}_se', math.nan):.2g}"
+                for name in objective_names()
+                if name in final
+            )
+        )
     tune.report(reported_metrics(final, diverged=diverged))
 
 
-def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: str, label: str, storage_path: str,
-             repeats: int, log_level: int = logging.INFO) -> tuple[str, dict[str, float]]:
+def run_seed(
+    cfg: TrialConfig,
+    tracking: SweepTracker,
+    run_id: str,
+    train_name: str,
+    label: str,
+    storage_path: str,
+    repeats: int,
+    log_level: int = logging.INFO,
+) -> tuple[str, dict[str, float]]:
     """Train and evaluate one seed of a configuration, logged to ``run_id``: (status, final metrics).
 
     ``train_name`` names its training run, stable across restarts, so a retried seed continues from
@@ -223,10 +262,16 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
         if cfg.train.in_trial_process:  # the trial holds one worker's resources already
             eval_metrics, files = evaluate_checkpoint(outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats)
         else:  # outside the trial's placement group (which holds no CPU): the task takes one worker's resources
-            resources = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpu_request,
-                             scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-            eval_metrics, files = ray.get(ray.remote(evaluate_checkpoint).options(**resources).remote(
-                outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats))
+            resources = dict(
+                num_cpus=cfg.train.cpus_per_worker,
+                num_gpus=cfg.train.gpu_request,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+            )
+            eval_metrics, files = ray.get(
+                ray.remote(evaluate_checkpoint)
+                .options(**resources)
+                .remote(outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats)
+            )
     except Exception as err:  # the evaluation's error (re-raised by ray.get for the task)
         tracking.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")
         raise SweepError(f"{label} failed in evaluation: {err}") from err
@@ -245,20 +290,25 @@ def run_seed(cfg: TrialConfig, tracking: SweepTracker, run_id: str, train_name: 
             with open(os.path.join(artifact_dir, relative), "wb") as handle:
                 handle.write(data)
         # the per-epoch metrics (train_loss, val_accuracy, ...) are in the run already, from EpochLogger
-        tracking.finish_trial(run_id, "finished", {k: v for k, v in final.items() if k not in train_metrics},
-                              artifact_dir)
+        tracking.finish_trial(
+            run_id, "finished", {k: v for k, v in final.items() if k not in train_metrics}, artifact_dir
+        )
     final["logging_s"] = time.perf_counter() - logging_started
     tracking.client.log_metric(run_id, "logging_s", final["logging_s"])
-    log.info(f"{label} finished: " + " ".join(f"{name}={final.get(name, math.nan):.4g}" for name in objective_names())
-             + f" ({final['trial_wall_s']:.0f} s: train {final.get('train_time_s', 0.0):.0f}, "
-          f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f}: Train start-up "
-          f"{final['train_startup_s']:.0f}, eval start-up {final['eval_startup_s']:.0f}, "
-             f"logging {final['logging_s']:.0f})")
+    log.info(
+        f"{label} finished: "
+        + " ".join(f"{name}={final.get(name, math.nan):.4g}" for name in objective_names())
+        + f" ({final['trial_wall_s']:.0f} s: train {final.get('train_time_s', 0.0):.0f}, "
+        f"eval {final['eval_time_s']:.0f}, overhead {final['overhead_s']:.0f}: Train start-up "
+        f"{final['train_startup_s']:.0f}, eval start-up {final['eval_startup_s']:.0f}, "
+        f"logging {final['logging_s']:.0f})"
+    )
     return "finished", final
 
 
-def train_seed(cfg: TrialConfig, train_name: str, storage_path: str, logger: EpochLogger,
-               log_level: int) -> tuple[TrainOutcome, float]:
+def train_seed(
+    cfg: TrialConfig, train_name: str, storage_path: str, logger: EpochLogger, log_level: int
+) -> tuple[TrainOutcome, float]:
     """Train one seed of a configuration: (outcome, seconds). In this process for a one-worker run
     (:attr:`TrainConfig.in_trial_process`), else with a ``TorchTrainer``; either way from the latest
     checkpoint of ``(storage_path, train_name)`` if it has one. Raises what the training raised."""
@@ -268,8 +318,9 @@ def train_seed(cfg: TrialConfig, train_name: str, storage_path: str, logger: Epo
     if cfg.train.in_trial_process:
         outcome = fit_single_worker(cfg, name=train_name, storage_path=storage_path, on_report=logger.log)
         return outcome, time.perf_counter() - started
-    trainer = build_trainer(cfg, name=train_name, storage_path=storage_path, callbacks=[logger],
-                            train_log_level=ray_log_level(log_level))
+    trainer = build_trainer(
+        cfg, name=train_name, storage_path=storage_path, callbacks=[logger], train_log_level=ray_log_level(log_level)
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -284,6 +335,7 @@ def reported_metrics(metrics: dict[str, float], diverged: bool) -> dict[str, flo
     An objective that is missing (a non-finite value is not logged to MLflow, so a stored run lacks it)
     is reported as NaN, which Optuna records as a failed point.
     """
+
     def number(name: str) -> float:
         value = metrics.get(name)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
@@ -297,9 +349,9 @@ def reported_metrics(metrics: dict[str, float], diverged: bool) -> dict[str, flo
 
 
 def _describe(params: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-                     for key, value in sorted(params.items()))
-
+    return ", ".join(
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in sorted(params.items())
+    )
 
 
 def trial_config(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
@@ -311,8 +363,13 @@ def trial_config(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
     return base.with_params(params)
 
 
-def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1, seeds_per_config: int = 1,
-                    log_level: int = logging.INFO):
+def trial_trainable(
+    cfg: RunSettings,
+    tracker: dict[str, str],
+    repeats: int = 1,
+    seeds_per_config: int = 1,
+    log_level: int = logging.INFO,
+):
     """:func:`run_trial` over ``cfg.base`` as Tune's trainable.
 
     A trial that trains in its own process (:attr:`TrainConfig.in_trial_process`) asks Tune for one
@@ -321,13 +378,18 @@ def trial_trainable(cfg: RunSettings, tracker: dict[str, str], repeats: int = 1,
     ``TorchTrainer`` workers and the evaluation task hold the resources, so N trials fit on the N
     workers' CPUs without a deadlock.
     """
-    trainable = tune.with_parameters(run_trial, base=cfg.base.to_dict(), storage_path=train_storage(cfg),
-                                     tracker=tracker, repeats=repeats, seeds_per_config=seeds_per_config,
-                                     log_level=log_level)
+    trainable = tune.with_parameters(
+        run_trial,
+        base=cfg.base.to_dict(),
+        storage_path=train_storage(cfg),
+        tracker=tracker,
+        repeats=repeats,
+        seeds_per_config=seeds_per_config,
+        log_level=log_level,
+    )
     train = cfg.base.train
     if train.in_trial_process:
-        return tune.with_resources(trainable, {"CPU": train.cpus_per_worker, "GPU": train.gpu_request,
-                                               "memory": TRIAL_DRIVER_MEMORY})
+        return tune.with_resources(
+            trainable, {"CPU": train.cpus_per_worker, "GPU": train.gpu_request, "memory": TRIAL_DRIVER_MEMORY}
+        )
     return tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
-
-

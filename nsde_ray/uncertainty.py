@@ -54,8 +54,8 @@ Configurations with a non-finite value are left out: NaN means and errors, proba
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import numpy as np
 

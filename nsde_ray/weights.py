@@ -40,8 +40,10 @@ def weights_file(path: str, names: tuple[str, ...] = (CHECKPOINT_FILE, MODEL_FIL
     """``path`` itself, or for a directory the first of ``names`` in it (the first name if none is there)."""
     if not os.path.isdir(path):
         return path
-    return next((os.path.join(path, name) for name in names if os.path.isfile(os.path.join(path, name))),
-                os.path.join(path, names[0]))
+    return next(
+        (os.path.join(path, name) for name in names if os.path.isfile(os.path.join(path, name))),
+        os.path.join(path, names[0]),
+    )
 
 
 def model_from_state(state: dict) -> tuple[nn.Module, TrialConfig]:
@@ -61,21 +63,33 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     model's) file or directory."""
     file = weights_file(path)
     if not os.path.isfile(file):
-        raise WeightsError(f"init weights {file!r} not found: pass a state dict saved with torch.save, or a "
-                           f"checkpoint directory holding {CHECKPOINT_FILE}")
+        raise WeightsError(
+            f"init weights {file!r} not found: pass a state dict saved with torch.save, or a "
+            f"checkpoint directory holding {CHECKPOINT_FILE}"
+        )
     try:
         state = load_tensors(file)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise WeightsError(f"init weights {file!r} cannot be read as plain tensors with torch.load(weights_only=True) "
-                           f"(save model.state_dict(), not the model): {_first_sentence(err)}") from err
+        raise WeightsError(
+            f"init weights {file!r} cannot be read as plain tensors with torch.load(weights_only=True) "
+            f"(save model.state_dict(), not the model): {_first_sentence(err)}"
+        ) from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    if not (isinstance(state, dict) and state
-            and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())):
-        marker = " (it marks a diverged run: take an earlier checkpoint)" if isinstance(state, dict) \
-            and state.get("diverged") else ""
-        raise WeightsError(f"init weights {file!r} hold no state dict{marker}: expected {{name: tensor}} or a "
-                           "checkpoint {'model': {name: tensor}, ...}")
+    if not (
+        isinstance(state, dict)
+        and state
+        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
+    ):
+        marker = (
+            " (it marks a diverged run: take an earlier checkpoint)"
+            if isinstance(state, dict) and state.get("diverged")
+            else ""
+        )
+        raise WeightsError(
+            f"init weights {file!r} hold no state dict{marker}: expected {{name: tensor}} or a "
+            "checkpoint {'model': {name: tensor}, ...}"
+        )
     return state
 
 
@@ -85,11 +99,16 @@ def check_weights(state: dict[str, torch.Tensor], model: nn.Module, what: str) -
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    misshapen = [f"{key} {tuple(state[key].shape)} where the model has {tuple(expected[key].shape)}"
-                 for key in expected if key in state and state[key].shape != expected[key].shape]
-    problems = [f"{label} {', '.join(keys[:SHOWN])}" + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
-                for label, keys in (("shapes differ:", misshapen), ("missing keys:", missing),
-                                    ("unexpected keys:", unexpected)) if keys]
+    misshapen = [
+        f"{key} {tuple(state[key].shape)} where the model has {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{label} {', '.join(keys[:SHOWN])}" + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
+        for label, keys in (("shapes differ:", misshapen), ("missing keys:", missing), ("unexpected keys:", unexpected))
+        if keys
+    ]
     if problems:
         raise WeightsError(f"{what} do not fit the model: " + "; ".join(problems))
 
@@ -110,8 +129,12 @@ def check_init_weights(cfg: TrialConfig, archs: Iterable[str]) -> None:
     num_classes, in_channels = dataset_shape(cfg)
     for arch in archs:
         model = build_model(arch, num_classes, in_channels, cfg.noise)
-        check_weights(state, model, f"--init-from {cfg.train.init_from!r} ({arch} on {cfg.data.dataset}: "
-                                    f"{num_classes} classes, {in_channels}-channel images)")
+        check_weights(
+            state,
+            model,
+            f"--init-from {cfg.train.init_from!r} ({arch} on {cfg.data.dataset}: "
+            f"{num_classes} classes, {in_channels}-channel images)",
+        )
 
 
 def _first_sentence(err: Exception) -> str:

@@ -16,12 +16,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
 
 import psutil
-
 from helpers import free_port, start_in_group, start_mlflow_server, stop_group, wait_for_mlflow_server, wait_until
 
 
@@ -34,8 +33,9 @@ def _postgres_bindir() -> Path | None:
     on_path = shutil.which("pg_ctl")
     if on_path:
         return Path(on_path).resolve().parent
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
-                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     return found[-1].parent if found else None
 
 
@@ -61,16 +61,47 @@ def postgres_server() -> Iterator[str]:
     data = home / "data"
 
     def pg(command: list[str], user: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(user + [str(bindir / command[0]), *command[1:]], capture_output=True, text=True,
-                              env=dict(os.environ, PGPASSWORD=password))
+        return subprocess.run(
+            user + [str(bindir / command[0]), *command[1:]],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PGPASSWORD=password),
+        )
 
     try:
         for command, user in (
-                (["initdb", "-D", str(data), "-U", "mlflow", f"--pwfile={home / 'pw'}", "--auth=scram-sha-256",
-                  "--encoding=UTF8", "--locale=C"], run_as),
-                (["pg_ctl", "-D", str(data), "-l", str(home / "server.log"), "-w", "-t", "60",
-                  "-o", f"-h 127.0.0.1 -p {port} -k {home}", "start"], run_as),
-                (["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], [])):
+            (
+                [
+                    "initdb",
+                    "-D",
+                    str(data),
+                    "-U",
+                    "mlflow",
+                    f"--pwfile={home / 'pw'}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
+                run_as,
+            ),
+            (
+                [
+                    "pg_ctl",
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(home / "server.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-h 127.0.0.1 -p {port} -k {home}",
+                    "start",
+                ],
+                run_as,
+            ),
+            (["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], []),
+        ):
             done = pg(command, user)
             assert done.returncode == 0, (command, done.stdout + done.stderr)
         yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
@@ -95,15 +126,33 @@ def ray_start_cluster(folder: Path, backend_store_uri: str) -> Iterator[tuple[st
     server, uri = start_mlflow_server(backend, folder / "artifacts", folder / "mlflow.log")
     nodes = []
     try:
-        for name, flags in (("head", ["--head", "--port", address.split(":")[1], "--include-dashboard", "false"]),
-                            ("worker", ["--address", address])):
+        for name, flags in (
+            ("head", ["--head", "--port", address.split(":")[1], "--include-dashboard", "false"]),
+            ("worker", ["--address", address]),
+        ):
             log = folder / f"ray-{name}.log"
-            nodes.append(start_in_group(
-                [str(Path(sys.executable).with_name("ray")), "start", "--block", "--node-ip-address", "127.0.0.1",
-                 "--num-cpus", "1", "--temp-dir", str(temp / name), "--disable-usage-stats",
-                 "--dashboard-agent-listen-port", str(free_port()), *flags], log, dict(os.environ, **auth)))
-            wait_until(lambda: "Ray runtime started" in log.read_text(), nodes[-1], log, 120,
-                       f"the Ray {name} started")
+            nodes.append(
+                start_in_group(
+                    [
+                        str(Path(sys.executable).with_name("ray")),
+                        "start",
+                        "--block",
+                        "--node-ip-address",
+                        "127.0.0.1",
+                        "--num-cpus",
+                        "1",
+                        "--temp-dir",
+                        str(temp / name),
+                        "--disable-usage-stats",
+                        "--dashboard-agent-listen-port",
+                        str(free_port()),
+                        *flags,
+                    ],
+                    log,
+                    dict(os.environ, **auth),
+                )
+            )
+            wait_until(lambda: "Ray runtime started" in log.read_text(), nodes[-1], log, 120, f"the Ray {name} started")
         wait_for_mlflow_server(server, uri, folder / "mlflow.log")
         yield address, auth, uri
     finally:

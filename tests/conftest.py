@@ -1,12 +1,11 @@
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +26,7 @@ def local_ray():
 def digits_model():
     """(model, splits): a cifar_resnet8 neural SDE (Gaussian, sigma 0.5) trained in-process on digits for 3 epochs."""
     import torch
+
     from nsde_ray.config import DataConfig, NoiseConfig, TrainConfig
     from nsde_ray.data import build_datasets
     from nsde_ray.models import build_model
@@ -85,6 +85,6 @@ def smoke_sweep(tmp_path_factory) -> Iterator[SmokeSweep]:
         assert {f for f in flags if f.startswith("--")} == {"--smoke-test", "--name", *ours}
         argv = [ours.get(previous, value) for previous, value in zip([None] + flags, flags)]
         if address is None:  # a local Ray: no --address
-            del argv[argv.index("--address"):argv.index("--address") + 2]
+            del argv[argv.index("--address") : argv.index("--address") + 2]
         output = finish_sweep(start_sweep(argv, folder, "sweep.log", env=env), folder, "sweep.log", 900)
         yield SmokeSweep(uri, name, output, postgres, store, folder / "artifacts")

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Callable, Iterator
 
 import mlflow
 
@@ -36,8 +36,9 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def wait_until(ready: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float, what: str,
-               poll: float = 0.5) -> None:
+def wait_until(
+    ready: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float, what: str, poll: float = 0.5
+) -> None:
     """Poll ``ready`` until it holds; fail with ``log``'s tail if ``process`` exits first or time runs out."""
     deadline = time.monotonic() + timeout
     while not ready():
@@ -71,9 +72,25 @@ def start_mlflow_server(backend_store_uri: str, artifacts: Path, log: Path) -> t
     GenAI jobs, unused here) stay off: they would take CPU that the tests need."""
     port = free_port()
     server = start_in_group(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts), "--workers", "1"],
-        log, env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_store_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        log,
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    )
     return server, f"http://127.0.0.1:{port}"
 
 
@@ -114,15 +131,20 @@ def readme_commands(title: str, doc: str = "README.md") -> list[list[str]]:
             while tokens:
                 end = next((i for i, t in enumerate(tokens) if t in ("&&", "&", ";", "|")), len(tokens))
                 commands.append(tokens[:end])
-                tokens = tokens[end + 1:]
+                tokens = tokens[end + 1 :]
     return [command for command in commands if command]
 
 
 def start_sweep(flags: list[str], tmp_path: Path, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m sweeps.accuracy_vs_robustness FLAGS`` in ``tmp_path`` (extra ``env`` on top of ours)."""
     with open(tmp_path / log_name, "w") as log:
-        return subprocess.Popen(SWEEP_COMMAND + flags, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
+        return subprocess.Popen(
+            SWEEP_COMMAND + flags,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+        )
 
 
 def finish_sweep(process: subprocess.Popen, tmp_path: Path, log_name: str, timeout: float) -> str:

@@ -6,8 +6,15 @@ import torchvision
 from captum.attr import DeepLift
 from torch import nn
 
-from nsde_ray.attribution import (METHODS, AttributionError, attribute, attribution_map, check_applicable,
-                                  ig_baseline, make_explainer)
+from nsde_ray.attribution import (
+    METHODS,
+    AttributionError,
+    attribute,
+    attribution_map,
+    check_applicable,
+    ig_baseline,
+    make_explainer,
+)
 from nsde_ray.config import NoiseConfig
 from nsde_ray.models import build_model
 
@@ -38,8 +45,10 @@ def _logit_gain(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, ba
     """F(x) - F(b) per image (B,), F the target logit of the noise-free (eval-mode) model."""
     model.eval()
     with torch.no_grad():
-        return (model(inputs).gather(1, target[:, None]).squeeze(1)
-                - model(baseline.expand(1, *inputs.shape[1:]))[0, target])
+        return (
+            model(inputs).gather(1, target[:, None]).squeeze(1)
+            - model(baseline.expand(1, *inputs.shape[1:]))[0, target]
+        )
 
 
 # Completeness, sum(IG) = F(x) - F(b), holds for the integral; with n Gauss-Legendre steps the sum is
@@ -77,8 +86,9 @@ def test_deeplift_summation_to_delta_holds_on_our_stochastic_resnets():
     for arch in ("cifar_resnet14", "resnet18", "resnet50"):
         model = build_model(arch, num_classes=3, noise=NoiseConfig("gaussian", 0.5)).eval()
         inputs = torch.randn(3, 3, 32, 32)
-        attributions, delta = DeepLift(model).attribute(inputs, baselines=torch.zeros_like(inputs),
-                                                        target=torch.tensor([0, 1, 2]), return_convergence_delta=True)
+        attributions, delta = DeepLift(model).attribute(
+            inputs, baselines=torch.zeros_like(inputs), target=torch.tensor([0, 1, 2]), return_convergence_delta=True
+        )
         with torch.no_grad():
             gain = (model(inputs) - model(torch.zeros_like(inputs)))[torch.arange(3), torch.tensor([0, 1, 2])]
         assert (delta.abs() / gain.abs().clamp_min(1e-3)).max() < 1e-3, arch
@@ -109,8 +119,9 @@ def test_every_method_runs_on_a_stochastic_resnet_without_noise(sde_model, metho
 
 
 def test_bad_requests_fail_clearly(sde_model):
-    with pytest.raises(AttributionError,
-                       match="unknown attribution method 'gradcam'; choose one of: ig, ig_nt, saliency, deeplift"):
+    with pytest.raises(
+        AttributionError, match="unknown attribution method 'gradcam'; choose one of: ig, ig_nt, saliency, deeplift"
+    ):
         make_explainer(sde_model, "gradcam")
     with pytest.raises(AttributionError, match=r"images \(B, C, H, W\)"):
         attribute(sde_model, torch.randn(3, 16, 16), torch.tensor([0, 1, 2]), "ig")
@@ -136,10 +147,21 @@ def test_fast_ig_equals_captum_ig(sde_model, internal_batch_size, memory_format)
     for base in (None, baseline):
         with eval_mode(sde_model):
             reference = IntegratedGradients(sde_model).attribute(
-                inputs, baselines=None if base is None else base.expand_as(inputs).contiguous(), target=target,
-                n_steps=20)
-        ours = integrated_gradients(sde_model, inputs, target, base, n_steps=20, internal_batch_size=internal_batch_size,
-                                    memory_format=memory_format, fold_bn=False)
+                inputs,
+                baselines=None if base is None else base.expand_as(inputs).contiguous(),
+                target=target,
+                n_steps=20,
+            )
+        ours = integrated_gradients(
+            sde_model,
+            inputs,
+            target,
+            base,
+            n_steps=20,
+            internal_batch_size=internal_batch_size,
+            memory_format=memory_format,
+            fold_bn=False,
+        )
         assert ours.dtype == torch.float32 and ours.is_contiguous()
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
 
@@ -151,8 +173,9 @@ def test_fast_explainers_equal_captum_through_make_explainer(digits_model):
     inputs, target = splits.test.tensors[0][:8], splits.test.tensors[1][:8]
     for method in ("ig", "saliency"):
         slow = make_explainer(model, method, n_steps=16)(inputs, target)
-        exact = make_explainer(model, method, n_steps=16, fast=True, amp=True, internal_batch_size=32,
-                               fold_bn=False)(inputs, target)
+        exact = make_explainer(model, method, n_steps=16, fast=True, amp=True, internal_batch_size=32, fold_bn=False)(
+            inputs, target
+        )
         torch.testing.assert_close(exact, slow, rtol=1e-4, atol=1e-5 * slow.abs().max().item())  # amp is CUDA-only
         # Batch norm folded: the same function up to float rounding, which can flip a ReLU sitting at its
         # kink for some path points and so moves a few attribution values: most maps agree to 1e-5, and

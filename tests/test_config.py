@@ -2,31 +2,48 @@
 
 import pytest
 
-from nsde_ray.config import (MAX_SIGMA, ConfigError, DataConfig, ModelConfig, NoiseConfig, SearchSpace, ShapingConfig,
-                             SweepConfig, TrainConfig, TrialConfig, check_name)
-from nsde_ray.config import PaperTablesConfig
+from nsde_ray.config import (
+    MAX_SIGMA,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    NoiseConfig,
+    PaperTablesConfig,
+    SearchSpace,
+    ShapingConfig,
+    SweepConfig,
+    TrainConfig,
+    TrialConfig,
+    check_name,
+)
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: ModelConfig(arch="resnet9000"), "arch='resnet9000' is not valid; choose one of: cifar_resnet8"),
-    (lambda: NoiseConfig(sigma=-0.1), "noise sigma must be a finite number >= 0"),
-    (lambda: NoiseConfig(sigma=float("nan")), "noise sigma must be a finite number"),
-    (lambda: NoiseConfig(mode="brownian"), "choose one of: none, gaussian, attribution"),
-    (lambda: DataConfig(dataset="mnist"), "dataset='mnist' is not valid"),
-    (lambda: DataConfig(dataset="cifar10"), "pass --data-dir PATH .*--download"),
-    (lambda: DataConfig(dataset="digits", download=True), "only available for cifar10 and cifar100"),
-    (lambda: DataConfig(image_size=4), "image_size must be an integer >= 8"),
-    (lambda: TrainConfig(epochs=0), "epochs must be an integer >= 1"),
-    (lambda: TrainConfig(lr=0.0), "lr must be a finite number > 0"),
-    (lambda: TrainConfig(num_workers=0), "--workers-per-trial"),
-    (lambda: TrainConfig(optimizer="lbfgs"), "choose one of: sgd, adam, adamw"),
-    (lambda: ShapingConfig(energy="keep"), "shaping energy='keep' is not valid; choose one of: raw, preserve"),
-    (lambda: ShapingConfig(max_multiplier=0.5), "shaping max_multiplier must be a finite number >= 1"),
-    (lambda: SearchSpace(shaping_energies=()), "shaping_energies must not be empty"),
-    (lambda: NoiseConfig(sigma=50.0), "noise sigma 50.0 is above 10, the most it may be: sigma is the noise std "
-                                      "relative to each block output's own std"),
-    (lambda: SearchSpace(sigma_range=(0.0, 20.0)), r"sigma range \(0.0, 20.0\) goes above 10"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: ModelConfig(arch="resnet9000"), "arch='resnet9000' is not valid; choose one of: cifar_resnet8"),
+        (lambda: NoiseConfig(sigma=-0.1), "noise sigma must be a finite number >= 0"),
+        (lambda: NoiseConfig(sigma=float("nan")), "noise sigma must be a finite number"),
+        (lambda: NoiseConfig(mode="brownian"), "choose one of: none, gaussian, attribution"),
+        (lambda: DataConfig(dataset="mnist"), "dataset='mnist' is not valid"),
+        (lambda: DataConfig(dataset="cifar10"), "pass --data-dir PATH .*--download"),
+        (lambda: DataConfig(dataset="digits", download=True), "only available for cifar10 and cifar100"),
+        (lambda: DataConfig(image_size=4), "image_size must be an integer >= 8"),
+        (lambda: TrainConfig(epochs=0), "epochs must be an integer >= 1"),
+        (lambda: TrainConfig(lr=0.0), "lr must be a finite number > 0"),
+        (lambda: TrainConfig(num_workers=0), "--workers-per-trial"),
+        (lambda: TrainConfig(optimizer="lbfgs"), "choose one of: sgd, adam, adamw"),
+        (lambda: ShapingConfig(energy="keep"), "shaping energy='keep' is not valid; choose one of: raw, preserve"),
+        (lambda: ShapingConfig(max_multiplier=0.5), "shaping max_multiplier must be a finite number >= 1"),
+        (lambda: SearchSpace(shaping_energies=()), "shaping_energies must not be empty"),
+        (
+            lambda: NoiseConfig(sigma=50.0),
+            "noise sigma 50.0 is above 10, the most it may be: sigma is the noise std "
+            "relative to each block output's own std",
+        ),
+        (lambda: SearchSpace(sigma_range=(0.0, 20.0)), r"sigma range \(0.0, 20.0\) goes above 10"),
+    ],
+)
 def test_bad_values_fail_with_a_message_that_says_what_to_do(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
@@ -36,8 +53,9 @@ def test_the_largest_noise_sigma_is_accepted():
     assert NoiseConfig(sigma=MAX_SIGMA).sigma == 10.0 and SearchSpace(sigma_range=(0.0, MAX_SIGMA)).sigma_range[1] == 10
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../up", "a\\b", "tab\there", "new\nline", "bell\x07",
-                                  " lead", "trail ", "   "])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a/b", "../up", "a\\b", "tab\there", "new\nline", "bell\x07", " lead", "trail ", "   "]
+)
 def test_sweep_names_that_could_leave_the_storage_or_hide_are_refused(name):
     with pytest.raises(ConfigError, match="sweep name"):
         check_name(name)
@@ -120,9 +138,10 @@ def test_gpu_fractions_are_validated_and_requested_on_both_training_paths(tmp_pa
 
     quarter = TrialConfig(train=TrainConfig(use_gpu=True, gpus_per_worker=0.25))
     sweep = SweepConfig(name="gpus", storage=str(tmp_path), base=quarter)
-    assert trial_trainable(sweep, {})._resources.bundles == [{"CPU": 1, "GPU": 0.25, "memory": 256 * 1024 ** 2}]
+    assert trial_trainable(sweep, {})._resources.bundles == [{"CPU": 1, "GPU": 0.25, "memory": 256 * 1024**2}]
     trainer_path = TrialConfig(train=TrainConfig(use_gpu=True, gpus_per_worker=0.25, single_process=False))
-    assert trial_trainable(SweepConfig(name="t", storage=str(tmp_path), base=trainer_path), {})._resources.bundles \
-        == [{"memory": 256 * 1024 ** 2}]  # the TorchTrainer's workers hold the resources
+    assert trial_trainable(SweepConfig(name="t", storage=str(tmp_path), base=trainer_path), {})._resources.bundles == [
+        {"memory": 256 * 1024**2}
+    ]  # the TorchTrainer's workers hold the resources
     scaling = build_trainer(trainer_path, name="t", storage_path=str(tmp_path)).scaling_config
     assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1, "GPU": 0.25}

@@ -8,14 +8,24 @@ from nsde_ray.tracking import SweepTracker
 
 
 def _row(run_id, mode, accuracy, sensitivity, on_front):
-    return {"run_id": run_id, "noise_mode": mode, "val_accuracy": accuracy, "sensitivity": sensitivity,
-            "sic": 0.1, "pareto_front": on_front}
+    return {
+        "run_id": run_id,
+        "noise_mode": mode,
+        "val_accuracy": accuracy,
+        "sensitivity": sensitivity,
+        "sic": 0.1,
+        "pareto_front": on_front,
+    }
 
 
 def test_default_models_are_the_best_plain_resnet_and_the_fronts_least_sensitive_sde():
-    rows = [_row("plain-a", "none", 0.90, 0.20, False), _row("plain-b", "none", 0.95, 0.30, True),
-            _row("sde-front", "gaussian", 0.93, 0.15, True), _row("sde-off", "attribution", 0.80, 0.05, False),
-            _row("sde-front-2", "attribution", 0.96, 0.18, True)]
+    rows = [
+        _row("plain-a", "none", 0.90, 0.20, False),
+        _row("plain-b", "none", 0.95, 0.30, True),
+        _row("sde-front", "gaussian", 0.93, 0.15, True),
+        _row("sde-off", "attribution", 0.80, 0.05, False),
+        _row("sde-front-2", "attribution", 0.96, 0.18, True),
+    ]
     assert default_pair(rows) == ("plain-b", "sde-front")
     assert default_pair([_row("sde-off", "gaussian", 0.8, 0.1, False)]) == (None, "sde-off")
     assert default_pair([]) == (None, None)
@@ -58,23 +68,35 @@ def _export(path, **changes):
     from nsde_ray.models import build_model
 
     model = build_model("cifar_resnet8", 10, 1, NoiseConfig())
-    state = {"model": model.state_dict(), "config": TrialConfig().to_dict(), "epoch": 1, "num_classes": 10,
-             "in_channels": 1, "class_names": [str(k) for k in range(10)], "mean": [0.3], "std": [0.4],
-             "image_size": 32, "shap_baselines": torch.zeros(2, 1, 32, 32, dtype=torch.float16)}
+    state = {
+        "model": model.state_dict(),
+        "config": TrialConfig().to_dict(),
+        "epoch": 1,
+        "num_classes": 10,
+        "in_channels": 1,
+        "class_names": [str(k) for k in range(10)],
+        "mean": [0.3],
+        "std": [0.4],
+        "image_size": 32,
+        "shap_baselines": torch.zeros(2, 1, 32, 32, dtype=torch.float16),
+    }
     state.update(changes)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"image_size": 200000}, r"image_size 200000 is not an integer in \[8, 1024\]"),
-    ({"image_size": 4}, "image_size 4"),
-    ({"num_classes": 10 ** 9}, "num_classes"),
-    ({"class_names": ["a", "b"]}, "class_names must be 10 names"),
-    ({"mean": [0.1, 0.2, 0.3]}, "mean must be 1 finite numbers, one per input channel"),
-    ({"std": [0.0]}, "std must be > 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"image_size": 200000}, r"image_size 200000 is not an integer in \[8, 1024\]"),
+        ({"image_size": 4}, "image_size 4"),
+        ({"num_classes": 10**9}, "num_classes"),
+        ({"class_names": ["a", "b"]}, "class_names must be 10 names"),
+        ({"mean": [0.1, 0.2, 0.3]}, "mean must be 1 finite numbers, one per input channel"),
+        ({"std": [0.0]}, "std must be > 0"),
+    ],
+)
 def test_a_checkpoint_with_absurd_metadata_is_refused_before_use(tmp_path, changes, message):
     from mlflow import MlflowClient
 

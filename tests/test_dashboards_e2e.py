@@ -16,8 +16,16 @@ pytestmark = pytest.mark.slow
 SCREENSHOTS = str(REPO / "test-artifacts" / "dashboards")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine notes say: no background networking (this machine's network is closed), fresh profile.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +34,11 @@ def dashboard(smoke_sweep, tmp_path_factory):
     uri = smoke_sweep.uri
     folder = tmp_path_factory.mktemp("dashboard")
     port = free_port()
-    app = start_in_group([sys.executable, "-m", "dashboards", "--tracking-uri", uri, "--port", str(port),
-                          "--max-upload-mb", "1"], folder / "app.log",
-                         env=dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"))
+    app = start_in_group(
+        [sys.executable, "-m", "dashboards", "--tracking-uri", uri, "--port", str(port), "--max-upload-mb", "1"],
+        folder / "app.log",
+        env=dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: http_ok(url), app, folder / "app.log", 120, "the dashboards app")
@@ -52,8 +62,9 @@ def page():
 def _finished_trials(uri: str, experiment: str) -> list:
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id],
-                              filter_string="tags.`nsde.status` = 'finished' and tags.`nsde.role` = 'trial'")
+    return client.search_runs(
+        [found.experiment_id], filter_string="tags.`nsde.status` = 'finished' and tags.`nsde.role` = 'trial'"
+    )
 
 
 def test_pareto_view_and_side_by_side_explanations_in_a_browser(smoke_sweep, dashboard, page, tmp_path):
@@ -73,8 +84,10 @@ def test_pareto_view_and_side_by_side_explanations_in_a_browser(smoke_sweep, das
     options = page.get_by_role("option")
     options.last.click()
     # the element comes before its picture: wait until one has loaded, at full size
-    page.wait_for_function("() => [...document.querySelectorAll('#trial-grid img')]"
-                           ".some(img => img.complete && img.naturalWidth > 100)", timeout=60_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#trial-grid img')].some(img => img.complete && img.naturalWidth > 100)",
+        timeout=60_000,
+    )
     assert "MLflow UI" in page.locator("#trial-link").inner_text()
     page.screenshot(path=os.path.join(SCREENSHOTS, "2_trial.png"), full_page=True)
 

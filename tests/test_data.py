@@ -2,12 +2,19 @@
 
 import pytest
 import torch
-
 from helpers import write_images
+
 from nsde_ray.augment import IDENTITY_PARAMS, RandomCropFlip
 from nsde_ray.config import ConfigError, DataConfig
-from nsde_ray.data import (CIFAR_MEAN, IMAGENET_MEAN, DataError, IndexedDataset, build_datasets, check_data,
-                           loader_processes)
+from nsde_ray.data import (
+    CIFAR_MEAN,
+    IMAGENET_MEAN,
+    DataError,
+    IndexedDataset,
+    build_datasets,
+    check_data,
+    loader_processes,
+)
 
 
 def test_digits_is_a_seeded_stratified_split_upsampled_to_32px():
@@ -101,13 +108,18 @@ def test_augmentation_is_validated():
     assert DataConfig(augmentation="none").augmentation == "none"
 
 
-@pytest.mark.parametrize("make_layout, message", [
-    (lambda root: None, "does not exist"),
-    (lambda root: write_images(root / "train" / "cat", 1, 0), "val'? is missing"),
-    (lambda root: ((root / "train").mkdir(parents=True), (root / "val").mkdir()), "has no class folders"),
-    (lambda root: (write_images(root / "train" / "cat", 1, 0), write_images(root / "val" / "dog", 1, 0)),
-     "different class folders"),
-])
+@pytest.mark.parametrize(
+    "make_layout, message",
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: write_images(root / "train" / "cat", 1, 0), "val'? is missing"),
+        (lambda root: ((root / "train").mkdir(parents=True), (root / "val").mkdir()), "has no class folders"),
+        (
+            lambda root: (write_images(root / "train" / "cat", 1, 0), write_images(root / "val" / "dog", 1, 0)),
+            "different class folders",
+        ),
+    ],
+)
 def test_image_folder_errors_name_the_layout(tmp_path, make_layout, message):
     root = tmp_path / "data"
     make_layout(root)

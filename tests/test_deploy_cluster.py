@@ -6,7 +6,6 @@ head and worker started with ``ray start``. Here: every trial is in PostgreSQL, 
 import mlflow
 import psycopg2
 import pytest
-
 from helpers import seed_runs, trial_runs
 
 pytestmark = pytest.mark.slow
@@ -19,8 +18,9 @@ def test_readme_smoke_sweep_on_a_ray_start_cluster_logs_every_trial_to_postgres(
     assert "3 trials, 3 evaluated, 0 failed" in smoke_sweep.output
 
     client = mlflow.MlflowClient(uri)
-    parent = client.search_runs([client.get_experiment_by_name(name).experiment_id],
-                                filter_string="tags.`nsde.role` = 'sweep'")
+    parent = client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id], filter_string="tags.`nsde.role` = 'sweep'"
+    )
     trials = trial_runs(uri, name)
     assert len(parent) == 1 and len(trials) == 3
     for run in trials:
@@ -33,7 +33,10 @@ def test_readme_smoke_sweep_on_a_ray_start_cluster_logs_every_trial_to_postgres(
     assert len({node for run in seeds for node in run.data.tags["nsde.train_nodes"].split(",")}) == 2
 
     with psycopg2.connect(smoke_sweep.postgres) as db, db.cursor() as cursor:  # rows of MLflow's schema
-        cursor.execute("SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-                       "JOIN tags t ON t.run_uuid = r.run_uuid "
-                       "WHERE e.name = %s AND t.key = 'nsde.role' AND t.value = 'trial'", (name,))
+        cursor.execute(
+            "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+            "JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE e.name = %s AND t.key = 'nsde.role' AND t.value = 'trial'",
+            (name,),
+        )
         assert {row[0] for row in cursor.fetchall()} == {run.info.run_id for run in trials}

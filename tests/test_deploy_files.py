@@ -13,10 +13,10 @@ import sys
 
 import pytest
 import yaml
+from helpers import CLUSTER_DOC, CLUSTER_SECTION, REPO, readme_commands, readme_section
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from helpers import CLUSTER_DOC, CLUSTER_SECTION, REPO, readme_commands, readme_section
 from nsde_ray.cli import build_parser
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
@@ -59,14 +59,17 @@ def cluster_section() -> str:
 def sweep_flags(argv: list[str]) -> list[str]:
     """The flags given to the main command (directly or through sweep.sh) in ``argv``, checked by its parser."""
     start = next(i for i, token in enumerate(argv) if token in ("sweeps.accuracy_vs_robustness", SWEEP_SH))
-    flags = argv[start + 1:]
+    flags = argv[start + 1 :]
     build_parser().parse_args(flags)  # exits (fails the test) on a flag the CLI does not have
     return flags
 
 
 def flag(flags: list[str], name: str) -> str:
-    return next(v.split("=", 1)[1] if "=" in v else flags[i + 1]
-                for i, v in enumerate(flags) if v == name or v.startswith(name + "="))
+    return next(
+        v.split("=", 1)[1] if "=" in v else flags[i + 1]
+        for i, v in enumerate(flags)
+        if v == name or v.startswith(name + "=")
+    )
 
 
 def image_tag() -> str:
@@ -87,8 +90,9 @@ def test_every_yaml_file_parses():
 
 def test_images_pin_versions_that_satisfy_pyproject():
     requirements = {Requirement(r).name: Requirement(r) for r in PYPROJECT["dependencies"]}
-    requirements.update({Requirement(r).name: Requirement(r) for extra in PYPROJECT["optional-dependencies"].values()
-                         for r in extra})
+    requirements.update(
+        {Requirement(r).name: Requirement(r) for extra in PYPROJECT["optional-dependencies"].values() for r in extra}
+    )
     ray_image, mlflow_image = dockerfile_pins("Dockerfile"), dockerfile_pins("mlflow.Dockerfile")
     assert {"ray", "torch", "torchvision", "mlflow"} <= set(ray_image)
     assert {"mlflow", "psycopg2-binary", "boto3"} <= set(mlflow_image)
@@ -164,17 +168,24 @@ def test_compose_ports_env_and_storage_agree():
     assert "${RAY_AUTH_TOKEN:?" in raw  # required, no default token
     backend = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
     postgres = services["postgres"]["environment"]
-    assert backend == (f"postgresql+psycopg2://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
-                       f"@postgres:5432/{postgres['POSTGRES_DB']}")
+    assert backend == (
+        f"postgresql+psycopg2://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{postgres['POSTGRES_DB']}"
+    )
     minio = services["minio"]["environment"]
-    assert (mlflow["environment"]["AWS_ACCESS_KEY_ID"], mlflow["environment"]["AWS_SECRET_ACCESS_KEY"]) == \
-        (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
+    assert (mlflow["environment"]["AWS_ACCESS_KEY_ID"], mlflow["environment"]["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
     bucket = services["minio-bucket"]["environment"]["MLFLOW_BUCKET"]
     assert flag(mlflow["command"].split(), "--artifacts-destination").startswith(f"s3://{bucket}/")
 
     # every variable the compose files use is documented in .env.example, and nothing there is unused
-    used = {m[1] for name in ("docker-compose.yml", "docker-compose.gpu.yml")
-            for m in VARIABLE.finditer((DOCKER / name).read_text())}
+    used = {
+        m[1]
+        for name in ("docker-compose.yml", "docker-compose.gpu.yml")
+        for m in VARIABLE.finditer((DOCKER / name).read_text())
+    }
     assert used == set(env_example())
     for m in VARIABLE.finditer(raw):  # where .env.example gives a non-secret value, it is the compose default
         if m[2] == "-" and "PASSWORD" not in m[1]:
@@ -192,8 +203,11 @@ def test_cluster_launcher_config_is_valid_for_ray_and_agrees():
     workers = [t for name, t in config["available_node_types"].items() if name != config["head_node_type"]]
     assert [t["node_config"]["InstanceType"] for t in workers] == ["p4d.24xlarge"]
     assert config["docker"]["image"].endswith("/" + image_tag())
-    env = dict(option.split(" ", 1)[1].split("=", 1) for option in config["docker"]["run_options"]
-               if option.startswith("--env "))
+    env = dict(
+        option.split(" ", 1)[1].split("=", 1)
+        for option in config["docker"]["run_options"]
+        if option.startswith("--env ")
+    )
     assert env["RAY_AUTH_MODE"] == "token" and env["SWEEP_STORAGE"].startswith("s3://")
     assert env["MLFLOW_TRACKING_URI"].endswith(f":{mlflow_port()}")
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
@@ -256,8 +270,11 @@ def test_readme_commands_agree_with_the_files():
     local = next(c for c in sweeps if c[0] == "python")  # the one-machine smoke sweep the slow test runs
     flags = sweep_flags(local)
     head = next(c for c in commands if c[:3] == ["ray", "start", "--head"])
-    assert flag(flags, "--address") == f"127.0.0.1:{flag(head, '--port')}" == flag(
-        next(c for c in commands if c[:3] == ["ray", "start", "--address"]), "--address")
+    assert (
+        flag(flags, "--address")
+        == f"127.0.0.1:{flag(head, '--port')}"
+        == flag(next(c for c in commands if c[:3] == ["ray", "start", "--address"]), "--address")
+    )
     servers = [c for c in commands if c[:2] == ["mlflow", "server"]]
     assert {flag(c, "--port") for c in servers} == {mlflow_port()}
     local_server = next(c for c in servers if flag(c, "--host") == "127.0.0.1")
@@ -274,9 +291,15 @@ def test_sweep_sh_starts_a_new_sweep_or_resumes_the_stored_one(tmp_path, exists)
     if exists:
         (tmp_path / "demo").mkdir()
         (tmp_path / "demo" / "nsde_sweep.json").write_text("{}")
-    env = dict(os.environ, SWEEP_NAME="demo", SWEEP_STORAGE=str(tmp_path), PYTHONPATH=str(REPO),
-               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
-    done = subprocess.run(["sh", str(DOCKER / "sweep.sh"), "--help"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = dict(
+        os.environ,
+        SWEEP_NAME="demo",
+        SWEEP_STORAGE=str(tmp_path),
+        PYTHONPATH=str(REPO),
+        PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    )
+    done = subprocess.run(
+        ["sh", str(DOCKER / "sweep.sh"), "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "--resume" in done.stdout and ("resuming it" in done.stderr) == exists

@@ -11,9 +11,9 @@ from PIL import Image
 from dashboards.uploads import UploadError, read_image
 from nsde_ray.attribution import attribute
 from nsde_ray.config import TrialConfig
-from nsde_ray.names import CHECKPOINT_FILE, MODEL_FILE
 from nsde_ray.explain import explain_image, export_model, load_model, prepare_image
 from nsde_ray.metrics.sensitivity import max_sensitivity, uniform_perturbations
+from nsde_ray.names import CHECKPOINT_FILE, MODEL_FILE
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,16 @@ def bundle(digits_model, tmp_path_factory):
     """The trained digits model, saved as a training checkpoint, exported and loaded back."""
     model, splits = digits_model
     checkpoint_dir = tmp_path_factory.mktemp("checkpoint")
-    torch.save({"model": model.state_dict(), "config": TrialConfig().to_dict(), "epoch": 3,
-                "num_classes": splits.num_classes, "in_channels": splits.in_channels},
-               os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": TrialConfig().to_dict(),
+            "epoch": 3,
+            "num_classes": splits.num_classes,
+            "in_channels": splits.in_channels,
+        },
+        os.path.join(checkpoint_dir, CHECKPOINT_FILE),
+    )
     out_dir = tmp_path_factory.mktemp("exported")
     export_model(str(checkpoint_dir), splits, str(out_dir))
     return load_model(str(out_dir)), splits
@@ -48,8 +55,9 @@ def test_a_training_checkpoint_is_not_taken_for_an_exported_model(tmp_path):
 @pytest.mark.parametrize("mode, size", [("RGB", (300, 200)), ("L", (50, 90)), ("RGBA", (32, 32))])
 def test_any_image_becomes_the_models_input(bundle, mode, size):
     loaded, _ = bundle
-    pixels = prepare_image(Image.new(mode, size, color=200 if mode == "L" else (200, 100, 50, 255)[:len(mode)]),
-                           loaded)
+    pixels = prepare_image(
+        Image.new(mode, size, color=200 if mode == "L" else (200, 100, 50, 255)[: len(mode)]), loaded
+    )
     assert pixels.shape == (1, 32, 32) and 0.0 <= float(pixels.min()) <= float(pixels.max()) <= 1.0
 
 
@@ -94,19 +102,21 @@ def _png(size=(40, 30), mode="RGB") -> bytes:
 def test_uploads_are_checked_before_anything_is_decoded(tmp_path):
     good = tmp_path / "ok.png"
     good.write_bytes(_png())
-    assert read_image(str(good), 2 ** 20, 10 ** 6).size == (40, 30)
+    assert read_image(str(good), 2**20, 10**6).size == (40, 30)
 
-    cases = {"notes.txt": (b"just text", "not a JPEG or PNG"),
-             "broken.png": (_png()[:60], "cannot be decoded"),
-             "big.png": (_png() + b"\0" * 2048, "the limit is"),
-             "wide.png": (_png((2000, 1000), "L"), "megapixels")}
-    limits = {"big.png": (1024, 10 ** 6), "wide.png": (2 ** 20, 10 ** 6)}
+    cases = {
+        "notes.txt": (b"just text", "not a JPEG or PNG"),
+        "broken.png": (_png()[:60], "cannot be decoded"),
+        "big.png": (_png() + b"\0" * 2048, "the limit is"),
+        "wide.png": (_png((2000, 1000), "L"), "megapixels"),
+    }
+    limits = {"big.png": (1024, 10**6), "wide.png": (2**20, 10**6)}
     for name, (data, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(UploadError, match=message):
-            read_image(str(path), *limits.get(name, (2 ** 20, 10 ** 6)))
+            read_image(str(path), *limits.get(name, (2**20, 10**6)))
     gif = tmp_path / "anim.gif"
     Image.new("RGB", (8, 8)).save(gif, format="GIF")
     with pytest.raises(UploadError, match="not a JPEG or PNG"):
-        read_image(str(gif), 2 ** 20, 10 ** 6)
+        read_image(str(gif), 2**20, 10**6)

@@ -10,9 +10,17 @@ from nsde_ray.pareto import front_probability, noise_floor
 
 
 def _row(trial_id, accuracy, sensitivity, sic, se=(math.nan, math.nan, math.nan), **extra):
-    row = {"trial_id": trial_id, "val_accuracy": accuracy, "sensitivity": sensitivity, "sic": sic,
-           "val_accuracy_se": se[0], "sensitivity_se": se[1], "sic_se": se[2],
-           "randomisation_passed_ig": 1.0, "sic_valid_fraction_ig": 1.0}
+    row = {
+        "trial_id": trial_id,
+        "val_accuracy": accuracy,
+        "sensitivity": sensitivity,
+        "sic": sic,
+        "val_accuracy_se": se[0],
+        "sensitivity_se": se[1],
+        "sic_se": se[2],
+        "randomisation_passed_ig": 1.0,
+        "sic_valid_fraction_ig": 1.0,
+    }
     row.update(extra)
     return row
 
@@ -35,7 +43,7 @@ def test_overlapping_configurations_share_the_front_by_their_spread():
     assert probability[0] > 0.7 and 0.2 < probability[1] < 0.8 and probability[2] == 0.0
     # two independent normals: b is dominated by a in a draw with probability P(a1 < b1) P(a2 < b2)
     p_better = 0.5 * math.erfc(-0.05 / (0.1 * math.sqrt(2)) / math.sqrt(2))
-    assert probability[1] == pytest.approx(1 - p_better ** 2, abs=0.02)
+    assert probability[1] == pytest.approx(1 - p_better**2, abs=0.02)
 
 
 def test_noise_floor_flags_an_objective_whose_standard_errors_swamp_its_range():
@@ -46,8 +54,12 @@ def test_noise_floor_flags_an_objective_whose_standard_errors_swamp_its_range():
 
 
 def test_nan_objectives_and_failed_randomisation_checks_stay_off_the_front():
-    rows = [_row("good", 0.90, 0.20, 0.10), _row("nan", 0.99, math.nan, 0.9),
-            _row("constant", 0.99, 0.0, 0.9, randomisation_passed_ig=0.0), _row("worse", 0.80, 0.30, 0.05)]
+    rows = [
+        _row("good", 0.90, 0.20, 0.10),
+        _row("nan", 0.99, math.nan, 0.9),
+        _row("constant", 0.99, 0.0, 0.9, randomisation_passed_ig=0.0),
+        _row("worse", 0.80, 0.30, 0.05),
+    ]
     report = assess_front(rows)
     status = {r["trial_id"]: (r["pareto_front"], r["pareto_probability"], r["excluded"]) for r in report.rows}
     assert status["good"] == (True, 1.0, "")

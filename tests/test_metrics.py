@@ -19,7 +19,7 @@ def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.T
     """A (H, W) bool mask that is True inside the bounding box (x0, y0, x1, y1), pixels, end exclusive."""
     x0, y0, x1, y1 = box
     mask = torch.zeros(height, width, dtype=torch.bool)
-    mask[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)] = True
+    mask[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)] = True
     return mask
 
 
@@ -37,8 +37,9 @@ def test_max_sensitivity_equals_captum_on_the_same_perturbations(digits_model, m
     def captum_explain(x, target):  # Captum passes a tuple for the unperturbed inputs and expects one back
         return (explain(x[0], target),) if isinstance(x, tuple) else explain(x, target)
 
-    theirs = sensitivity_max(captum_explain, images, perturb_func=same_perturbations,
-                             n_perturb_samples=5, target=labels)
+    theirs = sensitivity_max(
+        captum_explain, images, perturb_func=same_perturbations, n_perturb_samples=5, target=labels
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     assert (ours > 0).all()
 
@@ -99,8 +100,11 @@ def test_randomised_copy_has_new_weights_and_the_same_architecture(digits_model)
     model, _ = digits_model
     randomised = randomised_copy(model, seed=0)
     assert randomised.state_dict().keys() == model.state_dict().keys() and not randomised.training
-    changed = [not torch.equal(a, b) for (name, a), b in zip(model.state_dict().items(), randomised.state_dict().values())
-               if name.endswith("weight")]
+    changed = [
+        not torch.equal(a, b)
+        for (name, a), b in zip(model.state_dict().items(), randomised.state_dict().values())
+        if name.endswith("weight")
+    ]
     assert all(changed)
     again = randomised_copy(model, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(randomised.state_dict().values(), again.state_dict().values()))
@@ -118,13 +122,19 @@ def test_rank_correlation_is_spearman_of_absolute_maps_and_nan_without_a_rank_or
     assert np.isnan(rank_correlation(first.masked_fill(first > 1, float("nan")), second)).any()
 
 
-@pytest.mark.parametrize("name, explainer_for", [
-    ("constant", lambda model: lambda x, t: torch.ones_like(x)),
-    ("zero", lambda model: lambda x, t: torch.zeros_like(x)),
-    ("fresh random", lambda model: lambda x, t: torch.rand_like(x)),
-    ("input itself", lambda model: lambda x, t: x.clone()),
-    ("fixed random pattern", lambda model: lambda x, t: torch.rand(x.shape, generator=torch.Generator().manual_seed(1))),
-])
+@pytest.mark.parametrize(
+    "name, explainer_for",
+    [
+        ("constant", lambda model: lambda x, t: torch.ones_like(x)),
+        ("zero", lambda model: lambda x, t: torch.zeros_like(x)),
+        ("fresh random", lambda model: lambda x, t: torch.rand_like(x)),
+        ("input itself", lambda model: lambda x, t: x.clone()),
+        (
+            "fixed random pattern",
+            lambda model: lambda x, t: torch.rand(x.shape, generator=torch.Generator().manual_seed(1)),
+        ),
+    ],
+)
 def test_explainers_that_ignore_the_model_fail_the_randomisation_check(digits_model, name, explainer_for):
     similarity, repeatability = _randomisation(digits_model, explainer_for)
     assert not passes(similarity, repeatability), (name, similarity, repeatability)
@@ -135,7 +145,8 @@ def test_attributions_of_a_trained_model_pass_the_randomisation_check(digits_mod
     model, splits = digits_model
     black = (-torch.tensor(splits.mean) / torch.tensor(splits.std)).view(1, -1, 1, 1)
     similarity, repeatability = _randomisation(
-        digits_model, lambda m: make_explainer(m, method, baselines=black, n_steps=16))
+        digits_model, lambda m: make_explainer(m, method, baselines=black, n_steps=16)
+    )
     assert repeatability == pytest.approx(1.0) and similarity < 0.9
     assert passes(similarity, repeatability)
 
@@ -150,6 +161,7 @@ def test_a_deterministic_explainer_is_not_repeated_and_scores_the_same():
         def explain(x, target):
             calls.append(net)
             return make_explainer(net, "saliency")(x, target)
+
         return explain
 
     randomised = randomised_copy(model, seed=0)
@@ -211,6 +223,12 @@ def test_max_sensitivity_of_fast_ig_equals_captum_sensitivity_max_of_captum_ig(d
     deltas = uniform_perturbations(images.shape, 4, 0.05, splits.std, torch.Generator().manual_seed(0))
     fast = make_explainer(model, "ig", n_steps=16, fast=True, internal_batch_size=128)
     ours = max_sensitivity(fast, model, images, labels, deltas, keep_prediction=False, chunk_size=24)
-    theirs = sensitivity_max(IntegratedGradients(model).attribute, images, perturb_func=lambda x, r: x + deltas.flatten(0, 1),
-                             n_perturb_samples=4, target=labels, n_steps=16)
+    theirs = sensitivity_max(
+        IntegratedGradients(model).attribute,
+        images,
+        perturb_func=lambda x, r: x + deltas.flatten(0, 1),
+        n_perturb_samples=4,
+        target=labels,
+        n_steps=16,
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-6)

@@ -6,12 +6,14 @@ from urllib.parse import parse_qs, urlsplit
 import mlflow
 import pytest
 
+from nsde_ray.aggregate import aggregate_seeds
 from nsde_ray.registry import objective_names
 from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, SweepTracker, front_url
-from nsde_ray.aggregate import aggregate_seeds
 
-SEEDS = ({"val_accuracy": 0.9, "sensitivity": 0.2, "sic": 0.3, "eval_time_s": 4.0},
-         {"val_accuracy": 0.8, "sensitivity": 0.4, "sic": 0.1, "eval_time_s": 5.0})
+SEEDS = (
+    {"val_accuracy": 0.9, "sensitivity": 0.2, "sic": 0.3, "eval_time_s": 4.0},
+    {"val_accuracy": 0.8, "sensitivity": 0.4, "sic": 0.1, "eval_time_s": 5.0},
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,10 @@ def test_the_sweep_runs_description_links_to_the_front_listed_flat(sweep):
     assert f"[The front's runs]({link})" in description
     url = urlsplit(link.removeprefix("#"))
     assert url.path == f"/experiments/{sweep.tracker.experiment_id}/runs"
-    assert parse_qs(url.query) == {"workflowType": ["machine_learning"], "searchFilter": [FRONT_FILTER],
-                                   "orderByKey": ["metrics.`val_accuracy`"], "orderByAsc": ["false"]}
+    assert parse_qs(url.query) == {
+        "workflowType": ["machine_learning"],
+        "searchFilter": [FRONT_FILTER],
+        "orderByKey": ["metrics.`val_accuracy`"],
+        "orderByAsc": ["false"],
+    }
     assert front_url("7", "http://127.0.0.1:5000/").startswith("http://127.0.0.1:5000/#/experiments/7/runs?")

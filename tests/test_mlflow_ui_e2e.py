@@ -13,9 +13,8 @@ import pytest
 from helpers import mlflow_server
 from test_dashboards_e2e import SCREENSHOTS, page  # noqa: F401 (page: the browser fixture)
 
-from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, ROLE, front_url
-
 from nsde_ray.front_table import table_columns
+from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, ROLE, front_url
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -35,7 +34,7 @@ def sweep(smoke_sweep):
     """The smoke sweep as MLflow's API reads it: experiment id, the sweep's run, the front's runs."""
     client = mlflow.MlflowClient(smoke_sweep.uri)
     experiment = client.get_experiment_by_name(smoke_sweep.name).experiment_id
-    parent, = client.search_runs([experiment], filter_string=f"tags.`{ROLE}` = 'sweep'")
+    (parent,) = client.search_runs([experiment], filter_string=f"tags.`{ROLE}` = 'sweep'")
     front = client.search_runs([experiment], filter_string=FRONT_FILTER)
     assert front, "the smoke sweep has no front"
     return SimpleNamespace(experiment=experiment, parent=parent, front=front)

@@ -11,9 +11,18 @@ LABELS = {"none": "ResNet", "gaussian": "Gaussian SDE", "attribution": "attribut
 
 
 def _row(mode, lr, accuracy, sensitivity, se=(0.002, 0.005), seeds=5, **extra):
-    return {"noise_mode": mode, "noise_sigma": 0.0 if mode == "none" else 0.5, "lr": lr, "val_accuracy": accuracy,
-            "sensitivity": sensitivity, "val_accuracy_se": se[0], "sensitivity_se": se[1], "seeds": seeds,
-            "excluded": "", **extra}
+    return {
+        "noise_mode": mode,
+        "noise_sigma": 0.0 if mode == "none" else 0.5,
+        "lr": lr,
+        "val_accuracy": accuracy,
+        "sensitivity": sensitivity,
+        "val_accuracy_se": se[0],
+        "sensitivity_se": se[1],
+        "seeds": seeds,
+        "excluded": "",
+        **extra,
+    }
 
 
 def _curve(mode, points, **extra):
@@ -30,23 +39,26 @@ def test_front_membership_on_a_hand_checked_case():
     rows.append(_row("gaussian", 0.5, 0.95, 0.05, excluded="non-finite sic"))
     report = compare_modes(rows, LABELS)
     # (0.85, 0.35) is beaten by (0.90, 0.30); (0.70, 0.20) by (0.80, 0.20); the excluded row never counts
-    assert [(r["val_accuracy"], r["sensitivity"]) for r in report.fronts["gaussian"]] == [(0.9, 0.3), (0.8, 0.2),
-                                                                                          (0.6, 0.1)]
+    assert [(r["val_accuracy"], r["sensitivity"]) for r in report.fronts["gaussian"]] == [
+        (0.9, 0.3),
+        (0.8, 0.2),
+        (0.6, 0.1),
+    ]
     assert mode_front(rows[:5]) == report.fronts["gaussian"]
     assert report.counts["gaussian"] == (5, 25)
 
 
 def test_the_attainable_curve_is_a_step_function_undefined_above_the_best_accuracy():
     accuracy, sensitivity = np.array([0.9, 0.8, 0.6]), np.array([0.3, 0.2, 0.1])
-    assert [float(attainable(accuracy, sensitivity, a)) for a in (0.5, 0.6, 0.7, 0.8, 0.9)] == [0.1, 0.1, 0.2, 0.2,
-                                                                                                 0.3]
+    assert [float(attainable(accuracy, sensitivity, a)) for a in (0.5, 0.6, 0.7, 0.8, 0.9)] == [0.1, 0.1, 0.2, 0.2, 0.3]
     assert math.isnan(attainable(accuracy, sensitivity, 0.91))
     assert math.isnan(attainable(np.array([0.9, np.nan]), np.array([0.3, 0.1]), 0.5))
 
 
 def test_a_mode_far_ahead_wins_at_every_level_after_holm():
-    rows = _curve("none", [(0.92, 0.60), (0.88, 0.55), (0.80, 0.50)]) + \
-        _curve("gaussian", [(0.91, 0.15), (0.86, 0.12), (0.79, 0.10)])
+    rows = _curve("none", [(0.92, 0.60), (0.88, 0.55), (0.80, 0.50)]) + _curve(
+        "gaussian", [(0.91, 0.15), (0.86, 0.12), (0.79, 0.10)]
+    )
     report = compare_modes(rows, LABELS)
     assert report.levels and len(report.verdicts) == len(report.levels)
     for verdict in report.verdicts:
@@ -64,8 +76,11 @@ def test_identical_modes_show_no_resolvable_difference():
 
 
 def test_a_mode_that_never_reaches_a_level_is_not_extrapolated():
-    rows = _curve("none", [(0.92, 0.60), (0.85, 0.50)]) + _curve("gaussian", [(0.91, 0.15), (0.84, 0.10)]) + \
-        _curve("input", [(0.80, 0.05)])
+    rows = (
+        _curve("none", [(0.92, 0.60), (0.85, 0.50)])
+        + _curve("gaussian", [(0.91, 0.15), (0.84, 0.10)])
+        + _curve("input", [(0.80, 0.05)])
+    )
     report = compare_modes(rows, LABELS, levels=[0.8, 0.9])
     high = {(v.mode_x, v.mode_y): v for v in report.verdicts if v.level == 0.9}
     for pair in (("none", "input"), ("gaussian", "input")):
@@ -76,8 +91,12 @@ def test_a_mode_that_never_reaches_a_level_is_not_extrapolated():
 
 
 def test_default_levels_are_reached_by_at_least_two_modes():
-    fronts = {"none": [{"val_accuracy": 0.92}, {"val_accuracy": 0.80}], "gaussian": [{"val_accuracy": 0.88}],
-              "input": [{"val_accuracy": 0.70}], "attribution": []}
+    fronts = {
+        "none": [{"val_accuracy": 0.92}, {"val_accuracy": 0.80}],
+        "gaussian": [{"val_accuracy": 0.88}],
+        "input": [{"val_accuracy": 0.70}],
+        "attribution": [],
+    }
     # range 0.70 (lowest front point) to 0.88 (second-best top), at 0, 1/4, 1/2, 3/4, rounded down to 0.01
     assert choose_levels(fronts) == [0.7, 0.74, 0.79, 0.83]
     assert choose_levels({"none": [{"val_accuracy": 0.9}]}) == [0.9]
@@ -85,12 +104,17 @@ def test_default_levels_are_reached_by_at_least_two_modes():
 
 
 def test_a_missing_mode_is_not_tested():
-    rows = _curve("none", [(0.90, 0.50)]) + _curve("gaussian", [(0.89, 0.20)]) + \
-        [_row("input", 0.1, 0.95, 0.01, excluded="IG failed the randomisation check")]
+    rows = (
+        _curve("none", [(0.90, 0.50)])
+        + _curve("gaussian", [(0.89, 0.20)])
+        + [_row("input", 0.1, 0.95, 0.01, excluded="IG failed the randomisation check")]
+    )
     report = compare_modes(rows, LABELS, modes=("none", "gaussian", "attribution"))
     untested = [v for v in report.verdicts if "not tested" in v.verdict]
-    assert {v.verdict for v in untested} == {"not tested: attribution SDE has no configuration",
-                                             "not tested: input noise has no configuration"}
+    assert {v.verdict for v in untested} == {
+        "not tested: attribution SDE has no configuration",
+        "not tested: input noise has no configuration",
+    }
     assert report.fronts["attribution"] == [] and report.counts["attribution"] == (0, 0)
     assert all(math.isnan(v.p) for v in untested) and report.family == len(report.levels)
 
@@ -99,9 +123,11 @@ def test_holm_against_a_hand_computation():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
-    rows = _curve("none", [(0.90, 0.40), (0.85, 0.38)], se=(0.01, 0.05), seeds=3) + \
-        _curve("gaussian", [(0.89, 0.30), (0.84, 0.33)], se=(0.01, 0.05), seeds=3) + \
-        _curve("input", [(0.88, 0.36), (0.83, 0.30)], se=(0.01, 0.05), seeds=3)
+    rows = (
+        _curve("none", [(0.90, 0.40), (0.85, 0.38)], se=(0.01, 0.05), seeds=3)
+        + _curve("gaussian", [(0.89, 0.30), (0.84, 0.33)], se=(0.01, 0.05), seeds=3)
+        + _curve("input", [(0.88, 0.36), (0.83, 0.30)], se=(0.01, 0.05), seeds=3)
+    )
     tested = _tested(compare_modes(rows, LABELS))
     p = sorted(v.p for v in tested)
     expected = np.maximum.accumulate([min(1.0, (len(p) - k) * pk) for k, pk in enumerate(p)])
@@ -130,8 +156,9 @@ def test_a_mode_is_judged_by_its_whole_learning_rate_curve():
     rows = [_row("gaussian", 1.0, 0.60, 0.90), _row("gaussian", 0.1, 0.90, 0.10), _row("none", 0.1, 0.90, 0.40)]
     report = compare_modes(rows, LABELS, levels=[0.6, 0.85])
     assert [r["lr"] for r in report.fronts["gaussian"]] == [0.1]
-    assert [v.verdict for v in report.verdicts] == [f"Gaussian SDE less sensitive than ResNet at accuracy >= {a:g}"
-                                                    for a in (0.6, 0.85)]
+    assert [v.verdict for v in report.verdicts] == [
+        f"Gaussian SDE less sensitive than ResNet at accuracy >= {a:g}" for a in (0.6, 0.85)
+    ]
 
 
 def test_a_draw_where_a_curve_is_not_reached_counts_against_the_verdict():
@@ -147,20 +174,24 @@ def test_a_draw_where_a_curve_is_not_reached_counts_against_the_verdict():
 
 
 def test_default_draws_use_t_tails_and_pool_the_spread_for_one_seed_rows():
-    rows = [_row("none", 0.1, 0.9, 0.3, se=(0.01, 0.02), seeds=3),
-            _row("none", 0.1, 0.8, 0.2, se=(0.03, 0.06), seeds=3),
-            _row("none", 0.1, 0.7, 0.1, se=(math.nan, math.nan), seeds=1)]
+    rows = [
+        _row("none", 0.1, 0.9, 0.3, se=(0.01, 0.02), seeds=3),
+        _row("none", 0.1, 0.8, 0.2, se=(0.03, 0.06), seeds=3),
+        _row("none", 0.1, 0.7, 0.1, se=(math.nan, math.nan), seeds=1),
+    ]
     draws = normal_draws(rows, draws=20_000, seed=1)
     assert draws.shape == (20_000, 3, 2)
     assert np.median(draws[:, 0, 0]) == pytest.approx(0.9, abs=0.002)
     # pooled per-seed SD of accuracy: sqrt(mean(3 * 0.01^2, 3 * 0.03^2)) = 0.0387; t with 4 df: IQR 1.482 SD
     iqr = np.subtract(*np.percentile(draws[:, 2, 0], [75, 25]))
-    assert iqr == pytest.approx(1.482 * math.sqrt(3 * (0.01 ** 2 + 0.03 ** 2) / 2), rel=0.05)
+    assert iqr == pytest.approx(1.482 * math.sqrt(3 * (0.01**2 + 0.03**2) / 2), rel=0.05)
 
 
 def test_one_seed_everywhere_resolves_nothing():
-    rows = [_row("gaussian", 0.1, 0.90, 0.10, se=(math.nan, math.nan), seeds=1),
-            _row("none", 0.1, 0.90, 0.90, se=(math.nan, math.nan), seeds=1)]
+    rows = [
+        _row("gaussian", 0.1, 0.90, 0.10, se=(math.nan, math.nan), seeds=1),
+        _row("none", 0.1, 0.90, 0.90, se=(math.nan, math.nan), seeds=1),
+    ]
     assert np.isnan(normal_draws(rows, draws=10)).all()
     verdict = compare_modes(rows, LABELS).verdicts[0]
     assert verdict.p == 1.0 and verdict.verdict == "no resolvable difference"
@@ -168,8 +199,11 @@ def test_one_seed_everywhere_resolves_nothing():
 
 
 def test_renderings_state_n_test_and_correction():
-    rows = _curve("none", [(0.92, 0.60), (0.80, 0.50)]) + _curve("gaussian", [(0.91, 0.15), (0.79, 0.10)]) + \
-        _curve("input", [(0.70, 0.05)])
+    rows = (
+        _curve("none", [(0.92, 0.60), (0.80, 0.50)])
+        + _curve("gaussian", [(0.91, 0.15), (0.79, 0.10)])
+        + _curve("input", [(0.70, 0.05)])
+    )
     report = compare_modes(rows, {"none": "ResNet"}, levels=[0.75])
     text, markdown, csv = report.to_text(), report.to_markdown(), report.csv_rows()
     assert "gaussian less sensitive than ResNet at accuracy >= 0.75" in text

@@ -175,8 +175,10 @@ def test_grey_input_channels():
 from nsde_ray.models import fused_noise  # noqa: E402
 
 _FUSED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-fused_kernel = pytest.mark.skipif(fused_noise.triton is None or not fused_noise.available(torch.empty(0, device=_FUSED_DEVICE)),
-                                  reason="needs Triton on a GPU, or TRITON_INTERPRET=1 (see the test below)")
+fused_kernel = pytest.mark.skipif(
+    fused_noise.triton is None or not fused_noise.available(torch.empty(0, device=_FUSED_DEVICE)),
+    reason="needs Triton on a GPU, or TRITON_INTERPRET=1 (see the test below)",
+)
 
 
 def test_fused_kernels_under_the_triton_interpreter():
@@ -189,8 +191,23 @@ def test_fused_kernels_under_the_triton_interpreter():
     if fused_noise.available(torch.empty(0, device=_FUSED_DEVICE)):
         pytest.skip("the fused_kernel tests run directly here")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                             "fused_kernel and not interpreter"], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "fused_kernel and not interpreter",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], result.stdout[-1000:]
 
@@ -212,9 +229,13 @@ def test_fused_kernel_is_relu_of_the_sum_plus_normalised_gaussian_noise(channels
     clean = torch.relu(out + identity).detach()
     assert y.stride() == out.stride() and y.dtype == out.dtype
     ratio = (y.detach() - clean).std(dim=(1, 2, 3)) / clean.std(dim=(1, 2, 3))
-    assert ratio.mean().item() == pytest.approx(0.5, rel=0.01) and ratio.min() > 0.47 and ratio.max() < 0.53  # 8192 draws
+    assert (
+        ratio.mean().item() == pytest.approx(0.5, rel=0.01) and ratio.min() > 0.47 and ratio.max() < 0.53
+    )  # 8192 draws
     standardised = ((y.detach() - clean) / (0.5 * clean.std(dim=(1, 2, 3), keepdim=True))).flatten()
-    assert standardised.mean().abs() < 0.02 and 0.001 < (standardised.abs() > 3).float().mean() < 0.005  # Gaussian tails
+    assert (
+        standardised.mean().abs() < 0.02 and 0.001 < (standardised.abs() > 3).float().mean() < 0.005
+    )  # Gaussian tails
     y.sum().backward()  # the noise scale is detached: d y / d out = 1[out + identity > 0] exactly
     assert torch.equal(out.grad, (clean > 0).to(out.dtype)) and torch.equal(identity.grad, out.grad)
     assert not torch.equal(noise.residual_out(out, identity, nn.ReLU()), y)  # fresh noise on every forward pass
@@ -242,7 +263,7 @@ def test_fused_kernel_noise_is_uncorrelated_across_elements_and_samples():
 def test_fused_kernel_in_bf16_and_with_sigma_zero_scale():
     out, identity = _tail_inputs(dtype=torch.bfloat16)
     y, mask = fused_noise._forward(out.detach(), identity.detach(), 0.0, None)
-    exact = (out.detach().float() + identity.detach().float())  # summed in fp32, rounded once (eager rounds twice)
+    exact = out.detach().float() + identity.detach().float()  # summed in fp32, rounded once (eager rounds twice)
     # at most one bf16 rounding step apart (Triton's interpreter truncates where the GPU rounds to nearest)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), torch.relu(exact), rtol=2**-7, atol=0.0)
@@ -287,8 +308,12 @@ def test_fused_kernel_model_trains_and_compiles():
 def test_tail_without_noise_is_exactly_the_module_path():
     out, identity = _tail_inputs()
     reference = torch.relu(out + identity)
-    for noise in (BlockNoise("gaussian", 0.5).eval(), BlockNoise("gaussian", 0.0).train(),
-                  BlockNoise("none", 0.5).train(), BlockNoise("gaussian", 0.5, fused=False).eval()):
+    for noise in (
+        BlockNoise("gaussian", 0.5).eval(),
+        BlockNoise("gaussian", 0.0).train(),
+        BlockNoise("none", 0.5).train(),
+        BlockNoise("gaussian", 0.5, fused=False).eval(),
+    ):
         calls = []
         relu = nn.ReLU()
         relu.register_forward_hook(lambda m, i, o: calls.append(1))

@@ -9,15 +9,14 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
-
 from helpers import assert_usage_error
+
 from nsde_ray import tables
-from nsde_ray.config import EvalConfig, SweepConfig
-from nsde_ray.registry import noise_mode_names
+from nsde_ray.config import EvalConfig, PaperTablesConfig, SweepConfig
 from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
-from nsde_ray.config import PaperTablesConfig
 from nsde_ray.lifecycle import save_state
 from nsde_ray.paper_tables import main
+from nsde_ray.registry import noise_mode_names
 from nsde_ray.report import run_metrics
 
 MODES = ("none", "gaussian", "attribution")
@@ -29,10 +28,15 @@ def _results() -> list[tables.ModelResult]:
     results = []
     for seed, values in sensitivity_ig.items():
         for mode, value in zip(MODES, values):
-            metrics = {"val_accuracy": 0.9, "sensitivity_ig": value, "sensitivity_ig_std": 0.01,
-                       "sensitivity_saliency": 0.2 if mode == "none" else 0.3,  # the opposite of the claim
-                       "sic_ig": {"none": 0.1, "gaussian": 0.2, "attribution": 0.3}[mode] + seed / 100,
-                       "sic_saliency": 0.05, "localisation_auc_ig": 0.7}
+            metrics = {
+                "val_accuracy": 0.9,
+                "sensitivity_ig": value,
+                "sensitivity_ig_std": 0.01,
+                "sensitivity_saliency": 0.2 if mode == "none" else 0.3,  # the opposite of the claim
+                "sic_ig": {"none": 0.1, "gaussian": 0.2, "attribution": 0.3}[mode] + seed / 100,
+                "sic_saliency": 0.05,
+                "localisation_auc_ig": 0.7,
+            }
             results.append(tables.ModelResult("cifar_resnet8", mode, seed, metrics))
     return results
 
@@ -42,17 +46,24 @@ def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
     assert list(report) == ["accuracy", "sensitivity_cifar_resnet8", "sic", "localisation_cifar_resnet8"]
 
     sensitivity = report["sensitivity_cifar_resnet8"]
-    assert sensitivity.header[:5] == ["Attribution", "Standard (ResNet)", "Noise (Gaussian SDE)",
-                                      "Attribution-driven noise", "Input noise (baseline)"]
+    assert sensitivity.header[:5] == [
+        "Attribution",
+        "Standard (ResNet)",
+        "Noise (Gaussian SDE)",
+        "Attribution-driven noise",
+        "Input noise (baseline)",
+    ]
     ig, saliency = sensitivity.rows
     assert ig[:5] == ["IG", "0.5333 ± 0.058", "0.4 ± 0.1", "0.35 ± 0.05", tables.MISSING]  # no input-noise models
     assert ig[5:] == ["yes (3/3 seeds)", "yes (2/3 seeds)", "yes (2/3 seeds)", "n/a"]
     assert saliency[0] == "Saliency" and saliency[5:] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)", "n/a"]
     assert sensitivity.notes[0].endswith("held on the means for 1 of 2 methods, in every seed for 1")
     assert sensitivity.notes[2].endswith("held on the means for 1 of 2 methods, in every seed for 0")
-    assert sensitivity.notes[4] == ("spread: the std across training seeds (median over cells 0.058) is 5.8x the std "
-                                    "across evaluation repeats of one model (0.01); training seeds, not evaluation "
-                                    "repeats, decide how sure an ordering is")
+    assert sensitivity.notes[4] == (
+        "spread: the std across training seeds (median over cells 0.058) is 5.8x the std "
+        "across evaluation repeats of one model (0.01); training seeds, not evaluation "
+        "repeats, decide how sure an ordering is"
+    )
     markdown = sensitivity.markdown()
     assert markdown.startswith("### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1")
     assert len({len(line) for line in markdown.splitlines() if line.startswith("|")}) == 1  # aligned columns
@@ -63,16 +74,24 @@ def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
     assert records[0]["held_resnet_gt_gaussian_gt_attribution_seeds"] == "2/3"
 
     sic = report["sic"]
-    assert [row[1:3] for row in sic.rows] == [["ResNet", "Gradients"], ["ResNet", "IG"], ["Gaussian SDE", "IG"],
-                                              ["attribution SDE", "IG"], ["input noise", "IG"]]  # no IG + NT
-    assert "ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 Table 2): " \
-           "yes (3/3 seeds)" in sic.notes[0]
+    assert [row[1:3] for row in sic.rows] == [
+        ["ResNet", "Gradients"],
+        ["ResNet", "IG"],
+        ["Gaussian SDE", "IG"],
+        ["attribution SDE", "IG"],
+        ["input noise", "IG"],
+    ]  # no IG + NT
+    assert (
+        "ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 Table 2): "
+        "yes (3/3 seeds)" in sic.notes[0]
+    )
 
 
 def test_the_input_noise_baseline_is_a_column_with_its_own_verdict():
-    results = _results() + [tables.ModelResult("cifar_resnet8", "input", seed, {"sensitivity_ig": 0.45 + seed / 10,
-                                                                                "sic_ig": 0.1})
-                            for seed in range(3)]
+    results = _results() + [
+        tables.ModelResult("cifar_resnet8", "input", seed, {"sensitivity_ig": 0.45 + seed / 10, "sic_ig": 0.1})
+        for seed in range(3)
+    ]
     sensitivity = tables.sensitivity_table(results, "cifar_resnet8", ["ig"])
     assert sensitivity.rows[0][4] == "0.55 ± 0.1"
     assert sensitivity.rows[0][-1] == "yes (3/3 seeds)"  # input noise more sensitive than Gaussian in every seed
@@ -84,8 +103,16 @@ def test_the_input_noise_baseline_is_a_column_with_its_own_verdict():
 def test_missing_models_leave_dashes_and_no_verdict():
     results = [r for r in _results() if r.mode != "attribution" and r.seed == 0]
     sensitivity = tables.sensitivity_table(results, "cifar_resnet8", ["ig"])
-    assert sensitivity.rows[0][1:] == ["0.5", "0.4", tables.MISSING, tables.MISSING, "yes (1/1 seeds)", "n/a", "n/a",
-                                       "n/a"]
+    assert sensitivity.rows[0][1:] == [
+        "0.5",
+        "0.4",
+        tables.MISSING,
+        tables.MISSING,
+        "yes (1/1 seeds)",
+        "n/a",
+        "n/a",
+        "n/a",
+    ]
     assert tables.localisation_table([r for r in results if r.arch == "other"], "other", ["ig"]) is None
 
 
@@ -93,28 +120,44 @@ def test_a_claim_whose_mode_the_grid_lacks_is_not_tested_rather_than_held_for_no
     results = [r for r in _results() if r.mode != "attribution"]  # no attribution SDE, no input noise
     notes = tables.sensitivity_table(results, "cifar_resnet8", ["ig", "saliency"]).notes
     assert notes[0].endswith("held on the means for 1 of 2 methods, in every seed for 1")  # both modes there
-    assert notes[1] == ("Gaussian > attribution (lower sensitivity is better; the AAAI 2022 claim): not tested "
-                        "(no attribution SDE models in this grid)")
+    assert notes[1] == (
+        "Gaussian > attribution (lower sensitivity is better; the AAAI 2022 claim): not tested "
+        "(no attribution SDE models in this grid)"
+    )
     assert notes[2].endswith("AAAI 2022 Table 1 claim): not tested (no attribution SDE models in this grid)")
     assert notes[3].endswith("input-noise baseline claim): not tested (no input noise models in this grid)")
     assert "of 2 methods" not in " ".join(notes[1:4])
     sic = tables.sic_table(results, ["cifar_resnet8"], ["ig"]).notes[0]
-    assert sic == ("cifar_resnet8: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
-                   "Table 2): not tested; ResNet < Gaussian SDE: yes (3/3 seeds); Gaussian SDE < attribution SDE: "
-                   "not tested")
+    assert sic == (
+        "cifar_resnet8: ResNet < Gaussian SDE < attribution SDE (SIC of IG, higher is better; AAAI 2022 "
+        "Table 2): not tested; ResNet < Gaussian SDE: yes (3/3 seeds); Gaussian SDE < attribution SDE: "
+        "not tested"
+    )
     # the mode is there but one method has no result for it: counted over the methods tested, the rest named
-    partial = [r if r.mode != "gaussian" else replace(r, metrics={k: v for k, v in r.metrics.items()
-                                                                   if not k.startswith("sensitivity_saliency")})
-               for r in _results()]
+    partial = [
+        r
+        if r.mode != "gaussian"
+        else replace(r, metrics={k: v for k, v in r.metrics.items() if not k.startswith("sensitivity_saliency")})
+        for r in _results()
+    ]
     note = tables.sensitivity_table(partial, "cifar_resnet8", ["ig", "saliency"]).notes[0]
-    assert note.endswith("held on the means for 1 of 1 methods, in every seed for 1; not tested for Saliency "
-                         "(a model it needs has no result)")
+    assert note.endswith(
+        "held on the means for 1 of 1 methods, in every seed for 1; not tested for Saliency "
+        "(a model it needs has no result)"
+    )
 
 
 def test_repeated_evaluation_is_the_mean_and_std_of_seeded_repeats(digits_model, tmp_path):
     model, splits = digits_model
-    cfg = EvalConfig(methods=("ig", "saliency"), num_images=6, n_steps=4, n_perturbations=2, saturation_images=2,
-                     grid_images=2, seed=3)
+    cfg = EvalConfig(
+        methods=("ig", "saliency"),
+        num_images=6,
+        n_steps=4,
+        n_perturbations=2,
+        saturation_images=2,
+        grid_images=2,
+        seed=3,
+    )
     result = evaluate_repeated(model, splits, cfg, repeats=2, out_dir=str(tmp_path), progress=False)
     single = [evaluate(model, splits, replace(cfg, seed=seed), progress=False).metrics for seed in (3, 4)]
     for name in ("sensitivity_ig", "sic_valid_fraction_saliency", "infidelity_ig"):
@@ -131,22 +174,40 @@ def test_repeated_evaluation_is_the_mean_and_std_of_seeded_repeats(digits_model,
 
 def _paired_results() -> list[tables.ModelResult]:
     """Plain and Gaussian models of seeds 0-2, attribution models of seeds 0 and 1: (val accuracy, IG sensitivity, SIC)."""
-    values = {"none": {0: (0.90, 0.50, 0.10), 1: (0.92, 0.60, 0.12), 2: (0.91, 0.55, 0.11)},
-              "gaussian": {0: (0.89, 0.40, 0.12), 1: (0.90, 0.45, 0.141), 2: (0.92, 0.50, 0.129)},
-              "attribution": {0: (0.88, 0.45, 0.20), 1: (0.93, 0.50, 0.20)}}
-    return [tables.ModelResult("cifar_resnet8", mode, seed, {"val_accuracy": a, "sensitivity_ig": s, "sic_ig": c})
-            for mode, seeds in values.items() for seed, (a, s, c) in seeds.items()]
+    values = {
+        "none": {0: (0.90, 0.50, 0.10), 1: (0.92, 0.60, 0.12), 2: (0.91, 0.55, 0.11)},
+        "gaussian": {0: (0.89, 0.40, 0.12), 1: (0.90, 0.45, 0.141), 2: (0.92, 0.50, 0.129)},
+        "attribution": {0: (0.88, 0.45, 0.20), 1: (0.93, 0.50, 0.20)},
+    }
+    return [
+        tables.ModelResult("cifar_resnet8", mode, seed, {"val_accuracy": a, "sensitivity_ig": s, "sic_ig": c})
+        for mode, seeds in values.items()
+        for seed, (a, s, c) in seeds.items()
+    ]
 
 
 def test_paired_differences_are_noisy_minus_plain_per_seed_with_a_paired_t_test():
     table = tables.paired_table(_paired_results(), ["cifar_resnet8"], ["ig"])
     assert table.name == "paired_differences"
-    assert table.header == ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p",
-                            "p (Holm)"]
+    assert table.header == [
+        "Architecture",
+        "Model",
+        "Metric",
+        "better",
+        "Noisy − plain",
+        "better in",
+        "t",
+        "p",
+        "p (Holm)",
+    ]
     assert [row[1:4] for row in table.rows] == [
-        ["Gaussian SDE", "val accuracy", "higher"], ["Gaussian SDE", "sensitivity IG", "lower"],
-        ["Gaussian SDE", "SIC (IG)", "higher"], ["attribution SDE", "val accuracy", "higher"],
-        ["attribution SDE", "sensitivity IG", "lower"], ["attribution SDE", "SIC (IG)", "higher"]]
+        ["Gaussian SDE", "val accuracy", "higher"],
+        ["Gaussian SDE", "sensitivity IG", "lower"],
+        ["Gaussian SDE", "SIC (IG)", "higher"],
+        ["attribution SDE", "val accuracy", "higher"],
+        ["attribution SDE", "sensitivity IG", "lower"],
+        ["attribution SDE", "SIC (IG)", "higher"],
+    ]
     accuracy, sensitivity, sic = table.rows[:3]
     assert accuracy[4:6] == ["-0.00667 ± 0.015", "1/3"]  # -0.01, -0.02, +0.01
     # -0.10, -0.15, -0.05: t = mean / (std / sqrt(3)) = -2 sqrt(3); two-sided p with 2 degrees of freedom
@@ -165,10 +226,16 @@ def test_paired_differences_are_noisy_minus_plain_per_seed_with_a_paired_t_test(
     assert sic[8] == "0.00499" and table.rows[0][8] == "1"  # 6 x 0.000832; accuracy 2 x 0.529 capped at 1
     assert "Holm's step-down method over all 6 tests" in table.notes[0]
     assert "more training together" in table.notes[0]
-    assert table.notes[1] == "1 of 6 tested differences have p < 0.05 uncorrected, 1 after Holm's correction for the 6 tests"
+    assert (
+        table.notes[1]
+        == "1 of 6 tested differences have p < 0.05 uncorrected, 1 after Holm's correction for the 6 tests"
+    )
     one_seed = tables.paired_table([r for r in _paired_results() if r.seed == 0], ["cifar_resnet8"], ["ig"])
     assert one_seed.rows[1][4:] == ["-0.1", "1/1", tables.MISSING, tables.MISSING, tables.MISSING]
-    assert one_seed.notes[1] == "0 of 0 tested differences have p < 0.05 uncorrected, 0 after Holm's correction for the 0 tests"
+    assert (
+        one_seed.notes[1]
+        == "0 of 0 tested differences have p < 0.05 uncorrected, 0 after Holm's correction for the 0 tests"
+    )
 
 
 def test_holm_adjusts_step_down_by_hand():
@@ -183,18 +250,27 @@ def test_holm_adjusts_step_down_by_hand():
 
 def test_the_accuracy_table_shows_the_effective_sigma_from_the_noise_energy():
     def run(mode, sigma, energy):
-        return SimpleNamespace(data=SimpleNamespace(params={"noise_mode": mode, "noise_sigma": str(sigma)},
-                                                    metrics={"val_accuracy": 0.9, "noise_energy": energy}))
+        return SimpleNamespace(
+            data=SimpleNamespace(
+                params={"noise_mode": mode, "noise_sigma": str(sigma)},
+                metrics={"val_accuracy": 0.9, "noise_energy": energy},
+            )
+        )
 
-    runs = {"none": run("none", 0.0, 0.0), "gaussian": run("gaussian", 0.5, 1.0),
-            "attribution": run("attribution", 0.5, 0.09)}
+    runs = {
+        "none": run("none", 0.0, 0.0),
+        "gaussian": run("gaussian", 0.5, 1.0),
+        "attribution": run("attribution", 0.5, 0.09),
+    }
     results = [tables.ModelResult("cifar_resnet8", mode, 0, run_metrics(r)) for mode, r in runs.items()]
     assert results[2].metrics["effective_sigma"] == pytest.approx(0.15)  # 0.5 * sqrt(0.09)
     assert "effective_sigma" not in run_metrics(SimpleNamespace(data=SimpleNamespace(params={}, metrics={})))
     table = tables.accuracy_table(results, ["cifar_resnet8"])
     assert table.header[:3] == ["Architecture", "Quantity", "ResNet"]
-    assert table.rows == [["cifar_resnet8", "val accuracy", "0.9", "0.9", "0.9", tables.MISSING],
-                          ["cifar_resnet8", "effective sigma", "0", "0.5", "0.15", tables.MISSING]]
+    assert table.rows == [
+        ["cifar_resnet8", "val accuracy", "0.9", "0.9", "0.9", tables.MISSING],
+        ["cifar_resnet8", "effective sigma", "0", "0.5", "0.15", tables.MISSING],
+    ]
     assert table.records[0]["attribution_effective_sigma_mean"] == pytest.approx(0.15)
 
 
@@ -203,18 +279,25 @@ def test_paired_fine_tunes_start_from_the_plain_model_of_their_arch_and_seed():
 
     from nsde_ray.paired import finetune_space, finetune_stage, plain_stage
 
-    bases = {"/ray/g/plain/train/trial_a/checkpoint_1": ("cifar_resnet8", 0),
-             "/ray/g/plain/train/trial_b/checkpoint_1": ("cifar_resnet14", 1)}
+    bases = {
+        "/ray/g/plain/train/trial_a/checkpoint_1": ("cifar_resnet8", 0),
+        "/ray/g/plain/train/trial_b/checkpoint_1": ("cifar_resnet14", 1),
+    }
     trials = [config for _, config in generate_variants(finetune_space(bases, ("gaussian", "attribution")))]
     assert len(trials) == 4 and {t["noise_mode"] for t in trials} == {"gaussian", "attribution"}
     for trial in trials:
         assert (trial["arch"], trial["seed"]) == bases[trial["init_from"]]
-    cfg = PaperTablesConfig(name="g", storage="/ray", noise_modes=("none", "gaussian", "attribution"), paired=True,
-                            finetune_epochs=2)
+    cfg = PaperTablesConfig(
+        name="g", storage="/ray", noise_modes=("none", "gaussian", "attribution"), paired=True, finetune_epochs=2
+    )
     assert cfg.grid_size == 3 * 3 and cfg.parent_params()["paired"] == "true"
     plain, finetune = plain_stage(cfg), finetune_stage(cfg)
     assert (plain.storage, plain.name, plain.noise_modes, plain.base.train.epochs) == ("/ray/g", "plain", ("none",), 6)
-    assert (finetune.name, finetune.noise_modes, finetune.base.train.epochs) == ("finetune", ("gaussian", "attribution"), 2)
+    assert (finetune.name, finetune.noise_modes, finetune.base.train.epochs) == (
+        "finetune",
+        ("gaussian", "attribution"),
+        2,
+    )
 
 
 def test_config_round_trips_and_spans_the_grid():
@@ -225,27 +308,34 @@ def test_config_round_trips_and_spans_the_grid():
     assert cfg.parent_params()["repeats"] == 5
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--arch", "cifar_resnet8", "resnet9000"], "arch='resnet9000' is not valid"),
-    (["--noise-modes", "none", "brownian"], "noise mode='brownian' is not valid"),
-    (["--noise-modes", "none", "none"], "noise_modes must be distinct"),
-    (["--sigma", "0"], "sigma (--sigma) must be > 0"),
-    (["--seeds", "0", "-1"], "seeds must be integers >= 0"),
-    (["--repeats", "0"], "repeats (--repeats) must be an integer >= 1"),
-    (["--paired"], "--paired needs --finetune-epochs N"),
-    (["--paired", "--finetune-epochs", "1", "--noise-modes", "gaussian", "attribution"], "must include none"),
-    (["--finetune-epochs", "2"], "applies to --paired grids only"),
-    (["--eval-methods", "saliency"], "must include 'ig'"),
-    (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "/no/such/dir"),
-    (["--name", "never_ran", "--resume"], "no sweep named 'never_ran'"),
-    (["--name", "main_sweep", "--resume"], "is a 'sweep' run, not a 'paper_tables' one"),
-    (["--name", "main_sweep"], "pass --resume to continue it"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--arch", "cifar_resnet8", "resnet9000"], "arch='resnet9000' is not valid"),
+        (["--noise-modes", "none", "brownian"], "noise mode='brownian' is not valid"),
+        (["--noise-modes", "none", "none"], "noise_modes must be distinct"),
+        (["--sigma", "0"], "sigma (--sigma) must be > 0"),
+        (["--seeds", "0", "-1"], "seeds must be integers >= 0"),
+        (["--repeats", "0"], "repeats (--repeats) must be an integer >= 1"),
+        (["--paired"], "--paired needs --finetune-epochs N"),
+        (["--paired", "--finetune-epochs", "1", "--noise-modes", "gaussian", "attribution"], "must include none"),
+        (["--finetune-epochs", "2"], "applies to --paired grids only"),
+        (["--eval-methods", "saliency"], "must include 'ig'"),
+        (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "/no/such/dir"),
+        (["--name", "never_ran", "--resume"], "no sweep named 'never_ran'"),
+        (["--name", "main_sweep", "--resume"], "is a 'sweep' run, not a 'paper_tables' one"),
+        (["--name", "main_sweep"], "pass --resume to continue it"),
+    ],
+)
 def test_bad_flags_fail_before_ray_starts(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_state(SweepConfig(name="main_sweep", storage=str(tmp_path / "ray")), {})
-    assert_usage_error(main, flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri",
-                                      f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
+    assert_usage_error(
+        main,
+        flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        message,
+        capsys,
+    )
 
 
 @pytest.fixture
@@ -259,22 +349,32 @@ def ray_for_three_trials():
 
 
 @pytest.mark.slow
-def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, ray_for_three_trials, capsys,
-                                                                      monkeypatch):
+def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(
+    tmp_path, ray_for_three_trials, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     flags = ["--storage", str(tmp_path / "ray"), "--name", "tiny", "--tracking-uri", uri]
     assert main(flags + ["--smoke-test"]) == 0
     output = capsys.readouterr().out
     assert "4 trials, 4 evaluated, 0 failed" in output  # the papers' three noise modes and the input-noise baseline
-    for heading in ("### Validation accuracy", "### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1",
-                    "### SIC (AAAI 2022 Table 2", "### Localisation AUC, cifar_resnet8"):
+    for heading in (
+        "### Validation accuracy",
+        "### Sensitivity, cifar_resnet8 (AAAI 2022 Table 1",
+        "### SIC (AAAI 2022 Table 2",
+        "### Localisation AUC, cifar_resnet8",
+    ):
         assert heading in output
     assert "| IG + NT" in output and "| DeepSHAP" in output and " seeds)" in output
     tables_dir = tmp_path / "tables" / "tiny"
     assert sorted(os.listdir(tables_dir)) == sorted(
-        ["paper_tables.md"] + [f"{name}.{suffix}" for name in ("accuracy", "sensitivity_cifar_resnet8", "sic",
-                                                              "localisation_cifar_resnet8") for suffix in ("md", "csv")])
+        ["paper_tables.md"]
+        + [
+            f"{name}.{suffix}"
+            for name in ("accuracy", "sensitivity_cifar_resnet8", "sic", "localisation_cifar_resnet8")
+            for suffix in ("md", "csv")
+        ]
+    )
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny")
@@ -286,12 +386,19 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, r
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["nsde.status"] == "finished"
         # every method's metrics (SIC itself is NaN, so not logged, where no image gives a valid curve)
-        assert {f"{metric}_{method}" for metric in ("sensitivity", "sic_valid_fraction") for method in
-                ("ig", "ig_nt", "saliency", "deeplift", "deepshap")} <= set(run.data.metrics)
+        assert {
+            f"{metric}_{method}"
+            for metric in ("sensitivity", "sic_valid_fraction")
+            for method in ("ig", "ig_nt", "saliency", "deeplift", "deepshap")
+        } <= set(run.data.metrics)
         assert "sensitivity_deepshap_std" in run.data.metrics and run.data.metrics["eval_images"] == 8
         assert REPEATS_FILE in {a.path for a in client.list_artifacts(run.info.run_id)}
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "paper_tables")}
-    assert {"paper_tables/paper_tables.md", "paper_tables/sic.csv", "paper_tables/sensitivity_cifar_resnet8.md"} <= logged
+    assert {
+        "paper_tables/paper_tables.md",
+        "paper_tables/sic.csv",
+        "paper_tables/sensitivity_cifar_resnet8.md",
+    } <= logged
 
     assert main(flags + ["--resume", "--out-dir", str(tmp_path / "again")]) == 0
     assert "4 trials, 4 evaluated, 0 failed" in capsys.readouterr().out
@@ -300,8 +407,9 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(tmp_path, r
 
 
 @pytest.mark.slow
-def test_paired_tiny_grid_fine_tunes_each_noisy_model_from_the_plain_one(tmp_path, ray_for_three_trials, capsys,
-                                                                         monkeypatch):
+def test_paired_tiny_grid_fine_tunes_each_noisy_model_from_the_plain_one(
+    tmp_path, ray_for_three_trials, capsys, monkeypatch
+):
     from nsde_ray.train import load_checkpoint
 
     monkeypatch.chdir(tmp_path)

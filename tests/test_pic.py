@@ -66,17 +66,27 @@ def _pair(model, images, saliency, target, mean, std, monkeypatch):
 
     results = {"sic": [], "aic": []}
     for i, cls in enumerate(target.tolist()):
-        pred_funcs = {"sic": lambda b, cls=cls: softmax(b)[:, cls].tolist(),
-                      "aic": lambda b, cls=cls: (softmax(b).argmax(dim=1) == cls).double().tolist()}
+        pred_funcs = {
+            "sic": lambda b, cls=cls: softmax(b)[:, cls].tolist(),
+            "aic": lambda b, cls=cls: (softmax(b).argmax(dim=1) == cls).double().tolist(),
+        }
         for name, pred_func in pred_funcs.items():
             try:
                 # PAIR's griddata computes SciPy's barycentric transforms with one tiny LAPACK call per
                 # triangle; multi-threaded OpenBLAS makes each of those slow, so run it on one thread.
                 with threadpool_limits(limits=1):
-                    results[name].append(pic.compute_pic_metric(
-                        img=pixels[i, ..., 0] if pixels.shape[-1] == 1 else pixels[i], saliency_map=saliency[i].numpy(),
-                        random_mask=masks[i], pred_func=pred_func, saliency_thresholds=PAIR_THRESHOLDS,
-                        min_pred_value=0.5, keep_monotonous=True, num_data_points=1000))
+                    results[name].append(
+                        pic.compute_pic_metric(
+                            img=pixels[i, ..., 0] if pixels.shape[-1] == 1 else pixels[i],
+                            saliency_map=saliency[i].numpy(),
+                            random_mask=masks[i],
+                            pred_func=pred_func,
+                            saliency_thresholds=PAIR_THRESHOLDS,
+                            min_pred_value=0.5,
+                            keep_monotonous=True,
+                            num_data_points=1000,
+                        )
+                    )
             except pic.ComputePicMetricError:
                 results[name].append(None)
     return results
@@ -142,18 +152,29 @@ def test_deterministic_given_seed(digits):
     images = splits.test.tensors[0][:4]
     target = torch.zeros(4, dtype=torch.long)
     saliency = images.abs().sum(dim=1)
-    first, again = (compute_pic(model, images, saliency, target, mean=splits.mean, std=splits.std, seed=3) for _ in range(2))
+    first, again = (
+        compute_pic(model, images, saliency, target, mean=splits.mean, std=splits.std, seed=3) for _ in range(2)
+    )
     np.testing.assert_array_equal(first.sic, again.sic)
     assert not np.array_equal(random_masks(4, 32, 32, seed=3), random_masks(4, 32, 32, seed=4))
 
 
-@pytest.mark.parametrize(("saliency_shape", "target_shape", "message"), [
-    ((2, 32, 31), (2,), r"saliency must be \(B, H, W\) = \(2, 32, 32\)"),
-    ((2, 1, 32, 32), (2,), r"saliency must be \(B, H, W\)"),
-    ((2, 32, 32), (3,), r"target must be \(B,\)"),
-])
+@pytest.mark.parametrize(
+    ("saliency_shape", "target_shape", "message"),
+    [
+        ((2, 32, 31), (2,), r"saliency must be \(B, H, W\) = \(2, 32, 32\)"),
+        ((2, 1, 32, 32), (2,), r"saliency must be \(B, H, W\)"),
+        ((2, 32, 32), (3,), r"target must be \(B,\)"),
+    ],
+)
 def test_shape_errors(digits, saliency_shape, target_shape, message):
     model, splits = digits
     with pytest.raises(ValueError, match=message):
-        compute_pic(model, splits.test.tensors[0][:2], torch.rand(saliency_shape), torch.zeros(target_shape, dtype=torch.long),
-                    mean=splits.mean, std=splits.std)
+        compute_pic(
+            model,
+            splits.test.tensors[0][:2],
+            torch.rand(saliency_shape),
+            torch.zeros(target_shape, dtype=torch.long),
+            mean=splits.mean,
+            std=splits.std,
+        )

@@ -26,8 +26,10 @@ from nsde_ray.trial import reported_metrics
 
 TOY_MODE = registry.NoiseMode("twin", "twin SDE", "Twin noise (toy)", "blocks", "unit", (registry.SIGMA,))
 TOY_METRIC = metric_registry.MethodMetric(
-    "map_norm", lambda ctx: {f"map_norm_{ctx.method}": float(ctx.attributions.flatten(1).norm(dim=1).mean())},
-    ("map_norm_",))
+    "map_norm",
+    lambda ctx: {f"map_norm_{ctx.method}": float(ctx.attributions.flatten(1).norm(dim=1).mean())},
+    ("map_norm_",),
+)
 TOY_OBJECTIVE = registry.Objective("map_norm", "min", 100.0, "IG map norm (lower is better)", "map_norm_ig")
 
 
@@ -58,8 +60,10 @@ def test_a_toy_noise_mode_is_validated_searched_built_and_tabled(toys):
     twins = [p for p in suggested if p["noise_mode"] == "twin"]
     assert twins and all(set(p) == {"noise_mode", "noise_sigma", "lr"} for p in twins)
 
-    results = [ModelResult("cifar_resnet8", mode, 0, {"val_accuracy": 0.9, "sensitivity_ig": 0.1 * (i + 1)})
-               for i, mode in enumerate(("none", "twin"))]
+    results = [
+        ModelResult("cifar_resnet8", mode, 0, {"val_accuracy": 0.9, "sensitivity_ig": 0.1 * (i + 1)})
+        for i, mode in enumerate(("none", "twin"))
+    ]
     accuracy = accuracy_table(results, ["cifar_resnet8"])
     assert accuracy.header[2:] == [mode.label for mode in registry.NOISE_MODES.values()]
     sensitivity = sensitivity_table(results, "cifar_resnet8", ["ig"])
@@ -82,8 +86,9 @@ def test_a_toy_metric_and_objective_flow_from_the_evaluation_to_the_front_and_ml
     tracker = SweepTracker.start(uri, "toys", "toys", {})
     for trial_id, scale in (("a", 1.0), ("b", 2.0)):
         run_id, _ = tracker.open_trial(trial_id, {"noise_mode": "twin", "noise_sigma": 0.5, "lr": 0.1})
-        tracker.finish_trial(run_id, "finished", dict(aggregated, map_norm=aggregated["map_norm"] * scale,
-                                                      sic_valid_fraction_ig=1.0))
+        tracker.finish_trial(
+            run_id, "finished", dict(aggregated, map_norm=aggregated["map_norm"] * scale, sic_valid_fraction_ig=1.0)
+        )
     report = tracker.update_front()
     assert ("map_norm", "min") in report.objectives and "map_norm" in report.floors
     assert math.isfinite(report.hypervolume())  # the reference point comes from the record
@@ -94,5 +99,6 @@ def test_a_toy_metric_and_objective_flow_from_the_evaluation_to_the_front_and_ml
     assert "map_norm" in front_table.table_columns() and "map_norm" in front_table.front_table(report.rows)
     assert ("map_norm", TOY_OBJECTIVE.label) in plots.pareto_panels()
     assert {"pareto_front.csv", "pareto_front.html", "pareto_front.png"} <= {
-        a.path for a in tracker.client.list_artifacts(tracker.parent_run_id)}
+        a.path for a in tracker.client.list_artifacts(tracker.parent_run_id)
+    }
     assert assess_front([dict(report.rows[0])]).objectives == report.objectives

@@ -34,8 +34,17 @@ def small_images(tmp_path_factory):
 
 
 def _loader(splits, indices, order, batch_size=5, mode="auto"):
-    return resident_loader(splits.train_unaugmented, splits.augmentation, indices, order, batch_size,
-                           splits.mean, splits.std, CPU, mode=mode)
+    return resident_loader(
+        splits.train_unaugmented,
+        splits.augmentation,
+        indices,
+        order,
+        batch_size,
+        splits.mean,
+        splits.std,
+        CPU,
+        mode=mode,
+    )
 
 
 def test_crops_and_flips_are_torchvisions_value_for_value(small_images):
@@ -52,7 +61,7 @@ def test_crops_and_flips_are_torchvisions_value_for_value(small_images):
             top = (expected_params[0:1] * 32 + 4).round().long()
             left = (expected_params[1:2] * 32 + 4).round().long()
             flip = expected_params[4:5] > 0.5
-            crops, params = loader.crop_and_flip(loader.images[index:index + 1], top, left, flip)
+            crops, params = loader.crop_and_flip(loader.images[index : index + 1], top, left, flip)
             assert torch.equal(crops[0], expected) and torch.equal(params[0], expected_params)
             seen_offsets.update(top.tolist() + left.tolist())
             seen_flips.update(flip.tolist())
@@ -75,8 +84,9 @@ def test_an_epoch_visits_the_samplers_order_with_crops_of_each_sample(small_imag
             view, expected_label = splits.train_unaugmented[int(index)]
             assert int(label) == expected_label
             top, left = int(round(float(param[0]) * 32)) + 4, int(round(float(param[1]) * 32)) + 4
-            crop, _ = loader.crop_and_flip(view.unsqueeze(0), torch.tensor([top]), torch.tensor([left]),
-                                           param[4:5] > 0.5)
+            crop, _ = loader.crop_and_flip(
+                view.unsqueeze(0), torch.tensor([top]), torch.tensor([left]), param[4:5] > 0.5
+            )
             assert torch.equal(image, crop[0])
             draws.append((top, left))
     assert len(set(draws)) > 1
@@ -94,8 +104,14 @@ def test_without_augmentation_the_batches_are_the_dataloaders():
 
 def test_training_on_resident_digits_equals_training_through_a_dataloader(tmp_path):
     cfg = TrialConfig(noise=NoiseConfig("gaussian", 0.5), train=TrainConfig(epochs=2, batch_size=64))
-    runs = {mode: fit_single_worker(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resident_data=mode)),
-                                    name=mode, storage_path=str(tmp_path)) for mode in ("auto", "off")}
+    runs = {
+        mode: fit_single_worker(
+            dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resident_data=mode)),
+            name=mode,
+            storage_path=str(tmp_path),
+        )
+        for mode in ("auto", "off")
+    }
     assert runs["auto"].metrics["val_accuracy"] == runs["off"].metrics["val_accuracy"]
     with runs["auto"].checkpoint.as_directory() as ours, runs["off"].checkpoint.as_directory() as theirs:
         ours, theirs = load_checkpoint(ours)["model"], load_checkpoint(theirs)["model"]
@@ -110,10 +126,12 @@ class Crash(RuntimeError):
 def test_a_resident_augmented_run_resumed_after_a_crash_ends_as_the_uninterrupted_run(method, small_images, tmp_path):
     """Crops are drawn in the seeded epoch, so the resumed epoch draws the crops it replaces; shaping maps follow
     them (from training gradients), or come from refreshes over the resident views (IG)."""
-    cfg = TrialConfig(noise=NoiseConfig("attribution", 0.5),
-                      shaping=ShapingConfig(method=method, warmup_epochs=1, refresh_every=1, ig_steps=2),
-                      data=DataConfig(dataset="imagefolder", data_dir=small_images),
-                      train=TrainConfig(epochs=3, batch_size=8))
+    cfg = TrialConfig(
+        noise=NoiseConfig("attribution", 0.5),
+        shaping=ShapingConfig(method=method, warmup_epochs=1, refresh_every=1, ig_steps=2),
+        data=DataConfig(dataset="imagefolder", data_dir=small_images),
+        train=TrainConfig(epochs=3, batch_size=8),
+    )
     straight = fit_single_worker(cfg, name="straight", storage_path=str(tmp_path))
 
     def crash_after_two(metrics):
@@ -133,8 +151,12 @@ def test_it_stays_off_when_asked_for_a_recipe_it_cannot_batch_or_memory_it_would
     indices = torch.arange(len(splits.train))
     assert isinstance(_loader(splits, indices, indices.tolist()), ResidentLoader)
     assert _loader(splits, indices, indices.tolist(), mode="off") is None
-    assert resident_loader(splits.train_unaugmented, "imagenet", indices, indices.tolist(), 5, splits.mean,
-                           splits.std, CPU) is None  # RandomResizedCrop is left to the DataLoader
+    assert (
+        resident_loader(
+            splits.train_unaugmented, "imagenet", indices, indices.tolist(), 5, splits.mean, splits.std, CPU
+        )
+        is None
+    )  # RandomResizedCrop is left to the DataLoader
     needed = len(indices) * 3 * 32 * 32 * 4
     monkeypatch.setattr(resident, "free_memory", lambda device: int(needed / resident.MEMORY_SHARE) - 1)
     assert _loader(splits, indices, indices.tolist()) is None

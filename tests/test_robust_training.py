@@ -68,8 +68,10 @@ def test_fgsm_with_epsilon_zero_is_plain_training_bit_for_bit():
     plain, robust = _model(), _model()
     steps = []
     robust.register_forward_hook(lambda *_: steps.append(1))
-    for model, loss_fn in [(plain, lambda m: F.cross_entropy(m(images), labels)),
-                           (robust, lambda m: fgsm_loss(m, images, labels, 0.0, 0.0, MEAN, STD))]:
+    for model, loss_fn in [
+        (plain, lambda m: F.cross_entropy(m(images), labels)),
+        (robust, lambda m: fgsm_loss(m, images, labels, 0.0, 0.0, MEAN, STD)),
+    ]:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         rng = torch.get_rng_state()
         loss_fn(model).backward()
@@ -108,8 +110,7 @@ def test_fgsm_and_pgd_raise_the_loss_of_a_trained_model():
     fgsm = fgsm_perturbation(model, images, labels, epsilon, 1.25 * epsilon, MEAN, STD)
     pgd = pgd_perturbation(model, images, labels, epsilon, epsilon / 4, 10, MEAN, STD)
     with torch.no_grad():
-        clean, fgsm_loss_, pgd_loss = (F.cross_entropy(model(images + d), labels).item()
-                                       for d in (0, fgsm, pgd))
+        clean, fgsm_loss_, pgd_loss = (F.cross_entropy(model(images + d), labels).item() for d in (0, fgsm, pgd))
     assert clean < fgsm_loss_ <= pgd_loss + 1e-6
     assert _pixel_delta(pgd).abs().max() <= epsilon + 1e-6
 
@@ -139,10 +140,13 @@ def _per_sample_input_gradients(model: nn.Module, images: torch.Tensor, labels: 
 def test_gradient_penalty_value_matches_per_sample_gradients():
     model, (images, labels), weight = _model(torch.float64), _batch(8), 0.7
     images = images.double()
-    expected = (F.cross_entropy(model(images), labels)
-                + weight * _per_sample_input_gradients(model, images, labels).pow(2).sum(dim=(1, 2, 3)).mean())
-    torch.testing.assert_close(gradient_penalty_loss(model, images, labels, weight, STD), expected,
-                               atol=1e-12, rtol=1e-12)
+    expected = (
+        F.cross_entropy(model(images), labels)
+        + weight * _per_sample_input_gradients(model, images, labels).pow(2).sum(dim=(1, 2, 3)).mean()
+    )
+    torch.testing.assert_close(
+        gradient_penalty_loss(model, images, labels, weight, STD), expected, atol=1e-12, rtol=1e-12
+    )
 
 
 def test_gradient_penalty_parameter_gradient_matches_torch_func():
@@ -155,8 +159,12 @@ def test_gradient_penalty_parameter_gradient_matches_torch_func():
         return F.cross_entropy(torch.func.functional_call(model, params, (image[None],)), label[None])
 
     def penalised(params):
-        input_gradients = torch.stack([torch.func.grad(sample_loss, argnums=1)(params, image, label)
-                                       for image, label in zip(images, labels)]) / std
+        input_gradients = (
+            torch.stack(
+                [torch.func.grad(sample_loss, argnums=1)(params, image, label) for image, label in zip(images, labels)]
+            )
+            / std
+        )
         plain = F.cross_entropy(torch.func.functional_call(model, params, (images,)), labels)
         return plain + weight * input_gradients.pow(2).sum(dim=(1, 2, 3)).mean()
 
@@ -176,11 +184,14 @@ def test_gradient_penalty_with_weight_zero_is_the_plain_loss():
     torch.testing.assert_close(loss, F.cross_entropy(model(images), labels), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("accuracies, trips", [
-    ([0.50, 0.55, 0.48, 0.60, 0.45], [False] * 5),  # noisy but steady: never more than 0.2 below the best
-    ([0.40, 0.55, 0.50, 0.30], [False, False, False, True]),  # 0.25 below the best, though only 0.2 below the last
-    ([0.60, 0.05], [False, True]),
-])
+@pytest.mark.parametrize(
+    "accuracies, trips",
+    [
+        ([0.50, 0.55, 0.48, 0.60, 0.45], [False] * 5),  # noisy but steady: never more than 0.2 below the best
+        ([0.40, 0.55, 0.50, 0.30], [False, False, False, True]),  # 0.25 below the best, though only 0.2 below the last
+        ([0.60, 0.05], [False, True]),
+    ],
+)
 def test_guard_trips_on_a_collapse_from_the_best(accuracies, trips):
     guard = OverfitGuard(0.03, MEAN, STD, drop=0.2)
     assert [guard.observe(accuracy) for accuracy in accuracies] == trips

@@ -5,8 +5,8 @@ import json
 import os
 
 import pytest
-
 from helpers import assert_usage_error
+
 from nsde_ray import cli
 from nsde_ray.config import SweepConfig
 from nsde_ray.mlflow_uri import TrackingError, is_masked, mask_uri, redact, ui_address, ui_command, without_credentials
@@ -14,23 +14,28 @@ from nsde_ray.mlflow_uri import TrackingError, is_masked, mask_uri, redact, ui_a
 URI = "http://alice:s3cret@127.0.0.1:9"
 
 
-@pytest.mark.parametrize("uri, masked", [
-    (URI, "http://alice:***@127.0.0.1:9"),
-    ("https://alice:p%40ss:w@mlflow.example.com/prefix?x=1", "https://alice:***@mlflow.example.com/prefix?x=1"),
-    ("postgresql+psycopg2://mlflow:pw@db:5432/mlflow", "postgresql+psycopg2://mlflow:***@db:5432/mlflow"),
-    ("http://alice@mlflow:5000", "http://alice@mlflow:5000"),  # a user name alone is no secret
-    ("http://mlflow:5000/a@b", "http://mlflow:5000/a@b"),
-    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "uri, masked",
+    [
+        (URI, "http://alice:***@127.0.0.1:9"),
+        ("https://alice:p%40ss:w@mlflow.example.com/prefix?x=1", "https://alice:***@mlflow.example.com/prefix?x=1"),
+        ("postgresql+psycopg2://mlflow:pw@db:5432/mlflow", "postgresql+psycopg2://mlflow:***@db:5432/mlflow"),
+        ("http://alice@mlflow:5000", "http://alice@mlflow:5000"),  # a user name alone is no secret
+        ("http://mlflow:5000/a@b", "http://mlflow:5000/a@b"),
+        ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+        (None, None),
+    ],
+)
 def test_mask_uri_hides_the_password_only(uri, masked):
     assert mask_uri(uri) == masked
     assert mask_uri(masked) == masked and is_masked(masked) == (masked != uri)
 
 
 def test_messages_and_commands_never_carry_the_password():
-    assert redact(f"cannot reach {URI}: auth s3cret refused", URI) == \
-        "cannot reach http://alice:***@127.0.0.1:9: auth *** refused"
+    assert (
+        redact(f"cannot reach {URI}: auth s3cret refused", URI)
+        == "cannot reach http://alice:***@127.0.0.1:9: auth *** refused"
+    )
     assert ui_command(URI) == "open http://127.0.0.1:9 in a browser"
     assert ui_address(URI) == "http://127.0.0.1:9" and ui_address("sqlite:////x/mlflow.db") == "http://127.0.0.1:5000"
     assert without_credentials(URI) == "http://127.0.0.1:9"
@@ -47,16 +52,18 @@ def test_a_password_in_the_tracking_uri_is_never_printed(tmp_path, capsys, monke
 
 def _open(tmp_path, *flags):
     args = cli.parse_args(cli.build_parser(), ["--name", "s", "--storage", str(tmp_path), *flags])
-    return cli.open_run(args, command=cli.COMMAND, kind="sweep", from_args=cli.sweep_config_from_args,
-                        from_dict=SweepConfig.from_dict)
+    return cli.open_run(
+        args, command=cli.COMMAND, kind="sweep", from_args=cli.sweep_config_from_args, from_dict=SweepConfig.from_dict
+    )
 
 
 def test_the_state_file_holds_the_uri_masked_and_resume_asks_for_the_password(tmp_path, monkeypatch):
     from nsde_ray import lifecycle, tracking
 
     monkeypatch.setattr(lifecycle, "check_reachable", lambda uri: None)  # no server here; MLflow's client is stubbed
-    monkeypatch.setattr(tracking.SweepTracker, "start",
-                        classmethod(lambda cls, uri, experiment, name, params: cls(uri, "1", "parent")))
+    monkeypatch.setattr(
+        tracking.SweepTracker, "start", classmethod(lambda cls, uri, experiment, name, params: cls(uri, "1", "parent"))
+    )
     monkeypatch.setattr(tracking.SweepTracker, "reopen_parent", lambda self: None)
     for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(variable, raising=False)
@@ -67,8 +74,11 @@ def test_the_state_file_holds_the_uri_masked_and_resume_asks_for_the_password(tm
     state = (tmp_path / "s" / "nsde_sweep.json").read_text()
     assert "s3cret" not in state and json.loads(state)["tracker"]["tracking_uri"] == cfg.tracking_uri
 
-    with pytest.raises(TrackingError, match="pass --tracking-uri with the password again, or set MLFLOW_TRACKING_URI"
-                                            ".*MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"):
+    with pytest.raises(
+        TrackingError,
+        match="pass --tracking-uri with the password again, or set MLFLOW_TRACKING_URI"
+        ".*MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+    ):
         _open(tmp_path, "--resume")
     assert _open(tmp_path, "--resume", "--tracking-uri", URI)[1].tracking_uri == URI
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
@@ -89,13 +99,19 @@ def test_credentials_reach_local_ray_workers_but_not_the_jobs_runtime_env(monkey
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-for-the-test")
     cli.init_ray(None)
     try:
+
         @ray.remote(num_cpus=0)
         def seen():
-            return ({name: os.environ.get(name) for name in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY")},
-                    dict(ray.get_runtime_context().runtime_env))
+            return (
+                {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY")},
+                dict(ray.get_runtime_context().runtime_env),
+            )
 
         environment, task_runtime_env = ray.get(seen.remote())
-        assert environment == {"MLFLOW_TRACKING_PASSWORD": "pw-for-the-test", "AWS_SECRET_ACCESS_KEY": "aws-for-the-test"}
+        assert environment == {
+            "MLFLOW_TRACKING_PASSWORD": "pw-for-the-test",
+            "AWS_SECRET_ACCESS_KEY": "aws-for-the-test",
+        }
         shown = json.dumps([dict(ray.get_runtime_context().runtime_env), task_runtime_env])
         assert "pw-for-the-test" not in shown and "aws-for-the-test" not in shown
     finally:

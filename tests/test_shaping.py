@@ -57,7 +57,9 @@ def test_energy_preserving_multipliers_have_mean_square_one_within_the_cap():
     preserved = preserve_energy(raw, max_multiplier=10.0)
     torch.testing.assert_close(preserved.square().mean(dim=(1, 2, 3)), torch.ones(3))
     assert torch.equal(preserved[1], torch.ones(1, 8, 8))  # a zero map becomes plain Gaussian noise
-    torch.testing.assert_close(preserved[0] / raw[0], torch.full((1, 8, 8), float(preserved[0, 0, 0, 0] / raw[0, 0, 0, 0])))
+    torch.testing.assert_close(
+        preserved[0] / raw[0], torch.full((1, 8, 8), float(preserved[0, 0, 0, 0] / raw[0, 0, 0, 0]))
+    )
 
     hot = torch.full((1, 1, 10, 10), 0.01)
     hot[0, 0, 0, 0] = 1.0  # one hot pixel: rescaled to mean square 1 it would be ~9.9
@@ -102,12 +104,26 @@ def test_an_epoch_reports_the_noise_energy_in_force_at_each_step(digits_model):
     model.load_state_dict(trained.state_dict())
     images, labels = (t[:32] for t in splits.train.tensors[:2])
     loader = DataLoader(IndexedDataset(TensorDataset(images, labels)), batch_size=8)
-    shaper = NoiseShaper(ShapingConfig(warmup_epochs=1, refresh_every=100, refresh_unit="steps", method="saliency"),
-                         splits.train, torch.arange(32), steps_per_epoch=2, device=torch.device("cpu"))
-    stats = _run_epoch(model, model, build_optimizer(model, TrainConfig(lr=1e-4)), loader,
-                       DataLoader(TensorDataset(images, labels), batch_size=16), torch.device("cpu"),
-                       torch.contiguous_format, dict(device_type="cpu", enabled=False), NoiseConfig("attribution", 0.5),
-                       shaper, first_step=0)
+    shaper = NoiseShaper(
+        ShapingConfig(warmup_epochs=1, refresh_every=100, refresh_unit="steps", method="saliency"),
+        splits.train,
+        torch.arange(32),
+        steps_per_epoch=2,
+        device=torch.device("cpu"),
+    )
+    stats = _run_epoch(
+        model,
+        model,
+        build_optimizer(model, TrainConfig(lr=1e-4)),
+        loader,
+        DataLoader(TensorDataset(images, labels), batch_size=16),
+        torch.device("cpu"),
+        torch.contiguous_format,
+        dict(device_type="cpu", enabled=False),
+        NoiseConfig("attribution", 0.5),
+        shaper,
+        first_step=0,
+    )
     shaped = noise_energy(NoiseConfig("attribution", 0.5), shaper.maps)
     assert shaper.refreshed_at == 2 and shaped < 0.5
     assert stats.noise_energy == pytest.approx((2 * 1.0 + 2 * shaped) / 4)
@@ -149,11 +165,17 @@ def _noise_of(model, images, captured):
 
 def test_schedule_in_epochs_and_steps(digits_model):
     _, splits = digits_model
-    epochs = NoiseShaper(ShapingConfig(warmup_epochs=1, refresh_every=2), splits.train, torch.arange(8), 10,
-                         torch.device("cpu"))
+    epochs = NoiseShaper(
+        ShapingConfig(warmup_epochs=1, refresh_every=2), splits.train, torch.arange(8), 10, torch.device("cpu")
+    )
     assert [s for s in range(60) if epochs.due(s)] == [10, 30, 50]
-    steps = NoiseShaper(ShapingConfig(warmup_epochs=1, refresh_every=5, refresh_unit="steps"), splits.train,
-                        torch.arange(8), 10, torch.device("cpu"))
+    steps = NoiseShaper(
+        ShapingConfig(warmup_epochs=1, refresh_every=5, refresh_unit="steps"),
+        splits.train,
+        torch.arange(8),
+        10,
+        torch.device("cpu"),
+    )
     assert [s for s in range(26) if steps.due(s)] == [10, 15, 20, 25]
     assert steps.scale_for(torch.arange(4)) is None  # before the first refresh: plain Gaussian noise
 

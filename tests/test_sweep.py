@@ -5,19 +5,20 @@ import math
 import mlflow
 import optuna
 import pytest
-
 from helpers import assert_usage_error
+
 from nsde_ray.cli import main
 from nsde_ray.config import SearchSpace, SweepConfig, TrialConfig
 from nsde_ray.sweep import DefineSpace, reference_points
-from nsde_ray.trial import trial_config
 from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG, SweepTracker
+from nsde_ray.trial import trial_config
 
 
 def test_search_space_is_conditional_and_references_come_first():
     cfg = SweepConfig(name="s", storage="/tmp", num_samples=12)
-    study = optuna.create_study(directions=["maximize", "minimize", "maximize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        directions=["maximize", "minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     for point in reference_points(cfg):
         study.enqueue_trial(point)
     space = DefineSpace(cfg.space, epochs=6)
@@ -42,26 +43,34 @@ def test_search_space_is_conditional_and_references_come_first():
     assert plain.noise.mode == "none" and plain.noise.sigma == 0.0  # its logged params say "no noise"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--arch", "resnet9000"], "arch='resnet9000' is not valid; choose one of: cifar_resnet8"),
-    (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "/no/such/dir"),
-    (["--name", "never_ran", "--resume"], "no sweep named 'never_ran'"),
-    (["--sigma-range", "-0.5", "1"], "goes below 0"),
-    (["--sigma-range", "0.6", "1"], "must contain 0.5"),
-    (["--eval-methods", "saliency"], "must include 'ig'"),
-    (["--num-samples", "0"], "num_samples (--num-samples) must be an integer >= 1"),
-    (["--cpus-per-worker", "0"], "cpus_per_worker (--cpus-per-worker) must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--arch", "resnet9000"], "arch='resnet9000' is not valid; choose one of: cifar_resnet8"),
+        (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "/no/such/dir"),
+        (["--name", "never_ran", "--resume"], "no sweep named 'never_ran'"),
+        (["--sigma-range", "-0.5", "1"], "goes below 0"),
+        (["--sigma-range", "0.6", "1"], "must contain 0.5"),
+        (["--eval-methods", "saliency"], "must include 'ig'"),
+        (["--num-samples", "0"], "num_samples (--num-samples) must be an integer >= 1"),
+        (["--cpus-per-worker", "0"], "cpus_per_worker (--cpus-per-worker) must be an integer >= 1"),
+    ],
+)
 def test_bad_flags_fail_before_any_trial(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert_usage_error(main, flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri",
-                                      f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
+    assert_usage_error(
+        main,
+        flags + ["--storage", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        message,
+        capsys,
+    )
 
 
 def test_a_tracking_server_that_does_not_answer_fails_in_seconds(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert_usage_error(main, ["--storage", str(tmp_path / "ray"), "--tracking-uri", "http://127.0.0.1:9"],
-                       "does not answer", capsys)
+    assert_usage_error(
+        main, ["--storage", str(tmp_path / "ray"), "--tracking-uri", "http://127.0.0.1:9"], "does not answer", capsys
+    )
 
 
 def test_an_existing_sweep_name_is_not_overwritten(tmp_path, capsys, monkeypatch):
@@ -94,8 +103,10 @@ def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path):
     client = mlflow.MlflowClient(uri)
     children = client.search_runs([tracker.experiment_id], filter_string="tags.pareto_front = 'true'")
     assert sorted(r.data.tags["nsde.trial_id"] for r in children) == ["a", "b"]
-    assert all(r.data.tags["nsde.role"] == "trial" and r.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
-               for r in children)
+    assert all(
+        r.data.tags["nsde.role"] == "trial" and r.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
+        for r in children
+    )
     parent = client.get_run(tracker.parent_run_id)
     assert parent.data.tags["nsde.role"] == "sweep"
     assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
@@ -125,22 +136,28 @@ def test_seed_runs_nest_under_their_configuration_and_reopen_by_index(tmp_path):
 def test_seeds_aggregate_to_means_with_std_and_standard_error():
     from nsde_ray.aggregate import aggregate_seeds
 
-    per_seed = [{"val_accuracy": 0.90, "sensitivity": 0.2, "sensitivity_saliency": 0.5, "train_time_s": 10.0},
-                {"val_accuracy": 0.80, "sensitivity": 0.4, "sensitivity_saliency": 0.7, "train_time_s": 30.0},
-                {"val_accuracy": 0.85, "sensitivity": float("nan"), "sensitivity_saliency": 0.6, "train_time_s": 20.0}]
+    per_seed = [
+        {"val_accuracy": 0.90, "sensitivity": 0.2, "sensitivity_saliency": 0.5, "train_time_s": 10.0},
+        {"val_accuracy": 0.80, "sensitivity": 0.4, "sensitivity_saliency": 0.7, "train_time_s": 30.0},
+        {"val_accuracy": 0.85, "sensitivity": float("nan"), "sensitivity_saliency": 0.6, "train_time_s": 20.0},
+    ]
     aggregated = aggregate_seeds(per_seed)
     assert aggregated["seeds"] == 3 and aggregated["val_accuracy"] == pytest.approx(0.85)
     assert aggregated["val_accuracy_std"] == pytest.approx(0.05) and aggregated["val_accuracy_se"] == pytest.approx(
-        0.05 / 3 ** 0.5)
-    assert aggregated["sensitivity_saliency_se"] == pytest.approx(0.1 / 3 ** 0.5)
+        0.05 / 3**0.5
+    )
+    assert aggregated["sensitivity_saliency_se"] == pytest.approx(0.1 / 3**0.5)
     assert math.isnan(aggregated["sensitivity"])  # one broken seed: the configuration's mean is not a number
     assert aggregated["train_time_s"] == 20.0 and "train_time_s_se" not in aggregated
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda root: (root / "val" / "dog" / "x.jpg").write_bytes(b"\x13\x37\xbe\xef\x00\x42"), "dog/x.jpg"),
-    (lambda root: ((root / "train" / "bird").mkdir(), (root / "val" / "bird").mkdir()), "hold no images"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: (root / "val" / "dog" / "x.jpg").write_bytes(b"\x13\x37\xbe\xef\x00\x42"), "dog/x.jpg"),
+        (lambda root: ((root / "train" / "bird").mkdir(), (root / "val" / "bird").mkdir()), "hold no images"),
+    ],
+)
 def test_bad_image_folders_fail_before_ray_starts(make, message, tmp_path, capsys, monkeypatch):
     from helpers import write_images
 
@@ -150,8 +167,21 @@ def test_bad_image_folders_fail_before_ray_starts(make, message, tmp_path, capsy
         write_images(data / split / "dog", 2, 200)
     make(data)
     monkeypatch.chdir(tmp_path)
-    assert_usage_error(main, ["--dataset", "imagefolder", "--data-dir", str(data), "--storage", str(tmp_path / "ray"),
-                              "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
+    assert_usage_error(
+        main,
+        [
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(data),
+            "--storage",
+            str(tmp_path / "ray"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+        ],
+        message,
+        capsys,
+    )
 
 
 def _epoch(epoch):
@@ -193,8 +223,9 @@ def test_epoch_logger_survives_mlflow_errors_and_logs_the_waiting_epochs_later(t
     down["now"] = True
     logger.after_report(None, [_epoch(4)], None)
     down["now"] = False
-    result = SimpleNamespace(best_checkpoints=[(None, _epoch(3)), (None, _epoch(4))], metrics=_epoch(5),
-                             checkpoint=None)
+    result = SimpleNamespace(
+        best_checkpoints=[(None, _epoch(3)), (None, _epoch(4))], metrics=_epoch(5), checkpoint=None
+    )
     tracker.log_missing_epochs(run_id, TrainOutcome.from_result(result).reports)
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # none twice
@@ -248,7 +279,9 @@ def test_resume_retries_errored_trials_unless_told_not_to(monkeypatch):
     sweep.restore_tuner(cfg, trainable=None)
     sweep.restore_tuner(cfg, trainable=None, retry_errored=False)
     assert [(c["resume_errored"], c["restart_errored"], c["resume_unfinished"]) for c in calls] == [
-        (True, False, True), (False, False, True)]
+        (True, False, True),
+        (False, False, True),
+    ]
     for parser in (build_parser(), tables_parser()):
         assert parser.parse_args(["--resume", "--no-retry-errored"]).no_retry_errored is True
         assert parser.parse_args(["--resume"]).no_retry_errored is False
@@ -259,15 +292,23 @@ def test_a_name_outside_the_storage_is_refused_before_anything_is_written(name, 
     storage = tmp_path / "ray"
     monkeypatch.chdir(tmp_path)
     for resume in ([], ["--resume"]):
-        assert_usage_error(main, ["--name", name, "--storage", str(storage), "--tracking-uri",
-                                  f"sqlite:///{tmp_path}/mlflow.db", *resume], "sweep name (--name)", capsys)
+        assert_usage_error(
+            main,
+            ["--name", name, "--storage", str(storage), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *resume],
+            "sweep name (--name)",
+            capsys,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no state, no MLflow store, not even the storage
 
 
 def test_a_tracking_uri_mlflow_cannot_use_is_a_usage_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert_usage_error(main, ["--storage", str(tmp_path / "ray"), "--tracking-uri", "foo://x"],
-                       "MLflow cannot use the tracking URI 'foo://x'", capsys)
+    assert_usage_error(
+        main,
+        ["--storage", str(tmp_path / "ray"), "--tracking-uri", "foo://x"],
+        "MLflow cannot use the tracking URI 'foo://x'",
+        capsys,
+    )
 
 
 def test_the_state_is_replaced_atomically(tmp_path, monkeypatch):
@@ -292,7 +333,8 @@ def test_the_state_is_replaced_atomically(tmp_path, monkeypatch):
 
 
 def test_a_storage_that_cannot_be_listed_is_not_read_as_empty(tmp_path):
-    from nsde_ray.lifecycle import SweepError, list_sweeps, save_state as save_sweep_state
+    from nsde_ray.lifecycle import SweepError, list_sweeps
+    from nsde_ray.lifecycle import save_state as save_sweep_state
 
     assert list_sweeps(str(tmp_path / "not-yet")) == []  # a storage not made yet holds no sweeps
     save_sweep_state(SweepConfig(name="s", storage=str(tmp_path / "ray")), {})
@@ -310,18 +352,49 @@ def test_resume_names_each_flag_that_differs_from_the_stored_settings(tmp_path, 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker.start(uri, "s", "s", {})
     save_sweep_state(SweepConfig(name="s", storage=str(tmp_path), tracking_uri=uri), tracker.describe())
-    args = cli.parse_args(cli.build_parser(), [
-        "--name", "s", "--storage", str(tmp_path), "--resume", "--epochs", "10", "--num-samples", "20",
-        "--lr", "0.1", "--sigma-range", "0", "2", "--set", "train.batch_size=64", "--set", "train.momentum=0.9",
-        "--smoke-test", "--no-retry-errored"])
-    cfg, _ = cli.open_run(args, command=cli.COMMAND, kind="sweep", from_args=cli.sweep_config_from_args,
-                          from_dict=SweepConfig.from_dict, resume_fields=cli.SWEEP_RESUME_FIELDS,
-                          sections={**cli.overrides.trial_sections(), cli.SPACE: SearchSpace})
+    args = cli.parse_args(
+        cli.build_parser(),
+        [
+            "--name",
+            "s",
+            "--storage",
+            str(tmp_path),
+            "--resume",
+            "--epochs",
+            "10",
+            "--num-samples",
+            "20",
+            "--lr",
+            "0.1",
+            "--sigma-range",
+            "0",
+            "2",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "train.momentum=0.9",
+            "--smoke-test",
+            "--no-retry-errored",
+        ],
+    )
+    cfg, _ = cli.open_run(
+        args,
+        command=cli.COMMAND,
+        kind="sweep",
+        from_args=cli.sweep_config_from_args,
+        from_dict=SweepConfig.from_dict,
+        resume_fields=cli.SWEEP_RESUME_FIELDS,
+        sections={**cli.overrides.trial_sections(), cli.SPACE: SearchSpace},
+    )
     err = capsys.readouterr().err
     assert "--resume continues 's' with its stored settings; these flags differ from them and are not applied" in err
-    for text in ("--epochs (stored 6, given 10)", "--num-samples (stored 8, given 20: a resumed run cannot be extended)",
-                 "--sigma-range (stored 0.0 1.0, given 0.0 2.0)",
-                 "--set train.batch_size=64 (train.batch_size: stored 32, given 64)", "--smoke-test (not applied)"):
+    for text in (
+        "--epochs (stored 6, given 10)",
+        "--num-samples (stored 8, given 20: a resumed run cannot be extended)",
+        "--sigma-range (stored 0.0 1.0, given 0.0 2.0)",
+        "--set train.batch_size=64 (train.batch_size: stored 32, given 64)",
+        "--smoke-test (not applied)",
+    ):
         assert text in err
     for same in ("--lr", "train.momentum", "--no-retry-errored", "--storage", "--name"):
         assert same not in err  # equal to the stored value, or a flag that says where and how to run
@@ -331,12 +404,25 @@ def test_resume_names_each_flag_that_differs_from_the_stored_settings(tmp_path, 
 def test_tune_sees_the_objectives_first_and_nothing_it_does_not_need():
     from nsde_ray.trial import reported_metrics
 
-    final = {"train_loss": 0.3, "sic": 0.4, "val_accuracy": 0.9, "sensitivity": 0.2, "sensitivity_se": 0.01,
-             "seeds": 2.0, "eval_time_s": 5.0}
+    final = {
+        "train_loss": 0.3,
+        "sic": 0.4,
+        "val_accuracy": 0.9,
+        "sensitivity": 0.2,
+        "sensitivity_se": 0.01,
+        "seeds": 2.0,
+        "eval_time_s": 5.0,
+    }
     reported = reported_metrics(final, diverged=False)
     assert list(reported)[:3] == ["val_accuracy", "sensitivity", "sic"]  # the columns of Tune's progress table
-    assert reported == {"val_accuracy": 0.9, "sensitivity": 0.2, "sic": 0.4, "sensitivity_se": 0.01, "seeds": 2.0,
-                        "diverged": 0.0}
+    assert reported == {
+        "val_accuracy": 0.9,
+        "sensitivity": 0.2,
+        "sic": 0.4,
+        "sensitivity_se": 0.01,
+        "seeds": 2.0,
+        "diverged": 0.0,
+    }
     diverged = reported_metrics({"val_accuracy": 0.1, "train_loss": math.inf}, diverged=True)
     assert diverged["val_accuracy"] == 0.1 and math.isnan(diverged["sensitivity"]) and math.isnan(diverged["sic"])
     assert diverged["diverged"] == 1.0 and diverged["seeds"] == 1.0

@@ -4,8 +4,8 @@ import signal
 
 import mlflow
 import pytest
-
 from helpers import finish_sweep, seed_runs, start_sweep, trial_runs, wait_until
+
 from nsde_ray.names import MODEL_FILE
 from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG
 
@@ -29,19 +29,40 @@ def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent_id
         assert run.data.tags["nsde.status"] == "finished" and run.info.status == "FINISHED"
-        assert {"noise_mode", "noise_sigma", "shaping_warmup_epochs", "shaping_refresh_every",
-                "shaping_clip_percentile", "arch", "dataset", "lr", "epochs", "seed"} <= set(run.data.params)
+        assert {
+            "noise_mode",
+            "noise_sigma",
+            "shaping_warmup_epochs",
+            "shaping_refresh_every",
+            "shaping_clip_percentile",
+            "arch",
+            "dataset",
+            "lr",
+            "epochs",
+            "seed",
+        } <= set(run.data.params)
         assert run.data.params["seeds_per_config"] == "2"
         metrics = run.data.metrics
-        assert {"val_accuracy", "sensitivity", "sic", "sensitivity_saliency", "sic_saliency", "noise_energy",
-                "randomisation_similarity_ig", "randomisation_passed_ig"} <= set(metrics)
+        assert {
+            "val_accuracy",
+            "sensitivity",
+            "sic",
+            "sensitivity_saliency",
+            "sic_saliency",
+            "noise_energy",
+            "randomisation_similarity_ig",
+            "randomisation_passed_ig",
+        } <= set(metrics)
         for name_ in ("val_accuracy", "sensitivity", "sic", "sensitivity_saliency", "noise_energy"):
-            assert metrics[f"{name_}_se"] == pytest.approx(metrics[f"{name_}_std"] / 2 ** 0.5)
+            assert metrics[f"{name_}_se"] == pytest.approx(metrics[f"{name_}_std"] / 2**0.5)
         assert metrics["noise_energy"] == {"none": 0.0, "gaussian": 1.0, "input": 1.0}.get(
-            run.data.params["noise_mode"], metrics["noise_energy"])
+            run.data.params["noise_mode"], metrics["noise_energy"]
+        )
         assert 0.0 <= float(run.data.tags["pareto_confidence"]) <= 1.0
-        own = sorted((s for s in seeds if s.data.tags["mlflow.parentRunId"] == run.info.run_id),
-                     key=lambda s: s.data.tags["nsde.seed_index"])
+        own = sorted(
+            (s for s in seeds if s.data.tags["mlflow.parentRunId"] == run.info.run_id),
+            key=lambda s: s.data.tags["nsde.seed_index"],
+        )
         assert [s.data.tags["nsde.seed_index"] for s in own] == ["0", "1"]
         assert [s.data.params["seed"] for s in own] == [run.data.params["seed"], str(int(run.data.params["seed"]) + 1)]
         assert metrics["val_accuracy"] == pytest.approx(sum(s.data.metrics["val_accuracy"] for s in own) / 2)
@@ -71,12 +92,27 @@ def test_resume_after_sigkill_trains_every_seed_exactly_once(tmp_path):
     """Killed once a seed has finished (its configuration still has one to go): the resume trains only the
     unfinished seeds, and every (configuration, seed) ends with exactly one finished run."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    flags = ["--smoke-test", "--seeds-per-config", "2", "--storage", str(tmp_path / "ray"), "--name", "resumable",
-             "--tracking-uri", uri]
+    flags = [
+        "--smoke-test",
+        "--seeds-per-config",
+        "2",
+        "--storage",
+        str(tmp_path / "ray"),
+        "--name",
+        "resumable",
+        "--tracking-uri",
+        uri,
+    ]
     process = start_sweep(flags, tmp_path, "first.log")
     try:
-        wait_until(lambda: any(r.data.tags.get("nsde.status") == "finished" for r in seed_runs(uri, "resumable")),
-                   process, tmp_path / "first.log", 600, "a finished seed", poll=2)
+        wait_until(
+            lambda: any(r.data.tags.get("nsde.status") == "finished" for r in seed_runs(uri, "resumable")),
+            process,
+            tmp_path / "first.log",
+            600,
+            "a finished seed",
+            poll=2,
+        )
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -108,16 +144,35 @@ def test_node_loss_mid_trial_retries_from_the_checkpoint(tmp_path):
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    flags = ["--num-samples", "2", "--seeds-per-config", "1", "--epochs", "4", "--eval-images", "16",
-             "--storage", str(tmp_path / "ray"),
-             "--name", "nodeloss", "--tracking-uri", uri, "--address", cluster.address]
+    flags = [
+        "--num-samples",
+        "2",
+        "--seeds-per-config",
+        "1",
+        "--epochs",
+        "4",
+        "--eval-images",
+        "16",
+        "--storage",
+        str(tmp_path / "ray"),
+        "--name",
+        "nodeloss",
+        "--tracking-uri",
+        uri,
+        "--address",
+        cluster.address,
+    ]
     process = start_sweep(flags, tmp_path, "nodeloss.log")
     client = mlflow.MlflowClient(uri)
 
     def one_epoch_done():
-        return [r for r in trial_runs(uri, "nodeloss")
-                if r.data.tags.get("nsde.train_nodes") and len(client.get_metric_history(r.info.run_id, "epoch")) >= 1
-                and r.data.tags.get("nsde.status") == "running"]
+        return [
+            r
+            for r in trial_runs(uri, "nodeloss")
+            if r.data.tags.get("nsde.train_nodes")
+            and len(client.get_metric_history(r.info.run_id, "epoch")) >= 1
+            and r.data.tags.get("nsde.status") == "running"
+        ]
 
     try:
         wait_until(lambda: one_epoch_done(), process, tmp_path / "nodeloss.log", 600, "a trial's first epoch", poll=2)

@@ -5,14 +5,26 @@ import time
 
 import mlflow
 import pytest
-
-from helpers import (finish_sweep, seed_runs, start_in_group, start_mlflow_server, start_sweep, stop_group,
-                     trial_runs, wait_for_mlflow_server, wait_until)
+from helpers import (
+    finish_sweep,
+    seed_runs,
+    start_in_group,
+    start_mlflow_server,
+    start_sweep,
+    stop_group,
+    trial_runs,
+    wait_for_mlflow_server,
+    wait_until,
+)
 
 # MLflow's client retries a failed call MAX_RETRIES times, sleeping 0, 2, 4 s (backoff factor 1, urllib3 2,
 # no jitter): a call to a server that is down gives up after about 6 s instead of about 4 minutes.
-SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+SHORT_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 RETRY_WINDOW_S = 6
 OUTAGE_S = 60
 NAME = "outage"
@@ -48,22 +60,41 @@ def test_sweep_completes_after_a_tracking_outage_longer_than_the_client_retries(
 
     The trials train under a ``TorchTrainer`` (``train.single_process`` off): there the per-epoch logging runs
     on Ray Train's controller, which Ray does not retry, the harder of the two training paths."""
-    server, uri = start_mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts",
-                                      tmp_path / "server.log")
-    flags = ["--smoke-test", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--name", NAME,
-             "--set", "train.single_process=false"]
+    server, uri = start_mlflow_server(
+        f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server.log"
+    )
+    flags = [
+        "--smoke-test",
+        "--tracking-uri",
+        uri,
+        "--storage",
+        str(tmp_path / "ray"),
+        "--name",
+        NAME,
+        "--set",
+        "train.single_process=false",
+    ]
     sweep = None
     try:
         wait_for_mlflow_server(server, uri, tmp_path / "server.log")
         sweep = start_sweep(flags, tmp_path, "sweep.log", env=SHORT_RETRIES)
-        wait_until(lambda: first_epoch_logged(uri), sweep, tmp_path / "sweep.log", 600,
-                   "a seed's first epoch in MLflow", poll=2)
+        wait_until(
+            lambda: first_epoch_logged(uri),
+            sweep,
+            tmp_path / "sweep.log",
+            600,
+            "a seed's first epoch in MLflow",
+            poll=2,
+        )
 
         stop_group(server)
         down_since = time.monotonic()
         time.sleep(OUTAGE_S)
-        server = start_in_group(list(server.args), tmp_path / "server_restarted.log",
-                                env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        server = start_in_group(
+            list(server.args),
+            tmp_path / "server_restarted.log",
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+        )
         wait_for_mlflow_server(server, uri, tmp_path / "server_restarted.log")
         outage = time.monotonic() - down_since
         assert outage > 5 * RETRY_WINDOW_S

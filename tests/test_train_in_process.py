@@ -1,18 +1,20 @@
 """A one-worker run in this process (fit_single_worker): checkpoints in the run's storage, resumed after a crash."""
 
+import dataclasses
 import os
 
 import pytest
 import torch
 
-import dataclasses
-
 from nsde_ray.config import DataConfig, NoiseConfig, ShapingConfig, TrainConfig, TrialConfig
 from nsde_ray.storage import CheckpointStore
 from nsde_ray.train import fit_single_worker, last_checkpoint, load_checkpoint
 
-CFG = TrialConfig(noise=NoiseConfig("gaussian", 0.5), data=DataConfig(dataset="synthetic", synthetic_samples=160),
-                  train=TrainConfig(epochs=3, batch_size=16))
+CFG = TrialConfig(
+    noise=NoiseConfig("gaussian", 0.5),
+    data=DataConfig(dataset="synthetic", synthetic_samples=160),
+    train=TrainConfig(epochs=3, batch_size=16),
+)
 
 
 class Crash(RuntimeError):
@@ -25,8 +27,9 @@ def _weights(checkpoint) -> dict[str, torch.Tensor]:
 
 
 # Gaussian noise, and shaping from training gradients, whose maps can only come back from the checkpoint
-SHAPED = dataclasses.replace(CFG, noise=NoiseConfig("attribution", 0.5),
-                             shaping=ShapingConfig(method="training_gradient", warmup_epochs=1))
+SHAPED = dataclasses.replace(
+    CFG, noise=NoiseConfig("attribution", 0.5), shaping=ShapingConfig(method="training_gradient", warmup_epochs=1)
+)
 
 
 @pytest.mark.parametrize("cfg", [CFG, SHAPED], ids=["gaussian", "training_gradient"])

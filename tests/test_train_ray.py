@@ -9,8 +9,8 @@ import time
 import psutil
 import pytest
 import torch
-
 from helpers import write_images
+
 from nsde_ray.config import DataConfig, NoiseConfig, ShapingConfig, TrainConfig, TrialConfig
 from nsde_ray.train import build_trainer, fit_single_worker, load_checkpoint
 
@@ -30,8 +30,9 @@ def test_digits_with_two_ddp_workers_reaches_90_percent(local_ray, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("noise", [NoiseConfig("gaussian", 0.5), NoiseConfig("attribution", 0.5)],
-                         ids=["gaussian", "shaped"])
+@pytest.mark.parametrize(
+    "noise", [NoiseConfig("gaussian", 0.5), NoiseConfig("attribution", 0.5)], ids=["gaussian", "shaped"]
+)
 def test_one_worker_trains_the_same_in_process_as_under_a_torch_trainer(noise, local_ray, tmp_path):
     """The sweep's default path (a one-worker trial trains in its own process) is the TorchTrainer's run; shaped
     training too, whose maps come from the model being trained (warm-up 1 epoch, then an IG refresh)."""
@@ -110,10 +111,12 @@ def test_an_image_folder_trains_with_loader_processes_and_shaping(resident_data,
     for split in ("train", "val"):
         write_images(tmp_path / "data" / split / "dark", 12, 20, size=(32, 32))
         write_images(tmp_path / "data" / split / "light", 12, 230, size=(32, 32))
-    cfg = TrialConfig(noise=NoiseConfig("attribution", 0.5),
-                      shaping=ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency"),
-                      data=DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "data")),
-                      train=TrainConfig(epochs=2, batch_size=8, cpus_per_worker=2, resident_data=resident_data))
+    cfg = TrialConfig(
+        noise=NoiseConfig("attribution", 0.5),
+        shaping=ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency"),
+        data=DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "data")),
+        train=TrainConfig(epochs=2, batch_size=8, cpus_per_worker=2, resident_data=resident_data),
+    )
     result = build_trainer(cfg, name="folder", storage_path=str(tmp_path / "ray")).fit()
     assert result.error is None
     assert result.metrics["epoch"] == 2 and not result.metrics["diverged"] and result.metrics["shaping_time_s"] > 0
@@ -156,4 +159,6 @@ def test_compiled_training_steps_run_and_keep_the_state_dict(noise_mode):
     assert not torch.equal(first, second)  # the noise is still drawn fresh inside the compiled graph
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(compiled(images), model(images))  # eval: no noise, same network (Inductor's rounding)
+        torch.testing.assert_close(
+            compiled(images), model(images)
+        )  # eval: no noise, same network (Inductor's rounding)

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 import torchvision
-
 from helpers import assert_usage_error
+
 from nsde_ray import cli, paper_tables
 from nsde_ray.config import DataConfig, NoiseConfig, TrainConfig, TrialConfig
 from nsde_ray.models import build_model
@@ -22,7 +22,8 @@ def _digits_model(seed: int, num_classes: int = 10, arch: str = "cifar_resnet8")
 
 def _same_weights(state: dict, model: torch.nn.Module) -> bool:
     return state.keys() == model.state_dict().keys() and all(
-        torch.equal(state[key], value) for key, value in model.state_dict().items())
+        torch.equal(state[key], value) for key, value in model.state_dict().items()
+    )
 
 
 def test_loading_replaces_every_weight(tmp_path):
@@ -51,12 +52,18 @@ def test_our_checkpoints_load_as_a_directory_or_a_file(tmp_path):
             assert _same_weights(read_weights(str(path)), _digits_model(1))
 
 
-@pytest.mark.parametrize("content, message", [
-    (lambda: _digits_model(1), "cannot be read as plain tensors with torch.load(weights_only=True) (save "
-                               "model.state_dict(), not the model): WeightsUnpickler error: Unsupported global"),
-    (lambda: {"epoch": 2, "diverged": True}, "hold no state dict (it marks a diverged run"),
-    (lambda: [1, 2], "hold no state dict: expected {name: tensor}"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            lambda: _digits_model(1),
+            "cannot be read as plain tensors with torch.load(weights_only=True) (save "
+            "model.state_dict(), not the model): WeightsUnpickler error: Unsupported global",
+        ),
+        (lambda: {"epoch": 2, "diverged": True}, "hold no state dict (it marks a diverged run"),
+        (lambda: [1, 2], "hold no state dict: expected {name: tensor}"),
+    ],
+)
 def test_files_that_are_not_plain_weights_are_refused(tmp_path, content, message):
     torch.save(content(), tmp_path / "w.pt")
     with pytest.raises(WeightsError) as error:
@@ -78,29 +85,63 @@ def test_matching_weights_pass_the_check_and_the_path_becomes_absolute(tmp_path,
     args = cli.parse_args(paper_tables.build_parser(), ["--init-from", "w.pt", "--seeds", "4"])
     assert paper_tables.config_from_args(args, "t", str(tmp_path)).base.train.init_from == str(tmp_path / "w.pt")
     # Through main: past the weights check, up to the tracking server that does not answer; no Ray.
-    assert_usage_error(cli.main, ["--init-from", "w.pt", "--storage", str(tmp_path / "ray"), "--tracking-uri",
-                                  "http://127.0.0.1:9"], "does not answer", capsys)
+    assert_usage_error(
+        cli.main,
+        ["--init-from", "w.pt", "--storage", str(tmp_path / "ray"), "--tracking-uri", "http://127.0.0.1:9"],
+        "does not answer",
+        capsys,
+    )
 
 
-@pytest.mark.parametrize("main, flags, weights, message", [
-    (cli.main, [], lambda: torchvision.models.resnet18(num_classes=10),
-     "(cifar_resnet8 on digits: 10 classes, 1-channel images) do not fit the model: shapes differ: conv1.weight "
-     "(64, 3, 7, 7) where the model has (16, 1, 3, 3)"),
-    (cli.main, [], lambda: _digits_model(1, num_classes=4),
-     "do not fit the model: shapes differ: fc.weight (4, 64) where the model has (10, 64), fc.bias (4,) where the "
-     "model has (10,)"),
-    (paper_tables.main, ["--arch", "cifar_resnet8", "cifar_resnet14"], lambda: _digits_model(1),
-     "(cifar_resnet14 on digits: 10 classes, 1-channel images) do not fit the model: missing keys: layer1.1.conv1.weight"),
-    (paper_tables.main, ["--set", "data.synthetic_classes=3", "--dataset", "synthetic"], lambda: _digits_model(1),
-     "(cifar_resnet8 on synthetic: 3 classes, 3-channel images) do not fit the model: shapes differ: conv1.weight "
-     "(16, 1, 3, 3) where the model has (16, 3, 3, 3)"),
-])
-def test_weights_that_do_not_fit_exit_2_before_ray_starts(main, flags, weights, message, tmp_path, capsys,
-                                                            monkeypatch):
+@pytest.mark.parametrize(
+    "main, flags, weights, message",
+    [
+        (
+            cli.main,
+            [],
+            lambda: torchvision.models.resnet18(num_classes=10),
+            "(cifar_resnet8 on digits: 10 classes, 1-channel images) do not fit the model: shapes differ: conv1.weight "
+            "(64, 3, 7, 7) where the model has (16, 1, 3, 3)",
+        ),
+        (
+            cli.main,
+            [],
+            lambda: _digits_model(1, num_classes=4),
+            "do not fit the model: shapes differ: fc.weight (4, 64) where the model has (10, 64), fc.bias (4,) where the "
+            "model has (10,)",
+        ),
+        (
+            paper_tables.main,
+            ["--arch", "cifar_resnet8", "cifar_resnet14"],
+            lambda: _digits_model(1),
+            "(cifar_resnet14 on digits: 10 classes, 1-channel images) do not fit the model: missing keys: layer1.1.conv1.weight",
+        ),
+        (
+            paper_tables.main,
+            ["--set", "data.synthetic_classes=3", "--dataset", "synthetic"],
+            lambda: _digits_model(1),
+            "(cifar_resnet8 on synthetic: 3 classes, 3-channel images) do not fit the model: shapes differ: conv1.weight "
+            "(16, 1, 3, 3) where the model has (16, 3, 3, 3)",
+        ),
+    ],
+)
+def test_weights_that_do_not_fit_exit_2_before_ray_starts(main, flags, weights, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save(weights().state_dict(), tmp_path / "w.pt")
-    assert_usage_error(main, flags + ["--init-from", str(tmp_path / "w.pt"), "--storage", str(tmp_path / "ray"),
-                                      "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], message, capsys)
+    assert_usage_error(
+        main,
+        flags
+        + [
+            "--init-from",
+            str(tmp_path / "w.pt"),
+            "--storage",
+            str(tmp_path / "ray"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+        ],
+        message,
+        capsys,
+    )
 
 
 def test_a_new_run_starts_from_the_weights_and_a_resumed_one_from_its_checkpoint(tmp_path):

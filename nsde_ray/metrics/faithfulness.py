@@ -14,8 +14,16 @@ from torch import nn
 from nsde_ray.attribution import eval_mode
 
 
-def infidelity(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, attributions: torch.Tensor, *,
-               noise_std: float = 0.1, n_perturbations: int = 10, seed: int = 0) -> torch.Tensor:
+def infidelity(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    attributions: torch.Tensor,
+    *,
+    noise_std: float = 0.1,
+    n_perturbations: int = 10,
+    seed: int = 0,
+) -> torch.Tensor:
     """Per-image infidelity (B,); inputs and attributions (B, C, H, W), target (B,)."""
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
 
@@ -24,5 +32,6 @@ def infidelity(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, att
         return noise, batch - noise
 
     with torch.no_grad(), eval_mode(model):
-        return captum_infidelity(model, perturb, inputs, attributions, target=target,
-                                 n_perturb_samples=n_perturbations, normalize=True).detach()
+        return captum_infidelity(
+            model, perturb, inputs, attributions, target=target, n_perturb_samples=n_perturbations, normalize=True
+        ).detach()

@@ -110,12 +110,19 @@ def webp_size(image: np.ndarray) -> int:
     """PAIR's ``estimate_image_entropy``: bytes of the lossless WebP of uint8 (H, W, C), C in {1, 3}."""
     buffer = io.BytesIO()
     Image.fromarray(np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image).save(
-        buffer, format="webp", lossless=True, quality=100)
+        buffer, format="webp", lossless=True, quality=100
+    )
     return buffer.tell()
 
 
-def pic_curve(information: np.ndarray, performance: np.ndarray, curve_x: np.ndarray, *, min_pred_value: float,
-              keep_monotonous: bool = True) -> np.ndarray | None:
+def pic_curve(
+    information: np.ndarray,
+    performance: np.ndarray,
+    curve_x: np.ndarray,
+    *,
+    min_pred_value: float,
+    keep_monotonous: bool = True,
+) -> np.ndarray | None:
     """One image's PIC on ``curve_x``, or None where PAIR raises ``ComputePicMetricError``.
 
     ``information`` and ``performance``: (T + 2,) for [original, fully blurred, thresholds...].
@@ -134,10 +141,22 @@ def pic_curve(information: np.ndarray, performance: np.ndarray, curve_x: np.ndar
     return curve
 
 
-def compute_pic(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, *,
-                mean: Sequence[float], std: Sequence[float], saliency_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                num_data_points: int = 1001, random_mask_fraction: float = 0.01, seed: int = 0,
-                batch_size: int = 256, min_pred_value: float = 0.5, keep_monotonous: bool = True) -> PicResult:
+def compute_pic(
+    model: nn.Module,
+    images: torch.Tensor,
+    saliency: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    saliency_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    num_data_points: int = 1001,
+    random_mask_fraction: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 256,
+    min_pred_value: float = 0.5,
+    keep_monotonous: bool = True,
+) -> PicResult:
     """SIC and AIC of saliency maps, per image and over the data set (see the module docstring).
 
     images: (B, C, H, W) normalised model inputs, C in {1, 3}; ``images * std + mean`` in [0, 1] is
@@ -155,7 +174,9 @@ def compute_pic(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, 
         raise ValueError(f"images must be (B, C, H, W) with C = 1 or 3, got shape {tuple(images.shape)}")
     batch, channels, height, width = images.shape
     if tuple(saliency.shape) != (batch, height, width):
-        raise ValueError(f"saliency must be (B, H, W) = {(batch, height, width)} to match images, got {tuple(saliency.shape)}")
+        raise ValueError(
+            f"saliency must be (B, H, W) = {(batch, height, width)} to match images, got {tuple(saliency.shape)}"
+        )
     if tuple(target.shape) != (batch,):
         raise ValueError(f"target must be (B,) = ({batch},), got {tuple(target.shape)}")
     if len(mean) != channels or len(std) != channels:
@@ -183,25 +204,39 @@ def compute_pic(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, 
         for start in range(0, batch, per_chunk):
             stack, information = [], []
             for i in range(start, min(start + per_chunk, batch)):
-                keep = [masks[i]] + [(saliency_np[i] >= np.quantile(saliency_np[i], 1 - t)) | masks[i]
-                                     for t in saliency_thresholds]
+                keep = [masks[i]] + [
+                    (saliency_np[i] >= np.quantile(saliency_np[i], 1 - t)) | masks[i] for t in saliency_thresholds
+                ]
                 versions = [pixels[i]] + [blurred_image(pixels[i], m) for m in keep]
                 information.append(np.array([webp_size(v) for v in versions]))
                 stack.extend(versions)
             inputs = torch.from_numpy(np.stack(stack)).to(device).permute(0, 3, 1, 2).float() / 255.0
-            probs = torch.cat([torch.softmax(model((chunk - mean_t) / std_t), dim=1)
-                               for chunk in inputs.split(batch_size)]).double().cpu().numpy()
+            probs = (
+                torch.cat([torch.softmax(model((chunk - mean_t) / std_t), dim=1) for chunk in inputs.split(batch_size)])
+                .double()
+                .cpu()
+                .numpy()
+            )
             probs = probs.reshape(len(information), n_versions, -1)
-            for info, p, cls in zip(information, probs, targets[start:start + per_chunk]):
-                sic_curves.append(pic_curve(info, p[:, cls], curve_x, min_pred_value=min_pred_value,
-                                            keep_monotonous=keep_monotonous))
-                aic_curves.append(pic_curve(info, (p.argmax(axis=1) == cls).astype(np.float64), curve_x,
-                                            min_pred_value=min_pred_value, keep_monotonous=keep_monotonous))
+            for info, p, cls in zip(information, probs, targets[start : start + per_chunk]):
+                sic_curves.append(
+                    pic_curve(info, p[:, cls], curve_x, min_pred_value=min_pred_value, keep_monotonous=keep_monotonous)
+                )
+                aic_curves.append(
+                    pic_curve(
+                        info,
+                        (p.argmax(axis=1) == cls).astype(np.float64),
+                        curve_x,
+                        min_pred_value=min_pred_value,
+                        keep_monotonous=keep_monotonous,
+                    )
+                )
 
     sic, sic_curve, sic_auc = _summarise(sic_curves, curve_x)
     aic, aic_curve, aic_auc = _summarise(aic_curves, curve_x)
-    return PicResult(sic=sic, aic=aic, sic_curve=sic_curve, aic_curve=aic_curve, curve_x=curve_x,
-                     sic_auc=sic_auc, aic_auc=aic_auc)
+    return PicResult(
+        sic=sic, aic=aic, sic_curve=sic_curve, aic_curve=aic_curve, curve_x=curve_x, sic_auc=sic_auc, aic_auc=aic_auc
+    )
 
 
 def _summarise(curves: list[np.ndarray | None], curve_x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -72,9 +72,15 @@ def rank_correlation(first: torch.Tensor, second: torch.Tensor) -> np.ndarray:
     return result
 
 
-def randomisation_check(explain: Explainer, explain_randomised: Explainer, inputs: torch.Tensor,
-                        target: torch.Tensor, explanations: torch.Tensor | None = None,
-                        seed: int = 0, repeat: bool = True) -> tuple[float, float | None]:
+def randomisation_check(
+    explain: Explainer,
+    explain_randomised: Explainer,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    explanations: torch.Tensor | None = None,
+    seed: int = 0,
+    repeat: bool = True,
+) -> tuple[float, float | None]:
     """(similarity, repeatability) of an explainer: mean :func:`rank_correlation` over the images.
 
     ``explain`` explains the trained model, ``explain_randomised`` the same method on

@@ -31,8 +31,16 @@ class Saturation:
     alignment_after: torch.Tensor
 
 
-def ig_saturation(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor | None = None,
-                  *, n_alphas: int = 64, level: float = 0.95, chunk_size: int = 512) -> Saturation:
+def ig_saturation(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    baseline: torch.Tensor | None = None,
+    *,
+    n_alphas: int = 64,
+    level: float = 0.95,
+    chunk_size: int = 512,
+) -> Saturation:
     """Diagnostics for inputs (B, C, H, W), target (B,), baseline (1, C, H, W) or None for zeros."""
     baseline = torch.zeros_like(inputs[:1]) if baseline is None else baseline.to(inputs.device)
     alphas = torch.linspace(0.0, 1.0, n_alphas, device=inputs.device)
@@ -42,8 +50,8 @@ def ig_saturation(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, 
     logits, grads = [], []
     with eval_mode(model):
         for start in range(0, len(path), chunk_size):
-            points = path[start:start + chunk_size].detach().requires_grad_(True)
-            selected = model(points).gather(1, path_target[start:start + chunk_size, None]).squeeze(1)
+            points = path[start : start + chunk_size].detach().requires_grad_(True)
+            selected = model(points).gather(1, path_target[start : start + chunk_size, None]).squeeze(1)
             (grad,) = torch.autograd.grad(selected.sum(), points)
             logits.append(selected.detach())
             grads.append(grad.flatten(1))
@@ -51,8 +59,13 @@ def ig_saturation(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, 
     logits = torch.cat(logits).view(batch, n_alphas)
     grads = torch.cat(grads).view(batch, n_alphas, -1)
     grad_norm = grads.norm(dim=2)
-    alignment = torch.cat([nn.functional.cosine_similarity(grads[:, :-1], grads[:, 1:], dim=2),
-                           torch.full((batch, 1), float("nan"), device=grads.device)], dim=1)
+    alignment = torch.cat(
+        [
+            nn.functional.cosine_similarity(grads[:, :-1], grads[:, 1:], dim=2),
+            torch.full((batch, 1), float("nan"), device=grads.device),
+        ],
+        dim=1,
+    )
     gain = logits - logits[:, :1]
     total = gain[:, -1:]
     reached = gain * total.sign() >= level * total.abs()
@@ -61,6 +74,15 @@ def ig_saturation(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, 
     grad_norm_after = (grad_norm * after).sum(dim=1) / after.sum(dim=1)
     aligned_after = after[:, :-1]
     alignment_after = (alignment[:, :-1] * aligned_after).sum(dim=1) / aligned_after.sum(dim=1).clamp_min(1)
-    alignment_after = torch.where(aligned_after.any(dim=1), alignment_after, torch.full_like(alignment_after, float("nan")))
-    return Saturation(alphas.cpu(), logits.cpu(), grad_norm.cpu(), alignment.cpu(), alphas[first].cpu(),
-                      grad_norm_after.cpu(), alignment_after.cpu())
+    alignment_after = torch.where(
+        aligned_after.any(dim=1), alignment_after, torch.full_like(alignment_after, float("nan"))
+    )
+    return Saturation(
+        alphas.cpu(),
+        logits.cpu(),
+        grad_norm.cpu(),
+        alignment.cpu(),
+        alphas[first].cpu(),
+        grad_norm_after.cpu(),
+        alignment_after.cpu(),
+    )

@@ -35,17 +35,26 @@ from torch import nn
 from nsde_ray.attribution import Explainer, eval_mode
 
 
-def uniform_perturbations(shape: Sequence[int], n_perturbations: int, radius: float, std: Sequence[float],
-                          generator: torch.Generator) -> torch.Tensor:
+def uniform_perturbations(
+    shape: Sequence[int], n_perturbations: int, radius: float, std: Sequence[float], generator: torch.Generator
+) -> torch.Tensor:
     """Deltas (B, n, C, H, W), uniform in the pixel-space L-inf ball of ``radius``, in normalised units."""
     batch, channels, height, width = shape
     deltas = (2 * torch.rand(batch, n_perturbations, channels, height, width, generator=generator) - 1) * radius
     return deltas / torch.as_tensor(std, dtype=deltas.dtype).view(1, 1, -1, 1, 1)
 
 
-def max_sensitivity(explain: Explainer, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
-                    deltas: torch.Tensor, *, keep_prediction: bool = True, chunk_size: int = 256,
-                    explanations: torch.Tensor | None = None) -> torch.Tensor:
+def max_sensitivity(
+    explain: Explainer,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    deltas: torch.Tensor,
+    *,
+    keep_prediction: bool = True,
+    chunk_size: int = 256,
+    explanations: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-image max-sensitivity (B,), unitless (a relative change of the attribution).
 
     inputs (B, C, H, W) and target (B,) as the explainer takes them; deltas (B, n, C, H, W) in
@@ -54,14 +63,16 @@ def max_sensitivity(explain: Explainer, model: nn.Module, inputs: torch.Tensor, 
     """
     batch, n_perturbations = deltas.shape[:2]
     if deltas.shape[0] != inputs.shape[0] or deltas.shape[2:] != inputs.shape[1:]:
-        raise ValueError(f"deltas {tuple(deltas.shape)} do not fit inputs {tuple(inputs.shape)}: expected (B, n, C, H, W)")
+        raise ValueError(
+            f"deltas {tuple(deltas.shape)} do not fit inputs {tuple(inputs.shape)}: expected (B, n, C, H, W)"
+        )
     base = explain(inputs, target) if explanations is None else explanations
     perturbed = (inputs.unsqueeze(1) + deltas.to(inputs.device)).flatten(0, 1)
     perturbed_target = target.repeat_interleave(n_perturbations)
     changes = []
     for start in range(0, len(perturbed), chunk_size):
-        chunk = perturbed[start:start + chunk_size]
-        changes.append(explain(chunk, perturbed_target[start:start + chunk_size]).flatten(1))
+        chunk = perturbed[start : start + chunk_size]
+        changes.append(explain(chunk, perturbed_target[start : start + chunk_size]).flatten(1))
     diff = torch.cat(changes).view(batch, n_perturbations, -1) - base.flatten(1).unsqueeze(1)
     base_norm = base.flatten(1).norm(dim=1, keepdim=True)
     relative = diff.norm(dim=2) / base_norm  # inf for an all-zero map, NaN for 0/0
@@ -69,8 +80,9 @@ def max_sensitivity(explain: Explainer, model: nn.Module, inputs: torch.Tensor, 
     if not keep_prediction:
         return relative.amax(dim=1)
     with torch.no_grad(), eval_mode(model):
-        predicted = torch.cat([model(perturbed[s:s + chunk_size]).argmax(dim=1)
-                               for s in range(0, len(perturbed), chunk_size)])
+        predicted = torch.cat(
+            [model(perturbed[s : s + chunk_size]).argmax(dim=1) for s in range(0, len(perturbed), chunk_size)]
+        )
     same = (predicted == perturbed_target).view(batch, n_perturbations)
     counted = torch.where(same, relative, torch.full_like(relative, -float("inf"))).amax(dim=1)
     return torch.where(same.any(dim=1), counted, torch.full_like(counted, float("nan")))

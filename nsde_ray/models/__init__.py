@@ -25,8 +25,16 @@ if TYPE_CHECKING:
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
-__all__ = ["BlockNoise", "StochasticBasicBlock", "StochasticBottleneck", "build_model",
-           "build_plain_model", "noise_modules", "set_fused_noise", "set_noise_shape_maps"]
+__all__ = [
+    "BlockNoise",
+    "StochasticBasicBlock",
+    "StochasticBottleneck",
+    "build_model",
+    "build_plain_model",
+    "noise_modules",
+    "set_fused_noise",
+    "set_noise_shape_maps",
+]
 
 
 def build_plain_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -38,8 +46,14 @@ def build_plain_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.M
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         old = model.conv1
-        model.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
-                                padding=old.padding, bias=False)
+        model.conv1 = nn.Conv2d(
+            in_channels,
+            old.out_channels,
+            kernel_size=old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            bias=False,
+        )
     return model
 
 

@@ -51,8 +51,11 @@ def disable(error: BaseException) -> None:
     global disabled_reason
     if disabled_reason is None:
         disabled_reason = f"{type(error).__name__}: {error}"
-        warnings.warn(f"nsde_ray: the fused noise kernels failed ({disabled_reason}); using the eager path from now on",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"nsde_ray: the fused noise kernels failed ({disabled_reason}); using the eager path from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def available(x: torch.Tensor) -> bool:
@@ -64,9 +67,14 @@ def available(x: torch.Tensor) -> bool:
 
 def supported(out: torch.Tensor, identity: torch.Tensor) -> bool:
     """Dense (B, C, H, W) inputs of one dtype and one layout (contiguous or channels_last)."""
-    return (out.ndim == 4 and out.shape == identity.shape and out.dtype == identity.dtype
-            and out.dtype in (torch.float32, torch.bfloat16, torch.float16) and out.stride() == identity.stride()
-            and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)))
+    return (
+        out.ndim == 4
+        and out.shape == identity.shape
+        and out.dtype == identity.dtype
+        and out.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and out.stride() == identity.stride()
+        and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
+    )
 
 
 if triton is not None:
@@ -91,8 +99,23 @@ if triton is not None:
         tl.store(partial_ptr + slot + 1, tl.sum(acc2, axis=0))
 
     @triton.jit
-    def _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, base, offs, z, scale, b, N, HW, C,
-                    HAS_MAP: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    def _apply_part(
+        out_ptr,
+        id_ptr,
+        y_ptr,
+        mask_ptr,
+        map_ptr,
+        base,
+        offs,
+        z,
+        scale,
+        b,
+        N,
+        HW,
+        C,
+        HAS_MAP: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr,
+    ):
         m = offs < N
         o = tl.load(out_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
         d = tl.load(id_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
@@ -109,9 +132,24 @@ if triton is not None:
         tl.store(mask_ptr + base + offs, (s > 0.0).to(tl.uint8), mask=m)
 
     @triton.jit
-    def _apply_kernel(out_ptr, id_ptr, y_ptr, mask_ptr, partial_ptr, map_ptr, seed_ptr, sigma, N, HW, C, SPLITS,
-                      SPLITS_P2: tl.constexpr, BLOCK: tl.constexpr, HAS_MAP: tl.constexpr,
-                      CHANNELS_LAST: tl.constexpr):
+    def _apply_kernel(
+        out_ptr,
+        id_ptr,
+        y_ptr,
+        mask_ptr,
+        partial_ptr,
+        map_ptr,
+        seed_ptr,
+        sigma,
+        N,
+        HW,
+        C,
+        SPLITS,
+        SPLITS_P2: tl.constexpr,
+        BLOCK: tl.constexpr,
+        HAS_MAP: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr,
+    ):
         tile = tl.program_id(0)
         b = tl.program_id(1)
         splits = tl.arange(0, SPLITS_P2)
@@ -129,18 +167,65 @@ if triton is not None:
         z0, z1, z2, z3 = tl.randn4x(seed, program * QUARTER + r)
         base = b.to(tl.int64) * N
         start = tile * BLOCK
-        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, base, start + r, z0, scale, b, N, HW, C,
-                    HAS_MAP, CHANNELS_LAST)
-        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, base, start + QUARTER + r, z1, scale, b, N, HW, C,
-                    HAS_MAP, CHANNELS_LAST)
-        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, base, start + 2 * QUARTER + r, z2, scale, b, N, HW,
-                    C, HAS_MAP, CHANNELS_LAST)
-        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, base, start + 3 * QUARTER + r, z3, scale, b, N, HW,
-                    C, HAS_MAP, CHANNELS_LAST)
+        _apply_part(
+            out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, base, start + r, z0, scale, b, N, HW, C, HAS_MAP, CHANNELS_LAST
+        )
+        _apply_part(
+            out_ptr,
+            id_ptr,
+            y_ptr,
+            mask_ptr,
+            map_ptr,
+            base,
+            start + QUARTER + r,
+            z1,
+            scale,
+            b,
+            N,
+            HW,
+            C,
+            HAS_MAP,
+            CHANNELS_LAST,
+        )
+        _apply_part(
+            out_ptr,
+            id_ptr,
+            y_ptr,
+            mask_ptr,
+            map_ptr,
+            base,
+            start + 2 * QUARTER + r,
+            z2,
+            scale,
+            b,
+            N,
+            HW,
+            C,
+            HAS_MAP,
+            CHANNELS_LAST,
+        )
+        _apply_part(
+            out_ptr,
+            id_ptr,
+            y_ptr,
+            mask_ptr,
+            map_ptr,
+            base,
+            start + 3 * QUARTER + r,
+            z3,
+            scale,
+            b,
+            N,
+            HW,
+            C,
+            HAS_MAP,
+            CHANNELS_LAST,
+        )
 
 
-def _forward(out: torch.Tensor, identity: torch.Tensor, sigma: float,
-             shape_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    out: torch.Tensor, identity: torch.Tensor, sigma: float, shape_map: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = out.shape
     n = channels * height * width
     y = torch.empty_like(out)
@@ -149,22 +234,39 @@ def _forward(out: torch.Tensor, identity: torch.Tensor, sigma: float,
         return y, mask
     splits = triton.cdiv(n, REDUCE_CHUNK)
     partial = torch.empty((batch, splits, 2), device=out.device, dtype=torch.float32)
-    _stats_kernel[(batch, splits)](out, identity, partial, n, splits, CHUNK=REDUCE_CHUNK, BLOCK=REDUCE_BLOCK,
-                                   num_warps=REDUCE_WARPS)
+    _stats_kernel[(batch, splits)](
+        out, identity, partial, n, splits, CHUNK=REDUCE_CHUNK, BLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS
+    )
     seed = torch.randint(0, 2**31 - 1, (1,), device=out.device, dtype=torch.int64)
     if shape_map is not None:
         shape_map = shape_map.reshape(batch, height * width).float().contiguous()
     channels_last = not out.is_contiguous()
     _apply_kernel[(triton.cdiv(n, APPLY_BLOCK), batch)](
-        out, identity, y, mask, partial, shape_map if shape_map is not None else partial, seed, float(sigma), n,
-        height * width, channels, splits, SPLITS_P2=max(2, triton.next_power_of_2(splits)), BLOCK=APPLY_BLOCK,
-        HAS_MAP=shape_map is not None, CHANNELS_LAST=channels_last, num_warps=APPLY_WARPS)
+        out,
+        identity,
+        y,
+        mask,
+        partial,
+        shape_map if shape_map is not None else partial,
+        seed,
+        float(sigma),
+        n,
+        height * width,
+        channels,
+        splits,
+        SPLITS_P2=max(2, triton.next_power_of_2(splits)),
+        BLOCK=APPLY_BLOCK,
+        HAS_MAP=shape_map is not None,
+        CHANNELS_LAST=channels_last,
+        num_warps=APPLY_WARPS,
+    )
     return y, mask
 
 
 @torch.library.custom_op("nsde_ray::residual_noise", mutates_args=())
-def _residual_noise_op(out: torch.Tensor, identity: torch.Tensor, sigma: float,
-                       shape_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _residual_noise_op(
+    out: torch.Tensor, identity: torch.Tensor, sigma: float, shape_map: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _forward(out, identity, sigma, shape_map)
 
 
@@ -187,8 +289,9 @@ def _backward(ctx, grad_y, grad_mask):
 _residual_noise_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def residual_noise(out: torch.Tensor, identity: torch.Tensor, sigma: float,
-                   shape_map: torch.Tensor | None = None) -> torch.Tensor:
+def residual_noise(
+    out: torch.Tensor, identity: torch.Tensor, sigma: float, shape_map: torch.Tensor | None = None
+) -> torch.Tensor:
     """``relu(out + identity) + sigma * std * m * eps`` (std per sample over (C, H, W) of the ReLU output).
 
     out, identity: (B, C, H, W), same dtype and layout (see :func:`supported`); shape_map: None or
