@@ -7,7 +7,10 @@ prints, stores or shows a URI masks its password (:func:`mask_uri`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 
 from mlflow import MlflowClient
 
@@ -124,10 +127,38 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from err
 
 
+@contextlib.contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, an exclusive lock (``<database>.lock`` beside it) held while MLflow may create or migrate
+    its tables; nothing for other stores.
+
+    MLflow creates a new SQLite store's tables on first use, unguarded: two commands started together on a
+    new store both try, and one fails with "table alembic_version already exists". Under this lock the
+    second waits and finds the tables made.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = uri[len("sqlite:///") :]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def check_tracking_uri(uri: str) -> None:
-    """A clear :class:`TrackingError` for a URI that MLflow cannot use at all (an unknown scheme such as ``foo://``)."""
+    """A clear :class:`TrackingError` for a URI that MLflow cannot use at all (an unknown scheme such as ``foo://``).
+
+    A new SQLite store gets its tables here, under :func:`store_creation_lock`.
+    """
     try:
-        MlflowClient(uri)
+        with store_creation_lock(uri):
+            client = MlflowClient(uri)
+            if uri.startswith("sqlite:"):
+                client.search_experiments(max_results=1)  # creates the tables of a new store
     except Exception as err:  # MLflow raises MlflowException subclasses for unsupported schemes
         raise TrackingError(
             f"MLflow cannot use the tracking URI {mask_uri(uri)!r}: {redact(str(err), uri)}; "

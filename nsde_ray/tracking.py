@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from nsde_ray import front
 from nsde_ray.front_table import front_markdown
-from nsde_ray.mlflow_uri import TrackingError, mask_uri, redact
+from nsde_ray.mlflow_uri import TrackingError, mask_uri, redact, store_creation_lock
 from nsde_ray.registry import effective_sigma, front_params, objective_names, unused_params
 
 ROLE, TRIAL_ID, STATUS, SWEEP = "nsde.role", "nsde.trial_id", "nsde.status", "nsde.sweep"
@@ -88,6 +88,20 @@ def front_url(experiment_id: str, base: str = "") -> str:
     return f"{base.rstrip('/') + '/' if base else ''}#/experiments/{experiment_id}/runs?{query}"
 
 
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created (as a training experiment) if there is none yet."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND: TRAINING_KIND})
+    except Exception:  # another command created it in between (a server answers RESOURCE_ALREADY_EXISTS)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 class SweepTracker:
     """The MLflow side of one sweep; cheap to rebuild in any Ray process from (uri, experiment_id, parent_run_id)."""
 
@@ -97,15 +111,15 @@ class SweepTracker:
 
     @classmethod
     def start(cls, tracking_uri: str, experiment_name: str, sweep_name: str, params: dict[str, Any]) -> SweepTracker:
-        """Create the experiment (if new) and the sweep's parent run."""
+        """Create the experiment (if new) and the sweep's parent run.
+
+        Two commands that start together may both find the experiment missing: the one whose creation is
+        refused takes the experiment the other made.
+        """
         client = MlflowClient(tracking_uri)
         try:
-            experiment = client.get_experiment_by_name(experiment_name)
-            experiment_id = (
-                experiment.experiment_id
-                if experiment is not None
-                else client.create_experiment(experiment_name, tags={EXPERIMENT_KIND: TRAINING_KIND})
-            )
+            with store_creation_lock(tracking_uri):
+                experiment_id = _experiment_id(client, experiment_name)
             run = client.create_run(experiment_id, run_name=sweep_name, tags={ROLE: "sweep", SWEEP: sweep_name})
         except Exception as err:  # connection refused, bad URI, permissions: MLflow raises many kinds
             raise TrackingError(
