@@ -70,16 +70,21 @@ def load(paths: list[str]) -> Design:
     if not rows:
         raise SystemExit(f"no rows in {', '.join(paths)}")
     groups = {row["config_id"]: row["noise_mode"] for row in rows}
-    runs = {(row["config_id"], int(row["seed"])): {k: float(v) for k, v in row.items()
-                                                   if k in METRICS or k.endswith("_eval1")} for row in rows}
+    runs = {
+        (row["config_id"], int(row["seed"])): {
+            k: float(v) for k, v in row.items() if k in METRICS or k.endswith("_eval1")
+        }
+        for row in rows
+    }
     seeds = sorted(set.intersection(*({s for c, s in runs if c == config} for config in groups)))
     return Design(rows[0]["design"], list(groups), list(groups.values()), runs, seeds)
 
 
 def eval_variances(design: Design) -> dict[str, float]:
     """Per objective with ``<name>_eval1`` columns: the variance of one evaluation (units²), over all pairs."""
-    pairs = [run for run in design.runs.values()
-             if any(math.isfinite(v) for k, v in run.items() if k.endswith("_eval1"))]
+    pairs = [
+        run for run in design.runs.values() if any(math.isfinite(v) for k, v in run.items() if k.endswith("_eval1"))
+    ]
     names = [name for name, _ in OBJECTIVES if pairs and f"{name}_eval1" in pairs[0]]
     first = np.array([[run[name] for name in names] for run in pairs]).reshape(len(pairs), len(names))
     second = np.array([[run[f"{name}_eval1"] for name in names] for run in pairs]).reshape(len(pairs), len(names))
@@ -95,8 +100,9 @@ def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
     return row
 
 
-def assess(design: Design, seed_sets: list[list[int]], eval_var: dict[str, float],
-           draws: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def assess(
+    design: Design, seed_sets: list[list[int]], eval_var: dict[str, float], draws: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(today's probabilities (N,), pooled probabilities (N,), front on the means (N,)) with ``seed_sets`` (N lists)."""
     per_seed = [[design.runs[config, s] for s in seeds] for config, seeds in zip(design.configs, seed_sets)]
     rows = [aggregate(runs) for runs in per_seed]
@@ -104,15 +110,27 @@ def assess(design: Design, seed_sets: list[list[int]], eval_var: dict[str, float
     eligible = [i for i, row in enumerate(rows) if not row["excluded"]]
     pooled = np.zeros(len(rows))
     pooled[eligible] = uncertainty.front_probability(
-        [pareto.as_minimisation(per_seed[i], report.objectives) for i in eligible], [seed_sets[i] for i in eligible],
-        [design.groups[i] for i in eligible], np.array([eval_var.get(name, math.nan) for name, _ in report.objectives]),
-        draws=draws)
-    return (np.array([row["pareto_probability"] for row in rows]), pooled,
-            np.array([row["pareto_front"] for row in rows]))
+        [pareto.as_minimisation(per_seed[i], report.objectives) for i in eligible],
+        [seed_sets[i] for i in eligible],
+        [design.groups[i] for i in eligible],
+        np.array([eval_var.get(name, math.nan) for name, _ in report.objectives]),
+        draws=draws,
+    )
+    return (
+        np.array([row["pareto_probability"] for row in rows]),
+        pooled,
+        np.array([row["pareto_front"] for row in rows]),
+    )
 
 
-def adaptive(design: Design, order: np.ndarray, extra: int, eval_var: dict[str, float], draws: int,
-             band: tuple[float, float] = uncertainty.BAND) -> tuple[np.ndarray, int]:
+def adaptive(
+    design: Design,
+    order: np.ndarray,
+    extra: int,
+    eval_var: dict[str, float],
+    draws: int,
+    band: tuple[float, float] = uncertainty.BAND,
+) -> tuple[np.ndarray, int]:
     """(pooled probabilities (N,), seed-runs spent) of the adaptive policy, seeds taken in ``order``."""
     counts, spent = np.full(len(design.configs), START_SEEDS), 0
     while True:
@@ -140,7 +158,8 @@ def replay(design: Design, replays: int, draws: int, seed: int) -> tuple[np.ndar
             extra = int(round(budget * n))
             results.setdefault(f"adaptive +{extra}", []).append(adaptive(design, order, extra, eval_var, draws))
         results.setdefault(f"adaptive +{extra}, band {WIDE_BAND[0]}-{WIDE_BAND[1]}", []).append(
-            adaptive(design, order, extra, eval_var, draws, WIDE_BAND))
+            adaptive(design, order, extra, eval_var, draws, WIDE_BAND)
+        )
     return truth, results
 
 
@@ -150,10 +169,13 @@ def scores(truth: np.ndarray, outcomes: list) -> dict[str, float]:
     observed = np.tile(truth, len(outcomes)).astype(float)
     confident = (probability >= 0.95) | (probability <= 0.05)
     wrong = confident & ((probability >= 0.5) != (observed > 0))
-    return {"brier": float(np.mean((probability - observed) ** 2)), "confident": int(confident.sum()),
-            "confident_wrong": float(wrong.sum() / max(confident.sum(), 1)),
-            "errors": float(np.sum((probability >= 0.5) != (observed > 0)) / len(outcomes)),
-            "seed_runs": float(np.mean([runs for _, runs in outcomes]))}
+    return {
+        "brier": float(np.mean((probability - observed) ** 2)),
+        "confident": int(confident.sum()),
+        "confident_wrong": float(wrong.sum() / max(confident.sum(), 1)),
+        "errors": float(np.sum((probability >= 0.5) != (observed > 0)) / len(outcomes)),
+        "seed_runs": float(np.mean([runs for _, runs in outcomes])),
+    }
 
 
 def reliability(truth: np.ndarray, outcomes: list) -> list[tuple[str, float, float, int]]:
@@ -161,10 +183,15 @@ def reliability(truth: np.ndarray, outcomes: list) -> list[tuple[str, float, flo
     probability = np.concatenate([p for p, _ in outcomes])
     observed = np.tile(truth, len(outcomes)).astype(float)
     index = np.clip(np.searchsorted(BINS, probability, side="right") - 1, 0, len(BINS) - 2)
-    return [(f"[{BINS[b]:.2f}, {BINS[b + 1]:.2f}{']' if b == len(BINS) - 2 else ')'}",
-             float(probability[index == b].mean()) if (index == b).any() else math.nan,
-             float(observed[index == b].mean()) if (index == b).any() else math.nan, int((index == b).sum()))
-            for b in range(len(BINS) - 1)]
+    return [
+        (
+            f"[{BINS[b]:.2f}, {BINS[b + 1]:.2f}{']' if b == len(BINS) - 2 else ')'}",
+            float(probability[index == b].mean()) if (index == b).any() else math.nan,
+            float(observed[index == b].mean()) if (index == b).any() else math.nan,
+            int((index == b).sum()),
+        )
+        for b in range(len(BINS) - 1)
+    ]
 
 
 def spreads(design: Design) -> list[str]:
@@ -174,8 +201,10 @@ def spreads(design: Design) -> list[str]:
     raw = np.sqrt(sum(((v - v.mean(axis=0)) ** 2).sum(axis=0) for v in finite) / sum(len(v) - 1 for v in finite))
     blocked = np.sqrt(uncertainty.fit(finite, [design.seeds] * len(finite)).variance[0])
     evals = eval_variances(design)
-    lines = ["| objective | seed SD (within configuration) | residual SD (seed-blocked) | evaluation SD |",
-             "|---|---|---|---|"]
+    lines = [
+        "| objective | seed SD (within configuration) | residual SD (seed-blocked) | evaluation SD |",
+        "|---|---|---|---|",
+    ]
     for m, (name, _) in enumerate(OBJECTIVES):
         lines.append(f"| {name} | {raw[m]:.4g} | {blocked[m]:.4g} | {math.sqrt(evals.get(name, math.nan)):.4g} |")
     return lines
@@ -183,17 +212,23 @@ def spreads(design: Design) -> list[str]:
 
 def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replays: int) -> str:
     """The report: data, scores and cost, reliability."""
-    lines = [f"# Front replay: {design.name}", "",
-             f"{len(design.configs)} configurations x {len(design.seeds)} common seeds ({design.seeds}); "
-             f"{replays} replays. All-seeds front: {', '.join(c for c, t in zip(design.configs, truth) if t)}.", "",
-             *spreads(design), "",
-             "| policy | seed-runs | membership errors / replay | Brier | confident (<=0.05 or >=0.95) "
-             "| of them wrong |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Front replay: {design.name}",
+        "",
+        f"{len(design.configs)} configurations x {len(design.seeds)} common seeds ({design.seeds}); "
+        f"{replays} replays. All-seeds front: {', '.join(c for c, t in zip(design.configs, truth) if t)}.",
+        "",
+        *spreads(design),
+        "",
+        "| policy | seed-runs | membership errors / replay | Brier | confident (<=0.05 or >=0.95) | of them wrong |",
+        "|---|---|---|---|---|---|",
+    ]
     for policy, outcomes in results.items():
         s = scores(truth, outcomes)
-        lines.append(f"| {policy} | {s['seed_runs']:.1f} | {s['errors']:.2f} | {s['brier']:.4f} | "
-                     f"{s['confident']} | {s['confident_wrong']:.3f} |")
+        lines.append(
+            f"| {policy} | {s['seed_runs']:.1f} | {s['errors']:.2f} | {s['brier']:.4f} | "
+            f"{s['confident']} | {s['confident_wrong']:.3f} |"
+        )
     lines += ["", "| policy | probability bin | mean predicted | observed frequency | count |", "|---|---|---|---|---|"]
     for policy, outcomes in results.items():
         if policy.startswith(("today", "pooled")):

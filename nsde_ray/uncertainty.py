@@ -84,8 +84,9 @@ class Fit:
     pools: tuple
 
 
-def pooled_variance(ss: np.ndarray, dof: np.ndarray, groups: Sequence[Hashable],
-                    min_group_dof: float = MIN_GROUP_DOF) -> tuple[np.ndarray, np.ndarray, tuple]:
+def pooled_variance(
+    ss: np.ndarray, dof: np.ndarray, groups: Sequence[Hashable], min_group_dof: float = MIN_GROUP_DOF
+) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Each configuration's pooled residual variance (N, M), its degrees of freedom (N,) and pool (N,).
 
     ``ss``: (N, M) residual sums of squares of the configurations; ``dof``: (N,) their residual
@@ -123,8 +124,13 @@ def eval_variance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
         return squares.sum(axis=0) / (2 * finite.sum(axis=0))
 
 
-def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], groups: Sequence[Hashable] | None = None,
-        eval_var: np.ndarray | None = None, min_group_dof: float = MIN_GROUP_DOF) -> Fit:
+def fit(
+    values: Sequence[np.ndarray],
+    seeds: Sequence[Sequence[int]],
+    groups: Sequence[Hashable] | None = None,
+    eval_var: np.ndarray | None = None,
+    min_group_dof: float = MIN_GROUP_DOF,
+) -> Fit:
     """The pooled mixed-model fit of configurations' per-seed ``values`` (K_i, M) at training ``seeds`` (K_i,).
 
     ``groups``: (N,) pool labels (e.g. noise modes; default one pool); ``eval_var``: (M,) per-seed
@@ -150,7 +156,8 @@ def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], groups: Se
     response = np.concatenate(kept)
     for m in range(n_obj):
         means[keep, m], covariance[m][np.ix_(keep, keep)] = _gls(
-            response[:, m], config_of, seed_of, variance[keep, m][config_of], seed_variance[m])
+            response[:, m], config_of, seed_of, variance[keep, m][config_of], seed_variance[m]
+        )
     for k, i in enumerate(keep):
         pools[i] = kept_pools[k]
     return Fit(means, covariance, variance, dof, seed_variance, tuple(pools))
@@ -164,8 +171,9 @@ def _layout(seeds: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return config_of, seed_of
 
 
-def _blocked_residuals(response: np.ndarray, config_of: np.ndarray,
-                       seed_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _blocked_residuals(
+    response: np.ndarray, config_of: np.ndarray, seed_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(residual sums of squares (N, M), residual degrees of freedom (N,)) of the additive configuration + seed fit.
 
     A configuration's degrees of freedom are the sum of 1 - leverage over its values, so they add
@@ -189,8 +197,9 @@ def _seed_variance(values: Sequence[np.ndarray], residual_variance: np.ndarray) 
     return np.clip(np.nan_to_num(within - residual_variance), 0.0, None)
 
 
-def _gls(response: np.ndarray, config_of: np.ndarray, seed_of: np.ndarray, noise: np.ndarray,
-         seed_variance: float) -> tuple[np.ndarray, np.ndarray]:
+def _gls(
+    response: np.ndarray, config_of: np.ndarray, seed_of: np.ndarray, noise: np.ndarray, seed_variance: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(means (N,), covariance (N, N)) of the configurations under cov(y) = diag(``noise``) + tau² [same seed].
 
     ``response``, ``noise``: (n,) values and their residual variances. Without a usable residual
@@ -209,8 +218,12 @@ def _gls(response: np.ndarray, config_of: np.ndarray, seed_of: np.ndarray, noise
     return covariance @ configs.T @ inverse @ response, covariance
 
 
-def standard_errors(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]],
-                    groups: Sequence[Hashable] | None = None, eval_var: np.ndarray | None = None) -> np.ndarray:
+def standard_errors(
+    values: Sequence[np.ndarray],
+    seeds: Sequence[Sequence[int]],
+    groups: Sequence[Hashable] | None = None,
+    eval_var: np.ndarray | None = None,
+) -> np.ndarray:
     """(N, M) comparison standard errors of the configurations' means, in the values' units (see :func:`fit`).
 
     The SE of each mean's distance to the average of all the kept means, times sqrt(N / (N - 1)):
@@ -228,9 +241,14 @@ def standard_errors(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]]
     return errors
 
 
-def posterior_draws(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]],
-                    groups: Sequence[Hashable] | None = None, eval_var: np.ndarray | None = None,
-                    draws: int = 4000, rng_seed: int = 0) -> np.ndarray:
+def posterior_draws(
+    values: Sequence[np.ndarray],
+    seeds: Sequence[Sequence[int]],
+    groups: Sequence[Hashable] | None = None,
+    eval_var: np.ndarray | None = None,
+    draws: int = 4000,
+    rng_seed: int = 0,
+) -> np.ndarray:
     """(D, N, M) plausible configuration means (multivariate t around :func:`fit`'s means); NaN rows left out."""
     result = fit(values, seeds, groups, eval_var)
     keep = np.flatnonzero(np.isfinite(result.means).all(axis=1))
@@ -253,9 +271,14 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     return vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
-def front_probability(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]],
-                      groups: Sequence[Hashable] | None = None, eval_var: np.ndarray | None = None,
-                      draws: int = 4000, rng_seed: int = 0) -> np.ndarray:
+def front_probability(
+    values: Sequence[np.ndarray],
+    seeds: Sequence[Sequence[int]],
+    groups: Sequence[Hashable] | None = None,
+    eval_var: np.ndarray | None = None,
+    draws: int = 4000,
+    rng_seed: int = 0,
+) -> np.ndarray:
     """(N,) probability that each configuration is non-dominated, over :func:`posterior_draws`; 0 if left out."""
     return non_dominated_fraction(posterior_draws(values, seeds, groups, eval_var, draws, rng_seed))
 
@@ -265,15 +288,20 @@ def non_dominated_fraction(sample: np.ndarray) -> np.ndarray:
     keep = np.isfinite(sample).all(axis=(0, 2))
     counts = np.zeros(sample.shape[1])
     for start in range(0, len(sample), _DRAW_CHUNK):
-        chunk = sample[start:start + _DRAW_CHUNK][:, keep]
+        chunk = sample[start : start + _DRAW_CHUNK][:, keep]
         no_worse = (chunk[:, :, None, :] <= chunk[:, None, :, :]).all(axis=3)  # [d, j, i]: j <= i everywhere
         better = (chunk[:, :, None, :] < chunk[:, None, :, :]).any(axis=3)
         counts[keep] += (~(no_worse & better).any(axis=1)).sum(axis=0)
     return counts / max(len(sample), 1)
 
 
-def next_seeds(probabilities: np.ndarray, seeds_per_config: np.ndarray, max_seeds: int, budget: int,
-               band: tuple[float, float] = BAND) -> np.ndarray:
+def next_seeds(
+    probabilities: np.ndarray,
+    seeds_per_config: np.ndarray,
+    max_seeds: int,
+    budget: int,
+    band: tuple[float, float] = BAND,
+) -> np.ndarray:
     """Indices of the configurations that get one more seed now, most undecided (closest to 0.5) first.
 
     Only configurations whose front probability is strictly inside ``band`` and that have fewer
@@ -283,4 +311,4 @@ def next_seeds(probabilities: np.ndarray, seeds_per_config: np.ndarray, max_seed
     probabilities, counts = np.asarray(probabilities, dtype=float), np.asarray(seeds_per_config)
     undecided = (probabilities > band[0]) & (probabilities < band[1]) & (counts < max_seeds)
     order = np.argsort(np.abs(probabilities - 0.5), kind="stable")
-    return order[undecided[order]][:max(int(budget), 0)]
+    return order[undecided[order]][: max(int(budget), 0)]

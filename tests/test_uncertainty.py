@@ -28,11 +28,13 @@ def _today(values):
 
 
 def test_two_agreeing_seeds_no_longer_claim_certainty():
-    values = [np.array([[-0.900, 0.200], [-0.900, 0.200]]),  # two seeds that agree exactly
-              np.array([[-0.898, 0.201], [-0.898, 0.201]]),  # just behind it, agreeing too
-              np.array([[-0.96, 0.24], [-0.94, 0.26]]),
-              np.array([[-0.80, 0.10], [-0.82, 0.12]]),
-              np.array([[-0.86, 0.15], [-0.84, 0.17]])]
+    values = [
+        np.array([[-0.900, 0.200], [-0.900, 0.200]]),  # two seeds that agree exactly
+        np.array([[-0.898, 0.201], [-0.898, 0.201]]),  # just behind it, agreeing too
+        np.array([[-0.96, 0.24], [-0.94, 0.26]]),
+        np.array([[-0.80, 0.10], [-0.82, 0.12]]),
+        np.array([[-0.86, 0.15], [-0.84, 0.17]]),
+    ]
     assert _today(values)[0] == 1.0
     assert uncertainty.front_probability(values, [[0, 1]] * 5)[0] < 0.85
     assert (uncertainty.standard_errors(values, [[0, 1]] * 5)[:2] > 0.004).all()
@@ -51,7 +53,7 @@ def test_blocked_two_by_two_by_hand():
     assert fit.variance[:, 0] == pytest.approx([4.0, 4.0])  # (y11 - y12 - y21 + y22)² / 4, 1 dof
     assert fit.dof[:, 0].tolist() == pytest.approx([1.0, 1.0])
     assert fit.means[:, 0] == pytest.approx([2.0, 5.0])
-    assert uncertainty.standard_errors(values, [[0, 1], [0, 1]])[:, 0] == pytest.approx([2 ** 0.5] * 2)
+    assert uncertainty.standard_errors(values, [[0, 1], [0, 1]])[:, 0] == pytest.approx([2**0.5] * 2)
 
 
 def _seeded(index, shift):
@@ -79,8 +81,10 @@ def test_seeds_only_one_configuration_has_still_count():
     seeds = [list(range(6)), [0, 1], [0, 1]]  # as adaptive replication leaves them: seeds 2-5 unshared
     fit = uncertainty.fit(values, seeds)
     assert fit.seed_variance[0] > 0 and fit.means[0, 0] == pytest.approx(values[0].mean())
-    assert uncertainty.standard_errors(values, seeds)[0, 0] < 0.9 * uncertainty.standard_errors(
-        [values[0][:2]] + values[1:], [[0, 1]] * 3)[0, 0]
+    assert (
+        uncertainty.standard_errors(values, seeds)[0, 0]
+        < 0.9 * uncertainty.standard_errors([values[0][:2]] + values[1:], [[0, 1]] * 3)[0, 0]
+    )
 
 
 def test_t_tails_are_wider_than_normal_at_few_dof():
@@ -103,8 +107,11 @@ def test_evaluation_variance_floors_the_residual():
 
 
 def test_non_finite_configurations_are_left_out():
-    values = [np.array([[0.1, 0.2], [0.12, 0.21]]), np.array([[np.nan, 0.1], [0.2, 0.1]]),
-              np.array([[0.2, 0.1], [0.21, 0.12]])]
+    values = [
+        np.array([[0.1, 0.2], [0.12, 0.21]]),
+        np.array([[np.nan, 0.1], [0.2, 0.1]]),
+        np.array([[0.2, 0.1], [0.21, 0.12]]),
+    ]
     probability = uncertainty.front_probability(values, [[0, 1]] * 3)
     assert probability[1] == 0.0 and (probability[[0, 2]] > 0.9).all()
     assert np.isnan(uncertainty.fit(values, [[0, 1]] * 3).means[1]).all()
@@ -121,8 +128,22 @@ def test_adaptive_policy_spends_only_inside_its_band():
 
 def test_replay_runs_end_to_end_on_the_fixture(tmp_path):
     out = tmp_path / "replay.md"
-    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "front_replay.py"), FIXTURE,
-                    "--replays", "3", "--draws", "300", "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "front_replay.py"),
+            FIXTURE,
+            "--replays",
+            "3",
+            "--draws",
+            "300",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     text = out.read_text()
     for heading in ("| policy | seed-runs |", "| policy | probability bin |", "| objective | seed SD"):
         assert heading in text
