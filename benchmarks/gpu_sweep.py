@@ -16,7 +16,8 @@ evaluation. Per sweep it prints and writes (``--json``):
 Without a GPU it runs the same sweeps on CPU (``--gpus-per-worker`` is then ignored): a check of the
 script, not a figure.
 
-    python benchmarks/gpu_sweep.py --data-dir /tmp/cifar10 --gpus-per-worker 0.25 1 --num-samples 4 2 --json gpu_sweep.json
+    python benchmarks/gpu_sweep.py --data-dir /tmp/cifar10 --gpus-per-worker 0.25 1 \\
+        --num-samples 4 2 --json gpu_sweep.json
 """
 
 import argparse

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -181,10 +182,14 @@ def tune_noise(report: Report, args, device, memory_format) -> None:
         sync(device)
         return (time.perf_counter() - started) / repeats
 
-    reference = sum(seconds(lambda: torch.relu_(o.clone().add_(i))) - seconds(lambda: o.clone()) for o, i in tensors)
+    reference = sum(
+        seconds(lambda o=o, i=i: torch.relu_(o.clone().add_(i))) - seconds(lambda o=o: o.clone()) for o, i in tensors
+    )
     eager = sum(
         seconds(
-            lambda: torch.addcmul(y := torch.relu(o + i), torch.randn_like(y), 0.5 * y.std(dim=(1, 2, 3), keepdim=True))
+            lambda o=o, i=i: torch.addcmul(
+                y := torch.relu(o + i), torch.randn_like(y), 0.5 * y.std(dim=(1, 2, 3), keepdim=True)
+            )
         )
         for o, i in tensors
     )
@@ -197,7 +202,7 @@ def tune_noise(report: Report, args, device, memory_format) -> None:
                 (fused_noise.APPLY_BLOCK, fused_noise.APPLY_WARPS),
             ) = reduce, apply
             try:
-                total = sum(seconds(lambda: fused_noise.residual_noise(o, i, 0.5)) for o, i in tensors)
+                total = sum(seconds(functools.partial(fused_noise.residual_noise, o, i, 0.5)) for o, i in tensors)
             except Exception as err:  # noqa: BLE001
                 figures[f"error_{reduce}_{apply}"] = repr(err)[:120]
                 continue
@@ -298,7 +303,7 @@ def target_noise_and_shaping(report: Report, args, device, memory_format, amp, s
             memory_format=memory_format,
             amp=amp,
         )
-        _, seconds = timed(lambda: shaper.refresh(shaped, 0), device, repeats=1)
+        _, seconds = timed(functools.partial(shaper.refresh, shaped, 0), device, repeats=1)
         refresh[method] = args.refresh_images / seconds
     shaped_rate = rates["shaped_step"]
 
@@ -430,7 +435,8 @@ def target_ig(report: Report, args, device, amp) -> None:
     for name, options in variants.items():
         try:
             attributions, seconds = timed(
-                lambda: integrated_gradients(model_cl, images, labels, n_steps=args.ig_steps, **options), device
+                functools.partial(integrated_gradients, model_cl, images, labels, n_steps=args.ig_steps, **options),
+                device,
             )
         except Exception as err:  # noqa: BLE001 - a variant that fails must not cost the others
             figures[f"{name}_error"] = repr(err)[:200]
@@ -506,8 +512,15 @@ def target_sensitivity(report: Report, args, device, amp) -> None:
             internal_batch_size=args.fast_batch if use_amp else args.captum_batch,
         )
         ours, seconds = timed(
-            lambda: max_sensitivity(
-                explain, model_cl, images, labels, deltas, keep_prediction=False, chunk_size=args.sens_chunk
+            functools.partial(
+                max_sensitivity,
+                explain,
+                model_cl,
+                images,
+                labels,
+                deltas,
+                keep_prediction=False,
+                chunk_size=args.sens_chunk,
             ),
             device,
             repeats=1,

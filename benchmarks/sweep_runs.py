@@ -10,7 +10,8 @@ import mlflow
 
 
 def run_sweep(folder: str, name: str, flags: list[str]) -> float:
-    """The sweep named ``name`` with ``flags``, its Ray storage, MLflow store (SQLite) and log in ``folder``; its wall seconds."""
+    """The sweep named ``name`` with ``flags``, its Ray storage, MLflow store (SQLite) and log in ``folder``; its wall
+    seconds."""
     command = [
         sys.executable,
         "-m",

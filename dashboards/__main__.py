@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from dashboards.app import Limits, build_app
     from dashboards.store import DashboardError, SweepStore
+    from nsde_ray.logs import configure, result
+
+    configure()
 
     store = SweepStore(args.tracking_uri, ui_url=args.mlflow_ui_url)
     try:
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         max_pixels=int(args.max_megapixels * 1e6),
         max_queue=args.max_queue,
     )
-    print(f"[nsde-ray] dashboards for {store.display_uri} on http://{args.host}:{args.port}", flush=True)
+    result(f"dashboards for {store.display_uri} on http://{args.host}:{args.port}")
     # Gradio's own cap stops a runaway upload before it fills the disk; ours gives the clear message.
     build_app(store, limits).launch(
         server_name=args.host,

@@ -127,13 +127,15 @@ def build_app(store: SweepStore, limits: Limits = Limits()) -> gr.Blocks:
                 return ("", None, [], *empty, [], [])
             try:
                 sweep = store.sweep(label)
-                rows = store.trials(sweep)
+                report = store.assessment(sweep)
             except DashboardError as err:
                 return (f"**Error:** {err}", None, [], *empty, [], [])
+            rows = report.rows
             front = sum(row["pareto_front"] for row in rows)
             text = (
                 f"**{len(rows)} finished configurations, {front} on the Pareto front** (mean ± 1 SE over seeds). "
-                f"[The front in MLflow's UI]({front_url(sweep.experiment_id, store.ui_url)})."
+                f"[The front in MLflow's UI]({front_url(sweep.experiment_id, store.ui_url)}).\n\n"
+                + report.modes.to_markdown()
             )
             choices = [(_trial_label(row), row["run_id"]) for row in rows]
             left, right = default_pair(rows)

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from nsde_ray import mlflow_uri, tracking
 from nsde_ray.evaluate import ARTIFACT_GRID, GALLERY_DIR
 from nsde_ray.explain import ModelBundle, load_model
+from nsde_ray.front import FrontReport
 from nsde_ray.names import LEGACY_MODEL_FILE, MODEL_FILE
 
 
@@ -116,9 +117,15 @@ class SweepStore:
                 return sweep
         raise DashboardError(f"no sweep {label!r} in {self.display_uri}; pick one from the list")
 
+    def assessment(self, sweep: Sweep) -> FrontReport:
+        """The sweep's front over its finished configurations, and its noise modes compared
+        (:meth:`SweepTracker.assess`)."""
+        return tracking.SweepTracker(self.tracking_uri, sweep.experiment_id, sweep.parent_run_id).assess()
+
     def trials(self, sweep: Sweep) -> list[dict[str, Any]]:
-        """Finished configurations, objectives as means with ``<name>_se``, assessed (:meth:`SweepTracker.front_rows`)."""
-        return tracking.SweepTracker(self.tracking_uri, sweep.experiment_id, sweep.parent_run_id).front_rows()
+        """Finished configurations, objectives as means with ``<name>_se``, assessed
+        (:meth:`SweepTracker.front_rows`)."""
+        return self.assessment(sweep).rows
 
     def run(self, run_id: str):
         return self.client.get_run(run_id)
@@ -180,8 +187,9 @@ class SweepStore:
         return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".png"))
 
     def model(self, run_id: str) -> ModelBundle:
-        """The run's exported model (``model/model.pt``, or ``model/checkpoint.pt`` from earlier versions), loaded once and kept among the ``max_models``
-        most recently used; its metadata is checked before use (:func:`nsde_ray.explain.load_model`)."""
+        """The run's exported model (``model/model.pt``, or ``model/checkpoint.pt`` from earlier versions), loaded
+        once and kept among the ``max_models`` most recently used; its metadata is checked before use
+        (:func:`nsde_ray.explain.load_model`)."""
         with self._lock:
             if run_id in self._models:
                 self._models.move_to_end(run_id)

@@ -17,8 +17,9 @@ Fast path: :func:`integrated_gradients` and :func:`saliency` (and :func:`smoothg
 as Captum's ``IntegratedGradients`` (same Gauss-Legendre points and weights) and ``Saliency`` without
 Captum's copies, with path points of several images and steps in one large model call, batch norm
 folded into the convolutions, optionally under bf16 autocast and in channels_last.
-``make_explainer(..., fast=True)`` uses them; in fp32 they equal Captum's to float rounding (tested). Under bf16 autocast the gradients carry bf16 rounding
-(about 1% of the map); measure what that costs with :func:`completeness_error`.
+``make_explainer(..., fast=True)`` uses them; in fp32 they equal Captum's to float rounding (tested). Under bf16
+autocast the gradients carry bf16 rounding (about 1% of the map); measure what that costs with
+:func:`completeness_error`.
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ def _broadcast_baseline(baseline: torch.Tensor | None, inputs: torch.Tensor) -> 
 
 
 def attribute(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, method: str, **options) -> torch.Tensor:
-    """Signed attributions (B, C, H, W) of ``target`` (B,) for ``inputs`` (B, C, H, W); options as :func:`make_explainer`."""
+    """Signed attributions (B, C, H, W) of ``target`` (B,) for ``inputs`` (B, C, H, W); options as
+    :func:`make_explainer`."""
     if inputs.ndim != 4:
         raise AttributionError(f"inputs must be images (B, C, H, W), got shape {tuple(inputs.shape)}")
     check_applicable(model, method, inputs)

@@ -40,7 +40,8 @@ def eval_view(recipe: str, size: int) -> transforms.Compose:
 
 
 def _view_box(height: int, width: int, side: int, size: int) -> tuple[float, float, float, float]:
-    """(top, left, height, width), in pixels of a (height, width) image, of what Resize(side) + CenterCrop(size) shows."""
+    """(top, left, height, width), in pixels of a (height, width) image, of what Resize(side) + CenterCrop(size)
+    shows."""
     if width <= height:  # torchvision's Resize(int): the shorter side becomes ``side``, the longer one is truncated
         new_width, new_height = side, int(side * height / width)
     else:

@@ -33,6 +33,7 @@ from nsde_ray.flags import (
     trial_config_from_args,
 )
 from nsde_ray.lifecycle import experiment_path, init_ray, open_run, resolve_storage, usage_errors
+from nsde_ray.logs import result
 from nsde_ray.overrides import Override
 
 COMMAND = "accuracy_vs_robustness"
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             from_dict=SweepConfig.from_dict,
             resume_fields=SWEEP_RESUME_FIELDS,
             sections={**overrides.trial_sections(), SPACE: SearchSpace},
+            parent_params=SweepConfig.parent_params,
         )
     except usage_errors() as err:
         fail(parser, str(err))
@@ -203,30 +205,32 @@ def main(argv: list[str] | None = None) -> int:
     report = tracking.update_front()
     rows = report.rows
     tracking.finish_sweep()
-    errors = sum(result.error is not None for result in results)
-    print(
-        f"\n[nsde-ray] sweep {name!r} done in {time.perf_counter() - started:.0f} s: {len(results)} trials, "
+    errors = sum(trial.error is not None for trial in results)
+    result(
+        f"sweep {name!r} done in {time.perf_counter() - started:.0f} s: {len(results)} trials, "
         f"{len(rows)} evaluated, {errors} failed"
     )
     objectives = ", ".join(f"{name} {mode}" for name, mode in report.objectives)
-    print(
-        f"[nsde-ray] Pareto front over {objectives} (* = on the front on the means; pareto_probability = on the "
+    result(
+        f"Pareto front over {objectives} (* = on the front on the means; pareto_probability = on the "
         f"front when each mean is redrawn within its standard error; {cfg.seeds_per_config} seed(s) per "
         "configuration, objectives as mean ± SE):"
     )
-    print(front_table(rows))
+    result(front_table(rows), block=True)
     for note in report.notes:
-        print(f"[nsde-ray] note: {note}")
+        result(f"note: {note}")
     floors = ", ".join(
         f"{name} {floor:.3g} of range {spread:.3g}" for name, (floor, spread, _) in report.floors.items()
     )
-    print(f"[nsde-ray] noise floors (median SE of range): {floors}; flagged: {', '.join(report.flagged) or 'none'}")
-    print(f"[nsde-ray] browse it: {ui_command(tracking.tracking_uri)}")
-    print(
-        f"[nsde-ray]   experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}; the front's runs, listed flat: "
+    result(f"noise floors (median SE of range): {floors}; flagged: {', '.join(report.flagged) or 'none'}")
+    result("noise modes compared by their own fronts (does a mode buy robustness at matched accuracy?):")
+    result(report.modes.to_text() + "\n", block=True)
+    result(f"browse it: {ui_command(tracking.tracking_uri)}")
+    result(
+        f"  experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}; the front's runs, listed flat: "
         f"{front_url(tracking.experiment_id, ui_address(tracking.tracking_uri))}"
     )
-    print(
-        f"[nsde-ray] resume it (after a crash or a stop): python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume"
+    result(
+        f"resume it (after a crash or a stop): python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume"
     )
     return 0 if rows else 1

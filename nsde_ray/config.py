@@ -374,7 +374,8 @@ class TrainConfig:
 
     @property
     def in_trial_process(self) -> bool:
-        """Whether a run trains in its trial's process (``single_process`` and one worker) or under a ``TorchTrainer``."""
+        """Whether a run trains in its trial's process (``single_process`` and one worker) or under a
+        ``TorchTrainer``."""
         return self.single_process and self.num_workers == 1
 
 
@@ -665,6 +666,10 @@ class SweepConfig(RunConfig):
             f"{self.space.lr_range}",
         )
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def parent_params(self) -> dict[str, Any]:
+        """The sweep run's params: the base trial's, and the noise modes searched (comma-separated)."""
+        return dict(self.base.to_params(), noise_modes=",".join(self.space.modes()))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:

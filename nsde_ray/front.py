@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nsde_ray import pareto
 from nsde_ray.registry import objective_directions
+
+if TYPE_CHECKING:
+    from nsde_ray.mode_fronts import ModeReport
 
 MIN_SIC_VALID_FRACTION = 0.75
 RANDOMISATION_GATE = "randomisation_passed_ig"
@@ -49,6 +52,7 @@ class FrontReport:
     objectives: tuple[tuple[str, str], ...]
     floors: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    modes: ModeReport | None = None  # the noise modes compared by their own fronts (nsde_ray.mode_fronts)
 
     @property
     def flagged(self) -> list[str]:
@@ -56,7 +60,8 @@ class FrontReport:
         return [name for name, (_, _, flagged) in self.floors.items() if flagged]
 
     def hypervolume(self) -> float:
-        """Hypervolume of the front over the objectives in use (reference: :attr:`nsde_ray.registry.Objective.reference`)."""
+        """Hypervolume of the front over the objectives in use (reference point:
+        :attr:`nsde_ray.registry.Objective.reference`)."""
         front = [row for row in self.rows if row["pareto_front"]]
         return pareto.hypervolume(
             pareto.as_minimisation(front, self.objectives), pareto.sweep_reference(self.objectives)

@@ -3,8 +3,10 @@
 :func:`configure` gives the logger its handlers in each process that logs (the driver, and the
 Ray processes that run a trial, where Ray's logging setup would otherwise drop INFO lines):
 progress (INFO) to stdout as ``[nsde-ray] ...``, warnings and errors to stderr as ``[nsde-ray]
-warning: ...``. The commands' ``--quiet`` shows warnings only, ``--verbose`` adds debug lines and
-Ray's own per-worker lines (:func:`ray_log_level`), which are otherwise limited to errors.
+warning: ...``, and a command's results (:data:`RESULT`, :func:`result`) to stdout at every level, as
+``[nsde-ray] ...`` lines or, for a table, as the block itself. The commands' ``--quiet`` shows warnings
+and results only, ``--verbose`` adds debug lines and Ray's own per-worker lines (:func:`ray_log_level`),
+which are otherwise limited to errors.
 """
 
 from __future__ import annotations
@@ -14,17 +16,36 @@ import sys
 
 LOGGER = "nsde_ray"
 LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
+RESULT = logging.ERROR + 5  # a command's results: above every console level, shown on stdout
+logging.addLevelName(RESULT, "RESULT")
 
 
 class _Below(logging.Filter):
-    """Passes records below ``level`` (so stdout and stderr never both print one)."""
+    """Passes records below ``level``, and results (so stdout and stderr never both print one)."""
 
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < self.level
+        return record.levelno < self.level or record.levelno == RESULT
+
+
+class _NotResult(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != RESULT
+
+
+class _ProgressFormatter(logging.Formatter):
+    """``[nsde-ray] ...``; a block (``extra={"block": True}``: a table) as it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage() if getattr(record, "block", False) else f"[nsde-ray] {record.getMessage()}"
+
+
+def result(text: str, block: bool = False) -> None:
+    """Log ``text`` as a command's result (:data:`RESULT`), a ``[nsde-ray]`` line or, with ``block``, as it is."""
+    logging.getLogger(LOGGER).log(RESULT, text, extra={"block": block})
 
 
 class _Console(logging.StreamHandler):
@@ -57,9 +78,10 @@ def configure(level: int = logging.INFO) -> logging.Logger:
     if not any(getattr(handler, "_nsde_ray", False) for handler in logger.handlers):
         progress = _Console("stdout")
         progress.addFilter(_Below(logging.WARNING))
-        progress.setFormatter(logging.Formatter("[nsde-ray] %(message)s"))
+        progress.setFormatter(_ProgressFormatter())
         problems = _Console("stderr")
         problems.setLevel(logging.WARNING)
+        problems.addFilter(_NotResult())
         problems.setFormatter(_ProblemFormatter())
         for handler in (progress, problems):
             handler._nsde_ray = True  # type: ignore[attr-defined]

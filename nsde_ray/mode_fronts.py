@@ -357,8 +357,24 @@ def compare_modes(
         levels = choose_levels({mode: front for mode, front in fronts.items() if mode != CONTROL})
     counts = {mode: (len(index), sum(int(table[i].get("seeds", 1)) for i in index)) for mode, index in groups.items()}
     notes = [f"{names[CONTROL]}: {CONTROL_NOTE}"] if CONTROL in groups else []
+    notes += _cost_note(table, groups, names)
     verdicts = _verdicts(table, table_draws, groups, names, list(levels), alpha)
     return ModeReport(fronts, list(levels), verdicts, names, counts, alpha, len(draws), notes)
+
+
+def _cost_note(rows: list[dict[str, Any]], groups: dict[str, list[int]], names: dict[str, str]) -> list[str]:
+    """The training cost of each mode relative to plain training: the ratio of mean ``train_time_s`` per seed run
+    (same epochs and data), where both are measured."""
+    means = {}
+    for mode, index in groups.items():
+        times = [float(rows[i].get("train_time_s", np.nan)) for i in index if mode != CONTROL]
+        times = [t for t in times if np.isfinite(t)]
+        if times:
+            means[mode] = float(np.mean(times))
+    if PLAIN not in means or len(means) < 2:
+        return []
+    ratios = ", ".join(f"{names[mode]} {means[mode] / means[PLAIN]:.2f}x" for mode in means if mode != PLAIN)
+    return [f"Training cost relative to plain training (mean train_time_s per seed run): {ratios}."]
 
 
 def _with_control(rows: list[dict[str, Any]], draws: np.ndarray, seed: int) -> tuple[list[dict[str, Any]], np.ndarray]:

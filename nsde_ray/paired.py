@@ -1,4 +1,5 @@
-"""Paired comparisons (``python -m sweeps.paper_tables --paired``): noisy models fine-tuned from the plain model of their seed.
+"""Paired comparisons (``python -m sweeps.paper_tables --paired``): noisy models fine-tuned from the plain model of
+their seed.
 
 In the plain grid the models of one seed share their initial weights and data order but train
 apart, so a comparison carries the whole spread of training. Paired, as the papers likely did:

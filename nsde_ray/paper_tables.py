@@ -47,6 +47,7 @@ from nsde_ray.flags import (
     trial_config_from_args,
 )
 from nsde_ray.lifecycle import experiment_path, init_ray, open_run, resolve_storage, usage_errors
+from nsde_ray.logs import result
 from nsde_ray.names import METHODS
 from nsde_ray.registry import noise_mode_names
 from nsde_ray.report import TABLES_DIR, model_results, protocol, write_tables
@@ -246,18 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     text = write_tables(report, protocol(cfg, len(results)), out_dir)
     tracking.client.log_artifacts(tracking.parent_run_id, out_dir, TABLES_DIR)
     tracking.finish_sweep()
-    errors = sum(result.error is not None for result in grid)
-    print(
-        f"\n[nsde-ray] paper tables {cfg.name!r} done in {time.perf_counter() - started:.0f} s: {len(grid)} trials, "
-        f"{len(results)} evaluated, {errors} failed\n"
+    errors = sum(trial.error is not None for trial in grid)
+    result(
+        f"paper tables {cfg.name!r} done in {time.perf_counter() - started:.0f} s: {len(grid)} trials, "
+        f"{len(results)} evaluated, {errors} failed"
     )
-    print(text)
-    print(
-        f"[nsde-ray] tables written to {out_dir} (Markdown and CSV) and logged to the parent run "
+    result(text, block=True)
+    result(
+        f"tables written to {out_dir} (Markdown and CSV) and logged to the parent run "
         f"{tracking.parent_run_id} under {TABLES_DIR}/; browse: {ui_command(tracking.tracking_uri)}"
     )
-    print(
-        f"[nsde-ray] resume or re-render: python -m sweeps.{COMMAND} --name {cfg.name} "
+    result(
+        f"resume or re-render: python -m sweeps.{COMMAND} --name {cfg.name} "
         f"--storage {resolve_storage(args.storage)} --resume"
     )
     return 0 if results else 1

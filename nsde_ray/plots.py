@@ -10,8 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from nsde_ray import pareto  # noqa: E402
 from nsde_ray.metrics.saturation import Saturation  # noqa: E402
-from nsde_ray.registry import ACCURACY, OBJECTIVES, front_params, objective_names  # noqa: E402
+from nsde_ray.registry import ACCURACY, NOISE_MODES, OBJECTIVES, front_params, mode_label, objective_names  # noqa: E402
 
 
 def to_display(pixels: torch.Tensor) -> np.ndarray:
@@ -119,41 +120,55 @@ def _error(rows: list[dict], metric: str) -> list[float]:
     return [float(np.nan_to_num(row.get(f"{metric}_se", 0.0))) for row in rows]
 
 
-def pareto_figure(rows: list[dict]):
-    """Interactive (plotly) accuracy vs sensitivity and accuracy vs SIC, each point ±1 SE over seeds.
+def mode_colours(rows: list[dict]) -> dict[str, str]:
+    """One colour per noise mode among ``rows``, in registration order (modes this process does not know last)."""
+    modes = [mode for mode in NOISE_MODES if any(row.get("noise_mode") == mode for row in rows)]
+    modes += sorted({str(row.get("noise_mode", "")) for row in rows} - set(modes))
+    return {mode: MODE_PALETTE[index % len(MODE_PALETTE)] for index, mode in enumerate(modes)}
 
-    rows: :meth:`nsde_ray.tracking.SweepTracker.front_rows`. Each configuration is one point per
-    panel; front points are highlighted, configurations kept off the front are crosses, params and
-    the probability of being on the front show on hover.
+
+MODE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def mode_front_line(rows: list[dict], metric: str) -> list[dict]:
+    """The rows of one mode on its own front of accuracy against ``metric`` (eligible rows only), by ``metric``."""
+    eligible = [row for row in rows if not row.get("excluded") and np.isfinite([row[ACCURACY], row[metric]]).all()]
+    if not eligible:
+        return []
+    objectives = ((ACCURACY, "max"), (metric, OBJECTIVES[metric].direction))
+    front = pareto.non_dominated(pareto.as_minimisation(eligible, objectives))
+    return sorted((row for row, on in zip(eligible, front) if on), key=lambda row: row[metric])
+
+
+def pareto_figure(rows: list[dict]):
+    """Interactive (plotly) accuracy against each objective, one panel each, every point ±1 SE over seeds.
+
+    rows: :meth:`nsde_ray.tracking.SweepTracker.front_rows`. Each configuration is one point per panel,
+    coloured by its noise mode, with a line through that mode's own front; stars are the sweep's Pareto
+    front, crosses the configurations kept off it; params and the probability of being on the front show
+    on hover.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     panels = pareto_panels()
     figure = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for _, title in panels])
-    groups = (
-        (
-            "other configurations",
-            lambda r: not r["pareto_front"] and not r.get("excluded"),
-            dict(color="lightgray", size=9),
-        ),
-        ("kept off the front", lambda r: bool(r.get("excluded")), dict(color="gray", size=9, symbol="x")),
-        ("Pareto front", lambda r: r["pareto_front"], dict(color="crimson", size=12, symbol="star")),
-    )
+    colours = mode_colours(rows)
     for column, (metric, title) in enumerate(panels, start=1):
-        for name, belongs, marker in groups:
-            chosen = [row for row in rows if belongs(row)]
+        for mode, colour in colours.items():
+            chosen = [row for row in rows if row.get("noise_mode") == mode]
+            symbols = ["star" if r["pareto_front"] else "x" if r.get("excluded") else "circle" for r in chosen]
             figure.add_trace(
                 go.Scatter(
                     x=[row[metric] for row in chosen],
-                    y=[row["val_accuracy"] for row in chosen],
+                    y=[row[ACCURACY] for row in chosen],
                     error_x=dict(type="data", array=_error(chosen, metric), thickness=1),
-                    error_y=dict(type="data", array=_error(chosen, "val_accuracy"), thickness=1),
+                    error_y=dict(type="data", array=_error(chosen, ACCURACY), thickness=1),
                     mode="markers",
-                    name=name,
-                    marker=marker,
+                    name=mode_label(mode),
+                    marker=dict(color=colour, size=[13 if r["pareto_front"] else 9 for r in chosen], symbol=symbols),
                     showlegend=column == 1,
-                    legendgroup=name,
+                    legendgroup=mode,
                     text=[_hover(row) for row in chosen],
                     customdata=[row["run_id"] for row in chosen],
                     hoverinfo="text",
@@ -161,9 +176,28 @@ def pareto_figure(rows: list[dict]):
                 row=1,
                 col=column,
             )
+            line = mode_front_line(chosen, metric)
+            figure.add_trace(
+                go.Scatter(
+                    x=[row[metric] for row in line],
+                    y=[row[ACCURACY] for row in line],
+                    mode="lines",
+                    line=dict(color=colour, width=1.5, shape="hv"),
+                    name=f"{mode_label(mode)} front",
+                    showlegend=False,
+                    legendgroup=mode,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=column,
+            )
         figure.update_xaxes(title_text=title, row=1, col=column)
         figure.update_yaxes(title_text="validation accuracy", row=1, col=column)
-    figure.update_layout(title="Accuracy vs attribution robustness (mean ± 1 SE over seeds)", height=520)
+    figure.update_layout(
+        title="Accuracy vs attribution robustness by noise mode (mean ± 1 SE over seeds; ★ Pareto front, "
+        "✕ kept off it; lines: each mode's own front)",
+        height=520,
+    )
     return figure
 
 
@@ -176,39 +210,43 @@ def pareto_html(path: str, rows: list[dict]) -> None:
 
 
 def pareto_png(path: str, rows: list[dict]) -> None:
-    """The same two panels as :func:`pareto_html`, static, ±1 SE bars; front points labelled with their noise mode."""
+    """The panels of :func:`pareto_html`, static, ±1 SE bars: a colour and a front line per noise mode, the
+    sweep's front as stars."""
     panels = pareto_panels()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     axes = axes[0]
+    colours = mode_colours(rows)
     for ax, (metric, title) in zip(axes, panels):
-        for on_front, style in (
-            (False, dict(color="lightgray", ms=5, marker="o")),
-            (True, dict(color="crimson", ms=10, marker="*")),
-        ):
-            chosen = [row for row in rows if row["pareto_front"] == on_front]
+        for mode, colour in colours.items():
+            chosen = [row for row in rows if row.get("noise_mode") == mode]
             ax.errorbar(
                 [row[metric] for row in chosen],
-                [row["val_accuracy"] for row in chosen],
+                [row[ACCURACY] for row in chosen],
                 xerr=_error(chosen, metric),
-                yerr=_error(chosen, "val_accuracy"),
+                yerr=_error(chosen, ACCURACY),
                 linestyle="none",
                 elinewidth=0.8,
-                label="Pareto front" if on_front else "other configurations",
-                **style,
+                marker="o",
+                ms=5,
+                color=colour,
+                label=mode_label(mode),
             )
-        for row in rows:
-            if row["pareto_front"]:
-                ax.annotate(
-                    f"{row.get('noise_mode', '')} p={row.get('pareto_probability', 1.0):.2f}",
-                    (row[metric], row["val_accuracy"]),
-                    fontsize=7,
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                )
+            line = mode_front_line(chosen, metric)
+            ax.step([row[metric] for row in line], [row[ACCURACY] for row in line], where="post", color=colour, lw=1)
+        front = [row for row in rows if row["pareto_front"]]
+        ax.plot(
+            [row[metric] for row in front],
+            [row[ACCURACY] for row in front],
+            "*",
+            color="black",
+            ms=11,
+            mfc="none",
+            label="Pareto front",
+        )
         ax.set_xlabel(title)
         ax.set_ylabel("validation accuracy")
-    axes[0].legend(loc="lower right")
-    fig.suptitle("Accuracy vs attribution robustness (mean ± 1 SE over seeds)")
+    axes[0].legend(loc="lower right", fontsize=7)
+    fig.suptitle("Accuracy vs attribution robustness by noise mode (mean ± 1 SE over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,7 +30,8 @@ def model_results(tracking) -> list[tables.ModelResult]:
 
 
 def run_metrics(run) -> dict[str, float]:
-    """An MLflow run's metrics, with ``effective_sigma`` (:func:`tables.effective_sigma`) where it logged noise_energy."""
+    """An MLflow run's metrics, with ``effective_sigma`` (:func:`tables.effective_sigma`) where it logged
+    noise_energy."""
     metrics = dict(run.data.metrics)
     if "noise_energy" in metrics:
         metrics["effective_sigma"] = effective_sigma(float(run.data.params["noise_sigma"]), metrics["noise_energy"])

@@ -78,7 +78,8 @@ class ResidentLoader:
             yield images, labels, indices, params
 
     def view_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images (b, C, H, W), labels (b,)) of the evaluation views of ``indices``, in order, ``batch_size`` at a time."""
+        """(images (b, C, H, W), labels (b,)) of the evaluation views of ``indices``, in order, ``batch_size`` at a
+        time."""
         for chunk in indices.split(batch_size):
             yield self._gather(chunk)
 
@@ -88,7 +89,8 @@ class ResidentLoader:
         return self.images[rows], self.labels[rows]
 
     def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(tops, lefts, flips) of ``count`` crops from the global torch RNG: offsets in [0, 2 * padding], flips bool."""
+        """(tops, lefts, flips) of ``count`` crops from the global torch RNG: offsets in [0, 2 * padding], flips
+        bool."""
         offsets = torch.randint(0, 2 * self.padding + 1, (2, count))
         return offsets[0], offsets[1], torch.rand(count) < 0.5
 
@@ -96,7 +98,8 @@ class ResidentLoader:
         self, images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The crops (B, C, H, W) of ``images`` zero-padded (black) by ``padding``, at (tops, lefts) of the padded
-        image, mirrored where ``flips``; and their params (B, 5) as :class:`~nsde_ray.augment.RandomCropFlip` gives them."""
+        image, mirrored where ``flips``; and their params (B, 5) as :class:`~nsde_ray.augment.RandomCropFlip` gives
+        them."""
         batch, channels, height, width = images.shape
         pad = self.padding
         padded = self.black.expand(batch, channels, height + 2 * pad, width + 2 * pad).clone()
@@ -124,7 +127,8 @@ def resident_loader(
     mode: str = "auto",
     processes: int = 0,
 ) -> ResidentLoader | None:
-    """A :class:`ResidentLoader` of ``view``'s samples ``indices`` on ``device``, or None where training keeps a DataLoader.
+    """A :class:`ResidentLoader` of ``view``'s samples ``indices`` on ``device``, or None where training keeps a
+    DataLoader.
 
     view: the split as the model sees it at evaluation, yielding (image (C, H, W), label);
     augmentation: the split's training recipe (``DataSplits.augmentation``); None when ``mode`` is

@@ -282,5 +282,6 @@ def gradreg_training_loss(
     std: tuple[float, ...],
     autocast: dict | None = None,
 ) -> torch.Tensor:
-    """:func:`gradient_penalty_loss` with ``noise``'s ``gradreg_weight``: the training loss of noise mode ``gradreg``."""
+    """:func:`gradient_penalty_loss` with ``noise``'s ``gradreg_weight``: the training loss of noise mode
+    ``gradreg``."""
     return gradient_penalty_loss(model, images, labels, noise.gradreg_weight, std, autocast)

@@ -23,8 +23,9 @@ Tables (``Table.name`` is the file stem):
 Orderings (the claims): sensitivity ResNet > Gaussian SDE (IJCAI 2021 Tables 1-3) > attribution SDE
 (AAAI 2022 Table 1), per method; SIC of IG ResNet < Gaussian SDE < attribution SDE (AAAI 2022
 Table 2). Beyond the papers: input noise > Gaussian SDE in sensitivity (per-block noise beats
-noise on the input image alone, the cheapest alternative). An ordering "held" when it holds strictly between the means over seeds; ``k/n seeds``
-counts the seeds whose own models show it, out of the seeds where all its models finished.
+noise on the input image alone, the cheapest alternative). An ordering "held" when it holds strictly between the
+means over seeds; ``k/n seeds`` counts the seeds whose own models show it, out of the seeds where all its
+models finished.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ class Table:
 
 
 def accuracy_table(results: list[ModelResult], archs: list[str]) -> Table:
-    """Validation accuracy (fraction) and effective sigma (metric ``effective_sigma``) per architecture and noise mode."""
+    """Validation accuracy (fraction) and effective sigma (metric ``effective_sigma``) per architecture and noise
+    mode."""
     quantities = {"val accuracy": "val_accuracy", "effective sigma": "effective_sigma"}
     rows, records = [], []
     for arch in archs:
@@ -213,7 +215,8 @@ def spread_note(cells: list[Cell]) -> list[str]:
 
 
 def absent_modes(results: list[ModelResult], arch: str, modes: tuple[str, ...]) -> list[str]:
-    """The labels of ``modes`` that no model of ``arch`` in ``results`` has (the grid left them out, or none finished)."""
+    """The labels of ``modes`` that no model of ``arch`` in ``results`` has (the grid left them out, or none
+    finished)."""
     present = {r.mode for r in results if r.arch == arch}
     return [NOISE_MODES[m].label for m in modes if m not in present]
 
@@ -361,7 +364,8 @@ def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def paired_metrics(methods: list[str]) -> list[tuple[str, str, bool]]:
-    """(metric, label, higher is better) of the paired-differences table: accuracy, sensitivity per method, SIC of IG."""
+    """(metric, label, higher is better) of the paired-differences table: accuracy, sensitivity per method, SIC of
+    IG."""
     return [
         ("val_accuracy", "val accuracy", True),
         *((f"sensitivity_{m}", f"sensitivity {METHOD_LABELS[m]}", False) for m in METHODS if m in methods),

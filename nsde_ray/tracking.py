@@ -23,10 +23,10 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from nsde_ray import front
+from nsde_ray import front, mode_fronts
 from nsde_ray.front_table import front_markdown
 from nsde_ray.mlflow_uri import TrackingError, mask_uri, redact, store_creation_lock
-from nsde_ray.registry import effective_sigma, front_params, objective_names, unused_params
+from nsde_ray.registry import NOISE_MODES, effective_sigma, front_params, objective_names, unused_params
 
 ROLE, TRIAL_ID, STATUS, SWEEP = "nsde.role", "nsde.trial_id", "nsde.status", "nsde.sweep"
 PARENT = "mlflow.parentRunId"
@@ -43,7 +43,17 @@ FRONT_FILTER = f"tags.{PARETO_TAG} = 'true'"
 OBJECTIVES_SECTION = "objectives/"
 FRONT_CSV, FRONT_HTML, FRONT_PNG = "pareto_front.csv", "pareto_front.html", "pareto_front.png"
 MODEL_DIR = "model"
-FRONT_METRICS = ("sic_valid_fraction_ig", "randomisation_passed_ig", "randomisation_similarity_ig", "noise_energy")
+FRONT_METRICS = (
+    "sic_valid_fraction_ig",
+    "randomisation_passed_ig",
+    "randomisation_similarity_ig",
+    "noise_energy",
+    "train_time_s",
+    "sensitivity_ig_nt",
+    "sensitivity_ig_nt_se",
+)
+MODES_PARAM = "noise_modes"  # the sweep run's param: the noise modes it searches, comma-separated
+MODE_VERDICTS_CSV = "mode_verdicts.csv"
 
 
 def _metrics(values: dict[str, float], step: int = 0, timestamp: int | None = None) -> list[Metric]:
@@ -245,11 +255,20 @@ class SweepTracker:
             for name in objective_names():  # non-finite values are not logged: NaN here, kept off the front
                 row[name], row[f"{name}_se"] = metrics.get(name, math.nan), metrics.get(f"{name}_se", math.nan)
             row.update({name: metrics.get(name, math.nan) for name in FRONT_METRICS})
+            row["seeds"] = metrics.get("seeds", 1.0)  # a one-seed configuration logs no count
             row["effective_sigma"] = effective_sigma(params.get("noise_sigma", ""), row["noise_energy"])
             rows.append(row)
         report = front.assess_front(rows)
+        report.modes = mode_fronts.compare_modes(
+            rows, {name: mode.label for name, mode in NOISE_MODES.items()}, modes=self.searched_modes()
+        )
         rows.sort(key=lambda row: (not row["pareto_front"], -row["pareto_probability"], -row["val_accuracy"]))
         return report
+
+    def searched_modes(self) -> tuple[str, ...]:
+        """The noise modes the sweep searches (its run's :data:`MODES_PARAM`; none for a sweep from before it)."""
+        modes = self.client.get_run(self.parent_run_id).data.params.get(MODES_PARAM, "") if self.parent_run_id else ""
+        return tuple(mode for mode in modes.split(",") if mode)
 
     def seed_runs(self, trial_run_id: str) -> list:
         """The seed runs nested under a configuration's run, by seed index (none with one seed per configuration)."""
@@ -293,14 +312,15 @@ class SweepTracker:
             tags=[
                 RunTag("front_objectives", ",".join(name for name, _ in report.objectives)),
                 RunTag("noise_floor_flagged", ",".join(report.flagged) or "none"),
-                RunTag("mlflow.note.content", front_markdown(report, front_url(self.experiment_id))),
+                RunTag(
+                    "mlflow.note.content",
+                    front_markdown(report, front_url(self.experiment_id)) + "\n" + report.modes.to_markdown(),
+                ),
             ],
         )
         with tempfile.TemporaryDirectory() as folder:
-            with open(os.path.join(folder, FRONT_CSV), "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            _write_csv(os.path.join(folder, FRONT_CSV), rows)
+            _write_csv(os.path.join(folder, MODE_VERDICTS_CSV), report.modes.csv_rows())
             plots.pareto_html(os.path.join(folder, FRONT_HTML), rows)
             plots.pareto_png(os.path.join(folder, FRONT_PNG), rows)
             self.client.log_artifacts(self.parent_run_id, folder)
@@ -308,3 +328,12 @@ class SweepTracker:
 
     def finish_sweep(self) -> None:
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as a CSV file, the first row's keys as the header (an empty file for no rows)."""
+    with open(path, "w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)

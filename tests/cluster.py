@@ -152,7 +152,9 @@ def ray_start_cluster(folder: Path, backend_store_uri: str) -> Iterator[tuple[st
                     dict(os.environ, **auth),
                 )
             )
-            wait_until(lambda: "Ray runtime started" in log.read_text(), nodes[-1], log, 120, f"the Ray {name} started")
+            wait_until(
+                lambda log=log: "Ray runtime started" in log.read_text(), nodes[-1], log, 120, f"the Ray {name} started"
+            )
         wait_for_mlflow_server(server, uri, folder / "mlflow.log")
         yield address, auth, uri
     finally:

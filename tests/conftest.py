@@ -76,7 +76,9 @@ def smoke_sweep(tmp_path_factory) -> Iterator[SmokeSweep]:
         except Unavailable as reason:
             if os.environ.get("CI"):
                 raise
-            warnings.warn(f"smoke sweep on a local Ray and SQLite instead of the README's cluster: {reason}")
+            warnings.warn(
+                f"smoke sweep on a local Ray and SQLite instead of the README's cluster: {reason}", stacklevel=2
+            )
             postgres, address, env = None, None, None
             uri = stack.enter_context(mlflow_server(sqlite, folder / "artifacts", folder / "server.log"))
         # the store as its server reads it (SQLAlchemy 2.1 reads postgresql:// as psycopg 3; psycopg2 is installed)

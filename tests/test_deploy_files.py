@@ -125,7 +125,7 @@ def test_images_run_as_non_root_and_copy_files_that_exist():
     text = (DOCKER / "Dockerfile").read_text()
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     copies = re.findall(r"^COPY (?:--\S+ )*(.+) (\S+)$", text, re.M)
-    for sources, target in copies:
+    for sources, _target in copies:
         for source in sources.split():
             assert (REPO / source).exists(), source
             assert f"!{source}" in ignore or f"!{source}/" in ignore, f"{source} is not in the build context"

@@ -40,7 +40,8 @@ def test_every_metric_for_every_method_and_the_figures(digits_model, tmp_path):
         assert 0 <= metrics[f"sic_{method}"] <= 1 and 0.5 < metrics[f"localisation_auc_{method}"] <= 1
         assert -1 <= metrics[f"randomisation_similarity_{method}"] < 1
         assert metrics[f"randomisation_passed_{method}"] in (0, 1)
-        # repeatability is measured where a method draws random numbers; a deterministic one's would be 1 by construction
+        # repeatability is measured where a method draws random numbers; a deterministic one's would be 1 by
+        # construction
         assert (metrics.get(f"randomisation_repeatability_{method}", math.nan) > 0.5) == (method in STOCHASTIC_METHODS)
     assert metrics["randomisation_passed_ig"] == 1 and metrics["randomisation_passed_saliency"] == 1
     assert metrics["sensitivity"] == metrics["sensitivity_ig"] and metrics["sic"] == metrics["sic_ig"]

@@ -316,7 +316,7 @@ def test_tail_without_noise_is_exactly_the_module_path():
     ):
         calls = []
         relu = nn.ReLU()
-        relu.register_forward_hook(lambda m, i, o: calls.append(1))
+        relu.register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
         assert torch.equal(noise.residual_out(out, identity, relu), reference)
         assert calls == [1]  # eval / no noise: the ReLU module is called (DeepLIFT hooks see it)
 

@@ -1,4 +1,5 @@
-"""python -m sweeps.paper_tables: the tables and their verdicts, repeated evaluation, bad flags, a tiny grid end to end."""
+"""python -m sweeps.paper_tables: the tables and their verdicts, repeated evaluation, bad flags, a tiny grid end to
+end."""
 
 import csv
 import io
@@ -173,7 +174,8 @@ def test_repeated_evaluation_is_the_mean_and_std_of_seeded_repeats(digits_model,
 
 
 def _paired_results() -> list[tables.ModelResult]:
-    """Plain and Gaussian models of seeds 0-2, attribution models of seeds 0 and 1: (val accuracy, IG sensitivity, SIC)."""
+    """Plain and Gaussian models of seeds 0-2, attribution models of seeds 0 and 1: (val accuracy, IG sensitivity,
+    SIC)."""
     values = {
         "none": {0: (0.90, 0.50, 0.10), 1: (0.92, 0.60, 0.12), 2: (0.91, 0.55, 0.11)},
         "gaussian": {0: (0.89, 0.40, 0.12), 1: (0.90, 0.45, 0.141), 2: (0.92, 0.50, 0.129)},
@@ -431,7 +433,7 @@ def test_paired_tiny_grid_fine_tunes_each_noisy_model_from_the_plain_one(
     plain = children.pop("none")
     assert plain.data.params["paired"] == "true" and plain.data.metrics["noise_energy"] == 0.0
     base = plain.data.tags["nsde.trial_id"]
-    for mode, run in children.items():
+    for _mode, run in children.items():
         params = run.data.params
         assert params["paired"] == "true" and params["finetune_epochs"] == params["epochs"] == "1"
         assert params["init_from"].startswith(str(tmp_path / "ray" / "pairs" / "plain" / "train" / f"trial_{base}"))

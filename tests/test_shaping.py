@@ -69,7 +69,8 @@ def test_energy_preserving_multipliers_have_mean_square_one_within_the_cap():
 
 
 def test_refresh_shapes_raw_or_energy_preserving_maps(digits_model):
-    """Raw IG maps clipped at the 99th percentile carry a small fraction of Gaussian noise's energy; preserve gives ~1."""
+    """Raw IG maps clipped at the 99th percentile carry a small fraction of Gaussian noise's energy; preserve gives
+    ~1."""
     model, splits = digits_model
     noise = NoiseConfig("attribution", 0.5)
     maps = {}
@@ -129,7 +130,10 @@ def test_an_epoch_reports_the_noise_energy_in_force_at_each_step(digits_model):
     assert stats.noise_energy == pytest.approx((2 * 1.0 + 2 * shaped) / 4)
 
 
-def _shaper(splits, cfg=ShapingConfig(method="ig", ig_steps=4, batch_size=128), shard_size=64):
+_SHAPER_CONFIG = ShapingConfig(method="ig", ig_steps=4, batch_size=128)
+
+
+def _shaper(splits, cfg=_SHAPER_CONFIG, shard_size=64):
     shard = torch.arange(shard_size)
     return NoiseShaper(cfg, splits.train, shard, steps_per_epoch=2, device=torch.device("cpu"))
 

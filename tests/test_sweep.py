@@ -9,6 +9,7 @@ from helpers import assert_usage_error
 
 from nsde_ray.cli import main
 from nsde_ray.config import SearchSpace, SweepConfig, TrialConfig
+from nsde_ray.registry import injects_noise, noise_mode_names
 from nsde_ray.sweep import DefineSpace, reference_points
 from nsde_ray.tracking import FRONT_CSV, FRONT_HTML, FRONT_PNG, SweepTracker
 from nsde_ray.trial import trial_config
@@ -31,14 +32,19 @@ def test_search_space_is_conditional_and_references_come_first():
     assert trials[0] == {"noise_mode": "none", "lr": 0.1}
     assert trials[1] == {"noise_mode": "gaussian", "noise_sigma": 0.5, "lr": 0.1}
     for params in trials:
-        assert ("noise_sigma" in params) == (params["noise_mode"] != "none")
+        assert ("noise_sigma" in params) == injects_noise(params["noise_mode"])
         assert ("shaping_clip_percentile" in params) == (params["noise_mode"] == "attribution")
+        assert ("noise_fgsm_epsilon" in params) == ("noise_fgsm_step" in params) == (params["noise_mode"] == "fgsm")
+        assert ("noise_gradreg_weight" in params) == (params["noise_mode"] == "gradreg")
         assert 0.02 <= params["lr"] <= 0.3
+        if params["noise_mode"] == "fgsm":
+            assert 0.005 <= params["noise_fgsm_epsilon"] <= 0.05 and 0.005 <= params["noise_fgsm_step"] <= 0.0625
+            assert trial_config(TrialConfig(), params).noise.sigma == 0.0  # no noise: its params say so
         if params["noise_mode"] == "attribution":
             assert 0 <= params["shaping_warmup_epochs"] <= 5 and 1 <= params["shaping_refresh_every"] <= 6
             assert 90 <= params["shaping_clip_percentile"] <= 100
             assert trial_config(TrialConfig(), params).shaping.energy == params["shaping_energy"]
-    assert {p["noise_mode"] for p in trials} == {"none", "gaussian", "attribution", "input"}
+    assert {p["noise_mode"] for p in trials} == set(noise_mode_names())
     plain = trial_config(TrialConfig(), trials[0])
     assert plain.noise.mode == "none" and plain.noise.sigma == 0.0  # its logged params say "no noise"
 

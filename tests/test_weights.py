@@ -1,4 +1,5 @@
-"""--init-from: initial weights read as plain tensors, checked before Ray starts, loaded by every worker of a new run."""
+"""--init-from: initial weights read as plain tensors, checked before Ray starts, loaded by every worker of a new
+run."""
 
 import os
 
@@ -43,7 +44,8 @@ def test_torchvision_state_dicts_load_unchanged(tmp_path):
 
 
 def test_our_checkpoints_load_as_a_directory_or_a_file(tmp_path):
-    """A training checkpoint ({"model": ..., "optimizer": ..., "config": ...}) and an exported model, by file or folder."""
+    """A training checkpoint ({"model": ..., "optimizer": ..., "config": ...}) and an exported model, by file or
+    folder."""
     weights = _digits_model(1).state_dict()
     for folder, extra in (("trial", {"optimizer": {}, "epoch": 3}), ("export", {"class_names": ["0"], "mean": [0.5]})):
         os.makedirs(tmp_path / folder)
@@ -107,21 +109,22 @@ def test_matching_weights_pass_the_check_and_the_path_becomes_absolute(tmp_path,
             cli.main,
             [],
             lambda: _digits_model(1, num_classes=4),
-            "do not fit the model: shapes differ: fc.weight (4, 64) where the model has (10, 64), fc.bias (4,) where the "
-            "model has (10,)",
+            "do not fit the model: shapes differ: fc.weight (4, 64) where the model has (10, 64), fc.bias (4,) "
+            "where the model has (10,)",
         ),
         (
             paper_tables.main,
             ["--arch", "cifar_resnet8", "cifar_resnet14"],
             lambda: _digits_model(1),
-            "(cifar_resnet14 on digits: 10 classes, 1-channel images) do not fit the model: missing keys: layer1.1.conv1.weight",
+            "(cifar_resnet14 on digits: 10 classes, 1-channel images) do not fit the model: missing keys: "
+            "layer1.1.conv1.weight",
         ),
         (
             paper_tables.main,
             ["--set", "data.synthetic_classes=3", "--dataset", "synthetic"],
             lambda: _digits_model(1),
-            "(cifar_resnet8 on synthetic: 3 classes, 3-channel images) do not fit the model: shapes differ: conv1.weight "
-            "(16, 1, 3, 3) where the model has (16, 3, 3, 3)",
+            "(cifar_resnet8 on synthetic: 3 classes, 3-channel images) do not fit the model: shapes differ: "
+            "conv1.weight (16, 1, 3, 3) where the model has (16, 3, 3, 3)",
         ),
     ],
 )
