@@ -1,21 +1,26 @@
 """The sweep's Pareto front with its uncertainty: who may enter it, what drives it, how sure it is.
 
 Input: one row per finished configuration (:meth:`nsde_ray.tracking.SweepTracker.front_rows`): the
-objectives' means over training seeds (``val_accuracy``, ``sensitivity``, ``sic``), their standard
-errors (``<name>_se``; NaN with one seed), ``randomisation_passed_ig`` and
-``sic_valid_fraction_ig``. :func:`assess_front` adds to every row:
+objectives' means over training seeds (``val_accuracy``, ``sensitivity``, ``sic``), its seeds' own
+values (``per_seed``, one dict per seed) and training seeds (``seed_ids``), its ``noise_mode``,
+``randomisation_passed_ig`` and ``sic_valid_fraction_ig``. :func:`assess_front` adds to every row:
 
 - ``excluded``: why it cannot be on the front (empty if it can): a non-finite objective (a
   diverged run, or broken attribution maps), or IG failing the model-parameter randomisation check
   (:mod:`nsde_ray.metrics.randomisation`: maps that do not depend on the model);
 - ``pareto_front``: non-dominated on the means, among the eligible rows, over the objectives in use;
-- ``pareto_probability``: the probability of being non-dominated when each mean is redrawn from
-  N(mean, SE²) (:func:`nsde_ray.pareto.front_probability`): how sure the membership is.
+- ``pareto_probability``: the probability of being non-dominated when the means are redrawn from the
+  uncertainty model of :mod:`nsde_ray.uncertainty` (seed-blocked, variance pooled over the sweep's
+  configurations, Student-t tails): how sure the membership is;
+- ``<objective>_se``: that model's standard errors, which the table shows (two seeds that happen to
+  agree no longer show ± 0).
 
 Why a probability rather than a pairwise "dominated with confidence" test: three objectives and a
 dozen configurations make many pairwise tests, each with its own threshold, while the front is a
 joint property; the bootstrap answers the question a user asks ("would this configuration still be
-on the front with other seeds?") in one number, and with one seed it reduces to the plain front.
+on the front with other seeds?") in one number, and with one seed each it reduces to the plain front.
+The noise modes are compared by their own fronts (:mod:`nsde_ray.mode_fronts`), from draws of the same
+model.
 
 SIC drives the front only where it is measured on most images: PAIR's rules skip an image whose
 blurred version is already classified correctly, and below :data:`MIN_SIC_VALID_FRACTION` (0.75,
@@ -29,19 +34,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from nsde_ray import pareto
-from nsde_ray.registry import objective_directions
-
-if TYPE_CHECKING:
-    from nsde_ray.mode_fronts import ModeReport
+from nsde_ray import mode_fronts, pareto, uncertainty
+from nsde_ray.registry import NOISE_MODES, objective_directions
 
 MIN_SIC_VALID_FRACTION = 0.75
 RANDOMISATION_GATE = "randomisation_passed_ig"
 SIC_VALID = "sic_valid_fraction_ig"
+PER_SEED, SEED_IDS = "per_seed", "seed_ids"  # a row's seeds' own objective values (dicts) and training seeds
+MODE_DRAWS = 4000
 
 
 @dataclass
@@ -52,7 +56,7 @@ class FrontReport:
     objectives: tuple[tuple[str, str], ...]
     floors: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    modes: ModeReport | None = None  # the noise modes compared by their own fronts (nsde_ray.mode_fronts)
+    modes: mode_fronts.ModeReport | None = None  # the noise modes compared by their own fronts
 
     @property
     def flagged(self) -> list[str]:
@@ -68,11 +72,17 @@ class FrontReport:
         )
 
 
-def _standard_errors(rows: list[dict[str, Any]], objectives: tuple[tuple[str, str], ...]) -> np.ndarray:
-    """(N, M) standard errors of the rows' objectives; NaN where a row has none (one seed)."""
-    return np.array(
-        [[float(row.get(f"{name}_se", math.nan)) for name, _ in objectives] for row in rows], dtype=float
-    ).reshape(len(rows), len(objectives))
+def _seed_values(
+    rows: list[dict[str, Any]], objectives: tuple[tuple[str, str], ...]
+) -> tuple[list[np.ndarray], list[list[int]]]:
+    """Each row's per-seed objective values (K, M), in :func:`nsde_ray.pareto.as_minimisation` form, and their
+    training seeds: ``per_seed`` and ``seed_ids`` where the row has them, else its means as one seed."""
+    values, seeds = [], []
+    for row in rows:
+        per_seed = row.get(PER_SEED) or [row]
+        values.append(pareto.as_minimisation(per_seed, objectives))
+        seeds.append(list(row.get(SEED_IDS) or range(len(per_seed))))
+    return values, seeds
 
 
 def exclusion(row: dict[str, Any]) -> str:
@@ -85,8 +95,10 @@ def exclusion(row: dict[str, Any]) -> str:
     return ""
 
 
-def assess_front(rows: list[dict[str, Any]], seed: int = 0) -> FrontReport:
-    """Mark ``rows`` (in place) with ``excluded``, ``pareto_front`` and ``pareto_probability``; see the module doc."""
+def assess_front(rows: list[dict[str, Any]], seed: int = 0, modes: tuple[str, ...] = ()) -> FrontReport:
+    """Mark ``rows`` (in place) with ``excluded``, ``pareto_front``, ``pareto_probability`` and the model's standard
+    errors ``<objective>_se``, and compare the noise ``modes`` (those searched; the rows' own modes too) by their
+    fronts; see the module doc."""
     for row in rows:
         row["excluded"] = exclusion(row)
     eligible = [row for row in rows if not row["excluded"]]
@@ -101,16 +113,29 @@ def assess_front(rows: list[dict[str, Any]], seed: int = 0) -> FrontReport:
         )
     for row in rows:
         row["pareto_front"], row["pareto_probability"] = False, 0.0
+    draws = np.full((MODE_DRAWS, len(rows), 2), np.nan)
     if eligible:
-        values, errors = pareto.as_minimisation(eligible, objectives), _standard_errors(eligible, objectives)
-        for row, on_front, probability in zip(
-            eligible, pareto.non_dominated(values), pareto.front_probability(values, errors, seed=seed)
+        values, seeds = _seed_values(eligible, all_objectives)
+        groups = [str(row.get("noise_mode", "")) for row in eligible]
+        used = [all_objectives.index(objective) for objective in objectives]
+        probability = uncertainty.front_probability([v[:, used] for v in values], seeds, groups, rng_seed=seed)
+        errors = uncertainty.standard_errors(values, seeds, groups)
+        for row, on_front, p, se in zip(
+            eligible, pareto.non_dominated(pareto.as_minimisation(eligible, objectives)), probability, errors
         ):
-            row["pareto_front"], row["pareto_probability"] = bool(on_front), float(probability)
+            row["pareto_front"], row["pareto_probability"] = bool(on_front), float(p)
+            row.update({f"{name}_se": float(error) for (name, _), error in zip(all_objectives, se)})
+        compared = [all_objectives.index(objective) for objective in mode_fronts.FRONT_OBJECTIVES]
+        sample = uncertainty.posterior_draws(
+            [v[:, compared] for v in values], seeds, groups, draws=MODE_DRAWS, rng_seed=seed
+        )
+        sample[..., 0] *= -1  # accuracy back from minimisation form
+        draws[:, [rows.index(row) for row in eligible]] = sample
     floors = {
-        name: pareto.noise_floor([float(r[name]) for r in eligible], _standard_errors(eligible, ((name, mode),))[:, 0])
-        for name, mode in all_objectives
+        name: pareto.noise_floor([float(r[name]) for r in eligible], [float(r[f"{name}_se"]) for r in eligible])
+        for name, _ in all_objectives
     }
+    labels = {name: mode.label for name, mode in NOISE_MODES.items()}
     for name, (floor, spread, flagged) in floors.items():
         if flagged:
             notes.append(
@@ -123,4 +148,5 @@ def assess_front(rows: list[dict[str, Any]], seed: int = 0) -> FrontReport:
             f"{len(excluded)} configuration(s) kept off the front: "
             + "; ".join(f"{row.get('trial_id', '?')}: {row['excluded']}" for row in excluded)
         )
-    return FrontReport(rows, objectives, floors, notes)
+    modes_report = mode_fronts.compare_modes(rows, labels, draws, modes=modes, seed=seed)
+    return FrontReport(rows, objectives, floors, notes, modes_report)

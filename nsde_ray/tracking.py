@@ -23,10 +23,10 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from nsde_ray import front, mode_fronts
+from nsde_ray import front
 from nsde_ray.front_table import front_markdown
 from nsde_ray.mlflow_uri import TrackingError, mask_uri, redact, store_creation_lock
-from nsde_ray.registry import NOISE_MODES, effective_sigma, front_params, objective_names, unused_params
+from nsde_ray.registry import effective_sigma, front_params, objective_names, unused_params
 
 ROLE, TRIAL_ID, STATUS, SWEEP = "nsde.role", "nsde.trial_id", "nsde.status", "nsde.sweep"
 PARENT = "mlflow.parentRunId"
@@ -243,8 +243,9 @@ class SweepTracker:
         return self.assess().rows
 
     def assess(self, runs: list | None = None) -> front.FrontReport:
-        """The front over the finished configurations among ``runs`` (default: :meth:`trial_runs`)."""
-        rows = []
+        """The front over the finished configurations among ``runs`` (default: :meth:`trial_runs`), each row with its
+        seeds' own objective values and training seeds (:data:`nsde_ray.front.PER_SEED`, ``SEED_IDS``)."""
+        rows, seeds = [], self._seeds_by_configuration()
         for run in self.trial_runs() if runs is None else runs:
             if run.data.tags.get(STATUS) != "finished":
                 continue
@@ -257,13 +258,25 @@ class SweepTracker:
             row.update({name: metrics.get(name, math.nan) for name in FRONT_METRICS})
             row["seeds"] = metrics.get("seeds", 1.0)  # a one-seed configuration logs no count
             row["effective_sigma"] = effective_sigma(params.get("noise_sigma", ""), row["noise_energy"])
+            own = seeds.get(run.info.run_id) or [run]  # one seed per configuration: the run is its seed's
+            row[front.PER_SEED] = [seed.data.metrics for seed in own]
+            row[front.SEED_IDS] = [int(seed.data.params.get("seed", index)) for index, seed in enumerate(own)]
             rows.append(row)
-        report = front.assess_front(rows)
-        report.modes = mode_fronts.compare_modes(
-            rows, {name: mode.label for name, mode in NOISE_MODES.items()}, modes=self.searched_modes()
-        )
+        report = front.assess_front(rows, modes=self.searched_modes())
         rows.sort(key=lambda row: (not row["pareto_front"], -row["pareto_probability"], -row["val_accuracy"]))
         return report
+
+    def _seeds_by_configuration(self) -> dict[str, list]:
+        """The finished seed runs of the sweep's configurations, by the configuration's run id, in seed order."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'seed' and tags.`{STATUS}` = 'finished'",
+            max_results=50_000,
+        )
+        by_configuration: dict[str, list] = {}
+        for run in sorted(runs, key=lambda run: int(run.data.tags.get(SEED_INDEX, 0))):
+            by_configuration.setdefault(run.data.tags.get(PARENT, ""), []).append(run)
+        return by_configuration
 
     def searched_modes(self) -> tuple[str, ...]:
         """The noise modes the sweep searches (its run's :data:`MODES_PARAM`; none for a sweep from before it)."""
