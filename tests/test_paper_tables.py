@@ -56,8 +56,11 @@ def test_tables_have_the_papers_shape_and_state_whether_the_orderings_held():
     ]
     ig, saliency = sensitivity.rows
     assert ig[:5] == ["IG", "0.5333 ± 0.058", "0.4 ± 0.1", "0.35 ± 0.05", tables.MISSING]  # no input-noise models
-    assert ig[5:] == ["yes (3/3 seeds)", "yes (2/3 seeds)", "yes (2/3 seeds)", "n/a"]
-    assert saliency[0] == "Saliency" and saliency[5:] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)", "n/a"]
+    modes = len(noise_mode_names())
+    assert ig[5 : 1 + modes] == [tables.MISSING] * (modes - 4)  # no models of the robust-training baselines either
+    assert ig[1 + modes :] == ["yes (3/3 seeds)", "yes (2/3 seeds)", "yes (2/3 seeds)", "n/a"]
+    assert saliency[0] == "Saliency"
+    assert saliency[1 + modes :] == ["no (0/3 seeds)", "no (0/3 seeds)", "no (0/3 seeds)", "n/a"]
     assert sensitivity.notes[0].endswith("held on the means for 1 of 2 methods, in every seed for 1")
     assert sensitivity.notes[2].endswith("held on the means for 1 of 2 methods, in every seed for 0")
     assert sensitivity.notes[4] == (
@@ -109,6 +112,7 @@ def test_missing_models_leave_dashes_and_no_verdict():
         "0.4",
         tables.MISSING,
         tables.MISSING,
+        *[tables.MISSING] * (len(noise_mode_names()) - 4),  # the robust-training baselines
         "yes (1/1 seeds)",
         "n/a",
         "n/a",
@@ -270,8 +274,8 @@ def test_the_accuracy_table_shows_the_effective_sigma_from_the_noise_energy():
     table = tables.accuracy_table(results, ["cifar_resnet8"])
     assert table.header[:3] == ["Architecture", "Quantity", "ResNet"]
     assert table.rows == [
-        ["cifar_resnet8", "val accuracy", "0.9", "0.9", "0.9", tables.MISSING],
-        ["cifar_resnet8", "effective sigma", "0", "0.5", "0.15", tables.MISSING],
+        ["cifar_resnet8", "val accuracy", "0.9", "0.9", "0.9", *[tables.MISSING] * (len(noise_mode_names()) - 3)],
+        ["cifar_resnet8", "effective sigma", "0", "0.5", "0.15", *[tables.MISSING] * (len(noise_mode_names()) - 3)],
     ]
     assert table.records[0]["attribution_effective_sigma_mean"] == pytest.approx(0.15)
 
@@ -305,8 +309,8 @@ def test_paired_fine_tunes_start_from_the_plain_model_of_their_arch_and_seed():
 def test_config_round_trips_and_spans_the_grid():
     cfg = PaperTablesConfig(name="g", storage="/tmp", archs=("cifar_resnet8", "resnet18"), seeds=(0, 1, 2))
     assert PaperTablesConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.grid_size == 2 * 4 * 3  # archs x noise modes (the papers' three and the input-noise baseline) x seeds
-    assert cfg.parent_params()["noise_mode"] == "none,gaussian,attribution,input"
+    assert cfg.grid_size == 2 * len(noise_mode_names()) * 3  # archs x every registered noise mode x seeds
+    assert cfg.parent_params()["noise_mode"] == ",".join(noise_mode_names())
     assert cfg.parent_params()["repeats"] == 5
 
 
