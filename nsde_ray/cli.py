@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
-        cfg, tracking = open_run(
+        cfg, tracker = open_run(
             args,
             command=COMMAND,
             kind="sweep",
@@ -199,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         f"MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}"
     )
     tuner = build_tuner(
-        cfg, tracking.describe(), resume=args.resume, retry_errored=not args.no_retry_errored, log_level=args.log_level
+        cfg, tracker.describe(), resume=args.resume, retry_errored=not args.no_retry_errored, log_level=args.log_level
     )
     results = tuner.fit()
-    report = tracking.update_front()
+    report = tracker.update_front()
     rows = report.rows
-    tracking.finish_sweep()
+    tracker.finish_sweep()
     errors = sum(trial.error is not None for trial in results)
     result(
         f"sweep {name!r} done in {time.perf_counter() - started:.0f} s: {len(results)} trials, "
@@ -225,10 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     result(f"noise floors (median SE of range): {floors}; flagged: {', '.join(report.flagged) or 'none'}")
     result("noise modes compared by their own fronts (does a mode buy robustness at matched accuracy?):")
     result(report.modes.to_text() + "\n", block=True)
-    result(f"browse it: {ui_command(tracking.tracking_uri)}")
+    result(f"browse it: {ui_command(tracker.tracking_uri)}")
     result(
         f"  experiment {cfg.experiment_name!r}, filter: {FRONT_FILTER}; the front's runs, listed flat: "
-        f"{front_url(tracking.experiment_id, ui_address(tracking.tracking_uri))}"
+        f"{front_url(tracker.experiment_id, ui_address(tracker.tracking_uri))}"
     )
     result(
         f"resume it (after a crash or a stop): python -m sweeps.{COMMAND} --name {name} --storage {storage} --resume"

@@ -25,6 +25,7 @@ where its crop lies in its evaluation view (see :class:`IndexedDataset`).
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ RECIPE_STATS = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IM
 SMALL_IMAGE_SIDE = 64
 DECODE_ALL, DECODE_SAMPLE = 2000, 200  # check_images: decode every image of a split this small, else a sample
 _PROBED_CLASSES = 16
+_FOLDER_SETS = ("imagenet", "imagefolder")
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_LAYOUT = (
     "{data_dir}/{folder}/ as torchvision's {cls} reader expects it (the python version of the "
@@ -92,7 +94,7 @@ class DataSplits:
 
 def default_image_size(dataset: str) -> int:
     """Side in pixels a data set is resized to unless the config says otherwise (folders of small images: their own)."""
-    return 224 if dataset in ("imagenet", "imagefolder") else 32
+    return 224 if dataset in _FOLDER_SETS else 32
 
 
 def check_data(cfg: DataConfig, images: bool = True) -> None:
@@ -117,7 +119,7 @@ def check_data(cfg: DataConfig, images: bool = True) -> None:
                 f"{cfg.dataset} not found: expected "
                 + _CIFAR_LAYOUT.format(data_dir=cfg.data_dir, folder=_CIFAR_FOLDERS[cfg.dataset], cls=cls)
             )
-    elif cfg.dataset in ("imagenet", "imagefolder"):
+    elif cfg.dataset in _FOLDER_SETS:
         layout = _FOLDER_LAYOUT.format(data_dir=cfg.data_dir)
         if not os.path.isdir(cfg.data_dir):
             raise DataError(f"--data-dir {cfg.data_dir!r} does not exist; expected {layout}")
@@ -213,14 +215,58 @@ def _first(items: list[str], count: int = 5) -> str:
 def build_datasets(cfg: DataConfig) -> DataSplits:
     """Load and split the data set ``cfg`` names. Raises :class:`DataError` for missing files."""
     check_data(cfg, images=False)  # the driver decoded a sample before Ray started
-    if cfg.dataset in ("imagenet", "imagefolder"):
-        return _image_folder(cfg)
+    if cfg.dataset in _FOLDER_SETS:
+        return _image_folder(cfg, resolve_data(cfg))
+    if cfg.dataset in _CIFAR_FOLDERS:
+        return _cifar(cfg, resolve_data(cfg))
+    return _in_memory(cfg)
+
+
+@dataclass(frozen=True)
+class DataResolution:
+    """What a :class:`DataConfig`'s ``None`` and ``auto`` resolve to: the values :class:`DataSplits` gets.
+
+    image_size: side in pixels. recipe: the evaluation view and normalisation of images read from
+    disk, ``cifar`` or ``imagenet`` (``none`` for the in-memory tensors of digits and synthetic).
+    augmentation: the training recipe in use, ``cifar``, ``imagenet`` or ``none``. mean, std: the
+    per-channel normalisation (the recipe's, or the in-memory train split's own statistics).
+    """
+
+    image_size: int
+    recipe: str
+    augmentation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def resolve_data(cfg: DataConfig) -> DataResolution:
+    """What :func:`build_datasets` resolves ``cfg`` to, without reading the data set from disk.
+
+    Image folders: the headers of the first image of up to 16 training classes (:func:`probe_sides`);
+    CIFAR: the config alone; digits and synthetic, normalised with their train split's statistics:
+    built (small in-memory tensors, nothing decoded).
+    """
+    if cfg.dataset in _FOLDER_SETS:
+        shorter, longer = probe_sides(_first_images(os.path.join(cfg.data_dir, "train")))
+        small = longer <= SMALL_IMAGE_SIDE
+        size = cfg.image_size or (shorter if small else default_image_size(cfg.dataset))
+        return _recipe_resolution(cfg.augmentation, "cifar" if small else "imagenet", size)
+    if cfg.dataset in _CIFAR_FOLDERS:
+        return _recipe_resolution(cfg.augmentation, "cifar", cfg.image_size or default_image_size(cfg.dataset))
+    splits = _in_memory(cfg)
+    return DataResolution(splits.image_size, "none", splits.augmentation, splits.mean, splits.std)
+
+
+def _recipe_resolution(augmentation: str, auto: str, size: int) -> DataResolution:
+    """The resolution of images read from disk at ``size`` px, ``auto`` being the recipe ``auto`` picks."""
+    recipe, augmentation = resolve_recipe(augmentation, auto)
+    return DataResolution(size, recipe, augmentation, *RECIPE_STATS[recipe])
+
+
+def _in_memory(cfg: DataConfig) -> DataSplits:
+    """The splits of digits or synthetic, at ``image_size`` or the default side."""
     size = cfg.image_size or default_image_size(cfg.dataset)
-    if cfg.dataset == "digits":
-        return _digits(cfg, size)
-    if cfg.dataset == "synthetic":
-        return _synthetic(cfg, size)
-    return _cifar(cfg, size)
+    return _digits(cfg, size) if cfg.dataset == "digits" else _synthetic(cfg, size)
 
 
 def foreground_masks(splits: DataSplits, pixels: torch.Tensor) -> torch.Tensor | None:
@@ -313,12 +359,11 @@ def recipe_transforms(recipe: str, augmentation: str, size: int):
     return (eval_tf if augmentation == "none" else RandomCropFlip(recipe, size, finish)), eval_tf
 
 
-def _cifar(cfg: DataConfig, size: int) -> DataSplits:
+def _cifar(cfg: DataConfig, resolved: DataResolution) -> DataSplits:
     from torchvision import datasets
 
     reader = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
-    recipe, augmentation = resolve_recipe(cfg.augmentation, "cifar")
-    train_tf, eval_tf = recipe_transforms(recipe, augmentation, size)
+    train_tf, eval_tf = recipe_transforms(resolved.recipe, resolved.augmentation, resolved.image_size)
     try:
         train_aug = reader(cfg.data_dir, train=True, transform=train_tf, download=cfg.download)
         train_eval = reader(cfg.data_dir, train=True, transform=eval_tf)
@@ -338,36 +383,37 @@ def _cifar(cfg: DataConfig, size: int) -> DataSplits:
         test,
         num_classes=len(train_aug.classes),
         in_channels=3,
-        image_size=size,
+        image_size=resolved.image_size,
         class_names=list(train_aug.classes),
-        mean=RECIPE_STATS[recipe][0],
-        std=RECIPE_STATS[recipe][1],
+        mean=resolved.mean,
+        std=resolved.std,
         train_plain=Subset(train_eval, train_indices),
-        augmentation=augmentation,
+        augmentation=resolved.augmentation,
     )
 
 
-def probe_sides(samples: list[tuple[str, int]]) -> tuple[int, int]:
-    """(smallest shorter side, largest longer side) in pixels of the first image of each of up to 16 classes.
+def _first_images(split_dir: str) -> list[str]:
+    """The first image file (as :func:`_image_files` orders them) of each of the first 16 classes of ``split_dir``."""
+    classes = sorted(entry.path for entry in os.scandir(split_dir) if entry.is_dir())
+    firsts = (next(_image_files(folder), None) for folder in classes)
+    return list(itertools.islice((path for path in firsts if path is not None), _PROBED_CLASSES))
 
-    ``samples``: an ``ImageFolder``'s (path, class index) list, sorted by class. Sizes come from
-    the file headers (PIL opens lazily), so this costs a few small reads, not decodes.
+
+def probe_sides(paths: list[str]) -> tuple[int, int]:
+    """(smallest shorter side, largest longer side) in pixels of the images at ``paths``.
+
+    Sizes come from the file headers (PIL opens lazily), so this costs a few small reads, not decodes.
     """
     from PIL import Image
 
-    first: dict[int, str] = {}
-    for path, label in samples:
-        if len(first) == _PROBED_CLASSES and label not in first:
-            break
-        first.setdefault(label, path)
     sizes = []
-    for path in first.values():
+    for path in paths:
         with Image.open(path) as image:
             sizes.append(image.size)
     return min(min(size) for size in sizes), max(max(size) for size in sizes)
 
 
-def _image_folder(cfg: DataConfig) -> DataSplits:
+def _image_folder(cfg: DataConfig, resolved: DataResolution) -> DataSplits:
     from torchvision import datasets
 
     root = cfg.data_dir
@@ -379,11 +425,7 @@ def _image_folder(cfg: DataConfig) -> DataSplits:
         test = datasets.ImageFolder(test_dir) if os.path.isdir(test_dir) else val
     except (FileNotFoundError, RuntimeError) as err:  # e.g. a class folder without images
         raise DataError(f"{cfg.dataset} in {root!r}: {err}; expected {_FOLDER_LAYOUT.format(data_dir=root)}") from err
-    shorter, longer = probe_sides(train.samples)
-    small = longer <= SMALL_IMAGE_SIDE
-    size = cfg.image_size or (shorter if small else default_image_size(cfg.dataset))
-    recipe, augmentation = resolve_recipe(cfg.augmentation, "cifar" if small else "imagenet")
-    train.transform, eval_tf = recipe_transforms(recipe, augmentation, size)
+    train.transform, eval_tf = recipe_transforms(resolved.recipe, resolved.augmentation, resolved.image_size)
     for split in (train_plain, val, test):
         split.transform = eval_tf
     return DataSplits(
@@ -393,12 +435,12 @@ def _image_folder(cfg: DataConfig) -> DataSplits:
         test,
         num_classes=len(train.classes),
         in_channels=3,
-        image_size=size,
+        image_size=resolved.image_size,
         class_names=list(train.classes),
-        mean=RECIPE_STATS[recipe][0],
-        std=RECIPE_STATS[recipe][1],
+        mean=resolved.mean,
+        std=resolved.std,
         train_plain=train_plain,
-        augmentation=augmentation,
+        augmentation=resolved.augmentation,
     )
 
 

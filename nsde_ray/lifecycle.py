@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,7 +33,7 @@ from nsde_ray.mlflow_uri import (
     resolve_resume_uri,
     resolve_tracking_uri,
 )
-from nsde_ray.storage import resolve_filesystem
+from nsde_ray.storage import folders_holding, read_text, write_atomically
 from nsde_ray.tracking import SweepTracker
 from nsde_ray.weights import WeightsError
 
@@ -67,50 +66,17 @@ def train_storage(cfg: RunSettings) -> str:
     return f"{experiment_path(cfg)}/{TRAIN_DIR}"
 
 
-def save_state(cfg: RunSettings, tracker: dict[str, str], kind: str = "sweep") -> None:
+def save_state(cfg: RunSettings, tracker_ids: dict[str, str], kind: str = "sweep") -> None:
     """The run's settings (under ``kind``, the command that made it) and MLflow ids, next to Tune's state.
 
     Tracking URIs are stored masked (:func:`nsde_ray.mlflow_uri.mask_uri`): no password reaches the
-    file. The write is atomic where the storage allows: on a local or NFS path the state goes to a
-    temporary file in the same directory, is flushed to disk, then renamed over the old one, so a
-    crash or a full disk leaves the previous state whole. On other pyarrow file systems (``s3://``
-    ...) it is written to a temporary name and moved (S3 publishes an object whole); a file system
-    that cannot move files is written directly, where an interrupted write can truncate the file.
+    file. The write is atomic where the storage allows (:func:`nsde_ray.storage.write_atomically`).
     """
-    import pyarrow.fs
-
-    settings, tracker = cfg.to_dict(), dict(tracker)
-    for values in (settings, tracker):
+    settings, tracker_ids = cfg.to_dict(), dict(tracker_ids)
+    for values in (settings, tracker_ids):
         if values.get("tracking_uri"):
             values["tracking_uri"] = mask_uri(values["tracking_uri"])
-    payload = json.dumps({kind: settings, "tracker": tracker}, indent=2).encode()
-    filesystem, root = resolve_filesystem(experiment_path(cfg))
-    target = f"{root}/{SWEEP_FILE}"
-    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-        os.makedirs(root, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=root, prefix=f".{SWEEP_FILE}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, target)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
-        return
-    filesystem.create_dir(root, recursive=True)
-    temporary = f"{root}/.{SWEEP_FILE}.{os.getpid()}.{time.time_ns()}.tmp"
-    with filesystem.open_output_stream(temporary) as handle:
-        handle.write(payload)
-    try:
-        filesystem.move(temporary, target)
-    except NotImplementedError:  # pyarrow's ArrowNotImplementedError too: write in place
-        with filesystem.open_output_stream(target) as handle:
-            handle.write(payload)
-        filesystem.delete_file(temporary)
+    write_atomically(experiment_path(cfg), SWEEP_FILE, json.dumps({kind: settings, "tracker": tracker_ids}, indent=2))
 
 
 def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -118,16 +84,12 @@ def load_state(storage: str, name: str, kind: str) -> tuple[dict[str, Any], dict
 
     SweepError if ``storage`` holds no run ``name``, or one that another command (kind) made.
     """
-    import pyarrow.fs
-
-    filesystem, root = resolve_filesystem(f"{storage.rstrip('/')}/{name}")
-    if filesystem.get_file_info(f"{root}/{SWEEP_FILE}").type == pyarrow.fs.FileType.NotFound:
+    text = read_text(f"{storage.rstrip('/')}/{name}", SWEEP_FILE)
+    if text is None:
         raise SweepError(
             f"no sweep named {name!r} in {storage} to resume; check --name and --storage"
             f" (sweeps there: {', '.join(list_sweeps(storage)) or 'none'})"
         )
-    with filesystem.open_input_stream(f"{root}/{SWEEP_FILE}") as handle:
-        text = handle.read().decode()
     try:
         state = json.loads(text)
     except ValueError as err:
@@ -147,16 +109,8 @@ def list_sweeps(storage: str) -> list[str]:
     SweepError if the storage cannot be listed (permissions, a file where a directory should be,
     unreachable object storage): that is never read as "no sweeps".
     """
-    import pyarrow.fs
-
     try:
-        filesystem, root = resolve_filesystem(storage)
-        entries = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-        return sorted(
-            os.path.basename(e.path)
-            for e in entries
-            if filesystem.get_file_info(f"{e.path}/{SWEEP_FILE}").type == pyarrow.fs.FileType.File
-        )
+        return folders_holding(storage, SWEEP_FILE)
     except (OSError, ValueError) as err:  # pyarrow raises OSError subclasses; ArrowInvalid for a bad URI
         raise SweepError(
             f"cannot list the sweeps in --storage {storage}: {err}; check the path (or bucket), "
@@ -207,7 +161,7 @@ def open_run(
     if args.resume:
         if not args.name:
             raise SweepError("--resume needs the --name of the sweep to continue")
-        settings, tracker = load_state(storage, name, kind)
+        settings, tracker_ids = load_state(storage, name, kind)
         cfg = from_dict(settings)
         differences = resume_differences(args, settings, resume_fields or {}, sections)
         if differences:
@@ -223,7 +177,7 @@ def open_run(
                 f"a sweep named {name!r} already exists in {storage}: pass --resume to "
                 "continue it, or choose another --name"
             )
-        tracker = None
+        tracker_ids = None
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking_uri)
     check_reachable(tracking_uri)
@@ -233,21 +187,21 @@ def open_run(
             "--tracking-uri http://<mlflow server>:5000"
         )
     cfg = replace(cfg, tracking_uri=mask_uri(tracking_uri))
-    if tracker is not None:
-        tracking = SweepTracker(**dict(tracker, tracking_uri=tracking_uri))
+    if tracker_ids is not None:
+        tracker = SweepTracker(**dict(tracker_ids, tracking_uri=tracking_uri))
         try:
-            tracking.reopen_parent()
+            tracker.reopen_parent()
         except Exception as err:  # MLflow raises many kinds: a wrong store, a deleted run
             raise TrackingError(
-                f"cannot reopen the parent run {tracker.get('parent_run_id')} of {name!r} in the "
+                f"cannot reopen the parent run {tracker_ids.get('parent_run_id')} of {name!r} in the "
                 f"MLflow store {mask_uri(tracking_uri)!r}: {redact(str(err), tracking_uri)}; "
                 "check --tracking-uri"
             ) from err
-        return cfg, tracking
+        return cfg, tracker
     params = parent_params(cfg) if parent_params is not None else cfg.base.to_params()
-    tracking = SweepTracker.start(tracking_uri, cfg.experiment_name, name, params)
-    save_state(cfg, tracking.describe(), kind)
-    return cfg, tracking
+    tracker = SweepTracker.start(tracking_uri, cfg.experiment_name, name, params)
+    save_state(cfg, tracker.describe(), kind)
+    return cfg, tracker
 
 
 # Flags that say where and how to run, applied on --resume too: never compared with the stored settings.

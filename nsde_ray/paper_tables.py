@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
-        cfg, tracking = open_run(
+        cfg, tracker = open_run(
             args,
             command=COMMAND,
             kind=KIND,
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints")
         )
     else:
-        tracking.client.set_tag(tracking.parent_run_id, KIND_TAG, KIND)
+        tracker.client.set_tag(tracker.parent_run_id, KIND_TAG, KIND)
 
     started = time.perf_counter()
     init_ray(args.address, args.log_level)
@@ -230,23 +230,23 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.paired:
         from nsde_ray import paired
 
-        grid = paired.run(cfg, tracking, retry_errored=not args.no_retry_errored, log_level=args.log_level)
+        grid = paired.run(cfg, tracker, retry_errored=not args.no_retry_errored, log_level=args.log_level)
     else:
         grid = build_grid_tuner(
             cfg,
-            tracking.describe(),
+            tracker.describe(),
             resume=args.resume,
             retry_errored=not args.no_retry_errored,
             log_level=args.log_level,
         ).fit()
-    results = model_results(tracking)
+    results = model_results(tracker)
     report = tables.paper_tables(results, list(cfg.archs), list(cfg.base.eval.methods))
     if cfg.paired:
         report.append(tables.paired_table(results, list(cfg.archs), list(cfg.base.eval.methods)))
     out_dir = os.path.abspath(args.out_dir or os.path.join("tables", cfg.name))
     text = write_tables(report, protocol(cfg, len(results)), out_dir)
-    tracking.client.log_artifacts(tracking.parent_run_id, out_dir, TABLES_DIR)
-    tracking.finish_sweep()
+    tracker.client.log_artifacts(tracker.parent_run_id, out_dir, TABLES_DIR)
+    tracker.finish_sweep()
     errors = sum(trial.error is not None for trial in grid)
     result(
         f"paper tables {cfg.name!r} done in {time.perf_counter() - started:.0f} s: {len(grid)} trials, "
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     result(text, block=True)
     result(
         f"tables written to {out_dir} (Markdown and CSV) and logged to the parent run "
-        f"{tracking.parent_run_id} under {TABLES_DIR}/; browse: {ui_command(tracking.tracking_uri)}"
+        f"{tracker.parent_run_id} under {TABLES_DIR}/; browse: {ui_command(tracker.tracking_uri)}"
     )
     result(
         f"resume or re-render: python -m sweeps.{COMMAND} --name {cfg.name} "

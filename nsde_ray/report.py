@@ -11,6 +11,7 @@ import os
 
 from nsde_ray import tables
 from nsde_ray.config import PaperTablesConfig
+from nsde_ray.paired import FINETUNE, STAGE_PARAM
 from nsde_ray.registry import effective_sigma
 from nsde_ray.tracking import STATUS
 
@@ -18,15 +19,22 @@ TABLES_DIR = "paper_tables"  # the parent run's artifact folder
 REPORT_FILE = "paper_tables.md"
 
 
-def model_results(tracking) -> list[tables.ModelResult]:
+def model_results(tracker) -> list[tables.ModelResult]:
     """The grid's finished models, from the parent's MLflow child runs (a resumed grid included)."""
     return [
         tables.ModelResult(
-            run.data.params["arch"], run.data.params["noise_mode"], int(run.data.params["seed"]), run_metrics(run)
+            run.data.params["arch"], result_mode(run.data.params), int(run.data.params["seed"]), run_metrics(run)
         )
-        for run in tracking.trial_runs()
+        for run in tracker.trial_runs()
         if run.data.tags.get(STATUS) == "finished"
     ]
+
+
+def result_mode(params: dict[str, str]) -> str:
+    """A run's mode in the tables: its noise mode, or :data:`tables.PLAIN_CONTROL` for the plain model that a
+    paired grid fine-tuned alongside the noisy ones (:mod:`nsde_ray.paired`)."""
+    control = params["noise_mode"] == "none" and params.get(STAGE_PARAM) == FINETUNE
+    return tables.PLAIN_CONTROL if control else params["noise_mode"]
 
 
 def run_metrics(run) -> dict[str, float]:
@@ -54,13 +62,14 @@ def write_tables(report: list[tables.Table], header: str, out_dir: str) -> str:
 def protocol(cfg: PaperTablesConfig, finished: int) -> str:
     """What the tables measured, in a sentence: the header of the report."""
     base = cfg.base
+    controls = len(cfg.archs) * len(cfg.seeds) if cfg.paired else 0
     return (
-        f"{finished} of {cfg.grid_size} models finished: {', '.join(cfg.archs)} on {base.data.dataset}, "
+        f"{finished} of {cfg.grid_size + controls} models finished: {', '.join(cfg.archs)} on {base.data.dataset}, "
         f"noise modes {', '.join(cfg.noise_modes)} (sigma {base.noise.sigma}), seeds "
         f"{', '.join(map(str, cfg.seeds))}, {base.train.epochs} epochs"
         + (
-            f" for the plain models, each noisy model fine-tuned from the plain model of its seed for "
-            f"{cfg.finetune_epochs} epochs (paired)"
+            f" for the plain models, each noisy model and a plain control fine-tuned from the plain model of its "
+            f"seed for {cfg.finetune_epochs} epochs (paired)"
             if cfg.paired
             else ""
         )

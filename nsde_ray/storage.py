@@ -1,5 +1,8 @@
 """Files on a run's storage: a local or NFS path, or a pyarrow file system URI (``s3://``, ``gs://``, ...).
 
+:func:`write_atomically`, :func:`read_text` and :func:`folders_holding` are how a run's state file
+(:mod:`nsde_ray.lifecycle`) is written, read and found.
+
 :class:`CheckpointStore` keeps the per-epoch checkpoints of a training run that does not go
 through Ray Train (:func:`nsde_ray.train.fit_single_worker`), in that run's own folder.
 """
@@ -10,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 
 import pyarrow.fs
 import torch
@@ -25,6 +29,66 @@ def resolve_filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
     if "://" not in path:
         return pyarrow.fs.LocalFileSystem(), os.path.abspath(path)
     return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def write_atomically(folder: str, name: str, text: str) -> None:
+    """Write ``text`` to ``folder/name`` (a local path or a URI), atomically where the storage allows.
+
+    On a local or NFS path it goes to a temporary file in the same folder, is flushed to disk, then
+    renamed over the old one, so a crash or a full disk leaves the previous file whole. On other
+    pyarrow file systems (``s3://`` ...) it is written to a temporary name and moved (S3 publishes an
+    object whole); a file system that cannot move files is written directly, where an interrupted
+    write can truncate the file.
+    """
+    payload = text.encode()
+    filesystem, root = resolve_filesystem(folder)
+    target = f"{root}/{name}"
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        os.makedirs(root, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, target)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+        return
+    filesystem.create_dir(root, recursive=True)
+    temporary = f"{root}/.{name}.{os.getpid()}.{time.time_ns()}.tmp"
+    with filesystem.open_output_stream(temporary) as handle:
+        handle.write(payload)
+    try:
+        filesystem.move(temporary, target)
+    except NotImplementedError:  # pyarrow's ArrowNotImplementedError too: write in place
+        with filesystem.open_output_stream(target) as handle:
+            handle.write(payload)
+        filesystem.delete_file(temporary)
+
+
+def read_text(folder: str, name: str) -> str | None:
+    """The text of ``folder/name`` (a local path or a URI); None if there is no such file."""
+    filesystem, root = resolve_filesystem(folder)
+    if filesystem.get_file_info(f"{root}/{name}").type == pyarrow.fs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(f"{root}/{name}") as handle:
+        return handle.read().decode()
+
+
+def folders_holding(root: str, name: str) -> list[str]:
+    """The names of the folders directly in ``root`` that hold a file ``name``, sorted; none if ``root`` does not
+    exist. Raises OSError (or ValueError for a bad URI) if it cannot be listed."""
+    filesystem, base = resolve_filesystem(root)
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+    return sorted(
+        os.path.basename(e.path)
+        for e in entries
+        if filesystem.get_file_info(f"{e.path}/{name}").type == pyarrow.fs.FileType.File
+    )
 
 
 class CheckpointStore:

@@ -98,8 +98,8 @@ class ProgressCallback(tune.Callback):
     warning and the sweep goes on (the run's status and the front catch up with the next trial).
     """
 
-    def __init__(self, tracker: dict[str, str], num_samples: int, log_level: int = logging.INFO) -> None:
-        self.tracker, self.num_samples = tracker, num_samples
+    def __init__(self, tracker_ids: dict[str, str], num_samples: int, log_level: int = logging.INFO) -> None:
+        self.tracker, self.num_samples = tracker_ids, num_samples
         configure(log_level)
 
     def summary(self) -> str:
@@ -119,13 +119,13 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         try:
-            tracking = SweepTracker(**self.tracker)
-            for run in tracking.trial_runs():
+            tracker = SweepTracker(**self.tracker)
+            for run in tracker.trial_runs():
                 if (
                     run.data.tags.get("nsde.trial_id") == trial.trial_id
                     and run.data.tags.get("nsde.status") == "running"
                 ):
-                    tracking.finish_trial(run.info.run_id, "failed", {}, error=str(trial.error_file or "trial error"))
+                    tracker.finish_trial(run.info.run_id, "failed", {}, error=str(trial.error_file or "trial error"))
         except Exception as err:  # as in on_trial_complete
             log.warning(
                 tracking_warning(
@@ -188,11 +188,15 @@ def run_config(cfg: RunSettings, callback: ProgressCallback, log_level: int = lo
 
 
 def build_tuner(
-    cfg: SweepConfig, tracker: dict[str, str], resume: bool, retry_errored: bool = True, log_level: int = logging.INFO
+    cfg: SweepConfig,
+    tracker_ids: dict[str, str],
+    resume: bool,
+    retry_errored: bool = True,
+    log_level: int = logging.INFO,
 ) -> tune.Tuner:
     """A new ``Tuner`` for the sweep ``cfg``, or (``resume``) the one restored from its experiment directory
     (``retry_errored``: as :func:`restore_tuner`)."""
-    trainable = trial_trainable(cfg, tracker, seeds_per_config=cfg.seeds_per_config, log_level=log_level)
+    trainable = trial_trainable(cfg, tracker_ids, seeds_per_config=cfg.seeds_per_config, log_level=log_level)
     if resume:
         return restore_tuner(cfg, trainable, retry_errored)
     max_concurrent = cfg.max_concurrent or default_max_concurrent(cfg)
@@ -201,13 +205,13 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(cfg, max_concurrent), num_samples=cfg.num_samples, reuse_actors=False
         ),
-        run_config=run_config(cfg, FrontCallback(tracker, cfg.num_samples, log_level), log_level),
+        run_config=run_config(cfg, FrontCallback(tracker_ids, cfg.num_samples, log_level), log_level),
     )
 
 
 def build_grid_tuner(
     cfg: PaperTablesConfig,
-    tracker: dict[str, str],
+    tracker_ids: dict[str, str],
     resume: bool,
     param_space: dict[str, Any] | None = None,
     trials: int | None = None,
@@ -216,7 +220,7 @@ def build_grid_tuner(
 ) -> tune.Tuner:
     """A new ``Tuner`` over the grid ``cfg`` (or over ``param_space``, ``trials`` trials), or (``resume``) the
     one restored from its experiment directory, errored trials run again unless not ``retry_errored``."""
-    trainable = trial_trainable(cfg, tracker, repeats=cfg.repeats, log_level=log_level)
+    trainable = trial_trainable(cfg, tracker_ids, repeats=cfg.repeats, log_level=log_level)
     if resume:
         return restore_tuner(cfg, trainable, retry_errored)
     grid = {"seed": list(cfg.seeds), "arch": list(cfg.archs), "noise_mode": list(cfg.noise_modes)}
@@ -226,5 +230,5 @@ def build_grid_tuner(
         tune_config=tune.TuneConfig(
             num_samples=1, reuse_actors=False, max_concurrent_trials=cfg.max_concurrent or default_max_concurrent(cfg)
         ),
-        run_config=run_config(cfg, ProgressCallback(tracker, trials or cfg.grid_size, log_level), log_level),
+        run_config=run_config(cfg, ProgressCallback(tracker_ids, trials or cfg.grid_size, log_level), log_level),
     )

@@ -17,8 +17,9 @@ Tables (``Table.name`` is the file stem):
 - ``localisation_<arch>``: localisation AUC against foreground masks, where the data set has them;
 - ``paired_differences`` (:func:`paired_table`): per training seed, each noisy model minus the plain
   model of its seed, with a paired t-test across seeds and its p Holm-adjusted over the table's tests
-  (``--paired`` grids fine-tune the noisy models from that plain model, for epochs the plain model
-  does not get).
+  (``--paired`` grids fine-tune the noisy models from that plain model, and the plain control, mode
+  :data:`PLAIN_CONTROL`, alongside them for as many epochs: the differences are taken against it where
+  the grid has one).
 
 Orderings (the claims): sensitivity ResNet > Gaussian SDE (IJCAI 2021 Tables 1-3) > attribution SDE
 (AAAI 2022 Table 1), per method; SIC of IG ResNet < Gaussian SDE < attribution SDE (AAAI 2022
@@ -388,77 +389,88 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+PLAIN_CONTROL = "none_finetuned"  # the mode of a paired grid's plain control: fine-tuned as long as the noisy models
+
+
 def paired_table(results: list[ModelResult], archs: list[str], methods: list[str]) -> Table:
-    """Per (arch, noisy mode, metric): the per-seed differences noisy minus plain (mode ``none``), their mean,
-    std across seeds, how many seeds moved the better way, and a paired t-test across seeds, its p also
-    Holm-adjusted over every test of the table."""
+    """Per (arch, noisy mode, metric): the per-seed differences noisy minus plain, their mean, std across seeds, how
+    many seeds moved the better way, and a paired t-test across seeds, its p also Holm-adjusted over every test of
+    the table. Plain is the plain control (mode :data:`PLAIN_CONTROL`) where ``results`` have one, else the plain
+    model (mode ``none``)."""
+    reference = PLAIN_CONTROL if any(r.mode == PLAIN_CONTROL for r in results) else "none"
     rows, records = [], []
     for arch in archs:
         for mode in [m for m in NOISE_MODES if m != "none" and any(r.arch == arch and r.mode == m for r in results)]:
             for metric, label, higher in paired_metrics(methods):
                 noisy = cell(results, arch, mode, metric).per_seed
-                plain = cell(results, arch, "none", metric).per_seed
-                seeds = sorted(set(noisy) & set(plain))
-                differences = Cell({seed: noisy[seed] - plain[seed] for seed in seeds}, math.nan)
-                better = sum((d > 0) == higher and d != 0 for d in differences.per_seed.values())
-                t, p = paired_t_test([noisy[s] for s in seeds], [plain[s] for s in seeds])
-                text = (
-                    MISSING
-                    if not seeds
-                    else f"{differences.mean:+.3g}" + (f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
-                )
-                rows.append(
-                    [
-                        arch,
-                        NOISE_MODES[mode].label,
-                        label,
-                        "higher" if higher else "lower",
-                        text,
-                        f"{better}/{len(seeds)}",
-                        _number(t),
-                        _number(p),
-                    ]
-                )
-                records.append(
-                    {
-                        "arch": arch,
-                        "mode": mode,
-                        "metric": metric,
-                        "higher_is_better": higher,
-                        "difference_mean": differences.mean,
-                        "difference_seed_std": differences.seed_std,
-                        "n_seeds": len(seeds),
-                        "better_seeds": better,
-                        "t": t,
-                        "p": p,
-                        "difference_per_seed": ";".join(f"{s}:{d:.6g}" for s, d in differences.per_seed.items()),
-                    }
-                )
+                plain = cell(results, arch, reference, metric).per_seed
+                row, record = paired_row(noisy, plain, higher)
+                rows.append([arch, NOISE_MODES[mode].label, label, *row])
+                records.append({"arch": arch, "mode": mode, "metric": metric, "reference": reference, **record})
     adjusted = holm([record["p"] for record in records])
     for row, record, p_holm in zip(rows, records, adjusted):
         row.append(_number(p_holm))
         record["p_holm"] = p_holm
-    tested = sum(not math.isnan(p) for p in adjusted)
-    significant = sum(record["p"] < 0.05 for record in records)
-    surviving = sum(p < 0.05 for p in adjusted)
-    notes = [
-        "difference = the noisy model minus the plain ResNet of the same architecture and training seed (in a "
-        "--paired grid, the plain model it was fine-tuned from; the noisy model also trained the fine-tune's "
-        "extra epochs, the plain one did not, so a difference there is noise and more training together); "
-        "± = std across seeds; better in = seeds whose difference goes the better way; t, p: two-sided paired "
-        "t-test across seeds (scipy.stats.ttest_rel; none below 2 seeds); p (Holm): p adjusted by Holm's "
-        f"step-down method over all {tested} tests of this table (family-wise error rate)",
-        f"{significant} of {tested} tested differences have p < 0.05 uncorrected, {surviving} after Holm's "
-        f"correction for the {tested} tests",
-    ]
     return Table(
         "paired_differences",
         "Paired differences: noisy minus plain, per training seed",
         ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p", "p (Holm)"],
         rows,
         records,
-        notes,
+        paired_notes(records, reference),
     )
+
+
+def paired_row(noisy: dict[int, float], plain: dict[int, float], higher: bool) -> tuple[list[str], dict[str, object]]:
+    """One metric's differences ``noisy`` minus ``plain`` (seed -> value) over their common seeds: the Markdown
+    cells from "better" to "p", and the CSV columns from ``higher_is_better`` to the per-seed differences."""
+    seeds = sorted(set(noisy) & set(plain))
+    differences = Cell({seed: noisy[seed] - plain[seed] for seed in seeds}, math.nan)
+    better = sum((d > 0) == higher and d != 0 for d in differences.per_seed.values())
+    t, p = paired_t_test([noisy[s] for s in seeds], [plain[s] for s in seeds])
+    text = (
+        MISSING
+        if not seeds
+        else f"{differences.mean:+.3g}" + (f" ± {differences.seed_std:.2g}" if len(seeds) > 1 else "")
+    )
+    record = {
+        "higher_is_better": higher,
+        "difference_mean": differences.mean,
+        "difference_seed_std": differences.seed_std,
+        "n_seeds": len(seeds),
+        "better_seeds": better,
+        "t": t,
+        "p": p,
+        "difference_per_seed": ";".join(f"{s}:{d:.6g}" for s, d in differences.per_seed.items()),
+    }
+    return ["higher" if higher else "lower", text, f"{better}/{len(seeds)}", _number(t), _number(p)], record
+
+
+def paired_notes(records: list[dict[str, object]], reference: str) -> list[str]:
+    """The paired table's notes: what a difference is taken against (``reference``, the plain control or the plain
+    model) and how to read it, then how many differences are significant before and after Holm's correction."""
+    adjusted = [record["p_holm"] for record in records]
+    tested = sum(not math.isnan(p) for p in adjusted)
+    significant = sum(record["p"] < 0.05 for record in records)
+    surviving = sum(p < 0.05 for p in adjusted)
+    against = (
+        "the plain control of the same architecture and training seed (the plain ResNet fine-tuned from the same "
+        "plain model for the same epochs and learning-rate schedule as the noisy model, so the difference is the "
+        "noise's alone, not more training)"
+        if reference == PLAIN_CONTROL
+        else "the plain ResNet of the same architecture and training seed (in a --paired grid, the plain model it "
+        "was fine-tuned from: this grid has no plain control fine-tuned alongside, so the noisy model also trained "
+        "the fine-tune's extra epochs, the plain one did not, and a difference there is noise and more training "
+        "together)"
+    )
+    return [
+        f"difference = the noisy model minus {against}; ± = std across seeds; better in = seeds whose difference "
+        "goes the better way; t, p: two-sided paired t-test across seeds (scipy.stats.ttest_rel; none below 2 "
+        "seeds); p (Holm): p adjusted by Holm's step-down method over all "
+        f"{tested} tests of this table (family-wise error rate)",
+        f"{significant} of {tested} tested differences have p < 0.05 uncorrected, {surviving} after Holm's "
+        f"correction for the {tested} tests",
+    ]
 
 
 def _number(value: float) -> str:

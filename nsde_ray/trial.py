@@ -33,7 +33,7 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from nsde_ray.aggregate import aggregate_seeds
-from nsde_ray.config import TrialConfig
+from nsde_ray.config import DataConfig, TrialConfig
 from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
 from nsde_ray.logs import configure, ray_log_level
 from nsde_ray.mlflow_uri import tracking_warning
@@ -62,9 +62,9 @@ class EpochLogger(ray.train.UserCallback):
     """
 
     def __init__(
-        self, tracker: dict[str, str], run_id: str, label: str, epochs: int, log_level: int = logging.INFO
+        self, tracker_ids: dict[str, str], run_id: str, label: str, epochs: int, log_level: int = logging.INFO
     ) -> None:
-        self.tracker, self.run_id, self.label, self.epochs = tracker, run_id, label, epochs
+        self.tracker, self.run_id, self.label, self.epochs = tracker_ids, run_id, label, epochs
         self.log_level = log_level
         self._client: SweepTracker | None = None
         self._pending: collections.deque = collections.deque(maxlen=PENDING_EPOCHS)
@@ -159,7 +159,7 @@ def run_trial(
     config: dict,
     base: dict,
     storage_path: str,
-    tracker: dict,
+    tracker_ids: dict,
     repeats: int = 1,
     seeds_per_config: int = 1,
     log_level: int = logging.INFO,
@@ -175,30 +175,32 @@ def run_trial(
     trial's run is the seed's run. A run already finished (a seed finished after the sweep state
     was last saved, then the driver died, or a retried trial) reports its stored metrics instead
     of running again, so a resumed sweep trains only its unfinished seeds. ``log_level``: this
-    process's (and its Train runs') :mod:`nsde_ray.logs` level.
+    process's (and its Train runs') :mod:`nsde_ray.logs` level. Every run's params are the config's
+    (:meth:`TrialConfig.to_params`) and :func:`resolved_params`.
     """
     configure(log_level)
     started = time.perf_counter()
     cfg = trial_config(TrialConfig.from_dict(base), config)
     trial_id = tune.get_context().get_trial_id()
-    tracking = SweepTracker(**tracker)
-    run_id, status = tracking.open_trial(trial_id, dict(cfg.to_params(), seeds_per_config=seeds_per_config))
+    tracker = SweepTracker(**tracker_ids)
+    resolved = resolved_params(cfg.data)
+    run_id, status = tracker.open_trial(trial_id, dict(cfg.to_params(), seeds_per_config=seeds_per_config, **resolved))
     if status in ("finished", "diverged"):
-        tune.report(reported_metrics(tracking.finished_metrics(run_id), diverged=status == "diverged"))
+        tune.report(reported_metrics(tracker.finished_metrics(run_id), diverged=status == "diverged"))
         return
     label = f"trial {trial_id} ({_describe(config)})"
     if seeds_per_config == 1:
-        status, final = run_seed(cfg, tracking, run_id, f"trial_{trial_id}", label, storage_path, repeats, log_level)
+        status, final = run_seed(cfg, tracker, run_id, f"trial_{trial_id}", label, storage_path, repeats, log_level)
         tune.report(reported_metrics(final, diverged=status == "diverged"))
         return
     outcomes = []
     for index in range(seeds_per_config):
         seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + index))
-        seed_run, seed_status = tracking.open_seed(run_id, trial_id, index, seed_cfg.to_params())
+        seed_run, seed_status = tracker.open_seed(run_id, trial_id, index, dict(seed_cfg.to_params(), **resolved))
         if seed_status not in ("finished", "diverged"):
             seed_status, _ = run_seed(
                 seed_cfg,
-                tracking,
+                tracker,
                 seed_run,
                 f"trial_{trial_id}_seed{index}",
                 f"{label} seed {index + 1}/{seeds_per_config}",
@@ -206,11 +208,11 @@ def run_trial(
                 repeats,
                 log_level,
             )
-        outcomes.append((seed_status, tracking.finished_metrics(seed_run)))
+        outcomes.append((seed_status, tracker.finished_metrics(seed_run)))
     diverged = any(seed_status == "diverged" for seed_status, _ in outcomes)
     final = aggregate_seeds([metrics for _, metrics in outcomes])
     final["trial_wall_s"] = time.perf_counter() - started
-    tracking.finish_trial(
+    tracker.finish_trial(
         run_id,
         "diverged" if diverged else "finished",
         final,
@@ -228,9 +230,34 @@ def run_trial(
     tune.report(reported_metrics(final, diverged=diverged))
 
 
+def resolved_params(data: DataConfig) -> dict[str, Any]:
+    """The data values a trial trains with where its config may say ``None`` or ``auto``, as MLflow params.
+
+    ``resolved_image_size`` (px), ``resolved_recipe`` (evaluation view and normalisation: ``cifar``,
+    ``imagenet``, or ``none`` for in-memory tensors), ``resolved_augmentation`` (``cifar``, ``imagenet`` or
+    ``none``), ``resolved_mean`` and ``resolved_std`` (the normalisation, per channel, comma-separated), as
+    :func:`nsde_ray.data.resolve_data` finds them without decoding the data set. Logged when a trial's or
+    seed's run is created only: MLflow params cannot change, and a resumed trial reopens its runs.
+    """
+    from nsde_ray.data import resolve_data
+
+    resolved = resolve_data(data)
+    return {
+        "resolved_image_size": resolved.image_size,
+        "resolved_recipe": resolved.recipe,
+        "resolved_augmentation": resolved.augmentation,
+        "resolved_mean": _channels(resolved.mean),
+        "resolved_std": _channels(resolved.std),
+    }
+
+
+def _channels(values: tuple[float, ...]) -> str:
+    return ",".join(f"{value:.6g}" for value in values)
+
+
 def run_seed(
     cfg: TrialConfig,
-    tracking: SweepTracker,
+    tracker: SweepTracker,
     run_id: str,
     train_name: str,
     label: str,
@@ -245,16 +272,16 @@ def run_seed(
     and raises :class:`SweepError`.
     """
     started = time.perf_counter()
-    logger = EpochLogger(tracking.describe(), run_id, label, cfg.train.epochs, log_level)
+    logger = EpochLogger(tracker.describe(), run_id, label, cfg.train.epochs, log_level)
     try:
         outcome, fit_s = train_seed(cfg, train_name, storage_path, logger, log_level)
     except Exception as err:  # Ray Train's TrainingFailedError, or the loop's own error in this process
-        tracking.finish_trial(run_id, "failed", {}, error=f"{type(err).__name__}: {err}")
+        tracker.finish_trial(run_id, "failed", {}, error=f"{type(err).__name__}: {err}")
         raise SweepError(f"{label} failed in training: {err}") from err
-    tracking.log_missing_epochs(run_id, [m for m in outcome.reports if "epoch" in m])  # what EpochLogger could not
+    tracker.log_missing_epochs(run_id, [m for m in outcome.reports if "epoch" in m])  # what EpochLogger could not
     train_metrics = outcome.metrics
     if train_metrics.get("diverged"):
-        tracking.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
+        tracker.finish_trial(run_id, "diverged", {}, error="non-finite training loss")
         log.info(f"{label} diverged (non-finite loss) at epoch {train_metrics.get('epoch')}")
         return "diverged", train_metrics
     eval_started = time.perf_counter()
@@ -273,7 +300,7 @@ def run_seed(
                 .remote(outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats)
             )
     except Exception as err:  # the evaluation's error (re-raised by ray.get for the task)
-        tracking.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")
+        tracker.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")
         raise SweepError(f"{label} failed in evaluation: {err}") from err
     final = {key: value for key, value in train_metrics.items() if isinstance(value, (int, float))}
     final.update(eval_metrics)
@@ -290,11 +317,11 @@ def run_seed(
             with open(os.path.join(artifact_dir, relative), "wb") as handle:
                 handle.write(data)
         # the per-epoch metrics (train_loss, val_accuracy, ...) are in the run already, from EpochLogger
-        tracking.finish_trial(
+        tracker.finish_trial(
             run_id, "finished", {k: v for k, v in final.items() if k not in train_metrics}, artifact_dir
         )
     final["logging_s"] = time.perf_counter() - logging_started
-    tracking.client.log_metric(run_id, "logging_s", final["logging_s"])
+    tracker.client.log_metric(run_id, "logging_s", final["logging_s"])
     log.info(
         f"{label} finished: "
         + " ".join(f"{name}={final.get(name, math.nan):.4g}" for name in objective_names())
@@ -365,7 +392,7 @@ def trial_config(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
 
 def trial_trainable(
     cfg: RunSettings,
-    tracker: dict[str, str],
+    tracker_ids: dict[str, str],
     repeats: int = 1,
     seeds_per_config: int = 1,
     log_level: int = logging.INFO,
@@ -382,7 +409,7 @@ def trial_trainable(
         run_trial,
         base=cfg.base.to_dict(),
         storage_path=train_storage(cfg),
-        tracker=tracker,
+        tracker_ids=tracker_ids,
         repeats=repeats,
         seeds_per_config=seeds_per_config,
         log_level=log_level,

@@ -228,7 +228,8 @@ def standard_errors(
 
     The SE of each mean's distance to the average of all the kept means, times sqrt(N / (N - 1)):
     sigma / sqrt(K) in a balanced sweep. The seed effect all configurations share is not in it: it
-    says how well configurations are told apart, not how far a mean is from other seeds' mean.
+    says how well configurations are told apart, not how far a mean is from other seeds' mean. NaN
+    where no variance is known (one seed each and no evaluation floor), never a claim of 0.
     """
     result = fit(values, seeds, groups, eval_var)
     keep = np.flatnonzero(np.isfinite(result.means).all(axis=1))
@@ -238,7 +239,7 @@ def standard_errors(
     for m in range(result.means.shape[1]):
         centred = centre @ result.covariance[m][np.ix_(keep, keep)] @ centre
         errors[keep, m] = np.sqrt(np.clip(np.diag(centred) * scale, 0.0, None))
-    return errors
+    return np.where(np.isfinite(result.variance), errors, np.nan)  # no variance known (one seed each): unknown
 
 
 def posterior_draws(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -16,9 +17,30 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import mlflow
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_COMMAND = [sys.executable, "-m", "sweeps.accuracy_vs_robustness"]
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip the test (or, called at import, its module) unless ``condition``: on a developer's machine that may lack
+    a server or a browser. Under CI (``CI`` set, as .ci/run does), which installs all of them, fail instead: a skip
+    there would hide a test that never ran."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run this test, not skip it)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, install: str):
+    """The module ``name``, or :func:`require`'s skip (a failure under CI) where it cannot be imported; ``install``
+    says how to get it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        require(False, f"cannot import {name} ({err}): {install}")
 
 
 def free_port() -> int:
@@ -191,7 +213,6 @@ def write_images(folder: Path, n: int, colour: int, size: tuple[int, int] = (40,
 
 def assert_usage_error(main: Callable[[list[str]], int], argv: list[str], message: str, capsys) -> None:
     """A command's ``main(argv)`` exits with status 2 and ``message`` within 30 s, before Ray starts."""
-    import pytest
     import ray
 
     started = time.perf_counter()

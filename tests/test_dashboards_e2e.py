@@ -9,12 +9,13 @@ import sys
 
 import mlflow
 import pytest
-from helpers import REPO, free_port, http_ok, start_in_group, stop_group, wait_until
+from helpers import REPO, free_port, http_ok, require, require_module, start_in_group, stop_group, wait_until
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = str(REPO / "test-artifacts" / "dashboards")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PLAYWRIGHT = "pip install -e '.[dev]' installs Playwright"
 # As the machine notes say: no background networking (this machine's network is closed), fresh profile.
 CHROMIUM_ARGS = [
     "--headless",
@@ -49,9 +50,8 @@ def dashboard(smoke_sweep, tmp_path_factory):
 
 @pytest.fixture()
 def page():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is missing: apt-get install chromium (.ci/run does)")
+    playwright_api = require_module("playwright.sync_api", PLAYWRIGHT)
+    require(os.path.exists(CHROMIUM), "Chromium is missing: apt-get install chromium (.ci/run does)")
     os.makedirs(SCREENSHOTS, exist_ok=True)
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -6,14 +6,13 @@ head and worker started with ``ray start``. Here: every trial is in PostgreSQL, 
 import mlflow
 import psycopg2
 import pytest
-from helpers import seed_runs, trial_runs
+from helpers import require, seed_runs, trial_runs
 
 pytestmark = pytest.mark.slow
 
 
 def test_readme_smoke_sweep_on_a_ray_start_cluster_logs_every_trial_to_postgres(smoke_sweep):
-    if smoke_sweep.postgres is None:
-        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql); CI installs it")
+    require(smoke_sweep.postgres is not None, "PostgreSQL is not installed here (apt-get install postgresql)")
     uri, name = smoke_sweep.uri, smoke_sweep.name
     assert "3 trials, 3 evaluated, 0 failed" in smoke_sweep.output
 

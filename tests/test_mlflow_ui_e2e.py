@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
-from helpers import mlflow_server
-from test_dashboards_e2e import SCREENSHOTS, page  # noqa: F401 (page: the browser fixture)
+from helpers import mlflow_server, require_module
+from test_dashboards_e2e import PLAYWRIGHT, SCREENSHOTS, page  # noqa: F401 (page: the browser fixture)
 
 from nsde_ray.front_table import table_columns
 from nsde_ray.tracking import FRONT_FILTER, OBJECTIVES_SECTION, ROLE, front_url
 
 pytestmark = pytest.mark.slow
-expect = pytest.importorskip("playwright.sync_api").expect
+expect = require_module("playwright.sync_api", PLAYWRIGHT).expect
 WAIT = 90_000  # ms: MLflow's UI on a busy two-core machine
 
 

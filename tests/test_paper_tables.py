@@ -18,7 +18,7 @@ from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
 from nsde_ray.lifecycle import save_state
 from nsde_ray.paper_tables import main
 from nsde_ray.registry import noise_mode_names
-from nsde_ray.report import run_metrics
+from nsde_ray.report import model_results, run_metrics
 
 MODES = ("none", "gaussian", "attribution")
 
@@ -244,6 +244,46 @@ def test_paired_differences_are_noisy_minus_plain_per_seed_with_a_paired_t_test(
     )
 
 
+def test_paired_differences_are_taken_against_the_plain_control_where_the_grid_has_one():
+    # the plain controls: the plain models of seeds 0 and 1 fine-tuned as long as the noisy ones, IG sensitivity
+    # 0.45 and 0.48; seed 2's control did not finish, so its pairs drop out
+    controls = [
+        tables.ModelResult("cifar_resnet8", tables.PLAIN_CONTROL, seed, {"val_accuracy": a, "sensitivity_ig": s})
+        for seed, (a, s) in {0: (0.91, 0.45), 1: (0.93, 0.48)}.items()
+    ]
+    table = tables.paired_table(_paired_results() + controls, ["cifar_resnet8"], ["ig"])
+    assert [row[1] for row in table.rows] == ["Gaussian SDE"] * 3 + ["attribution SDE"] * 3  # no row of its own
+    assert table.rows[1][4:6] == ["-0.04 ± 0.014", "2/2"]  # 0.40 - 0.45, 0.45 - 0.48: not the stage-1 -0.1
+    assert table.rows[4][4:6] == ["+0.01 ± 0.014", "0/2"]  # attribution: 0.45 - 0.45, 0.50 - 0.48
+    assert table.rows[2][4:6] == [tables.MISSING, "0/0"]  # the controls have no SIC
+    record = next(r for r in table.records if r["mode"] == "gaussian" and r["metric"] == "sensitivity_ig")
+    assert record["reference"] == tables.PLAIN_CONTROL and record["difference_per_seed"] == "0:-0.05;1:-0.03"
+    assert "minus the plain control" in table.notes[0] and "the noise's alone" in table.notes[0]
+    assert "more training together" not in table.notes[0]
+    before = tables.paired_table(_paired_results(), ["cifar_resnet8"], ["ig"])  # a grid from before the control
+    assert {r["reference"] for r in before.records} == {"none"} and "more training together" in before.notes[0]
+    assert "no plain control" in before.notes[0]
+
+
+def test_the_report_tells_the_plain_control_from_the_stage_1_plain_model_by_its_paired_stage():
+    def run(mode, **params):
+        data = SimpleNamespace(
+            params={"arch": "cifar_resnet8", "noise_mode": mode, "seed": "0", **params},
+            metrics={"val_accuracy": 0.9},
+            tags={"nsde.status": "finished"},
+        )
+        return SimpleNamespace(data=data)
+
+    runs = [
+        run("none", paired_stage="plain"),
+        run("none", paired_stage="finetune"),
+        run("gaussian", paired_stage="finetune"),
+        run("none"),  # a grid that is not paired
+    ]
+    modes = [r.mode for r in model_results(SimpleNamespace(trial_runs=lambda: runs))]
+    assert modes == ["none", tables.PLAIN_CONTROL, "gaussian", "none"]
+
+
 def test_holm_adjusts_step_down_by_hand():
     # sorted 0.01, 0.02, 0.03, 0.04 of m = 4: 4 x 0.01 = 0.04, 3 x 0.02 = 0.06, 2 x 0.03 = 0.06, 1 x 0.04 = 0.04 -> 0.06
     assert tables.holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
@@ -289,10 +329,6 @@ def test_paired_fine_tunes_start_from_the_plain_model_of_their_arch_and_seed():
         "/ray/g/plain/train/trial_a/checkpoint_1": ("cifar_resnet8", 0),
         "/ray/g/plain/train/trial_b/checkpoint_1": ("cifar_resnet14", 1),
     }
-    trials = [config for _, config in generate_variants(finetune_space(bases, ("gaussian", "attribution")))]
-    assert len(trials) == 4 and {t["noise_mode"] for t in trials} == {"gaussian", "attribution"}
-    for trial in trials:
-        assert (trial["arch"], trial["seed"]) == bases[trial["init_from"]]
     cfg = PaperTablesConfig(
         name="g", storage="/ray", noise_modes=("none", "gaussian", "attribution"), paired=True, finetune_epochs=2
     )
@@ -301,9 +337,44 @@ def test_paired_fine_tunes_start_from_the_plain_model_of_their_arch_and_seed():
     assert (plain.storage, plain.name, plain.noise_modes, plain.base.train.epochs) == ("/ray/g", "plain", ("none",), 6)
     assert (finetune.name, finetune.noise_modes, finetune.base.train.epochs) == (
         "finetune",
-        ("gaussian", "attribution"),
+        ("none", "gaussian", "attribution"),
         2,
     )
+    trials = [config for _, config in generate_variants(finetune_space(bases, finetune.noise_modes))]
+    assert len(trials) == 6
+    for trial in trials:
+        assert (trial["arch"], trial["seed"]) == bases[trial["init_from"]]
+    # every (arch, seed) gets its plain control: the plain model fine-tuned as long as the noisy ones
+    assert sorted((t["arch"], t["seed"]) for t in trials if t["noise_mode"] == "none") == sorted(bases.values())
+
+
+def test_paired_runs_are_marked_with_their_stage_from_where_they_started():
+    from nsde_ray.paired import FINETUNE, PLAIN, mark_runs, stage_of
+
+    cfg = PaperTablesConfig(name="g", storage="/ray", noise_modes=("none", "gaussian"), paired=True, finetune_epochs=2)
+    checkpoint = "/ray/g/plain/train/trial_a/checkpoint_1"
+    assert stage_of(cfg, {"noise_mode": "none", "init_from": "None"}) == PLAIN  # from scratch: stage 1
+    assert stage_of(cfg, {"noise_mode": "none", "init_from": checkpoint}) == FINETUNE  # the control
+    warm = replace(cfg, base=replace(cfg.base, train=replace(cfg.base.train, init_from="/weights/start.pt")))
+    assert stage_of(warm, {"noise_mode": "none", "init_from": "/weights/start.pt"}) == PLAIN  # the grid's own start
+    assert stage_of(warm, {"noise_mode": "gaussian", "init_from": checkpoint}) == FINETUNE
+
+    logged = {}
+    runs = {
+        run_id: SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(params=params))
+        for run_id, params in {
+            "plain": {"noise_mode": "none", "init_from": "None"},
+            "control": {"noise_mode": "none", "init_from": checkpoint},
+            "noisy": {"noise_mode": "gaussian", "init_from": checkpoint, "paired": "true"},
+        }.items()
+    }
+    client = SimpleNamespace(log_batch=lambda run_id, params: logged.update({run_id: {p.key: p.value for p in params}}))
+    mark_runs(SimpleNamespace(trial_runs=lambda: list(runs.values()), client=client), cfg)
+    assert logged == {
+        "plain": {"paired": "true", "paired_stage": "plain"},
+        "control": {"paired": "true", "paired_stage": "finetune", "finetune_epochs": "2"},
+        "noisy": {"paired_stage": "finetune", "finetune_epochs": "2"},  # paired already logged
+    }
 
 
 def test_config_round_trips_and_spans_the_grid():

@@ -1,4 +1,5 @@
-"""The sweep's parts without Ray: search space, reference points, bad flags, the MLflow records."""
+"""The sweep's parts without training (and, but for one Tune restore, without Ray): search space, reference
+points, bad flags, the MLflow records."""
 
 import math
 
@@ -272,22 +273,54 @@ def test_driver_callbacks_never_raise_on_mlflow_errors(monkeypatch, capsys):
     assert "s3cret" not in err and "alice:***@mlflow" in err
 
 
-def test_resume_retries_errored_trials_unless_told_not_to(monkeypatch):
+@pytest.fixture
+def one_test_ray():
+    """A local Ray for one test: the others here check that a bad flag is refused before Ray starts."""
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_resume_retries_errored_trials_unless_told_not_to(tmp_path, monkeypatch, one_test_ray):
+    """A real Tune experiment on disk whose one trial errored, restored by ``build_tuner(resume=True)`` as
+    ``--resume`` does: with ``--no-retry-errored`` the trial stays errored and nothing runs; without it the trial
+    runs again and finishes. Only the training behind the trainable is a stand-in (it fails while a marker file
+    exists, else reports the objectives), so the restore takes seconds."""
     from ray import tune
 
-    from nsde_ray import sweep
+    from nsde_ray import sweep, trial
     from nsde_ray.cli import build_parser
+    from nsde_ray.config import TrainConfig
     from nsde_ray.paper_tables import build_parser as tables_parser
+    from nsde_ray.registry import objective_directions
 
-    calls = []
-    monkeypatch.setattr(tune.Tuner, "restore", classmethod(lambda cls, path, **kwargs: calls.append(kwargs)))
-    cfg = SweepConfig(name="s", storage="/tmp")
-    sweep.restore_tuner(cfg, trainable=None)
-    sweep.restore_tuner(cfg, trainable=None, retry_errored=False)
-    assert [(c["resume_errored"], c["restart_errored"], c["resume_unfinished"]) for c in calls] == [
-        (True, False, True),
-        (False, False, True),
-    ]
+    failing, attempts = tmp_path / "failing", tmp_path / "attempts"
+    failing.touch()
+    attempts.mkdir()
+    objectives = [name for name, _ in objective_directions()]
+
+    def run_trial(config, **parameters):  # run_trial's parameters, unused
+        (attempts / str(len(list(attempts.iterdir())))).touch()
+        if failing.exists():
+            raise RuntimeError("the training failed")
+        tune.report(dict.fromkeys(objectives, 0.5))
+
+    monkeypatch.setattr(trial, "run_trial", run_trial)
+    base = TrialConfig(train=TrainConfig(max_failures=0))  # no retry within the first run: the trial errors
+    cfg = SweepConfig(name="s", storage=str(tmp_path / "ray"), base=base, num_samples=1, max_concurrent=1)
+    tracker = SweepTracker.start(f"sqlite:///{tmp_path}/mlflow.db", "s", "s", {}).describe()
+
+    def fit(resume: bool, retry_errored: bool = True):
+        grid = sweep.build_tuner(cfg, tracker, resume=resume, retry_errored=retry_errored).fit()
+        return len(grid), len(grid.errors), len(list(attempts.iterdir()))
+
+    assert fit(resume=False) == (1, 1, 1)
+    assert fit(resume=True, retry_errored=False) == (1, 1, 1)  # stays errored, not run again
+    failing.unlink()
+    assert fit(resume=True) == (1, 0, 2)  # run again, once, and finished
     for parser in (build_parser(), tables_parser()):
         assert parser.parse_args(["--resume", "--no-retry-errored"]).no_retry_errored is True
         assert parser.parse_args(["--resume"]).no_retry_errored is False
