@@ -124,7 +124,7 @@ class EpochLogger(ray.train.UserCallback):
 
 
 def evaluate_checkpoint(
-    checkpoint: ray.train.Checkpoint, config: dict, use_gpu: bool, repeats: int = 1
+    checkpoint: ray.train.Checkpoint, cfg: TrialConfig, use_gpu: bool, repeats: int = 1
 ) -> tuple[dict, dict[str, bytes]]:
     """Evaluate a trial's final checkpoint; returns (metrics, {artifact path: bytes}) including the model file.
 
@@ -137,7 +137,6 @@ def evaluate_checkpoint(
     from nsde_ray.explain import export_model
     from nsde_ray.train import load_trained_model
 
-    cfg = TrialConfig.from_dict(config)
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as out_dir:
@@ -287,7 +286,7 @@ def run_seed(
     eval_started = time.perf_counter()
     try:
         if cfg.train.in_trial_process:  # the trial holds one worker's resources already
-            eval_metrics, files = evaluate_checkpoint(outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats)
+            eval_metrics, files = evaluate_checkpoint(outcome.checkpoint, cfg, cfg.train.use_gpu, repeats)
         else:  # outside the trial's placement group (which holds no CPU): the task takes one worker's resources
             resources = dict(
                 num_cpus=cfg.train.cpus_per_worker,
@@ -297,7 +296,7 @@ def run_seed(
             eval_metrics, files = ray.get(
                 ray.remote(evaluate_checkpoint)
                 .options(**resources)
-                .remote(outcome.checkpoint, cfg.to_dict(), cfg.train.use_gpu, repeats)
+                .remote(outcome.checkpoint, cfg, cfg.train.use_gpu, repeats)
             )
     except Exception as err:  # the evaluation's error (re-raised by ray.get for the task)
         tracker.finish_trial(run_id, "failed", {}, error=f"evaluation: {err}")

@@ -495,18 +495,22 @@ def test_paired_tiny_grid_fine_tunes_each_noisy_model_from_the_plain_one(
     grid = ["--smoke-test", "--paired", "--finetune-epochs", "3", "--noise-modes", "none", "gaussian", "attribution"]
     assert main(flags + grid) == 0
     output = capsys.readouterr().out
-    assert "3 trials, 3 evaluated, 0 failed" in output
+    assert "4 trials, 4 evaluated, 0 failed" in output  # stage 1: the plain model; stage 2: its control, 2 noisy
     assert "### Paired differences: noisy minus plain" in output and "| effective sigma" in output
-    assert (tmp_path / "tables" / "pairs" / "paired_differences.csv").exists()
+    with open(tmp_path / "tables" / "pairs" / "paired_differences.csv") as handle:
+        assert {row["reference"] for row in csv.DictReader(handle)} == {tables.PLAIN_CONTROL}
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("pairs")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags["nsde.role"] == "sweep")
-    children = {r.data.params["noise_mode"]: r for r in runs if r.data.tags["nsde.role"] == "trial"}
+    trials = [r for r in runs if r.data.tags["nsde.role"] == "trial"]
     assert parent.data.params["paired"] == "true" and parent.data.params["finetune_epochs"] == "1"  # smoke: capped
-    plain = children.pop("none")
+    (plain,) = [r for r in trials if r.data.params["paired_stage"] == "plain"]
+    children = {r.data.params["noise_mode"]: r for r in trials if r.data.params["paired_stage"] == "finetune"}
+    assert set(children) == {"none", "gaussian", "attribution"}  # the plain control among the fine-tunes
     assert plain.data.params["paired"] == "true" and plain.data.metrics["noise_energy"] == 0.0
+    assert "finetune_epochs" not in plain.data.params
     base = plain.data.tags["nsde.trial_id"]
     for _mode, run in children.items():
         params = run.data.params
@@ -522,5 +526,5 @@ def test_paired_tiny_grid_fine_tunes_each_noisy_model_from_the_plain_one(
     assert "paper_tables/paired_differences.md" in logged
 
     assert main(flags + ["--resume", "--out-dir", str(tmp_path / "again")]) == 0
-    assert "3 trials, 3 evaluated, 0 failed" in capsys.readouterr().out
-    assert len(client.search_runs([experiment.experiment_id])) == 4  # both stages restored, nothing trained twice
+    assert "4 trials, 4 evaluated, 0 failed" in capsys.readouterr().out
+    assert len(client.search_runs([experiment.experiment_id])) == 5  # both stages restored, nothing trained twice
