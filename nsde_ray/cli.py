@@ -10,6 +10,7 @@ cannot work fails in seconds with a message that says what to do. The flags shar
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -27,12 +28,17 @@ from nsde_ray.flags import (
     add_training_flags,
     capped,
     check_trial,
-    fail,
-    parse_args,
+    parse_args,  # noqa: F401 (re-exported: the tests parse as the command does, cli.parse_args)
     shortcut_layers,
     trial_config_from_args,
 )
-from nsde_ray.lifecycle import experiment_path, init_ray, open_run, resolve_storage, usage_errors
+from nsde_ray.lifecycle import (
+    experiment_path,
+    init_ray,
+    open_run,  # noqa: F401 (re-exported: the tests open a run as the command does, cli.open_run)
+    open_run_from_argv,
+    resolve_storage,
+)
 from nsde_ray.logs import result
 from nsde_ray.overrides import Override
 
@@ -75,31 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=SweepConfig.num_samples,
         help="trials in all, the two reference points (plain ResNet; gaussian sigma 0.5) included",
     )
-    search.add_argument(
-        "--sigma-range",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        default=SearchSpace.sigma_range,
-        help="noise_sigma search range",
-    )
-    search.add_argument(
+    add_range = functools.partial(search.add_argument, type=float, nargs=2, metavar=("LOW", "HIGH"))
+    add_range("--sigma-range", default=SearchSpace.sigma_range, help="noise_sigma search range")
+    add_range(
         "--lr-range",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
         default=SearchSpace.lr_range,
         help="learning-rate search range (log scale); under --recipe, one decade either side of the "
         "base lr unless given",
     )
-    search.add_argument(
-        "--clip-range",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        default=SearchSpace.clip_range,
-        help="outlier-clipping percentile range of shaped trials",
-    )
+    add_range("--clip-range", default=SearchSpace.clip_range, help="outlier-clipping percentile range of shaped trials")
     search.add_argument("--seed", type=int, default=TrainConfig.seed, help="search and training seed")
     search.add_argument(
         "--seeds-per-config",
@@ -167,28 +157,22 @@ def main(argv: list[str] | None = None) -> int:
     from nsde_ray.sweep import build_tuner
     from nsde_ray.tracking import FRONT_FILTER, front_url
 
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    try:
-        cfg, tracker = open_run(
-            args,
-            command=COMMAND,
-            kind="sweep",
-            from_args=sweep_config_from_args,
-            from_dict=SweepConfig.from_dict,
-            resume_fields=SWEEP_RESUME_FIELDS,
-            sections={**overrides.trial_sections(), SPACE: SearchSpace},
-            parent_params=SweepConfig.parent_params,
-        )
-    except usage_errors() as err:
-        fail(parser, str(err))
+    args, cfg, tracker = open_run_from_argv(
+        build_parser(),
+        argv,
+        resuming=lambda cfg: (
+            f"sweep {cfg.name!r} with its stored settings ({cfg.num_samples} trials, "
+            f"{cfg.base.train.epochs} epochs each)"
+        ),
+        command=COMMAND,
+        kind="sweep",
+        from_args=sweep_config_from_args,
+        from_dict=SweepConfig.from_dict,
+        resume_fields=SWEEP_RESUME_FIELDS,
+        sections={**overrides.trial_sections(), SPACE: SearchSpace},
+        parent_params=SweepConfig.parent_params,
+    )
     name, storage = cfg.name, resolve_storage(args.storage)
-    if args.resume:
-        log.info(
-            f"resuming sweep {name!r} with its stored settings ({cfg.num_samples} trials, "
-            f"{cfg.base.train.epochs} epochs each); errored trials "
-            + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints")
-        )
 
     started = time.perf_counter()
     init_ray(args.address, args.log_level)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from nsde_ray import overrides
 from nsde_ray.config import SPACE, ConfigError, TrialConfig, check_name
 from nsde_ray.data import DataError
+from nsde_ray.flags import fail, parse_args
 from nsde_ray.logs import ray_log_level
 from nsde_ray.mlflow_uri import (
     TrackingError,
@@ -202,6 +203,27 @@ def open_run(
     tracker = SweepTracker.start(tracking_uri, cfg.experiment_name, name, params)
     save_state(cfg, tracker.describe(), kind)
     return cfg, tracker
+
+
+def open_run_from_argv(
+    parser: argparse.ArgumentParser, argv: list[str] | None, *, resuming: Callable[[Any], str], **run: Any
+) -> tuple[argparse.Namespace, Any, SweepTracker]:
+    """Both commands' start: (parsed flags, settings, tracker). The flags are parsed
+    (:func:`nsde_ray.flags.parse_args`) and the run opened (:func:`open_run` with ``run``); flags that
+    cannot work end the process with status 2 and the reason, as argparse does for a bad flag. A
+    resumed run is logged as ``resuming <resuming(settings)>`` with what becomes of its errored trials.
+    Ray is not started."""
+    args = parse_args(parser, argv)
+    try:
+        cfg, tracker = open_run(args, **run)
+    except usage_errors() as err:
+        fail(parser, str(err))
+    if args.resume:
+        log.info(
+            f"resuming {resuming(cfg)}; errored trials "
+            + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints")
+        )
+    return args, cfg, tracker
 
 
 # Flags that say where and how to run, applied on --resume too: never compared with the stored settings.

@@ -42,11 +42,9 @@ from nsde_ray.flags import (
     add_training_flags,
     capped,
     check_trial,
-    fail,
-    parse_args,
     trial_config_from_args,
 )
-from nsde_ray.lifecycle import experiment_path, init_ray, open_run, resolve_storage, usage_errors
+from nsde_ray.lifecycle import experiment_path, init_ray, open_run_from_argv, resolve_storage
 from nsde_ray.logs import result
 from nsde_ray.names import METHODS
 from nsde_ray.registry import noise_mode_names
@@ -196,26 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     from nsde_ray.mlflow_uri import ui_command
     from nsde_ray.sweep import build_grid_tuner
 
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    try:
-        cfg, tracker = open_run(
-            args,
-            command=COMMAND,
-            kind=KIND,
-            from_args=config_from_args,
-            from_dict=PaperTablesConfig.from_dict,
-            parent_params=PaperTablesConfig.parent_params,
-            resume_fields=RESUME_FIELDS,
-        )
-    except usage_errors() as err:
-        fail(parser, str(err))
-    if args.resume:
-        log.info(
-            f"resuming paper tables {cfg.name!r} with its stored settings; errored trials "
-            + ("stay as they are" if args.no_retry_errored else "run again from their latest checkpoints")
-        )
-    else:
+    args, cfg, tracker = open_run_from_argv(
+        build_parser(),
+        argv,
+        resuming=lambda cfg: f"paper tables {cfg.name!r} with its stored settings",
+        command=COMMAND,
+        kind=KIND,
+        from_args=config_from_args,
+        from_dict=PaperTablesConfig.from_dict,
+        parent_params=PaperTablesConfig.parent_params,
+        resume_fields=RESUME_FIELDS,
+    )
+    if not args.resume:
         tracker.client.set_tag(tracker.parent_run_id, KIND_TAG, KIND)
 
     started = time.perf_counter()
