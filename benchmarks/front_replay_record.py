@@ -36,29 +36,35 @@ from nsde_ray.data import build_datasets
 from nsde_ray.evaluate import evaluate
 from nsde_ray.train import fit_single_worker, load_trained_model
 
-# (configuration id, flat params applied to the design's base trial)
-DIGITS_CONFIGS = (
-    ("none_lr0.05", {"noise_mode": "none", "noise_sigma": 0.0, "lr": 0.05}),
-    ("none_lr0.1", {"noise_mode": "none", "noise_sigma": 0.0, "lr": 0.1}),
-    ("none_lr0.2", {"noise_mode": "none", "noise_sigma": 0.0, "lr": 0.2}),
-    ("gaussian_0.25_lr0.1", {"noise_mode": "gaussian", "noise_sigma": 0.25, "lr": 0.1}),
-    ("gaussian_0.5_lr0.1", {"noise_mode": "gaussian", "noise_sigma": 0.5, "lr": 0.1}),
-    ("gaussian_1.0_lr0.1", {"noise_mode": "gaussian", "noise_sigma": 1.0, "lr": 0.1}),
-    ("gaussian_0.5_lr0.05", {"noise_mode": "gaussian", "noise_sigma": 0.5, "lr": 0.05}),
-    ("attribution_0.5_lr0.1", {"noise_mode": "attribution", "noise_sigma": 0.5, "lr": 0.1}),
-    ("attribution_1.0_lr0.1", {"noise_mode": "attribution", "noise_sigma": 1.0, "lr": 0.1}),
-    ("input_0.1_lr0.1", {"noise_mode": "input", "noise_sigma": 0.1, "lr": 0.1}),
-    ("input_0.25_lr0.1", {"noise_mode": "input", "noise_sigma": 0.25, "lr": 0.1}),
-    ("input_0.5_lr0.1", {"noise_mode": "input", "noise_sigma": 0.5, "lr": 0.1}),
+
+def _configs(**runs: list[tuple[float, float]]) -> tuple[tuple[str, dict], ...]:
+    """(configuration id, flat params applied to the design's base trial) for each noise mode's (sigma, lr)
+    pairs, in order; ids as ``none_lr0.1`` and ``gaussian_0.5_lr0.1``."""
+    return tuple(
+        (
+            f"{mode}_lr{lr}" if mode == "none" else f"{mode}_{sigma}_lr{lr}",
+            {"noise_mode": mode, "noise_sigma": sigma, "lr": lr},
+        )
+        for mode, pairs in runs.items()
+        for sigma, lr in pairs
+    )
+
+
+DIGITS_CONFIGS = _configs(
+    none=[(0.0, 0.05), (0.0, 0.1), (0.0, 0.2)],
+    gaussian=[(0.25, 0.1), (0.5, 0.1), (1.0, 0.1), (0.5, 0.05)],
+    attribution=[(0.5, 0.1), (1.0, 0.1)],
+    input=[(0.1, 0.1), (0.25, 0.1), (0.5, 0.1)],
 )
-CIFAR_CONFIGS = (
-    ("none_lr0.05", {"noise_mode": "none", "noise_sigma": 0.0, "lr": 0.05}),
-    ("none_lr0.1", {"noise_mode": "none", "noise_sigma": 0.0, "lr": 0.1}),
-    ("gaussian_0.5_lr0.1", {"noise_mode": "gaussian", "noise_sigma": 0.5, "lr": 0.1}),
-    ("attribution_0.5_lr0.1", {"noise_mode": "attribution", "noise_sigma": 0.5, "lr": 0.1}),
-    ("input_0.1_lr0.1", {"noise_mode": "input", "noise_sigma": 0.1, "lr": 0.1}),
-    ("input_0.25_lr0.1", {"noise_mode": "input", "noise_sigma": 0.25, "lr": 0.1}),
+CIFAR_IDS = (
+    "none_lr0.05",
+    "none_lr0.1",
+    "gaussian_0.5_lr0.1",
+    "attribution_0.5_lr0.1",
+    "input_0.1_lr0.1",
+    "input_0.25_lr0.1",
 )
+CIFAR_CONFIGS = tuple(config for config in DIGITS_CONFIGS if config[0] in CIFAR_IDS)  # the same order
 SWEEP_EVAL = EvalConfig(methods=("ig", "saliency"), num_images=64)
 DESIGNS = {
     "digits": (TrialConfig(eval=SWEEP_EVAL), DIGITS_CONFIGS, 8),

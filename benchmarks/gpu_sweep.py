@@ -82,27 +82,19 @@ def main() -> None:
     for fraction, num_samples in zip(fractions, samples):
         concurrent = int(gpus / fraction) if on_gpu else args.cpus
         cpus_per_worker = max(1, args.cpus // concurrent)
-        flags = [
-            "--dataset",
-            "imagefolder",
-            "--data-dir",
-            args.data_dir,
-            "--arch",
-            args.arch,
-            "--epochs",
-            str(args.epochs),
-            "--batch-size",
-            str(args.batch_size),
-            "--lr",
-            str(args.lr),
-            "--num-samples",
-            str(num_samples),
-            "--seeds-per-config",
-            str(args.seeds_per_config),
-            "--cpus-per-worker",
-            str(cpus_per_worker),
-            *args.extra,
-        ]
+        values = dict(
+            dataset="imagefolder",
+            data_dir=args.data_dir,
+            arch=args.arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_samples=num_samples,
+            seeds_per_config=args.seeds_per_config,
+            cpus_per_worker=cpus_per_worker,
+        )
+        flags = [item for dest, value in values.items() for item in (f"--{dest.replace('_', '-')}", str(value))]
+        flags += args.extra
         if on_gpu:
             flags += ["--use-gpu", "--gpus-per-worker", str(fraction)]
         name = f"gpu_sweep_{'cpu' if fraction is None else str(fraction).replace('.', '_')}"

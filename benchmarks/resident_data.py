@@ -74,18 +74,9 @@ def main() -> None:
         worker(args)
         return
     forwarded = [
-        "--data-dir",
-        args.data_dir,
-        "--dataset",
-        args.dataset,
-        "--arch",
-        args.arch,
-        "--epochs",
-        str(args.epochs),
-        "--batch-size",
-        str(args.batch_size),
-        "--cpus-per-worker",
-        str(args.cpus_per_worker),
+        item
+        for dest in ("data_dir", "dataset", "arch", "epochs", "batch_size", "cpus_per_worker")
+        for item in (f"--{dest.replace('_', '-')}", str(getattr(args, dest)))
     ]
     forwarded += ["--use-gpu"] if args.use_gpu else []
     print(
