@@ -4,7 +4,8 @@
   the cross-entropy on ``x + delta``, ``delta`` one signed-gradient step from a uniform start in the
   L-infinity ball.
 - :class:`OverfitGuard`: their early stop against catastrophic overfitting; PGD accuracy
-  (:func:`pgd_accuracy`) on a fixed training minibatch, once per epoch, collapsing from its best.
+  (:func:`perturbed_accuracy` under :func:`pgd_perturbation`) on a fixed training minibatch, once per
+  epoch, collapsing from its best.
 - :func:`gradient_penalty_loss`: double backprop (Ross & Doshi-Velez 2018): cross-entropy plus the
   squared norm of each sample's input gradient.
 
@@ -155,21 +156,11 @@ def pgd_perturbation(
     return delta
 
 
-def pgd_accuracy(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    epsilon: float,
-    step: float,
-    steps: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    autocast: dict | None = None,
-    generator: torch.Generator | None = None,
+def perturbed_accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor, autocast: dict | None = None
 ) -> float:
-    """Fraction in [0, 1] of ``images`` (N, C, H, W, normalised) still classified as ``labels`` (N,) under
-    :func:`pgd_perturbation` (same arguments); the model's mode is left as it is."""
-    delta = pgd_perturbation(model, images, labels, epsilon, step, steps, mean, std, autocast, generator)
+    """Fraction in [0, 1] of ``images + delta`` (N, C, H, W, normalised; ``delta`` e.g. :func:`pgd_perturbation`)
+    classified as ``labels`` (N,); the model's mode is left as it is."""
     with torch.no_grad(), _autocast(autocast):
         predictions = model(images.detach() + delta).argmax(dim=1)
     return (predictions == labels).float().mean().item()
@@ -214,7 +205,7 @@ class OverfitGuard:
         was_training = model.training
         model.eval()
         try:
-            accuracy = pgd_accuracy(
+            delta = pgd_perturbation(
                 model,
                 images,
                 labels,
@@ -226,6 +217,7 @@ class OverfitGuard:
                 autocast,
                 generator,
             )
+            accuracy = perturbed_accuracy(model, images, labels, delta, autocast)
         finally:
             model.train(was_training)
         return self.observe(accuracy)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -272,16 +273,10 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     return vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
-def front_probability(
-    values: Sequence[np.ndarray],
-    seeds: Sequence[Sequence[int]],
-    groups: Sequence[Hashable] | None = None,
-    eval_var: np.ndarray | None = None,
-    draws: int = 4000,
-    rng_seed: int = 0,
-) -> np.ndarray:
-    """(N,) probability that each configuration is non-dominated, over :func:`posterior_draws`; 0 if left out."""
-    return non_dominated_fraction(posterior_draws(values, seeds, groups, eval_var, draws, rng_seed))
+def front_probability(*args: Any, **kwargs: Any) -> np.ndarray:
+    """(N,) probability that each configuration is non-dominated, over :func:`posterior_draws` (called with
+    these arguments: values, seeds, groups, eval_var, draws, rng_seed); 0 if left out."""
+    return non_dominated_fraction(posterior_draws(*args, **kwargs))
 
 
 def non_dominated_fraction(sample: np.ndarray) -> np.ndarray:

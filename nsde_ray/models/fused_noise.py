@@ -105,20 +105,19 @@ if triton is not None:
         y_ptr,
         mask_ptr,
         map_ptr,
-        base,
         offs,
         z,
         scale,
-        b,
         N,
         HW,
         C,
         HAS_MAP: tl.constexpr,
         CHANNELS_LAST: tl.constexpr,
     ):
+        # The pointers are those of the sample's first element (map_ptr: of its row of the shape map).
         m = offs < N
-        o = tl.load(out_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
-        d = tl.load(id_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
+        o = tl.load(out_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        d = tl.load(id_ptr + offs, mask=m, other=0.0).to(tl.float32)
         s = o + d
         y = tl.maximum(s, 0.0)
         noise = z * scale
@@ -127,9 +126,9 @@ if triton is not None:
                 hw = offs // C
             else:
                 hw = offs % HW
-            noise = noise * tl.load(map_ptr + b.to(tl.int64) * HW + hw, mask=m, other=0.0)
-        tl.store(y_ptr + base + offs, (y + noise).to(y_ptr.dtype.element_ty), mask=m)
-        tl.store(mask_ptr + base + offs, (s > 0.0).to(tl.uint8), mask=m)
+            noise = noise * tl.load(map_ptr + hw, mask=m, other=0.0)
+        tl.store(y_ptr + offs, (y + noise).to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(mask_ptr + offs, (s > 0.0).to(tl.uint8), mask=m)
 
     @triton.jit
     def _apply_kernel(
@@ -166,61 +165,16 @@ if triton is not None:
         seed = tl.load(seed_ptr)
         z0, z1, z2, z3 = tl.randn4x(seed, program * QUARTER + r)
         base = b.to(tl.int64) * N
-        start = tile * BLOCK
-        _apply_part(
-            out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, base, start + r, z0, scale, b, N, HW, C, HAS_MAP, CHANNELS_LAST
-        )
-        _apply_part(
-            out_ptr,
-            id_ptr,
-            y_ptr,
-            mask_ptr,
-            map_ptr,
-            base,
-            start + QUARTER + r,
-            z1,
-            scale,
-            b,
-            N,
-            HW,
-            C,
-            HAS_MAP,
-            CHANNELS_LAST,
-        )
-        _apply_part(
-            out_ptr,
-            id_ptr,
-            y_ptr,
-            mask_ptr,
-            map_ptr,
-            base,
-            start + 2 * QUARTER + r,
-            z2,
-            scale,
-            b,
-            N,
-            HW,
-            C,
-            HAS_MAP,
-            CHANNELS_LAST,
-        )
-        _apply_part(
-            out_ptr,
-            id_ptr,
-            y_ptr,
-            mask_ptr,
-            map_ptr,
-            base,
-            start + 3 * QUARTER + r,
-            z3,
-            scale,
-            b,
-            N,
-            HW,
-            C,
-            HAS_MAP,
-            CHANNELS_LAST,
-        )
+        out_ptr, id_ptr, y_ptr, mask_ptr = out_ptr + base, id_ptr + base, y_ptr + base, mask_ptr + base
+        map_ptr = map_ptr + b.to(tl.int64) * HW
+        offs = tile * BLOCK + r  # the first quarter of the tile; z0 to z3 are the draws of its four quarters
+        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, offs, z0, scale, N, HW, C, HAS_MAP, CHANNELS_LAST)
+        offs += QUARTER
+        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, offs, z1, scale, N, HW, C, HAS_MAP, CHANNELS_LAST)
+        offs += QUARTER
+        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, offs, z2, scale, N, HW, C, HAS_MAP, CHANNELS_LAST)
+        offs += QUARTER
+        _apply_part(out_ptr, id_ptr, y_ptr, mask_ptr, map_ptr, offs, z3, scale, N, HW, C, HAS_MAP, CHANNELS_LAST)
 
 
 def _forward(
