@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 
 from nsde_ray import overrides
-from nsde_ray.config import SPACE, ModelConfig, SearchSpace, SweepConfig, TrainConfig
+from nsde_ray.config import AUTO, AUTO_START_SEEDS, SPACE, ModelConfig, SearchSpace, SweepConfig, TrainConfig
 from nsde_ray.flags import (
     ARCH_HELP,
     DATA_SHORTCUTS,
@@ -59,6 +59,9 @@ SWEEP_RESUME_FIELDS = {
     **SPACE_SHORTCUTS,
     "num_samples": "num_samples",
     "seeds_per_config": "seeds_per_config",
+    "max_seeds": "max_seeds",
+    "seed_budget": "seed_budget",
+    "undecided_band": "undecided_band",
     "max_concurrent": "max_concurrent",
 }
 
@@ -93,10 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=TrainConfig.seed, help="search and training seed")
     search.add_argument(
         "--seeds-per-config",
-        type=int,
+        type=seeds_count,
         default=SweepConfig.seeds_per_config,
-        help="training seeds per configuration (--seed onwards), each a full run; the search and the "
-        "Pareto front use their means, with standard errors",
+        help=f"training seeds per configuration (--seed onwards), each a full run; the search and the "
+        f"Pareto front use their means, with standard errors. {AUTO}: {AUTO_START_SEEDS} each, then one more at a "
+        "time for configurations whose membership of the front is undecided",
+    )
+    search.add_argument(
+        "--max-seeds", type=int, default=SweepConfig.max_seeds, help=f"under {AUTO}: seeds per configuration at most"
+    )
+    search.add_argument(
+        "--seed-budget",
+        type=int,
+        default=SweepConfig.seed_budget,
+        help=f"under {AUTO}: seed runs in all, the first {AUTO_START_SEEDS} of each configuration included "
+        "(default: 2.5 per configuration)",
+    )
+    add_range(
+        "--undecided-band",
+        default=SweepConfig.undecided_band,
+        help=f"under {AUTO}: membership probabilities (bounds included) that earn a configuration another seed",
     )
     add_training_flags(
         parser,
@@ -117,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
         extra_sections=f" and of the search space (section {SPACE}: SearchSpace)",
     )
     return parser
+
+
+def seeds_count(text: str) -> int | str:
+    """``--seeds-per-config``: a count, or ``auto`` (adaptive replication)."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or {AUTO!r}, got {text!r}") from None
 
 
 def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) -> SweepConfig:
@@ -146,14 +175,25 @@ def sweep_config_from_args(args: argparse.Namespace, name: str, storage: str) ->
         tracking_uri=args.tracking_uri,
         seed=args.seed,
         seeds_per_config=args.seeds_per_config,
+        max_seeds=args.max_seeds,
+        seed_budget=args.seed_budget,
+        undecided_band=tuple(args.undecided_band),
     )
     check_trial(cfg.base, (cfg.base.model.arch,))
     return cfg
 
 
+def seeds_described(cfg: SweepConfig) -> str:
+    """``2 seed(s)``, or what ``auto`` does."""
+    if cfg.adaptive:
+        return f"{cfg.initial_seeds} to {cfg.max_seeds} seeds (auto, {cfg.total_seed_budget} seed runs at most)"
+    return f"{cfg.seeds_per_config} seed(s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from nsde_ray.front_table import front_table
     from nsde_ray.mlflow_uri import ui_address, ui_command
+    from nsde_ray.replication import replicate
     from nsde_ray.sweep import build_tuner
     from nsde_ray.tracking import FRONT_FILTER, front_url
 
@@ -177,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     init_ray(args.address, args.log_level)
     log.info(
-        f"sweep {name!r}: {cfg.num_samples} configurations x {cfg.seeds_per_config} seed(s) of "
+        f"sweep {name!r}: {cfg.num_samples} configurations x {seeds_described(cfg)} of "
         f"{cfg.base.model.arch} on {cfg.base.data.dataset}, {cfg.base.train.epochs} epochs, "
         f"{cfg.base.train.num_workers} DDP worker(s) each; Tune state in {experiment_path(cfg)}; "
         f"MLflow {cfg.tracking_uri}, experiment {cfg.experiment_name!r}"
@@ -186,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, tracker.describe(), resume=args.resume, retry_errored=not args.no_retry_errored, log_level=args.log_level
     )
     results = tuner.fit()
-    report = tracker.update_front()
+    report = tracker.update_front(replicate(cfg, tracker, args.log_level) if cfg.adaptive else ())
     rows = report.rows
     tracker.finish_sweep()
     errors = sum(trial.error is not None for trial in results)
@@ -197,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     objectives = ", ".join(f"{name} {mode}" for name, mode in report.objectives)
     result(
         f"Pareto front over {objectives} (* = on the front on the means; pareto_probability = on the "
-        f"front when each mean is redrawn within its standard error; {cfg.seeds_per_config} seed(s) per "
+        f"front when each mean is redrawn within its standard error; {seeds_described(cfg)} per "
         "configuration, objectives as mean ± SE):"
     )
     result(front_table(rows), block=True)

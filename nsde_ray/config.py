@@ -15,6 +15,7 @@ from typing import Any
 
 from nsde_ray.names import ARCHS, METHODS, SHAPING_METHODS
 from nsde_ray.registry import injects_noise, noise_mode_names
+from nsde_ray.uncertainty import BAND
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic")
 DATASETS_ON_DISK = ("cifar10", "cifar100", "imagenet", "imagefolder")
@@ -642,30 +643,71 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+AUTO, AUTO_START_SEEDS = "auto", 2
+
+
 @dataclass(frozen=True)
 class SweepConfig(RunConfig):
     """One accuracy-vs-robustness sweep: the base trial, the search space and where things go.
 
     num_samples: trials in all, the reference points included. seed: the searcher's.
     seeds_per_config: training seeds each configuration is trained with (seeds ``base.train.seed``
-    onwards, one full run each); the searcher and the front see the means over them.
+    onwards, one full run each); the searcher and the front see the means over them. ``"auto"``:
+    adaptive replication (:mod:`nsde_ray.replication`): every configuration starts with
+    :data:`AUTO_START_SEEDS`, and after the search, configurations whose membership of the front is
+    undecided (membership probability in ``undecided_band``, bounds included) get one more seed at a
+    time, up to ``max_seeds`` each and ``seed_budget`` seed runs in all (``None``: 2.5 seed runs per
+    configuration), the first seeds included.
     """
 
     space: SearchSpace = field(default_factory=SearchSpace)
     num_samples: int = 8
     seed: int = 0
-    seeds_per_config: int = 2
+    seeds_per_config: int | str = AUTO
+    max_seeds: int = 4
+    seed_budget: int | None = None
+    undecided_band: tuple[float, float] = BAND
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive_int("num_samples (--num-samples)", self.num_samples)
-        _positive_int("seeds_per_config (--seeds-per-config)", self.seeds_per_config)
+        if self.seeds_per_config != AUTO:
+            _positive_int("seeds_per_config (--seeds-per-config, or 'auto')", self.seeds_per_config)
+        _positive_int("max_seeds (--max-seeds)", self.max_seeds)
+        _require(
+            not self.adaptive or self.max_seeds >= AUTO_START_SEEDS,
+            f"max_seeds (--max-seeds) {self.max_seeds} is below the {AUTO_START_SEEDS} seeds every configuration "
+            "starts with under --seeds-per-config auto",
+        )
+        if self.seed_budget is not None:
+            _positive_int("seed_budget (--seed-budget)", self.seed_budget)
+        object.__setattr__(self, "undecided_band", tuple(self.undecided_band))  # JSON gives a list
+        low, high = self.undecided_band
+        _require(
+            0.0 <= low < high <= 1.0,
+            f"undecided_band (--undecided-band) must satisfy 0 <= LOW < HIGH <= 1, got {self.undecided_band}",
+        )
         _require(
             self.space.lr_range[0] <= self.base.train.lr <= self.space.lr_range[1],
             f"the base learning rate {self.base.train.lr} (the reference points') must lie in the lr range "
             f"{self.space.lr_range}",
         )
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether seeds are added where the front is undecided (``seeds_per_config = "auto"``)."""
+        return self.seeds_per_config == AUTO
+
+    @property
+    def initial_seeds(self) -> int:
+        """The seeds every configuration is trained with during the search."""
+        return AUTO_START_SEEDS if self.adaptive else int(self.seeds_per_config)
+
+    @property
+    def total_seed_budget(self) -> int:
+        """Seed runs the sweep may spend in all under ``auto``: ``seed_budget``, or 2.5 per configuration."""
+        return self.seed_budget if self.seed_budget is not None else (5 * self.num_samples) // 2
 
     def parent_params(self) -> dict[str, Any]:
         """The sweep run's params: the base trial's, and the noise modes searched (comma-separated)."""

@@ -11,11 +11,13 @@ from nsde_ray.registry import objective_names
 
 
 def table_columns() -> tuple[str, ...]:
-    """The front table's columns: membership, every registered objective, the mode and what sets its strength."""
+    """The front table's columns: membership, every registered objective, the seeds behind them, the mode and what
+    sets its strength."""
     return (
         "pareto_front",
         "pareto_probability",
         *objective_names(),
+        "seeds",
         "noise_mode",
         "noise_sigma",
         "effective_sigma",

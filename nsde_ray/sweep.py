@@ -196,7 +196,7 @@ def build_tuner(
 ) -> tune.Tuner:
     """A new ``Tuner`` for the sweep ``cfg``, or (``resume``) the one restored from its experiment directory
     (``retry_errored``: as :func:`restore_tuner`)."""
-    trainable = trial_trainable(cfg, tracker_ids, seeds_per_config=cfg.seeds_per_config, log_level=log_level)
+    trainable = trial_trainable(cfg, tracker_ids, seeds_per_config=cfg.initial_seeds, log_level=log_level)
     if resume:
         return restore_tuner(cfg, trainable, retry_errored)
     max_concurrent = cfg.max_concurrent or default_max_concurrent(cfg)

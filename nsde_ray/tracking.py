@@ -18,6 +18,7 @@ import csv
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from mlflow import MlflowClient
@@ -33,6 +34,7 @@ PARENT = "mlflow.parentRunId"
 TRAIN_NODES = "nsde.train_nodes"
 PARETO_TAG, CONFIDENCE_TAG, EXCLUDED_TAG = "pareto_front", "pareto_confidence", "front_excluded"
 SEED_INDEX = "nsde.seed_index"
+SEARCHED_TAG = "nsde.searched_params"  # a configuration's searched params as the searcher gave them (JSON)
 # The experiment's kind (MLflow lists it as machine learning); MLflow 3.17's UI ignores it when it opens an
 # experiment: its sidebar toggle (GenAI by default) or the URL's workflowType decides (front_url).
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -245,7 +247,7 @@ class SweepTracker:
     def assess(self, runs: list | None = None) -> front.FrontReport:
         """The front over the finished configurations among ``runs`` (default: :meth:`trial_runs`), each row with its
         seeds' own objective values and training seeds (:data:`nsde_ray.front.PER_SEED`, ``SEED_IDS``)."""
-        rows, seeds = [], self._seeds_by_configuration()
+        rows, seeds = [], self.seeds_by_configuration()
         for run in self.trial_runs() if runs is None else runs:
             if run.data.tags.get(STATUS) != "finished":
                 continue
@@ -266,12 +268,12 @@ class SweepTracker:
         rows.sort(key=lambda row: (not row["pareto_front"], -row["pareto_probability"], -row["val_accuracy"]))
         return report
 
-    def _seeds_by_configuration(self) -> dict[str, list]:
-        """The finished seed runs of the sweep's configurations, by the configuration's run id, in seed order."""
+    def seeds_by_configuration(self, finished: bool = True) -> dict[str, list]:
+        """The seed runs in the sweep's experiment (``finished`` ones only, or all), by the run id of their
+        configuration, in seed order."""
+        only_finished = f" and tags.`{STATUS}` = 'finished'" if finished else ""
         runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'seed' and tags.`{STATUS}` = 'finished'",
-            max_results=50_000,
+            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'seed'{only_finished}", max_results=50_000
         )
         by_configuration: dict[str, list] = {}
         for run in sorted(runs, key=lambda run: int(run.data.tags.get(SEED_INDEX, 0))):
@@ -290,12 +292,14 @@ class SweepTracker:
         )
         return sorted(runs, key=lambda run: int(run.data.tags.get(SEED_INDEX, 0)))
 
-    def update_front(self) -> front.FrontReport:
-        """Recompute the front over finished configurations; retag every trial; log front files, hypervolume, notes."""
+    def update_front(self, notes: Sequence[str] = ()) -> front.FrontReport:
+        """Recompute the front over finished configurations; retag every trial; log front files, hypervolume, notes
+        (the front's own and ``notes``)."""
         from nsde_ray import plots
 
         runs = self.trial_runs()
         report = self.assess(runs)
+        report.notes.extend(notes)
         rows = report.rows
         assessed = {row["run_id"]: row for row in rows}
         for run in runs:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -33,12 +34,12 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from nsde_ray.aggregate import aggregate_seeds
-from nsde_ray.config import DataConfig, TrialConfig
+from nsde_ray.config import DataConfig, TrainConfig, TrialConfig
 from nsde_ray.lifecycle import RunSettings, SweepError, train_storage
 from nsde_ray.logs import configure, ray_log_level
 from nsde_ray.mlflow_uri import tracking_warning
 from nsde_ray.registry import ACCURACY, injects_noise, objective_names
-from nsde_ray.tracking import MODEL_DIR, SweepTracker
+from nsde_ray.tracking import MODEL_DIR, SEARCHED_TAG, SweepTracker
 
 if TYPE_CHECKING:
     from nsde_ray.train import TrainOutcome
@@ -187,30 +188,63 @@ def run_trial(
     if status in ("finished", "diverged"):
         tune.report(reported_metrics(tracker.finished_metrics(run_id), diverged=status == "diverged"))
         return
+    tracker.client.set_tag(run_id, SEARCHED_TAG, json.dumps(config, sort_keys=True))
     label = f"trial {trial_id} ({_describe(config)})"
     if seeds_per_config == 1:
         status, final = run_seed(cfg, tracker, run_id, f"trial_{trial_id}", label, storage_path, repeats, log_level)
         tune.report(reported_metrics(final, diverged=status == "diverged"))
         return
-    outcomes = []
-    for index in range(seeds_per_config):
-        seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + index))
-        seed_run, seed_status = tracker.open_seed(run_id, trial_id, index, dict(seed_cfg.to_params(), **resolved))
-        if seed_status not in ("finished", "diverged"):
-            seed_status, _ = run_seed(
-                seed_cfg,
-                tracker,
-                seed_run,
-                f"trial_{trial_id}_seed{index}",
-                f"{label} seed {index + 1}/{seeds_per_config}",
-                storage_path,
-                repeats,
-                log_level,
-            )
-        outcomes.append((seed_status, tracker.finished_metrics(seed_run)))
-    diverged = any(seed_status == "diverged" for seed_status, _ in outcomes)
-    final = aggregate_seeds([metrics for _, metrics in outcomes])
+    outcomes = [
+        train_seed_run(
+            cfg,
+            tracker,
+            run_id,
+            trial_id,
+            index,
+            f"{label} seed {index + 1}/{seeds_per_config}",
+            storage_path,
+            repeats,
+            log_level,
+        )
+        for index in range(seeds_per_config)
+    ]
+    final = finish_configuration(tracker, run_id, outcomes, label)
     final["trial_wall_s"] = time.perf_counter() - started
+    tracker.client.log_metric(run_id, "trial_wall_s", final["trial_wall_s"])
+    tune.report(reported_metrics(final, diverged=final["diverged"] > 0))
+
+
+def train_seed_run(
+    cfg: TrialConfig,
+    tracker: SweepTracker,
+    run_id: str,
+    trial_id: str,
+    index: int,
+    label: str,
+    storage_path: str,
+    repeats: int,
+    log_level: int,
+) -> tuple[str, dict[str, float]]:
+    """Seed ``index`` of the configuration ``cfg`` (training seed ``cfg.train.seed + index``), a run nested under
+    its run ``run_id``: trained and evaluated unless it has finished already. (status, its final metrics)."""
+    seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + index))
+    params = dict(seed_cfg.to_params(), **resolved_params(cfg.data))
+    seed_run, status = tracker.open_seed(run_id, trial_id, index, params)
+    if status not in ("finished", "diverged"):
+        status, _ = run_seed(
+            seed_cfg, tracker, seed_run, f"trial_{trial_id}_seed{index}", label, storage_path, repeats, log_level
+        )
+    return status, tracker.finished_metrics(seed_run)
+
+
+def finish_configuration(
+    tracker: SweepTracker, run_id: str, outcomes: list[tuple[str, dict[str, float]]], label: str
+) -> dict[str, float]:
+    """The configuration's run from its seeds' ``outcomes`` ((status, metrics) each): the means, spreads and
+    ``seeds`` (:func:`nsde_ray.aggregate.aggregate_seeds`), ``diverged`` (1 if a seed diverged), its status.
+    Called again as seeds are added: the aggregates are logged anew."""
+    diverged = any(status == "diverged" for status, _ in outcomes)
+    final = dict(aggregate_seeds([metrics for _, metrics in outcomes]), diverged=float(diverged))
     tracker.finish_trial(
         run_id,
         "diverged" if diverged else "finished",
@@ -219,14 +253,14 @@ def run_trial(
     )
     if not diverged:
         log.info(
-            f"{label} finished over {seeds_per_config} seeds: "
+            f"{label} finished over {len(outcomes)} seeds: "
             + ", ".join(
                 f"{name}={final[name]:.4g} ± {final.get(f'{name}_se', math.nan):.2g}"
                 for name in objective_names()
                 if name in final
             )
         )
-    tune.report(reported_metrics(final, diverged=diverged))
+    return final
 
 
 def resolved_params(data: DataConfig) -> dict[str, Any]:
@@ -404,16 +438,25 @@ def trial_trainable(
     ``TorchTrainer`` workers and the evaluation task hold the resources, so N trials fit on the N
     workers' CPUs without a deadlock.
     """
+    return sweep_trainable(run_trial, cfg, tracker_ids, log_level, repeats=repeats, seeds_per_config=seeds_per_config)
+
+
+def sweep_trainable(function, cfg: RunSettings, tracker_ids: dict[str, str], log_level: int, **params):
+    """``function`` (a Tune trainable of this module's kind) with the base trial, its Train runs' storage, the
+    tracker's ids, ``log_level`` and ``params`` bound, asking for a trial's resources (:func:`with_trial_resources`)."""
     trainable = tune.with_parameters(
-        run_trial,
+        function,
         base=cfg.base.to_dict(),
         storage_path=train_storage(cfg),
         tracker_ids=tracker_ids,
-        repeats=repeats,
-        seeds_per_config=seeds_per_config,
         log_level=log_level,
+        **params,
     )
-    train = cfg.base.train
+    return with_trial_resources(trainable, cfg.base.train)
+
+
+def with_trial_resources(trainable, train: TrainConfig):
+    """``trainable`` with the resources a trial of ``train`` asks Tune for (see :func:`trial_trainable`)."""
     if train.in_trial_process:
         return tune.with_resources(
             trainable, {"CPU": train.cpus_per_worker, "GPU": train.gpu_request, "memory": TRIAL_DRIVER_MEMORY}

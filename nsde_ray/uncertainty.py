@@ -61,7 +61,8 @@ from typing import Any
 import numpy as np
 
 MIN_GROUP_DOF = 4.0  # residual degrees of freedom a group needs to have its own pooled variance
-BAND = (0.1, 0.9)  # membership probabilities still undecided: a 0.5 cut errs on at most 10% of the rest
+# membership probabilities still undecided (bounds included): a 0.5 cut errs on at most 10% of the rest
+BAND = (0.1, 0.9)
 _DRAW_CHUNK = 500
 
 
@@ -300,11 +301,11 @@ def next_seeds(
 ) -> np.ndarray:
     """Indices of the configurations that get one more seed now, most undecided (closest to 0.5) first.
 
-    Only configurations whose front probability is strictly inside ``band`` and that have fewer
+    Only configurations whose front probability lies in ``band`` (bounds included) and that have fewer
     than ``max_seeds`` seeds qualify; at most ``budget`` (remaining seed-runs) of them. Empty: the
     front is decided, or the budget spent. Rerun the front after the new seeds and call again.
     """
     probabilities, counts = np.asarray(probabilities, dtype=float), np.asarray(seeds_per_config)
-    undecided = (probabilities > band[0]) & (probabilities < band[1]) & (counts < max_seeds)
+    undecided = (probabilities >= band[0]) & (probabilities <= band[1]) & (counts < max_seeds)
     order = np.argsort(np.abs(probabilities - 0.5), kind="stable")
     return order[undecided[order]][: max(int(budget), 0)]

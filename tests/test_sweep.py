@@ -121,7 +121,7 @@ def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path):
     assert [m.step for m in client.get_metric_history(tracker.parent_run_id, "hypervolume")] == [3]
     assert {r.data.tags["pareto_confidence"] for r in children} == {"1.00"}
     assert parent.data.tags["front_objectives"] == "val_accuracy,sensitivity,sic"
-    assert "| * | 1 | 0.95 | 0.3 | 0.1 | gaussian |" in parent.data.tags["mlflow.note.content"]  # as the description
+    assert "| * | 1 | 0.95 | 0.3 | 0.1 | 1 | gaussian |" in parent.data.tags["mlflow.note.content"]  # as the description
     assert len(client.search_runs([tracker.experiment_id])) == 4  # the parent and three trials: no duplicates
 
 

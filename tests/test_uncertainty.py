@@ -118,12 +118,14 @@ def test_non_finite_configurations_are_left_out():
 
 
 def test_adaptive_policy_spends_only_inside_its_band():
-    probability = np.array([0.5, 0.95, 0.3, 0.12, 0.6, 0.05, 0.9, 0.1])
+    probability = np.array([0.5, 0.95, 0.3, 0.12, 0.6, 0.05, 0.9, 0.09])
     counts = np.array([2, 2, 2, 2, 8, 2, 2, 2])  # the 0.6 one already has max seeds
     assert uncertainty.next_seeds(probability, counts, max_seeds=8, budget=2).tolist() == [0, 2]
-    assert uncertainty.next_seeds(probability, counts, max_seeds=8, budget=10).tolist() == [0, 2, 3]
+    assert uncertainty.next_seeds(probability, counts, max_seeds=8, budget=10).tolist() == [0, 2, 3, 6]  # 0.9: in
     assert uncertainty.next_seeds(probability, counts, max_seeds=8, budget=0).tolist() == []
     assert uncertainty.next_seeds(probability, counts, max_seeds=2, budget=10).tolist() == []
+    everything = uncertainty.next_seeds(probability, counts, max_seeds=8, budget=10, band=(0.0, 1.0))
+    assert sorted(everything.tolist()) == [0, 1, 2, 3, 5, 6, 7]
 
 
 def test_replay_runs_end_to_end_on_the_fixture(tmp_path):
