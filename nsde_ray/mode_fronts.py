@@ -170,7 +170,21 @@ class ModeReport:
         )
 
     def _notes(self) -> list[str]:
-        return ["", *self.notes] if self.notes else []
+        untested = self.untested_modes()
+        left_out = (
+            [
+                f"Not tested, no finished configuration: {', '.join(self.labels[m] for m in untested)} "
+                "(their pairs are left out of the table above; mode_verdicts.csv lists every pair)."
+            ]
+            if untested
+            else []
+        )
+        notes = [*left_out, *self.notes]
+        return ["", *notes] if notes else []
+
+    def untested_modes(self) -> list[str]:
+        """The modes without an eligible configuration, in report order."""
+        return [mode for mode, (configs, _) in self.counts.items() if configs == 0]
 
     def _test(self, verdict: Verdict) -> str:
         return f"draw test, Holm over {self.family}" if verdict.tested else ""
@@ -197,6 +211,7 @@ class ModeReport:
 
     def _verdict_table(self) -> tuple[list[str], list[list[str]]]:
         header = ["X", "Y", "acc >=", "S_X - S_Y", "interval", "p", "p Holm", "n X", "n Y", "test", "verdict"]
+        untested = set(self.untested_modes())
         cells = [
             [
                 self.labels[v.mode_x],
@@ -212,6 +227,7 @@ class ModeReport:
                 v.verdict,
             ]
             for v in self.verdicts
+            if v.mode_x not in untested and v.mode_y not in untested
         ]
         return header, cells
 

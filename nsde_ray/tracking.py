@@ -23,6 +23,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from nsde_ray import front
 from nsde_ray.front_table import front_markdown
@@ -329,10 +330,7 @@ class SweepTracker:
             tags=[
                 RunTag("front_objectives", ",".join(name for name, _ in report.objectives)),
                 RunTag("noise_floor_flagged", ",".join(report.flagged) or "none"),
-                RunTag(
-                    "mlflow.note.content",
-                    front_markdown(report, front_url(self.experiment_id)) + "\n" + report.modes.to_markdown(),
-                ),
+                RunTag("mlflow.note.content", self._description(report)),
             ],
         )
         with tempfile.TemporaryDirectory() as folder:
@@ -342,6 +340,15 @@ class SweepTracker:
             plots.pareto_png(os.path.join(folder, FRONT_PNG), rows)
             self.client.log_artifacts(self.parent_run_id, folder)
         return report
+
+    def _description(self, report: front.FrontReport) -> str:
+        """The sweep run's description: the front and the per-mode report, within MLflow's tag length (the
+        per-mode report gives way to a pointer at its CSV when both do not fit)."""
+        table = front_markdown(report, front_url(self.experiment_id))
+        whole = table + "\n" + report.modes.to_markdown()
+        if len(whole) <= MAX_TAG_VAL_LENGTH:
+            return whole
+        return table + f"\nThe per-mode fronts and verdicts are in `{MODE_VERDICTS_CSV}` (too long for here)."
 
     def finish_sweep(self) -> None:
         self.client.set_terminated(self.parent_run_id, status="FINISHED")

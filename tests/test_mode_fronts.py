@@ -117,6 +117,11 @@ def test_a_missing_mode_is_not_tested():
     }
     assert report.fronts["attribution"] == [] and report.counts["attribution"] == (0, 0)
     assert all(math.isnan(v.p) for v in untested) and report.family == len(report.levels)
+    # the tables leave the untested pairs out and name the modes once; the CSV keeps every pair
+    for text in (report.to_text(), report.to_markdown()):
+        assert "has no configuration" not in text
+        assert "Not tested, no finished configuration: attribution SDE, input noise" in text
+    assert len(report.csv_rows()) == len(report.verdicts)
 
 
 def test_holm_against_a_hand_computation():

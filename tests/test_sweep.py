@@ -8,6 +8,7 @@ import optuna
 import pytest
 from helpers import assert_usage_error
 
+from nsde_ray import tracking
 from nsde_ray.cli import main
 from nsde_ray.config import SearchSpace, SweepConfig, TrialConfig
 from nsde_ray.registry import injects_noise, noise_mode_names
@@ -90,7 +91,7 @@ def test_an_existing_sweep_name_is_not_overwritten(tmp_path, capsys, monkeypatch
     assert "pass --resume to continue it" in capsys.readouterr().err
 
 
-def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path):
+def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker.start(uri, "exp", "sweep1", {"arch": "cifar_resnet8"})
     again = SweepTracker(**tracker.describe())
@@ -121,7 +122,15 @@ def test_tracker_reopens_trial_runs_and_keeps_the_front_current(tmp_path):
     assert [m.step for m in client.get_metric_history(tracker.parent_run_id, "hypervolume")] == [3]
     assert {r.data.tags["pareto_confidence"] for r in children} == {"1.00"}
     assert parent.data.tags["front_objectives"] == "val_accuracy,sensitivity,sic"
-    assert "| * | 1 | 0.95 | 0.3 | 0.1 | 1 | gaussian |" in parent.data.tags["mlflow.note.content"]  # as the description
+    description = parent.data.tags["mlflow.note.content"]
+    assert "| * | 1 | 0.95 | 0.3 | 0.1 | 1 | gaussian |" in description  # the front table, seeds column included
+    assert "### Noise modes compared by their fronts" in description
+    # a description longer than MLflow keeps in a tag gives up the per-mode report, not the front's table or notes
+    monkeypatch.setattr(tracking, "MAX_TAG_VAL_LENGTH", len(description) - 1)
+    again.update_front(["a note of the sweep's own"])
+    shorter = client.get_run(tracker.parent_run_id).data.tags["mlflow.note.content"]
+    assert "| * | 1 | 0.95 | 0.3 | 0.1 | 1 | gaussian |" in shorter and "a note of the sweep's own" in shorter
+    assert "### Noise modes" not in shorter and "mode_verdicts.csv" in shorter
     assert len(client.search_runs([tracker.experiment_id])) == 4  # the parent and three trials: no duplicates
 
 
