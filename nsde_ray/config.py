@@ -384,7 +384,8 @@ class TrainConfig:
 class EvalConfig:
     """Attribution evaluation of a trained model (the ``evaluate`` step).
 
-    The evaluation set is ``num_images`` correctly classified test images, picked in a seeded order.
+    The candidates are the first ``num_images`` test images in the order ``seed`` draws, the same for every
+    model; a model is scored on the candidates it classifies correctly.
     n_steps: IG integration points (Gauss-Legendre). nt_samples, nt_stdev: SmoothGrad copies and
     their noise std in pixel units (images in [0, 1]). sensitivity_radius: L-inf radius of the
     max-sensitivity perturbations, pixel units. baseline: ``black`` (all pixels 0) or ``mean``

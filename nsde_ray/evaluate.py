@@ -1,7 +1,12 @@
 """Attribution evaluation of a trained model: every metric for every method, plus figures.
 
-As in the papers, the model is evaluated without noise (eval mode) on a fixed, seeded set of
-correctly classified held-out (test-split) images. Metric names, per method m:
+As in the papers, the model is evaluated without noise (eval mode) on correctly classified held-out
+images: the candidates are the first ``num_images`` test-split images in the order the evaluation seed
+draws, the same for every model, and a model is scored on the candidates it classifies correctly
+(``eval_images`` of them), so the image sets of compared models are subsets of one common set; its
+per-image values (:attr:`EvalResult.per_image`, the artifact :data:`ARTIFACT_PER_IMAGE`) let
+comparisons take the images every compared model scored (:mod:`nsde_ray.common_images`). Metric
+names, per method m:
 ``sensitivity_m`` (mean max-sensitivity, lower is better), ``sensitivity_valid_fraction_m``
 (share of images with at least one prediction-preserving perturbation), ``sic_m`` and ``aic_m``
 (AUC of the median PIC curves, higher is better; ``sic_valid_fraction_m`` is the share of images
@@ -18,18 +23,20 @@ IG's (the sweep's objectives). IG saturation: ``ig_alpha_95``, ``ig_grad_norm_af
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from nsde_ray import plots
+from nsde_ray import common_images, plots
 from nsde_ray.aggregate import mean_and_spread
 from nsde_ray.attribution import Explainer, attribution_map, check_applicable, eval_mode, ig_baseline, make_explainer
+from nsde_ray.common_images import ARTIFACT_PER_IMAGE
 from nsde_ray.config import EvalConfig
 from nsde_ray.data import DataSplits, foreground_masks
 from nsde_ray.metric_registry import METHOD_METRICS, EvalInputs, MethodContext
@@ -49,41 +56,80 @@ class EvaluationError(ValueError):
 
 @dataclass
 class EvalResult:
-    """Scalar metrics by name, the evaluated images' labels, and the artifact files written."""
+    """Scalar metrics by name, the evaluated images' labels, the artifact files written, and the per-image record:
+    one row per candidate image (and repeat) with the per-image metric values (:mod:`nsde_ray.common_images`)."""
 
     metrics: dict[str, float]
     labels: torch.Tensor
     artifacts: list[str] = field(default_factory=list)
+    per_image: list[common_images.Row] = field(default_factory=list)
+
+
+@dataclass
+class EvalImages:
+    """One evaluation seed's candidates and the ones the model scored.
+
+    candidates: (M,) test-split indices; candidate_labels: (M,); scored: (M,) bool, classified correctly;
+    images (N, C, H, W) and labels (N,): the scored candidates, on the evaluation device (N = scored.sum()).
+    """
+
+    candidates: list[int]
+    candidate_labels: torch.Tensor
+    scored: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def candidate_indices(size: int, num_images: int, seed: int) -> list[int]:
+    """The evaluation's candidates: the first ``num_images`` of a test split's ``size`` indices in the order ``seed``
+    draws; the same for every model."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:num_images].tolist()
 
 
 def select_eval_images(
     model: nn.Module, dataset: Dataset, num_images: int, seed: int, device: torch.device, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``num_images`` correctly classified images (N, C, H, W) and labels (N,), in a seeded order."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    kept_images, kept_labels, count = [], [], 0
+) -> EvalImages:
+    """The :func:`candidate_indices` of ``dataset`` and the ones ``model`` classifies correctly, in the seeded order."""
+    candidates = candidate_indices(len(dataset), num_images, seed)
+    images, labels = default_collate([dataset[i] for i in candidates])
     with torch.no_grad(), eval_mode(model):
-        for images, labels in DataLoader(Subset(dataset, order), batch_size=batch_size):
-            images, labels = images.to(device), labels.to(device)
-            try:
-                logits = model(images)
-            except RuntimeError as err:  # e.g. a channel or size mismatch deep inside a conv
-                raise EvaluationError(
-                    f"the model cannot take the evaluation images of shape {tuple(images.shape[1:])} (C, H, W): {err}"
-                ) from err
-            correct = logits.argmax(dim=1) == labels
-            kept_images.append(images[correct])
-            kept_labels.append(labels[correct])
-            count += int(correct.sum())
-            if count >= num_images:
-                break
-    if count == 0:
+        predicted = torch.cat([_predict(model, chunk.to(device)) for chunk in images.split(batch_size)])
+    scored = predicted.cpu() == labels
+    if not scored.any():
         raise EvaluationError(
-            f"the model classifies none of the {len(dataset)} held-out images correctly; "
-            "attributions are evaluated on correctly classified images only: train it longer "
-            "or check that model and data match"
+            f"the model classifies none of the {len(candidates)} candidate images correctly (the first "
+            f"{len(candidates)} held-out images in the order of evaluation seed {seed}); attributions are evaluated "
+            "on correctly classified images only: train it longer or check that model and data match"
         )
-    return torch.cat(kept_images)[:num_images], torch.cat(kept_labels)[:num_images]
+    return EvalImages(candidates, labels, scored, images[scored].to(device), labels[scored].to(device))
+
+
+def _predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model``'s classes (B,) of ``images`` (B, C, H, W); a clear error where it cannot take them."""
+    try:
+        return model(images).argmax(dim=1)
+    except RuntimeError as err:  # e.g. a channel or size mismatch deep inside a conv
+        raise EvaluationError(
+            f"the model cannot take the evaluation images of shape {tuple(images.shape[1:])} (C, H, W): {err}"
+        ) from err
+
+
+def per_image_rows(seed: int, selection: EvalImages, values: dict[str, list]) -> list[common_images.Row]:
+    """One row per candidate of ``selection``: seed, test index, label, scored (1 or 0), then each column of
+    ``values`` (per scored image, N each), NaN where the candidate was not scored."""
+    position = torch.cumsum(selection.scored, 0).sub(1).tolist()
+    return [
+        {
+            "seed": seed,
+            "index": index,
+            "label": label,
+            "scored": int(scored),
+            **{name: column[position[k]] if scored else math.nan for name, column in values.items()},
+        }
+        for k, (index, label, scored) in enumerate(
+            zip(selection.candidates, selection.candidate_labels.tolist(), selection.scored.tolist())
+        )
+    ]
 
 
 def evaluate(
@@ -94,7 +140,8 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate every method in ``cfg.methods``; figures go to ``out_dir`` when given."""
+    """Evaluate every method in ``cfg.methods``; figures and the per-image record (:data:`ARTIFACT_PER_IMAGE`) go to
+    ``out_dir`` when given."""
     device = torch.device(device)
     return _evaluate(model.to(device), splits, cfg, out_dir, device, progress)
 
@@ -102,10 +149,12 @@ def evaluate(
 def _evaluate(
     model: nn.Module, splits: DataSplits, cfg: EvalConfig, out_dir: str | None, device: torch.device, progress: bool
 ) -> EvalResult:
-    inputs = _inputs(model, splits, cfg, device)
+    selection = select_eval_images(model, splits.test, cfg.num_images, cfg.seed, device, cfg.batch_size)
+    inputs = _inputs(model, selection, splits, cfg, device)
     metrics: dict[str, float] = {"eval_images": float(len(inputs.images))}
     maps: dict[str, torch.Tensor] = {}
     results: dict[str, dict] = {}
+    per_image: dict[str, list] = {}
     stages = tqdm(total=len(cfg.methods) * (len(METHOD_METRICS) + 1), desc="evaluate", disable=not progress)
     for method in cfg.methods:
         ctx = _method_context(model, method, inputs, splits, cfg, stages)
@@ -115,15 +164,22 @@ def _evaluate(
             metrics.update(metric.compute(ctx))
             stages.update()
         results[method] = ctx.results
+        per_image.update(ctx.per_image)
     stages.close()
     metrics.update({o.name: metrics[o.source] for o in OBJECTIVES.values() if o.source in metrics})
-    artifacts = [] if out_dir is None else _figures(out_dir, splits, cfg, inputs, maps, results, metrics)
-    return EvalResult(metrics, inputs.labels.cpu(), artifacts)
+    rows = per_image_rows(cfg.seed, selection, per_image)
+    artifacts = []
+    if out_dir is not None:
+        artifacts = _figures(out_dir, splits, cfg, inputs, maps, results, metrics)
+        artifacts.append(common_images.write_csv(os.path.join(out_dir, ARTIFACT_PER_IMAGE), rows))
+    return EvalResult(metrics, inputs.labels.cpu(), artifacts, rows)
 
 
-def _inputs(model: nn.Module, splits: DataSplits, cfg: EvalConfig, device: torch.device) -> EvalInputs:
-    """The evaluation images of ``cfg.seed`` and everything the methods' metrics read besides (:class:`EvalInputs`)."""
-    images, labels = select_eval_images(model, splits.test, cfg.num_images, cfg.seed, device, cfg.batch_size)
+def _inputs(
+    model: nn.Module, selection: EvalImages, splits: DataSplits, cfg: EvalConfig, device: torch.device
+) -> EvalInputs:
+    """The scored images of ``selection`` and everything the methods' metrics read besides (:class:`EvalInputs`)."""
+    images, labels = selection.images, selection.labels
     channel_std = torch.as_tensor(splits.std, device=device).view(1, -1, 1, 1)
     channel_mean = torch.as_tensor(splits.mean, device=device).view(1, -1, 1, 1)
     if images.shape[1] != len(splits.std):
@@ -265,12 +321,13 @@ def evaluate_repeated(
     """:func:`evaluate` ``repeats`` times, as the papers did (100 images, 5 times): mean and std of every metric.
 
     Repeat r runs with seed ``cfg.seed + r`` (and the global torch RNG seeded with it, for
-    SmoothGrad's noise), so each repeat draws its own set of correctly classified test images, its
-    own sensitivity perturbations, DeepSHAP baselines, infidelity and SIC randomness; the model is
+    SmoothGrad's noise), so each repeat draws its own candidate images (the same for every model),
+    its own sensitivity perturbations, DeepSHAP baselines, infidelity and SIC randomness; the model is
     the same. With ``repeats`` 1 this is :func:`evaluate`. Otherwise metrics keep their names and
     hold the mean over repeats (NaN repeats left out), ``<name>_std`` the sample std (ddof 1);
-    figures come from the first repeat, and ``out_dir`` also gets :data:`REPEATS_FILE` (one row per
-    repeat: seed, then every metric).
+    figures come from the first repeat, the per-image record (:data:`ARTIFACT_PER_IMAGE`) holds every
+    repeat's rows, and ``out_dir`` also gets :data:`REPEATS_FILE` (one row per repeat: seed, then every
+    metric).
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise EvaluationError(f"repeats must be an integer >= 1, got {repeats!r}")
@@ -294,11 +351,13 @@ def evaluate_repeated(
     metrics: dict[str, float] = {}
     for name, column in zip(names, table.T):
         metrics[name], metrics[f"{name}_std"] = mean_and_spread(column, skip_nan=True)
+    per_image = [row for result in results for row in result.per_image]
     artifacts = list(results[0].artifacts)
     if out_dir is not None:
+        common_images.write_csv(os.path.join(out_dir, ARTIFACT_PER_IMAGE), per_image)
         artifacts.append(os.path.join(out_dir, REPEATS_FILE))
         with open(artifacts[-1], "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["seed", *names])
             writer.writerows([cfg.seed + repeat, *row] for repeat, row in enumerate(table.tolist()))
-    return EvalResult(metrics, results[0].labels, artifacts)
+    return EvalResult(metrics, results[0].labels, artifacts, per_image)

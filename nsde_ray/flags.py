@@ -91,7 +91,11 @@ def add_training_flags(
         "from its own checkpoint. On a cluster, a path every node sees",
     )
     train.add_argument(
-        "--eval-images", type=int, default=eval_images, help="held-out images per attribution evaluation"
+        "--eval-images",
+        type=int,
+        default=eval_images,
+        help="candidate held-out images per attribution evaluation, the same for every model; each model is scored on "
+        "the ones it classifies correctly",
     )
     train.add_argument(
         "--eval-methods",

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from nsde_ray.attribution import STOCHASTIC_METHODS, Explainer, attribution_map, completeness_error
+from nsde_ray.common_images import encode_knots
 from nsde_ray.config import EvalConfig
 from nsde_ray.data import DataSplits
 from nsde_ray.metrics.faithfulness import infidelity
@@ -57,7 +58,8 @@ class MethodContext:
     """One method's evaluation: its attributions (B, C, H, W) of ``inputs.images`` by Captum (``reference``),
     a fast explainer of the same maps (``fast``, for the perturbed inputs of max-sensitivity) and the
     randomised model's (``randomised``). ``results`` keeps what figures need beyond scalars (PIC curves,
-    saturation), by metric name."""
+    saturation), by metric name; ``per_image`` the metrics' per-image values (B,) by column name
+    (:mod:`nsde_ray.common_images`), numbers or, for ``sic_knots_<m>``, text."""
 
     model: nn.Module
     method: str
@@ -69,6 +71,7 @@ class MethodContext:
     randomised: Explainer
     attributions: torch.Tensor
     results: dict[str, Any] = field(default_factory=dict)
+    per_image: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def _randomisation(ctx: MethodContext) -> dict[str, float]:
 
 def _infidelity(ctx: MethodContext) -> dict[str, float]:
     values = infidelity(ctx.model, ctx.inputs.images, ctx.inputs.labels, ctx.attributions, seed=ctx.cfg.seed)
+    ctx.per_image[f"infidelity_{ctx.method}"] = values.tolist()
     return {f"infidelity_{ctx.method}": float(values.mean())}
 
 
@@ -110,6 +114,7 @@ def _localisation(ctx: MethodContext) -> dict[str, float]:
     if ctx.inputs.foreground is None:
         return {}
     auc = localisation_auc(attribution_map(ctx.attributions), ctx.inputs.foreground)
+    ctx.per_image[f"localisation_auc_{ctx.method}"] = auc.tolist()
     return {f"localisation_auc_{ctx.method}": float(np.nanmean(auc))}
 
 
@@ -125,6 +130,7 @@ def _sensitivity(ctx: MethodContext) -> dict[str, float]:
         chunk_size=cfg.batch_size,
         explanations=ctx.attributions,
     )
+    ctx.per_image[f"sensitivity_{ctx.method}"] = sensitivity.tolist()
     mean, valid = mean_sensitivity(sensitivity)
     return {f"sensitivity_{ctx.method}": mean, f"sensitivity_valid_fraction_{ctx.method}": valid}
 
@@ -142,6 +148,13 @@ def _pic(ctx: MethodContext) -> dict[str, float]:
         batch_size=ctx.cfg.batch_size,
     )
     ctx.results["pic"] = pic
+    ctx.per_image.update(
+        {
+            f"sic_{ctx.method}": pic.sic.tolist(),
+            f"aic_{ctx.method}": pic.aic.tolist(),
+            f"sic_knots_{ctx.method}": [encode_knots(knots) for knots in pic.sic_knots],
+        }
+    )
     return {
         f"sic_{ctx.method}": float(pic.sic_auc),
         f"aic_{ctx.method}": float(pic.aic_auc),

@@ -3,10 +3,12 @@
 The grid is every (architecture, noise mode, training seed) of :class:`PaperTablesConfig`. Each
 grid point is one trial of the main sweep's kind (:func:`nsde_ray.trial.run_trial`: a Ray Train
 run, then an evaluation task, a nested MLflow run), with the papers' evaluation protocol: every
-attribution method on ``eval.num_images`` (100) correctly classified test images, repeated
-``repeats`` (5) times. Repeat r uses evaluation seed ``eval.seed + r`` for every model, so it draws a
-new image set, new sensitivity perturbations, DeepSHAP baselines and SmoothGrad noise, and the
-models of a grid are compared on the same draws. When the grid is done (or resumed, which
+attribution method on the correctly classified ones of ``eval.num_images`` (100) candidate test
+images, repeated ``repeats`` (5) times. Repeat r uses evaluation seed ``eval.seed + r`` for every
+model, so it draws new candidates (the same for every model), new sensitivity perturbations, DeepSHAP
+baselines and SmoothGrad noise, and the models of a grid are compared on the same draws: the tables
+take each metric on the candidates that every model of an architecture and training seed classifies
+correctly (:mod:`nsde_ray.common_images`). When the grid is done (or resumed, which
 re-renders from what finished) :mod:`nsde_ray.tables` builds the tables from the MLflow child
 runs; they go to the terminal, to ``--out-dir`` as Markdown and CSV, and to the parent run's
 artifacts under ``paper_tables/``. ``--paired`` trains the noisy models by fine-tuning the plain
@@ -56,8 +58,9 @@ PAPER_IMAGES = 100
 # --smoke-test: the same path in about a minute of compute; shaping by saliency from the first step,
 # so that one epoch exercises it.
 SMOKE_EPOCHS, SMOKE_REPEATS = 1, 2
+# 32 candidate images: a model trained for one epoch classifies few of them correctly, and is scored on those.
 SMOKE_EVAL = dict(
-    num_images=8, n_steps=4, nt_samples=2, n_perturbations=2, deepshap_baselines=2, saturation_images=2, grid_images=2
+    num_images=32, n_steps=4, nt_samples=2, n_perturbations=2, deepshap_baselines=2, saturation_images=2, grid_images=2
 )
 SMOKE_SHAPING = ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency")
 # Shortcut flags (dests) -> the config field each sets; --arch and --seeds are the grid's axes instead.
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=f"python -m sweeps.{COMMAND}",
         description="Reproduce the papers' tables (IJCAI 2021 Tables 1-3, AAAI 2022 Tables 1 and 2) on your data "
         "and architectures: a Ray Tune grid over architecture, noise mode and seed, each model evaluated "
-        "with every attribution method on 100 correctly classified images, 5 times; tables to the "
+        "with every attribution method on the correctly classified ones of 100 candidate images, 5 times, "
+        "compared on the images every model classifies correctly; tables to the "
         "terminal, as Markdown and CSV, and to MLflow. Resumable with --resume.",
         formatter_class=HelpFormatter,
     )
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser,
         command=COMMAND,
         smoke_help=f"a tiny grid for CI: the first arch and seed, {SMOKE_EPOCHS} epoch, "
-        f"{SMOKE_REPEATS} repeats of {SMOKE_EVAL['num_images']} images",
+        f"{SMOKE_REPEATS} repeats on {SMOKE_EVAL['num_images']} candidate images",
     )
     run.add_argument("--out-dir", default=None, help="where the tables are written (default: tables/NAME here)")
     add_config_flags(parser)

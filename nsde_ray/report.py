@@ -8,8 +8,9 @@ holds them all, headed by :func:`protocol`'s account of what was measured).
 from __future__ import annotations
 
 import os
+import tempfile
 
-from nsde_ray import tables
+from nsde_ray import common_images, tables
 from nsde_ray.config import PaperTablesConfig
 from nsde_ray.paired import FINETUNE, STAGE_PARAM
 from nsde_ray.registry import effective_sigma
@@ -20,14 +21,28 @@ REPORT_FILE = "paper_tables.md"
 
 
 def model_results(tracker) -> list[tables.ModelResult]:
-    """The grid's finished models, from the parent's MLflow child runs (a resumed grid included)."""
+    """The grid's finished models, from the parent's MLflow child runs (a resumed grid included), each with its
+    per-image record where the run logged one."""
     return [
         tables.ModelResult(
-            run.data.params["arch"], result_mode(run.data.params), int(run.data.params["seed"]), run_metrics(run)
+            run.data.params["arch"],
+            result_mode(run.data.params),
+            int(run.data.params["seed"]),
+            run_metrics(run),
+            per_image_record(tracker.client, run.info.run_id),
         )
         for run in tracker.trial_runs()
         if run.data.tags.get(STATUS) == "finished"
     ]
+
+
+def per_image_record(client, run_id: str) -> list[common_images.Row] | None:
+    """The run's per-image record (:data:`common_images.ARTIFACT_PER_IMAGE`); None where it logged none (a run
+    evaluated before there was one)."""
+    if not any(entry.path == common_images.ARTIFACT_PER_IMAGE for entry in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return common_images.read_csv(client.download_artifacts(run_id, common_images.ARTIFACT_PER_IMAGE, folder))
 
 
 def result_mode(params: dict[str, str]) -> str:
@@ -73,9 +88,11 @@ def protocol(cfg: PaperTablesConfig, finished: int) -> str:
             if cfg.paired
             else ""
         )
-        + f". Each model evaluated {cfg.repeats} times "
-        f"on {base.eval.num_images} correctly classified test images (evaluation seeds {base.eval.seed} to "
-        f"{base.eval.seed + cfg.repeats - 1}): IG {base.eval.n_steps} steps, IG + NT {base.eval.nt_samples} "
+        + f". Each model evaluated {cfg.repeats} times, each time on the candidates it classifies correctly among "
+        f"the same {base.eval.num_images} candidate test images for every model (evaluation seeds {base.eval.seed} "
+        f"to {base.eval.seed + cfg.repeats - 1}); the tables compare sensitivity, SIC and localisation on the "
+        "candidates every model of an architecture and training seed classifies correctly (their notes say how "
+        f"many): IG {base.eval.n_steps} steps, IG + NT {base.eval.nt_samples} "
         f"samples, DeepSHAP {base.eval.deepshap_baselines} baselines, sensitivity radius "
         f"{base.eval.sensitivity_radius} with {base.eval.n_perturbations} perturbations. A cell is the mean over "
         "seeds of each model's mean over repeats; ± is the std across seeds.\n"

@@ -5,7 +5,10 @@ metrics :func:`nsde_ray.evaluate.evaluate_repeated` logs: ``sensitivity_<method>
 the evaluation repeats, ``sensitivity_<method>_std`` their std. A table cell aggregates one metric
 of one (architecture, noise mode) over the training seeds: its mean is the mean of the per-model
 means, its ``±`` the sample std across seeds (the spread of the claim); the CSV files also hold the
-per-seed values and the mean within-model std over repeats.
+per-seed values and the mean within-model std over repeats. Sensitivity, SIC and localisation are
+taken on the images common to the models compared: per architecture and training seed, the candidate
+images that every model scored (:func:`nsde_ray.common_images.compare`, from each model's per-image
+record; a model without one keeps its logged means, and the tables' notes say so).
 
 Tables (``Table.name`` is the file stem):
 - ``accuracy``: validation accuracy and effective noise sigma per architecture and noise mode
@@ -38,6 +41,7 @@ import statistics
 import warnings
 from dataclasses import dataclass, field
 
+from nsde_ray import common_images
 from nsde_ray.names import METHOD_LABELS, METHODS
 from nsde_ray.registry import NOISE_MODES
 
@@ -55,12 +59,14 @@ MISSING = "—"
 
 @dataclass(frozen=True)
 class ModelResult:
-    """One trained and evaluated model of the grid."""
+    """One trained and evaluated model of the grid; ``per_image``: its per-image record
+    (:mod:`nsde_ray.common_images`), None for a model evaluated before there was one."""
 
     arch: str
     mode: str
     seed: int
     metrics: dict[str, float]
+    per_image: list[common_images.Row] | None = None
 
 
 @dataclass(frozen=True)
@@ -398,6 +404,7 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
     the table. Plain is the plain control (mode :data:`PLAIN_CONTROL`) where ``results`` have one, else the plain
     model (mode ``none``)."""
     reference = PLAIN_CONTROL if any(r.mode == PLAIN_CONTROL for r in results) else "none"
+    results, common = common_images.compare(results)
     rows, records = [], []
     for arch in archs:
         for mode in [m for m in NOISE_MODES if m != "none" and any(r.arch == arch and r.mode == m for r in results)]:
@@ -417,7 +424,7 @@ def paired_table(results: list[ModelResult], archs: list[str], methods: list[str
         ["Architecture", "Model", "Metric", "better", "Noisy − plain", "better in", "t", "p", "p (Holm)"],
         rows,
         records,
-        paired_notes(records, reference),
+        paired_notes(records, reference) + common,
     )
 
 
@@ -478,9 +485,12 @@ def _number(value: float) -> str:
 
 
 def paper_tables(results: list[ModelResult], archs: list[str], methods: list[str]) -> list[Table]:
-    """Every table of the grid, in report order: accuracy, per-architecture sensitivity, SIC, localisation."""
-    tables = [accuracy_table(results, archs)]
-    tables += [sensitivity_table(results, arch, methods) for arch in archs]
-    tables.append(sic_table(results, archs, methods))
-    tables += [t for t in (localisation_table(results, arch, methods) for arch in archs) if t is not None]
-    return tables
+    """Every table of the grid, in report order: accuracy, per-architecture sensitivity, SIC, localisation; the
+    attribution metrics on the images common to the models compared (:func:`common_images.compare`)."""
+    compared, common = common_images.compare(results)
+    scored = [sensitivity_table(compared, arch, methods) for arch in archs]
+    scored.append(sic_table(compared, archs, methods))
+    scored += [t for t in (localisation_table(compared, arch, methods) for arch in archs) if t is not None]
+    for table in scored:
+        table.notes += common
+    return [accuracy_table(results, archs), *scored]

@@ -14,9 +14,9 @@ from helpers import assert_usage_error
 
 from nsde_ray import tables
 from nsde_ray.config import EvalConfig, PaperTablesConfig, SweepConfig
-from nsde_ray.evaluate import REPEATS_FILE, evaluate, evaluate_repeated
+from nsde_ray.evaluate import ARTIFACT_PER_IMAGE, REPEATS_FILE, evaluate, evaluate_repeated
 from nsde_ray.lifecycle import save_state
-from nsde_ray.paper_tables import main
+from nsde_ray.paper_tables import SMOKE_EVAL, main
 from nsde_ray.registry import noise_mode_names
 from nsde_ray.report import model_results, run_metrics
 
@@ -272,7 +272,7 @@ def test_the_report_tells_the_plain_control_from_the_stage_1_plain_model_by_its_
             metrics={"val_accuracy": 0.9},
             tags={"nsde.status": "finished"},
         )
-        return SimpleNamespace(data=data)
+        return SimpleNamespace(data=data, info=SimpleNamespace(run_id=mode))
 
     runs = [
         run("none", paired_stage="plain"),
@@ -280,7 +280,8 @@ def test_the_report_tells_the_plain_control_from_the_stage_1_plain_model_by_its_
         run("gaussian", paired_stage="finetune"),
         run("none"),  # a grid that is not paired
     ]
-    modes = [r.mode for r in model_results(SimpleNamespace(trial_runs=lambda: runs))]
+    no_artifacts = SimpleNamespace(list_artifacts=lambda run_id: [])
+    modes = [r.mode for r in model_results(SimpleNamespace(trial_runs=lambda: runs, client=no_artifacts))]
     assert modes == ["none", tables.PLAIN_CONTROL, "gaussian", "none"]
 
 
@@ -469,8 +470,13 @@ def test_tiny_grid_end_to_end_then_resume_rerenders_without_training(
             for metric in ("sensitivity", "sic_valid_fraction")
             for method in ("ig", "ig_nt", "saliency", "deeplift", "deepshap")
         } <= set(run.data.metrics)
-        assert "sensitivity_deepshap_std" in run.data.metrics and run.data.metrics["eval_images"] == 8
-        assert REPEATS_FILE in {a.path for a in client.list_artifacts(run.info.run_id)}
+        # scored on the candidates it classifies correctly, of the same ones for every model
+        candidates = SMOKE_EVAL["num_images"]
+        assert "sensitivity_deepshap_std" in run.data.metrics and 1 <= run.data.metrics["eval_images"] <= candidates
+        assert {REPEATS_FILE, ARTIFACT_PER_IMAGE} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "common images: sensitivity, SIC and localisation are scored on the " in output
+    assert f"of {SMOKE_EVAL['num_images']} candidate images (per evaluation repeat)" in output
+    assert "no per-image record" not in output
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "paper_tables")}
     assert {
         "paper_tables/paper_tables.md",

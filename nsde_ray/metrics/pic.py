@@ -39,6 +39,7 @@ from torch import nn
 
 from nsde_ray.attribution import eval_mode
 
+DEFAULT_POINTS = 1001  # points of each curve, x = 1 included
 DEFAULT_THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75)
 
 
@@ -53,6 +54,12 @@ class PicResult:
     curve_x: np.ndarray  # (num_data_points,) normalised information, 0 to 1
     sic_auc: float  # AUC of sic_curve: the data-set SIC metric (NaN if every image was skipped)
     aic_auc: float
+    sic_knots: list[np.ndarray | None]  # per image, the (2, K) knots (x; y) its SIC curve interpolates, or None
+
+
+def curve_points(num_data_points: int) -> np.ndarray:
+    """(num_data_points,) normalised information, 0 to 1, where the curves are evaluated."""
+    return np.append(np.linspace(0.0, 1.0, num_data_points - 1, endpoint=False), 1.0)
 
 
 def random_masks(batch: int, height: int, width: int, fraction: float = 0.01, seed: int = 0) -> np.ndarray:
@@ -115,15 +122,11 @@ def webp_size(image: np.ndarray) -> int:
     return buffer.tell()
 
 
-def pic_curve(
-    information: np.ndarray,
-    performance: np.ndarray,
-    curve_x: np.ndarray,
-    *,
-    min_pred_value: float,
-    keep_monotonous: bool = True,
+def pic_knots(
+    information: np.ndarray, performance: np.ndarray, *, min_pred_value: float, keep_monotonous: bool = True
 ) -> np.ndarray | None:
-    """One image's PIC on ``curve_x``, or None where PAIR raises ``ComputePicMetricError``.
+    """One image's PIC as (2, T + 2) knots (normalised information; performance), x ascending with (0, 0) and
+    (1, 1), or None where PAIR raises ``ComputePicMetricError``.
 
     ``information`` and ``performance``: (T + 2,) for [original, fully blurred, thresholds...].
     """
@@ -136,9 +139,34 @@ def pic_curve(
         y = np.maximum.accumulate(y)
     x, y = np.append(x, [0.0, 1.0]), np.append(y, [0.0, 1.0])
     order = np.argsort(x, kind="mergesort")  # as scipy's interp1d sorts before np.interp
-    curve = np.interp(curve_x, x[order], y[order])
+    return np.stack([x[order], y[order]])
+
+
+def knots_curve(knots: np.ndarray, curve_x: np.ndarray) -> np.ndarray:
+    """The curve (len(curve_x),) through (2, K) ``knots`` (:func:`pic_knots`), linear between them, 1 at x = 1."""
+    curve = np.interp(curve_x, knots[0], knots[1])
     curve[-1] = 1.0
     return curve
+
+
+def pic_curve(
+    information: np.ndarray,
+    performance: np.ndarray,
+    curve_x: np.ndarray,
+    *,
+    min_pred_value: float,
+    keep_monotonous: bool = True,
+) -> np.ndarray | None:
+    """One image's PIC on ``curve_x``, or None where PAIR raises ``ComputePicMetricError`` (:func:`pic_knots`)."""
+    knots = pic_knots(information, performance, min_pred_value=min_pred_value, keep_monotonous=keep_monotonous)
+    return None if knots is None else knots_curve(knots, curve_x)
+
+
+def median_auc(knots: list[np.ndarray | None], num_data_points: int = DEFAULT_POINTS) -> float:
+    """The data-set metric of per-image :func:`pic_knots` (None: skipped): AUC of the median curve over the
+    kept images, on ``num_data_points`` points (:func:`compute_pic`'s); NaN when every image was skipped."""
+    curve_x = curve_points(num_data_points)
+    return _summarise([None if k is None else knots_curve(k, curve_x) for k in knots], curve_x)[2]
 
 
 def compute_pic(
@@ -150,7 +178,7 @@ def compute_pic(
     mean: Sequence[float],
     std: Sequence[float],
     saliency_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    num_data_points: int = 1001,
+    num_data_points: int = DEFAULT_POINTS,
     random_mask_fraction: float = 0.01,
     seed: int = 0,
     batch_size: int = 256,
@@ -194,11 +222,11 @@ def compute_pic(
     saliency_np = saliency.detach().cpu().numpy()
     targets = target.detach().cpu().numpy()
     masks = random_masks(batch, height, width, random_mask_fraction, seed)
-    curve_x = np.append(np.linspace(0.0, 1.0, num_data_points - 1, endpoint=False), 1.0)
+    curve_x = curve_points(num_data_points)
 
     n_versions = len(saliency_thresholds) + 2  # original, fully blurred, one per threshold
     per_chunk = max(1, batch_size // n_versions)
-    sic_curves: list[np.ndarray | None] = []
+    sic_knots: list[np.ndarray | None] = []
     aic_curves: list[np.ndarray | None] = []
     with torch.no_grad(), eval_mode(model):
         for start in range(0, batch, per_chunk):
@@ -219,8 +247,8 @@ def compute_pic(
             )
             probs = probs.reshape(len(information), n_versions, -1)
             for info, p, cls in zip(information, probs, targets[start : start + per_chunk]):
-                sic_curves.append(
-                    pic_curve(info, p[:, cls], curve_x, min_pred_value=min_pred_value, keep_monotonous=keep_monotonous)
+                sic_knots.append(
+                    pic_knots(info, p[:, cls], min_pred_value=min_pred_value, keep_monotonous=keep_monotonous)
                 )
                 aic_curves.append(
                     pic_curve(
@@ -232,10 +260,18 @@ def compute_pic(
                     )
                 )
 
+    sic_curves = [None if k is None else knots_curve(k, curve_x) for k in sic_knots]
     sic, sic_curve, sic_auc = _summarise(sic_curves, curve_x)
     aic, aic_curve, aic_auc = _summarise(aic_curves, curve_x)
     return PicResult(
-        sic=sic, aic=aic, sic_curve=sic_curve, aic_curve=aic_curve, curve_x=curve_x, sic_auc=sic_auc, aic_auc=aic_auc
+        sic=sic,
+        aic=aic,
+        sic_curve=sic_curve,
+        aic_curve=aic_curve,
+        curve_x=curve_x,
+        sic_auc=sic_auc,
+        aic_auc=aic_auc,
+        sic_knots=sic_knots,
     )
 
 
