@@ -46,7 +46,7 @@ COMMAND = "accuracy_vs_robustness"
 SWEEP_EVAL_IMAGES, SWEEP_EVAL_METHODS = 64, ("ig", "saliency")
 # What --smoke-test shrinks: the same path, in about two minutes on 2 cores.
 SMOKE_SAMPLES, SMOKE_EPOCHS = 3, 2
-SMOKE_EVAL = dict(num_images=16, n_steps=16, n_perturbations=4, saturation_images=4, grid_images=4)
+SMOKE_EVAL = dict(num_images=32, n_steps=16, n_perturbations=4, saturation_images=4, grid_images=4)
 
 log = logging.getLogger(__name__)
 
