@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from nsde_ray import pareto
+from nsde_ray.uncertainty import holm
 
 FRONT_OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"))
 PLAIN = "none"
@@ -320,16 +321,6 @@ def choose_levels(fronts: dict[str, list[dict[str, Any]]]) -> list[float]:
     span = high - low
     step = min(0.01, 10 ** math.floor(math.log10(span / 10))) if span > 0 else 0.001
     return sorted({round(math.floor((low + f * span) / step + 1e-9) * step, 6) for f in LEVEL_FRACTIONS})
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment (m,) of the p-values ``p`` (m,): family-wise error control over all m."""
-    p = np.asarray(p, dtype=float)
-    order = np.argsort(p, kind="stable")
-    stepped = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
-    adjusted = np.empty(len(p))
-    adjusted[order] = stepped
-    return adjusted
 
 
 def draw_test(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, float, float, int]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from nsde_ray import common_images
 from nsde_ray.names import METHOD_LABELS, METHODS
 from nsde_ray.registry import NOISE_MODES
+from nsde_ray.uncertainty import holm
 
 PAPER_MODES = ("none", "gaussian", "attribution")  # the papers' claimed order, most sensitive first
 TABLE2_ROWS = (
@@ -378,21 +379,6 @@ def paired_metrics(methods: list[str]) -> list[tuple[str, str, bool]]:
         *((f"sensitivity_{m}", f"sensitivity {METHOD_LABELS[m]}", False) for m in METHODS if m in methods),
         ("sic_ig", "SIC (IG)", True),
     ]
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given; NaN stays NaN and is not counted as a test.
-
-    With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted p_(i) is
-    max over j <= i of min(1, (m - j + 1) * p_(j)). Rejecting where the adjusted p < alpha controls the
-    family-wise error rate at alpha over the m tests, under any dependence between them.
-    """
-    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
-    adjusted, running = [math.nan] * len(p_values), 0.0
-    for rank, (p, i) in enumerate(finite):
-        running = max(running, min(1.0, (len(finite) - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 PLAIN_CONTROL = "none_finetuned"  # the mode of a paired grid's plain control: fine-tuned as long as the noisy models

@@ -54,6 +54,7 @@ Configurations with a non-finite value are left out: NaN means and errors, proba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -309,3 +310,18 @@ def next_seeds(
     undecided = (probabilities >= band[0]) & (probabilities <= band[1]) & (counts < max_seeds)
     order = np.argsort(np.abs(probabilities - 0.5), kind="stable")
     return order[undecided[order]][: max(int(budget), 0)]
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given; NaN stays NaN and is not counted as a test.
+
+    With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted p_(i) is
+    max over j <= i of min(1, (m - j + 1) * p_(j)). Rejecting where the adjusted p < alpha controls the
+    family-wise error rate at alpha over the m tests, under any dependence between them.
+    """
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from nsde_ray.mode_fronts import CONTROL, attainable, choose_levels, compare_modes, holm, mode_front, normal_draws
+from nsde_ray.mode_fronts import CONTROL, attainable, choose_levels, compare_modes, mode_front, normal_draws
+from nsde_ray.uncertainty import holm
 
 LABELS = {"none": "ResNet", "gaussian": "Gaussian SDE", "attribution": "attribution SDE", "input": "input noise"}
 

@@ -19,6 +19,7 @@ from nsde_ray.lifecycle import save_state
 from nsde_ray.paper_tables import SMOKE_EVAL, main
 from nsde_ray.registry import noise_mode_names
 from nsde_ray.report import model_results, run_metrics
+from nsde_ray.uncertainty import holm
 
 MODES = ("none", "gaussian", "attribution")
 
@@ -224,7 +225,7 @@ def test_paired_differences_are_noisy_minus_plain_per_seed_with_a_paired_t_test(
     assert record["difference_per_seed"] == "0:-0.1;1:-0.15;2:-0.05" and record["n_seeds"] == 3
     assert record["t"] == pytest.approx(-2 * math.sqrt(3)) and record["p"] == pytest.approx(1 - math.sqrt(12 / 14))
     p = [r["p"] for r in table.records]
-    assert [r["p_holm"] for r in table.records] == pytest.approx(tables.holm(p))
+    assert [r["p_holm"] for r in table.records] == pytest.approx(holm(p))
     # sorted p: Gaussian SIC 0.00083, attribution SIC 0.0704, this one 0.0742, ...: the third of 6 tests, so
     # max(6 x 0.00083, 5 x 0.0704, 4 x 0.0742) = 5 x 0.0704 (the step-down's running maximum)
     attribution_sic = next(r for r in table.records if r["mode"] == "attribution" and r["metric"] == "sic_ig")
@@ -287,12 +288,12 @@ def test_the_report_tells_the_plain_control_from_the_stage_1_plain_model_by_its_
 
 def test_holm_adjusts_step_down_by_hand():
     # sorted 0.01, 0.02, 0.03, 0.04 of m = 4: 4 x 0.01 = 0.04, 3 x 0.02 = 0.06, 2 x 0.03 = 0.06, 1 x 0.04 = 0.04 -> 0.06
-    assert tables.holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
     # NaN is no test (m = 3): 3 x 0.001, 2 x 0.3 = 0.6, then 1 x 0.5 raised to the running maximum 0.6
-    adjusted = tables.holm([0.5, math.nan, 0.001, 0.3])
+    adjusted = holm([0.5, math.nan, 0.001, 0.3])
     assert math.isnan(adjusted[1]) and [adjusted[i] for i in (0, 2, 3)] == pytest.approx([0.6, 0.003, 0.6])
-    assert tables.holm([0.7, 0.6]) == [1.0, 1.0]  # 2 x 0.6 capped at 1, and 0.7 raised to it
-    assert tables.holm([]) == [] and tables.holm([0.2]) == [0.2]
+    assert holm([0.7, 0.6]) == [1.0, 1.0]  # 2 x 0.6 capped at 1, and 0.7 raised to it
+    assert holm([]) == [] and holm([0.2]) == [0.2]
 
 
 def test_the_accuracy_table_shows_the_effective_sigma_from_the_noise_energy():
