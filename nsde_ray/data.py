@@ -376,18 +376,39 @@ def _cifar(cfg: DataConfig, resolved: DataResolution) -> DataSplits:
     order = np.random.default_rng(cfg.split_seed).permutation(len(train_aug))
     n_val = int(round(cfg.val_fraction * len(order)))
     train_indices, val_indices = order[n_val:].tolist(), order[:n_val].tolist()
-    return DataSplits(
-        cfg.dataset,
+    return _rgb_splits(
+        cfg,
+        resolved,
         Subset(train_aug, train_indices),
         Subset(train_eval, val_indices),
         test,
-        num_classes=len(train_aug.classes),
+        Subset(train_eval, train_indices),
+        list(train_aug.classes),
+    )
+
+
+def _rgb_splits(
+    cfg: DataConfig,
+    resolved: DataResolution,
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+    train_plain: Dataset,
+    class_names: list[str],
+) -> DataSplits:
+    """The splits of an RGB image data set at ``resolved``'s size, normalisation and augmentation."""
+    return DataSplits(
+        cfg.dataset,
+        train,
+        val,
+        test,
+        num_classes=len(class_names),
         in_channels=3,
         image_size=resolved.image_size,
-        class_names=list(train_aug.classes),
+        class_names=class_names,
         mean=resolved.mean,
         std=resolved.std,
-        train_plain=Subset(train_eval, train_indices),
+        train_plain=train_plain,
         augmentation=resolved.augmentation,
     )
 
@@ -428,20 +449,7 @@ def _image_folder(cfg: DataConfig, resolved: DataResolution) -> DataSplits:
     train.transform, eval_tf = recipe_transforms(resolved.recipe, resolved.augmentation, resolved.image_size)
     for split in (train_plain, val, test):
         split.transform = eval_tf
-    return DataSplits(
-        cfg.dataset,
-        train,
-        val,
-        test,
-        num_classes=len(train.classes),
-        in_channels=3,
-        image_size=resolved.image_size,
-        class_names=list(train.classes),
-        mean=resolved.mean,
-        std=resolved.std,
-        train_plain=train_plain,
-        augmentation=resolved.augmentation,
-    )
+    return _rgb_splits(cfg, resolved, train, val, test, train_plain, list(train.classes))
 
 
 def loader_processes(dataset: str, cpus_per_worker: int) -> int:

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import replace
 
-from nsde_ray import tables
+from nsde_ray import flags, tables
 from nsde_ray.config import (
     DEFAULT_SEEDS,
     PAPER_REPEATS,
@@ -32,19 +32,6 @@ from nsde_ray.config import (
     ModelConfig,
     PaperTablesConfig,
     ShapingConfig,
-)
-from nsde_ray.flags import (
-    ARCH_HELP,
-    DATA_SHORTCUTS,
-    TRAINING_SHORTCUTS,
-    HelpFormatter,
-    add_config_flags,
-    add_data_flags,
-    add_run_flags,
-    add_training_flags,
-    capped,
-    check_trial,
-    trial_config_from_args,
 )
 from nsde_ray.lifecycle import experiment_path, init_ray, open_run_from_argv, resolve_storage
 from nsde_ray.logs import result
@@ -65,8 +52,8 @@ SMOKE_EVAL = dict(
 SMOKE_SHAPING = ShapingConfig(warmup_epochs=0, refresh_every=1, method="saliency")
 # Shortcut flags (dests) -> the config field each sets; --arch and --seeds are the grid's axes instead.
 SHORTCUTS = {
-    **DATA_SHORTCUTS,
-    **TRAINING_SHORTCUTS,
+    **flags.DATA_SHORTCUTS,
+    **flags.TRAINING_SHORTCUTS,
     "sigma": "noise.sigma",
     "ig_steps": "eval.n_steps",
     "nt_samples": "eval.nt_samples",
@@ -96,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "with every attribution method on the correctly classified ones of 100 candidate images, 5 times, "
         "compared on the images every model classifies correctly; tables to the "
         "terminal, as Markdown and CSV, and to MLflow. Resumable with --resume.",
-        formatter_class=HelpFormatter,
+        formatter_class=flags.HelpFormatter,
     )
-    data = add_data_flags(parser)
+    data = flags.add_data_flags(parser)
     data.add_argument(
         "--arch",
         nargs="+",
         default=[ModelConfig.arch],
-        help=f"architectures, each {ARCH_HELP} (default: the base config's model.arch)",
+        help=f"architectures, each {flags.ARCH_HELP} (default: the base config's model.arch)",
     )
     grid = parser.add_argument_group("grid")
     grid.add_argument("--noise-modes", nargs="+", default=list(noise_mode_names()), help="noise modes (table columns)")
@@ -134,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "table (noisy minus plain per seed, paired t-test)",
     )
     grid.add_argument("--finetune-epochs", type=int, default=None, help="epochs of each noisy fine-tune (--paired)")
-    train = add_training_flags(parser, lr_help="learning rate", eval_images=PAPER_IMAGES, eval_methods=METHODS)
+    train = flags.add_training_flags(parser, lr_help="learning rate", eval_images=PAPER_IMAGES, eval_methods=METHODS)
     train.add_argument("--ig-steps", type=int, default=EvalConfig.n_steps, help="IG (and IG + NT) integration points")
     train.add_argument("--nt-samples", type=int, default=EvalConfig.nt_samples, help="IG + NT (SmoothGrad) samples")
     train.add_argument(
@@ -149,27 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=EvalConfig.deepshap_baselines,
         help="training images in DeepSHAP's baseline distribution",
     )
-    run = add_run_flags(
+    run = flags.add_run_flags(
         parser,
         command=COMMAND,
         smoke_help=f"a tiny grid for CI: the first arch and seed, {SMOKE_EPOCHS} epoch, "
         f"{SMOKE_REPEATS} repeats on {SMOKE_EVAL['num_images']} candidate images",
     )
     run.add_argument("--out-dir", default=None, help="where the tables are written (default: tables/NAME here)")
-    add_config_flags(parser)
+    flags.add_config_flags(parser)
     return parser
 
 
 def config_from_args(args: argparse.Namespace, name: str, storage: str) -> PaperTablesConfig:
     """The validated grid the flags describe; raises ConfigError, DataError or WeightsError."""
-    base = trial_config_from_args(args, SHORTCUTS)
+    base = flags.trial_config_from_args(args, SHORTCUTS)
     archs = args.arch if "arch" in args.given else [base.model.arch]
     seeds, repeats = args.seeds, args.repeats
     if args.smoke_test:
         base = replace(
             base,
-            train=capped(base.train, {"epochs": SMOKE_EPOCHS}),
-            eval=capped(base.eval, SMOKE_EVAL),
+            train=flags.capped(base.train, {"epochs": SMOKE_EPOCHS}),
+            eval=flags.capped(base.eval, SMOKE_EVAL),
             shaping=SMOKE_SHAPING,
         )
         archs, seeds, repeats = archs[:1], seeds[:1], min(repeats, SMOKE_REPEATS)
@@ -190,7 +177,7 @@ def config_from_args(args: argparse.Namespace, name: str, storage: str) -> Paper
         paired=args.paired,
         finetune_epochs=finetune_epochs,
     )
-    check_trial(cfg.base, cfg.archs)
+    flags.check_trial(cfg.base, cfg.archs)
     return cfg
 
 
