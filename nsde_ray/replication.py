@@ -42,7 +42,7 @@ def replicate(cfg: SweepConfig, tracker: SweepTracker, log_level: int = logging.
 
     while True:
         seeds = _seed_runs(tracker)
-        pending = sorted({parent for parent, runs in seeds.items() for run in runs if _status(run) not in DONE})
+        pending = sorted(_unfinished(seeds))
         spent = sum(len(runs) for runs in seeds.values())
         if pending:
             chosen, why = pending, "seed runs that did not finish"
@@ -71,8 +71,7 @@ def replicate(cfg: SweepConfig, tracker: SweepTracker, log_level: int = logging.
                 callbacks=[FrontCallback(tracker.describe(), len(chosen), log_level)],
             ),
         ).fit()
-        still = {parent for parent, runs in _seed_runs(tracker).items() for run in runs if _status(run) not in DONE}
-        if pending and still >= set(pending):
+        if pending and _unfinished(_seed_runs(tracker)) >= set(pending):
             log.warning(f"adaptive seeds: {len(pending)} seed run(s) failed again; the front keeps the seeds it has")
             break
     return seed_notes(cfg, tracker)
@@ -126,6 +125,11 @@ def _seed_runs(tracker: SweepTracker) -> dict[str, list]:
     """Every seed run of this sweep's configurations (any status), by the configuration's run id, in seed order."""
     configurations = {run.info.run_id for run in tracker.trial_runs()}
     return {k: runs for k, runs in tracker.seeds_by_configuration(finished=False).items() if k in configurations}
+
+
+def _unfinished(seeds: dict[str, list]) -> set[str]:
+    """The configuration runs among ``seeds`` (:func:`_seed_runs`) with a seed run that has not finished."""
+    return {parent for parent, runs in seeds.items() for run in runs if _status(run) not in DONE}
 
 
 def _status(run) -> str:
