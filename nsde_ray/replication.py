@@ -14,7 +14,9 @@ they sharpen the front, not the search.
 
 What a round does is read from MLflow, never remembered: after a crash (SIGKILL) and ``--resume``, a seed
 run that did not finish is the first thing trained again, from its latest checkpoint and into the same
-run, and the budget counts every seed run there is; so no seed is trained twice or lost.
+run, and the budget counts every seed run there is; so no seed is trained twice or lost. Only configurations
+whose search trial finished get seeds: one that errored (a tracking-server outage, a failed node) keeps its
+seeds for its own trial, which ``--resume`` runs again, and counts its first seeds as spent meanwhile.
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ def replicate(cfg: SweepConfig, tracker: SweepTracker, log_level: int = logging.
     from nsde_ray.sweep import FrontCallback, default_max_concurrent
 
     while True:
-        seeds = _seed_runs(tracker)
+        seeds, spent = _seed_runs(tracker), _spent(tracker)
         pending = sorted(_unfinished(seeds))
-        spent = sum(len(runs) for runs in seeds.values())
         if pending:
             chosen, why = pending, "seed runs that did not finish"
         else:
@@ -79,8 +80,7 @@ def replicate(cfg: SweepConfig, tracker: SweepTracker, log_level: int = logging.
 
 def seed_notes(cfg: SweepConfig, tracker: SweepTracker) -> list[str]:
     """How many seeds each configuration got under ``auto`` and why (its :data:`REASON_TAG`, else why it stopped)."""
-    seeds, rows = _seed_runs(tracker), _assessed(tracker)
-    spent = sum(len(runs) for runs in seeds.values())
+    seeds, rows, spent = _seed_runs(tracker), _assessed(tracker), _spent(tracker)
     budget_left = cfg.total_seed_budget - spent
     notes = [
         f"adaptive seeds: every configuration started with {AUTO_START_SEEDS}; one more at a time while its "
@@ -106,6 +106,12 @@ def seed_notes(cfg: SweepConfig, tracker: SweepTracker) -> list[str]:
             f"{len(settled)} configuration(s) kept {AUTO_START_SEEDS} seeds, their membership decided "
             f"(probability outside {list(cfg.undecided_band)}): trials {', '.join(settled)}"
         )
+    waiting = [run.data.tags.get(TRIAL_ID, "") for run in tracker.trial_runs() if _status(run) not in DONE]
+    if waiting:
+        notes.append(
+            f"{len(waiting)} configuration(s) whose search trial did not finish get no seeds added until --resume "
+            f"has trained their first {AUTO_START_SEEDS}: trials {', '.join(sorted(waiting))}"
+        )
     return notes
 
 
@@ -122,9 +128,18 @@ def _record_reason(tracker: SweepTracker, run_id: str, probability: float, count
 
 
 def _seed_runs(tracker: SweepTracker) -> dict[str, list]:
-    """Every seed run of this sweep's configurations (any status), by the configuration's run id, in seed order."""
-    configurations = {run.info.run_id for run in tracker.trial_runs()}
+    """Every seed run (any status), by the configuration's run id, in seed order, of this sweep's configurations
+    whose search trial finished: the others' seeds belong to their trial, which ``--resume`` runs again, and a
+    configuration is finished only once all its first seeds are."""
+    configurations = {run.info.run_id for run in tracker.trial_runs() if _status(run) in DONE}
     return {k: runs for k, runs in tracker.seeds_by_configuration(finished=False).items() if k in configurations}
+
+
+def _spent(tracker: SweepTracker) -> int:
+    """Seed runs spent: every configuration's seed runs, at least its first :data:`AUTO_START_SEEDS` (which a
+    configuration whose search trial did not finish has still to train)."""
+    seeds = tracker.seeds_by_configuration(finished=False)
+    return sum(max(len(seeds.get(run.info.run_id, [])), AUTO_START_SEEDS) for run in tracker.trial_runs())
 
 
 def _unfinished(seeds: dict[str, list]) -> set[str]:
@@ -147,9 +162,9 @@ def run_added_seed(config: dict, base: dict, storage_path: str, tracker_ids: dic
     run = tracker.client.get_run(run_id)
     trial_id = run.data.tags[TRIAL_ID]
     cfg = trial_config(TrialConfig.from_dict(base), json.loads(run.data.tags[SEARCHED_TAG]))
-    existing = tracker.seed_runs(run_id)
-    unfinished = [int(seed.data.tags[SEED_INDEX]) for seed in existing if _status(seed) not in DONE]
-    index = unfinished[0] if unfinished else len(existing)
+    indices = {int(seed.data.tags[SEED_INDEX]): _status(seed) for seed in tracker.seed_runs(run_id)}
+    unfinished = sorted(index for index, status in indices.items() if status not in DONE)
+    index = unfinished[0] if unfinished else max(indices, default=-1) + 1
     label = f"trial {trial_id} added seed {index + 1}"
     train_seed_run(cfg, tracker, run_id, trial_id, index, label, storage_path, 1, log_level)
     outcomes = [(_status(seed), tracker.finished_metrics(seed.info.run_id)) for seed in tracker.seed_runs(run_id)]

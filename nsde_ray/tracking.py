@@ -179,15 +179,24 @@ class SweepTracker:
         )
 
     def _open(self, filter_string: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> tuple[str, str]:
-        """The run ``filter_string`` finds, marked running unless it ended well, or a new one; (run id, nsde.status)."""
+        """The run ``filter_string`` finds, marked running unless it ended well, or a new one; (run id, nsde.status).
+
+        MLflow's client retries every request, a run's creation included, after a read timeout: a slow server
+        can create the run twice. So a new run is looked up again, and only the oldest of the matches is kept
+        (the others, empty copies, are deleted)."""
         existing = self.client.search_runs([self.experiment_id], filter_string=filter_string)
         if existing:
-            run = existing[0]
+            run = _oldest(existing)
             if run.data.tags.get(STATUS) not in ("finished", "diverged"):
                 self.client.update_run(run.info.run_id, status="RUNNING")
                 self.client.set_tag(run.info.run_id, STATUS, "running")
             return run.info.run_id, run.data.tags.get(STATUS, "running")
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags, **{STATUS: "running"}))
+        self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags, **{STATUS: "running"}))
+        created = self.client.search_runs([self.experiment_id], filter_string=filter_string)
+        run = _oldest(created)
+        for copy in created:
+            if copy.info.run_id != run.info.run_id:
+                self.client.delete_run(copy.info.run_id)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id, "running"
 
@@ -361,3 +370,8 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+
+
+def _oldest(runs: list):
+    """The first created of ``runs`` (MLflow runs): by start time, then run id."""
+    return min(runs, key=lambda run: (run.info.start_time, run.info.run_id))

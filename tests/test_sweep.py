@@ -474,3 +474,46 @@ def test_tune_sees_the_objectives_first_and_nothing_it_does_not_need():
     diverged = reported_metrics({"val_accuracy": 0.1, "train_loss": math.inf}, diverged=True)
     assert diverged["val_accuracy"] == 0.1 and math.isnan(diverged["sensitivity"]) and math.isnan(diverged["sic"])
     assert diverged["diverged"] == 1.0 and diverged["seeds"] == 1.0
+
+
+def test_a_run_created_twice_by_a_retried_request_is_kept_once(tmp_path, monkeypatch):
+    """MLflow's client retries a timed-out create-run request, so a slow server may create the run twice:
+    the oldest copy is the seed's run, the other is deleted."""
+    tracker = SweepTracker.start(f"sqlite:///{tmp_path}/mlflow.db", "exp", "sweep1", {})
+    config_run, _ = tracker.open_trial("t1", {})
+    create_run = tracker.client.create_run
+
+    def create_twice(*args, **kwargs):
+        first = create_run(*args, **kwargs)  # the request that timed out, committed by the server
+        create_run(*args, **kwargs)  # the retry, whose answer the client gets
+        return first
+
+    monkeypatch.setattr(tracker.client, "create_run", create_twice)
+    seed_run, status = tracker.open_seed(config_run, "t1", 0, {"seed": 0})
+    assert status == "running" and [run.info.run_id for run in tracker.seed_runs(config_run)] == [seed_run]
+    assert tracker.client.get_run(seed_run).data.params == {"seed": "0"}
+    monkeypatch.undo()
+    assert tracker.open_seed(config_run, "t1", 0, {}) == (seed_run, "running")  # reopened, not created anew
+
+
+def test_adaptive_seeds_leave_a_configuration_whose_search_trial_errored_to_its_trial(tmp_path):
+    """A search trial that errored (its seed 0 unfinished, seed 1 never started) keeps its seeds for --resume's
+    retry of the trial: replication neither finishes its seed nor marks it finished with one seed (which left it
+    at one seed for good), and counts its first seeds as spent."""
+    from nsde_ray.replication import _seed_runs, _spent, replicate
+
+    tracker = SweepTracker.start(f"sqlite:///{tmp_path}/mlflow.db", "exp", "sweep1", {})
+    done, _ = tracker.open_trial("done", {"noise_mode": "gaussian", "noise_sigma": 0.5, "lr": 0.1})
+    for index, accuracy in enumerate((0.9, 0.92)):
+        seed_run, _ = tracker.open_seed(done, "done", index, {"seed": index})
+        tracker.finish_trial(seed_run, "finished", {"val_accuracy": accuracy, "sensitivity": 0.2, "sic": 0.1})
+    tracker.finish_trial(done, "finished", {"val_accuracy": 0.91, "sensitivity": 0.2, "sic": 0.1, "seeds": 2})
+    errored, _ = tracker.open_trial("t2", {"noise_mode": "none", "lr": 0.1})
+    tracker.open_seed(errored, "t2", 0, {"seed": 0})
+    cfg = SweepConfig(name="sweep1", storage=str(tmp_path / "ray"), seeds_per_config="auto", num_samples=2)
+
+    assert list(_seed_runs(tracker)) == [done] and _spent(tracker) == 4
+    notes = replicate(cfg, tracker)  # one finished configuration: decided, so no round (and no Ray) starts
+    assert any("trials t2" in note and "--resume" in note for note in notes), notes
+    assert tracker.client.get_run(errored).data.tags["nsde.status"] == "running"
+    assert [run.data.tags["nsde.status"] for run in tracker.seed_runs(errored)] == ["running"]

@@ -36,13 +36,16 @@ def first_epoch_logged(uri: str) -> bool:
 
 
 def assert_one_finished_run_per_trial_and_seed(uri: str) -> None:
-    """3 configurations x 2 seeds: one FINISHED run each (no duplicate, none left RUNNING), each epoch logged once:
-    a retried seed continues from its checkpoint, and the epochs that waited during the outage are not lost."""
+    """3 configurations, each with its 2 first seeds and any seeds adaptive replication added: one FINISHED run per
+    (configuration, seed) (no duplicate, none left RUNNING), each epoch logged once: a retried seed continues from
+    its checkpoint, and the epochs that waited during the outage are not lost."""
     trials, seeds = trial_runs(uri, NAME), seed_runs(uri, NAME)
     assert len(trials) == len({run.data.tags["nsde.trial_id"] for run in trials}) == 3
-    seed_keys = {(run.data.tags["mlflow.parentRunId"], run.data.tags["nsde.seed_index"]) for run in seeds}
-    assert len(seeds) == len(seed_keys) == 6
-    assert {parent for parent, _ in seed_keys} == {run.info.run_id for run in trials}
+    keys = sorted((run.data.tags["mlflow.parentRunId"], int(run.data.tags["nsde.seed_index"])) for run in seeds)
+    assert len(keys) == len(set(keys)), f"duplicate seed runs: {keys}"
+    for trial in trials:
+        indices = [index for parent, index in keys if parent == trial.info.run_id]
+        assert indices == list(range(len(indices))) and len(indices) >= 2, (trial.data.tags, indices)
     client = mlflow.MlflowClient(uri)
     for run in trials + seeds:
         assert (run.info.status, run.data.tags["nsde.status"]) == ("FINISHED", "finished"), run.data.tags
@@ -73,6 +76,8 @@ def test_sweep_completes_after_a_tracking_outage_longer_than_the_client_retries(
         NAME,
         "--set",
         "train.single_process=false",
+        "--seeds-per-config",
+        "auto",
     ]
     sweep = None
     try:
