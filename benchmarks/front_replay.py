@@ -8,7 +8,7 @@ the sweep aggregates its seeds, then :func:`nsde_ray.front.assess_front`: same
 objectives, SIC gating and exclusions), under these policies:
 
 - ``today K``: :func:`nsde_ray.pareto.front_probability` (each configuration's own SE, normal, independent);
-- ``pooled K``: :func:`nsde_ray.uncertainty.front_probability` (seed-blocked, pooled per noise mode,
+- ``moderated K``: :func:`nsde_ray.uncertainty.front_probability` (seed-blocked, moderated variances,
   t tails, the evaluation-repeat variance of every ``<objective>_eval1`` pair as floor; that
   variance is a one-off calibration of the evaluation, so it comes from all recorded pairs);
 - ``adaptive +B``: 2 seeds each, then :func:`nsde_ray.uncertainty.next_seeds` (band 0.1-0.9, and
@@ -19,10 +19,12 @@ The truth is the front of the means over every seed all configurations have (wit
 gating). Scores: Brier score; a reliability table (probability bins: mean predicted, observed
 frequency, count); how often a confident prediction (>= 0.95 or <= 0.05) is wrong; membership
 errors (probability >= 0.5 against the truth) per replay against the seed-runs spent. The truth
-shares seeds with every subset, so larger subsets look better than they would against fresh seeds.
+shares seeds with every subset, so larger subsets look better than they would against fresh seeds;
+``--held-out`` (8 seeds or more) scores each replay against the front of the half of the seeds its
+policies did not see instead, a truth as noisy as that half.
 
     python benchmarks/front_replay.py benchmarks/data/front_replay_digits.csv.shard0 \\
-        benchmarks/data/front_replay_digits.csv.shard1 [--replays 200] [--draws 2000] [--out PATH]
+        benchmarks/data/front_replay_digits.csv.shard1 [--replays 200] [--draws 2000] [--held-out] [--out PATH]
 
 Markdown tables go to stdout and to ``--out`` (default ``benchmarks/data/front_replay_<design>.md``).
 """
@@ -103,22 +105,22 @@ def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
 def assess(
     design: Design, seed_sets: list[list[int]], eval_var: dict[str, float], draws: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(today's probabilities (N,), pooled probabilities (N,), front on the means (N,)) with ``seed_sets`` (N lists)."""
+    """(today's probabilities (N,), the model's probabilities (N,), front on the means (N,)), each configuration
+    with its ``seed_sets`` (N lists)."""
     per_seed = [[design.runs[config, s] for s in seeds] for config, seeds in zip(design.configs, seed_sets)]
     rows = [aggregate(runs) for runs in per_seed]
     report = front.assess_front(rows)
     eligible = [i for i, row in enumerate(rows) if not row["excluded"]]
-    pooled = np.zeros(len(rows))
-    pooled[eligible] = uncertainty.front_probability(
+    model = np.zeros(len(rows))
+    model[eligible] = uncertainty.front_probability(
         [pareto.as_minimisation(per_seed[i], report.objectives) for i in eligible],
         [seed_sets[i] for i in eligible],
-        [design.groups[i] for i in eligible],
         np.array([eval_var.get(name, math.nan) for name, _ in report.objectives]),
         draws=draws,
     )
     return (
         np.array([row["pareto_probability"] for row in rows]),
-        pooled,
+        model,
         np.array([row["pareto_front"] for row in rows]),
     )
 
@@ -131,7 +133,7 @@ def adaptive(
     draws: int,
     band: tuple[float, float] = uncertainty.BAND,
 ) -> tuple[np.ndarray, int]:
-    """(pooled probabilities (N,), seed-runs spent) of the adaptive policy, seeds taken in ``order``."""
+    """(the model's probabilities (N,), seed-runs spent) of the adaptive policy, seeds taken in ``order``."""
     counts, spent = np.full(len(design.configs), START_SEEDS), 0
     while True:
         _, probability, _ = assess(design, [list(order[:k]) for k in counts], eval_var, draws)
@@ -142,31 +144,42 @@ def adaptive(
         spent += len(chosen)
 
 
-def replay(design: Design, replays: int, draws: int, seed: int) -> tuple[np.ndarray, dict[str, list]]:
-    """(truth (N,) bool, {policy: [(probabilities (N,), seed-runs)] per replay})."""
+def replay(
+    design: Design, replays: int, draws: int, seed: int, held_out: bool = False
+) -> tuple[np.ndarray, dict[str, list]]:
+    """(all-seeds truth (N,) bool, {policy: [(probabilities (N,), seed-runs, truth (N,))] per replay}).
+
+    ``held_out``: each replay's policies see the first half of its seed order and are scored against
+    the front of the other half (a truth no subset shares seeds with, but one as noisy as half the seeds).
+    """
     eval_var = eval_variances(design)
-    _, _, truth = assess(design, [design.seeds] * len(design.configs), eval_var, draws)
+    _, _, everything = assess(design, [design.seeds] * len(design.configs), eval_var, draws)
     rng, results = np.random.default_rng(seed), {}
-    n = len(design.configs)
+    n, half = len(design.configs), len(design.seeds) // 2
     for _ in range(replays):
         order = rng.permutation(design.seeds)
+        truth = everything
+        if held_out:
+            _, _, truth = assess(design, [list(order[half:])] * n, eval_var, draws)
+            order = order[:half]
         for k in (2, 4):
-            today, pooled, _ = assess(design, [list(order[:k])] * n, eval_var, draws)
-            results.setdefault(f"today K={k}", []).append((today, k * n))
-            results.setdefault(f"pooled K={k}", []).append((pooled, k * n))
+            today, model, _ = assess(design, [list(order[:k])] * n, eval_var, draws)
+            results.setdefault(f"today K={k}", []).append((today, k * n, truth))
+            results.setdefault(f"moderated K={k}", []).append((model, k * n, truth))
         for budget in BUDGETS:
             extra = int(round(budget * n))
-            results.setdefault(f"adaptive +{extra}", []).append(adaptive(design, order, extra, eval_var, draws))
+            spent = adaptive(design, order, extra, eval_var, draws)
+            results.setdefault(f"adaptive +{extra}", []).append((*spent, truth))
         results.setdefault(f"adaptive +{extra}, band {WIDE_BAND[0]}-{WIDE_BAND[1]}", []).append(
-            adaptive(design, order, extra, eval_var, draws, WIDE_BAND)
+            (*adaptive(design, order, extra, eval_var, draws, WIDE_BAND), truth)
         )
-    return truth, results
+    return everything, results
 
 
-def scores(truth: np.ndarray, outcomes: list) -> dict[str, float]:
+def scores(outcomes: list) -> dict[str, float]:
     """Brier score, confident predictions and their wrong fraction, membership errors and seed-runs per replay."""
-    probability = np.concatenate([p for p, _ in outcomes])
-    observed = np.tile(truth, len(outcomes)).astype(float)
+    probability = np.concatenate([p for p, _, _ in outcomes])
+    observed = np.concatenate([truth for _, _, truth in outcomes]).astype(float)
     confident = (probability >= 0.95) | (probability <= 0.05)
     wrong = confident & ((probability >= 0.5) != (observed > 0))
     return {
@@ -174,14 +187,14 @@ def scores(truth: np.ndarray, outcomes: list) -> dict[str, float]:
         "confident": int(confident.sum()),
         "confident_wrong": float(wrong.sum() / max(confident.sum(), 1)),
         "errors": float(np.sum((probability >= 0.5) != (observed > 0)) / len(outcomes)),
-        "seed_runs": float(np.mean([runs for _, runs in outcomes])),
+        "seed_runs": float(np.mean([runs for _, runs, _ in outcomes])),
     }
 
 
-def reliability(truth: np.ndarray, outcomes: list) -> list[tuple[str, float, float, int]]:
+def reliability(outcomes: list) -> list[tuple[str, float, float, int]]:
     """(bin, mean predicted, observed frequency, count) per probability bin of :data:`BINS`."""
-    probability = np.concatenate([p for p, _ in outcomes])
-    observed = np.tile(truth, len(outcomes)).astype(float)
+    probability = np.concatenate([p for p, _, _ in outcomes])
+    observed = np.concatenate([truth for _, _, truth in outcomes]).astype(float)
     index = np.clip(np.searchsorted(BINS, probability, side="right") - 1, 0, len(BINS) - 2)
     return [
         (
@@ -210,13 +223,18 @@ def spreads(design: Design) -> list[str]:
     return lines
 
 
-def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replays: int) -> str:
+def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replays: int, held_out: bool) -> str:
     """The report: data, scores and cost, reliability."""
     lines = [
         f"# Front replay: {design.name}",
         "",
         f"{len(design.configs)} configurations x {len(design.seeds)} common seeds ({design.seeds}); "
-        f"{replays} replays. All-seeds front: {', '.join(c for c, t in zip(design.configs, truth) if t)}.",
+        f"{replays} replays. All-seeds front: {', '.join(c for c, t in zip(design.configs, truth) if t)}. Truth: "
+        + (
+            "the front of the half of the seeds each replay's policies did not see (held out)."
+            if held_out
+            else "the front of all seeds (which every subset shares seeds with)."
+        ),
         "",
         *spreads(design),
         "",
@@ -224,15 +242,15 @@ def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replay
         "|---|---|---|---|---|---|",
     ]
     for policy, outcomes in results.items():
-        s = scores(truth, outcomes)
+        s = scores(outcomes)
         lines.append(
             f"| {policy} | {s['seed_runs']:.1f} | {s['errors']:.2f} | {s['brier']:.4f} | "
             f"{s['confident']} | {s['confident_wrong']:.3f} |"
         )
     lines += ["", "| policy | probability bin | mean predicted | observed frequency | count |", "|---|---|---|---|---|"]
     for policy, outcomes in results.items():
-        if policy.startswith(("today", "pooled")):
-            lines += [f"| {policy} | {b} | {p:.3f} | {o:.3f} | {n} |" for b, p, o, n in reliability(truth, outcomes)]
+        if policy.startswith(("today", "moderated")):
+            lines += [f"| {policy} | {b} | {p:.3f} | {o:.3f} | {n} |" for b, p, o, n in reliability(outcomes)]
     return "\n".join(lines) + "\n"
 
 
@@ -242,15 +260,22 @@ def main() -> None:
     parser.add_argument("--replays", type=int, default=200)
     parser.add_argument("--draws", type=int, default=2000, help="draws per front probability")
     parser.add_argument("--seed", type=int, default=0, help="seeds the replays' seed subsets")
+    parser.add_argument(
+        "--held-out", action="store_true", help="score against the front of the seeds a replay did not see"
+    )
     parser.add_argument("--out", default=None, help="Markdown file (default benchmarks/data/front_replay_<design>.md)")
     args = parser.parse_args()
     design = load(args.csv)
-    if len(design.seeds) < 4:
-        raise SystemExit(f"{len(design.seeds)} seeds common to every configuration; the replay needs at least 4")
-    truth, results = replay(design, args.replays, args.draws, args.seed)
-    text = markdown(design, truth, results, args.replays)
+    needed = 8 if args.held_out else 4
+    if len(design.seeds) < needed:
+        raise SystemExit(f"{len(design.seeds)} seeds common to every configuration; this replay needs {needed}")
+    truth, results = replay(design, args.replays, args.draws, args.seed, args.held_out)
+    text = markdown(design, truth, results, args.replays, args.held_out)
     print(text)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", f"front_replay_{design.name}.md")
+    suffix = "_held_out" if args.held_out else ""
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "data", f"front_replay_{design.name}{suffix}.md"
+    )
     with open(out, "w") as handle:
         handle.write(text)
 

@@ -10,8 +10,9 @@ values (``per_seed``, one dict per seed) and training seeds (``seed_ids``), its 
   (:mod:`nsde_ray.metrics.randomisation`: maps that do not depend on the model);
 - ``pareto_front``: non-dominated on the means, among the eligible rows, over the objectives in use;
 - ``pareto_probability``: the probability of being non-dominated when the means are redrawn from the
-  uncertainty model of :mod:`nsde_ray.uncertainty` (seed-blocked, variance pooled over the sweep's
-  configurations, Student-t tails): how sure the membership is;
+  uncertainty model of :mod:`nsde_ray.uncertainty` (seed-blocked, each configuration's variance
+  moderated towards a prior fitted to the sweep's configurations, Student-t tails): how sure the
+  membership is;
 - ``<objective>_se``: that model's standard errors, which the table shows (two seeds that happen to
   agree no longer show ± 0).
 
@@ -116,19 +117,16 @@ def assess_front(rows: list[dict[str, Any]], seed: int = 0, modes: tuple[str, ..
     draws = np.full((MODE_DRAWS, len(rows), 2), np.nan)
     if eligible:
         values, seeds = _seed_values(eligible, all_objectives)
-        groups = [str(row.get("noise_mode", "")) for row in eligible]
         used = [all_objectives.index(objective) for objective in objectives]
-        probability = uncertainty.front_probability([v[:, used] for v in values], seeds, groups, rng_seed=seed)
-        errors = uncertainty.standard_errors(values, seeds, groups)
+        probability = uncertainty.front_probability([v[:, used] for v in values], seeds, rng_seed=seed)
+        errors = uncertainty.standard_errors(values, seeds)
         for row, on_front, p, se in zip(
             eligible, pareto.non_dominated(pareto.as_minimisation(eligible, objectives)), probability, errors
         ):
             row["pareto_front"], row["pareto_probability"] = bool(on_front), float(p)
             row.update({f"{name}_se": float(error) for (name, _), error in zip(all_objectives, se)})
         compared = [all_objectives.index(objective) for objective in mode_fronts.FRONT_OBJECTIVES]
-        sample = uncertainty.posterior_draws(
-            [v[:, compared] for v in values], seeds, groups, draws=MODE_DRAWS, rng_seed=seed
-        )
+        sample = uncertainty.posterior_draws([v[:, compared] for v in values], seeds, draws=MODE_DRAWS, rng_seed=seed)
         sample[..., 0] *= -1  # accuracy back from minimisation form
         draws[:, [rows.index(row) for row in eligible]] = sample
     floors = {

@@ -1,7 +1,7 @@
 """Adaptive replication (``--seeds-per-config auto``): more seeds only where the front is undecided.
 
 After the search, every configuration has :data:`nsde_ray.config.AUTO_START_SEEDS` seeds. Each round
-then assesses the front (:mod:`nsde_ray.front`, the pooled uncertainty model) and gives one more seed
+then assesses the front (:mod:`nsde_ray.front`, the moderated uncertainty model) and gives one more seed
 to each configuration whose membership probability lies in ``undecided_band`` (bounds included;
 default :data:`nsde_ray.uncertainty.BAND`, 0.1 to 0.9), most undecided first
 (:func:`nsde_ray.uncertainty.next_seeds`), until none is undecided, each has ``max_seeds``, or the

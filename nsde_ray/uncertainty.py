@@ -3,16 +3,16 @@
 Input, per configuration i: its per-seed objective values (K_i, M) in minimisation form
 (:func:`nsde_ray.pareto.as_minimisation` of its seeds' rows), the training seed of each of those
 values (the same seed means the same initial weights and data order in every configuration), and
-optionally a group label (the noise mode) and, per objective, a measured evaluation-repeat
-variance. The model, per objective::
+optionally, per objective, a measured evaluation-repeat variance. The model, per objective::
 
-    y[i, s] = mu[i] + b[s] + e[i, s],    b ~ N(0, tau²),    e ~ N(0, sigma²_pool(i))
+    y[i, s] = mu[i] + b[s] + e[i, s],    b ~ N(0, tau²),    e ~ N(0, sigma²(i))
 
 - **Seed effect.** b[s] is what seed s does to every configuration alike; e, the configuration x
   seed interaction plus the evaluation's noise, is what a *comparison* at the same seeds sees.
-  sigma² comes from the seed-blocked least-squares fit (configuration and seed effects, so a large
-  shared seed effect does not inflate it); tau² is the within-configuration spread of the raw
-  values minus sigma² (a moment estimate, 0 if negative). The means are the generalised least
+  sigma²(i) comes from the seed-blocked least-squares fit (configuration and seed effects, so a
+  large shared seed effect does not inflate it); tau² is the within-configuration spread of the
+  raw values minus sigma²(i), its median over the configurations (a moment estimate, 0 if
+  negative). The means are the generalised least
   squares estimates under that covariance, and the draws are multivariate over the configurations
   with the GLS covariance: the shared seed effect is drawn, correlated. In a balanced sweep (every
   configuration at the same seeds) this is exactly the blocked comparison: the means are the plain
@@ -22,26 +22,32 @@ variance. The model, per objective::
   (it only estimates its own seed effect), but here it counts, with tau² added to its noise.
   Today's independent draws with each configuration's own raw spread count the seed effect into
   every comparison when it is large, and nothing at all when two seeds agree by chance.
-- **Pooling.** With 2 seeds a configuration's own residual variance has about 1 degree of
-  freedom (log s² then has a sampling variance near 5), so it is pooled: the empirical-Bayes
-  (limma) estimate s̃ᵢ² = (ν₀ s₀² + dᵢ sᵢ²) / (ν₀ + dᵢ) with s₀², ν₀ the pooled variance and degrees
-  of freedom of the *other* configurations of its pool, which equals the pool's pooled variance
-  (:func:`pooled_variance`). We do not estimate ν₀ from the spread of the sᵢ² (limma's moment
-  fit): at 1-3 degrees of freedom each that spread is sampling noise. A pool is the configuration's
-  group (noise mode) when that group has :data:`MIN_GROUP_DOF` residual degrees of freedom, else
-  all configurations: variances may differ between noise modes, not within one. A configuration's
-  degrees of freedom dᵢ are its share of the residual ones (the sum of 1 - leverage over its
-  values), so dᵢ = (K - 1)(N - 1)/N in a balanced sweep of N configurations.
+- **Moderation.** With 2 seeds a configuration's own residual variance has about 1 degree of
+  freedom (log s² then has a sampling variance near 5), and configurations differ: a sigma that
+  makes training unstable can spread accuracy over seeds 30 times as much as its neighbours do.
+  So each configuration's variance is moderated (empirical Bayes, as limma does for genes):
+  s̃ᵢ² = (ν₀ s₀² + dᵢ sᵢ²) / (ν₀ + dᵢ), with the prior s₀², ν₀ fitted to all configurations' sᵢ²
+  by maximum likelihood (:func:`prior_variance`: sᵢ²/s₀² ~ F(dᵢ, ν₀)). Where the sᵢ² spread no
+  more than their degrees of freedom explain, ν₀ is large and every configuration gets about s₀²;
+  where they spread more, an unstable configuration keeps most of its own large variance, and two
+  seeds that agree by chance still get a share of s₀². A configuration's own degrees of freedom
+  dᵢ are its share of the residual ones (the sum of 1 - leverage over its values), (K - 1)(N - 1)/N
+  in a balanced sweep of N configurations; the seed effects are fitted with weights 1/s̃ᵢ², so an
+  unstable configuration does not blur the others' residuals, and weights and variances are
+  iterated to a fixed point, from the moderated raw (unblocked) variances. Fewer than
+  :data:`MIN_PRIOR_CONFIGURATIONS` configurations with residual degrees of freedom: one pooled
+  variance for all, sum(ssᵢ) / sum(dᵢ).
 - **Evaluation noise.** Each per-seed value is one evaluation, so sigma² already holds one
   evaluation's noise; a measured evaluation-repeat variance (:func:`eval_variance`, divided by the
   repeats when a seed's value is a mean over several evaluations) is a *floor* on sigma², not an
   addition: the residual of a single-evaluation value cannot be smaller than its evaluation noise,
   and adding it would count that noise twice.
 - **Tails.** Configuration means are drawn from a multivariate Student t: the normal with the GLS
-  covariance, each configuration's deviation divided by its pool's sqrt(chi²_ν/ν), one per draw and
-  objective, ν the pool's degrees of freedom (one variance estimate, so one scale draw for all its
-  configurations). With no residual degrees of freedom (one seed each) and no floor, the draws
-  are the plain means.
+  covariance, divided by sqrt(chi²_ν/ν), one draw for all configurations (a scale drawn per
+  configuration would stop the shared seed effect from cancelling between them), ν the median of
+  the configurations' ν₀ + dᵢ (each at most the fit's residual degrees of freedom, as limma caps
+  it). With no residual degrees of freedom (one seed each) and no floor, the draws are the plain
+  means.
 
 Objectives are drawn independently of one another; the uncertainty of tau² itself is not drawn
 (it cancels in balanced sweeps). :func:`front_probability` is the fraction of draws in which a
@@ -55,13 +61,19 @@ Configurations with a non-finite value are left out: NaN means and errors, proba
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import optimize
+from scipy.special import gammaln
 
-MIN_GROUP_DOF = 4.0  # residual degrees of freedom a group needs to have its own pooled variance
+MIN_PRIOR_CONFIGURATIONS = 3  # configurations with residual degrees of freedom needed to fit the prior
+MIN_OWN_DOF = 0.25  # residual degrees of freedom a configuration needs to count in the prior's fit
+PRIOR_DOF_RANGE = (0.5, 1e4)  # the prior's degrees of freedom searched; the top is the pooled limit
+FIT_ITERATIONS = 20  # at most, of the weights / variances fixed point
+FIT_TOLERANCE = 1e-3  # relative change of every weight at which that fixed point is reached
 # membership probabilities still undecided (bounds included): a 0.5 cut errs on at most 10% of the rest
 BAND = (0.1, 0.9)
 _DRAW_CHUNK = 500
@@ -73,10 +85,10 @@ class Fit:
 
     means: (N, M) each configuration's GLS mean, in the values' units;
     covariance: (M, N, N) covariance of those means (the shared seed effect included), units²;
-    variance: (N, M) the residual variance of one seed-run of each configuration (pooled, floored), units²;
+    variance: (N, M) the residual variance of one seed-run of each configuration (moderated, floored), units²;
     dof: (N, M) degrees of freedom of that variance (0: none, the draws are normal);
     seed_variance: (M,) tau², the variance of the seed effect, units²;
-    pools: (N,) the pool each configuration's variance comes from (its group, or ``"all"``).
+    prior: (M, 2) the moderation's prior (s₀² in units², ν₀; ν₀ infinite: every configuration gets s₀²).
     """
 
     means: np.ndarray
@@ -84,34 +96,62 @@ class Fit:
     variance: np.ndarray
     dof: np.ndarray
     seed_variance: np.ndarray
-    pools: tuple
+    prior: np.ndarray
 
 
-def pooled_variance(
-    ss: np.ndarray, dof: np.ndarray, groups: Sequence[Hashable], min_group_dof: float = MIN_GROUP_DOF
-) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Each configuration's pooled residual variance (N, M), its degrees of freedom (N,) and pool (N,).
+def prior_variance(ss: np.ndarray, dof: np.ndarray) -> tuple[float, float]:
+    """(s₀², ν₀): the scaled inverse-chi² prior of the configurations' variances, by maximum likelihood on their
+    residual sums of squares ``ss`` (N,) with ``dof`` (N,).
 
-    ``ss``: (N, M) residual sums of squares of the configurations; ``dof``: (N,) their residual
-    degrees of freedom; ``groups``: (N,) labels. A group with at least ``min_group_dof`` degrees of
-    freedom pools its own: sum(ss) / sum(dof) over its configurations; the others pool over all
-    configurations. NaN where the pool has no degrees of freedom.
+    Under the prior, sᵢ² / s₀² (sᵢ² = ssᵢ / dᵢ) follows an F(dᵢ, ν₀) distribution; s₀² and ν₀ (within
+    :data:`PRIOR_DOF_RANGE`; its top is the pooled limit, every configuration s₀²) maximise the
+    likelihood of the sᵢ². Unlike limma's moments of log sᵢ², the likelihood is not thrown by variances of
+    0, which discrete metrics give often (two seeds with the same accuracy on the same images): under
+    F(1, ν₀) values near 0 are likely whatever the prior, so they do not drag ν₀ down and leave
+    two agreeing seeds with a variance near 0. Configurations with fewer than :data:`MIN_OWN_DOF`
+    degrees of freedom do not count; with fewer than :data:`MIN_PRIOR_CONFIGURATIONS` left, or no
+    spread: the pooled variance sum(ss) / sum(dof) and ν₀ at the top of the range.
     """
-    ss, dof, labels = np.asarray(ss, dtype=float), np.asarray(dof, dtype=float), np.asarray(groups, dtype=object)
-    variance, pool_dof, pools = np.empty_like(ss), np.empty(len(dof)), np.array(["all"] * len(dof), dtype=object)
-    variance[:], pool_dof[:] = _pool(ss, dof), dof.sum()
-    for group in dict.fromkeys(labels.tolist()):
-        members = labels == group
-        if dof[members].sum() >= min_group_dof:
-            variance[members], pool_dof[members] = _pool(ss[members], dof[members]), dof[members].sum()
-            pools[members] = group
-    return variance, pool_dof, tuple(pools)
+    ss, dof = np.asarray(ss, dtype=float), np.asarray(dof, dtype=float)
+    pooled = float(ss.sum() / dof.sum())
+    used = dof >= MIN_OWN_DOF
+    if used.sum() < MIN_PRIOR_CONFIGURATIONS or pooled <= 0:
+        return pooled, PRIOR_DOF_RANGE[1]
+    variance, own = np.fmax(ss[used] / dof[used], 1e-12 * pooled), dof[used]
+
+    def negative_log_likelihood(params: np.ndarray) -> float:
+        log_scale, log_nu = params
+        nu, x = math.exp(log_nu), variance / math.exp(log_scale)
+        density = (
+            gammaln((own + nu) / 2)
+            - gammaln(own / 2)
+            - gammaln(nu / 2)
+            + own / 2 * np.log(own / nu)
+            + (own / 2 - 1) * np.log(x)
+            - (own + nu) / 2 * np.log1p(own * x / nu)
+            - log_scale
+        )
+        return -float(density.sum())
+
+    bounds = [(math.log(pooled) - 20, math.log(pooled) + 5), tuple(math.log(b) for b in PRIOR_DOF_RANGE)]
+    best = optimize.minimize(
+        negative_log_likelihood, np.array([math.log(pooled), math.log(10.0)]), method="L-BFGS-B", bounds=bounds
+    )
+    return float(math.exp(best.x[0])), float(math.exp(best.x[1]))
 
 
-def _pool(ss: np.ndarray, dof: np.ndarray) -> np.ndarray:
-    """(M,) pooled variance sum(ss) / sum(dof) of ``ss`` (N, M) with ``dof`` (N,); NaN without degrees of freedom."""
-    total = dof.sum()
-    return ss.sum(axis=0) / total if total > 1e-9 else np.full(ss.shape[1], np.nan)
+def moderated_variance(ss: np.ndarray, dof: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """(moderated variances (N,), their degrees of freedom (N,), the prior (s₀², ν₀)) from residual sums of squares
+    ``ss`` (N,) with ``dof`` (N,) (:func:`prior_variance`): (ν₀ s₀² + ssᵢ) / (ν₀ + dᵢ) with ν₀ + dᵢ degrees of
+    freedom, at most sum(dof) (as limma caps them: the prior is fitted to these configurations); NaN and 0
+    without degrees of freedom."""
+    ss, dof = np.asarray(ss, dtype=float), np.asarray(dof, dtype=float)
+    total = float(dof.sum())
+    if total <= 1e-9:
+        return np.full(len(ss), np.nan), np.zeros(len(ss)), (math.nan, math.nan)
+    prior_var, prior_dof = prior_variance(ss, dof)
+    moderated = (prior_dof * prior_var + ss) / (prior_dof + dof)
+    return moderated, np.minimum(prior_dof + dof, total), (prior_var, prior_dof)
 
 
 def eval_variance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -127,43 +167,41 @@ def eval_variance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
         return squares.sum(axis=0) / (2 * finite.sum(axis=0))
 
 
-def fit(
-    values: Sequence[np.ndarray],
-    seeds: Sequence[Sequence[int]],
-    groups: Sequence[Hashable] | None = None,
-    eval_var: np.ndarray | None = None,
-    min_group_dof: float = MIN_GROUP_DOF,
-) -> Fit:
-    """The pooled mixed-model fit of configurations' per-seed ``values`` (K_i, M) at training ``seeds`` (K_i,).
+def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], eval_var: np.ndarray | None = None) -> Fit:
+    """The moderated, seed-blocked fit of configurations' per-seed ``values`` (K_i, M) at training ``seeds`` (K_i,).
 
-    ``groups``: (N,) pool labels (e.g. noise modes; default one pool); ``eval_var``: (M,) per-seed
-    evaluation variance, a floor on the residual variance (NaN entries: no floor). Seed sets may
-    differ; values at a seed no other configuration has add to their configuration's mean (through
-    tau²) but not to sigma²'s degrees of freedom.
+    ``eval_var``: (M,) per-seed evaluation variance, a floor on the residual variance (NaN entries: no
+    floor). Seed sets may differ; values at a seed no other configuration has add to their
+    configuration's mean (through tau²) but not to sigma²'s degrees of freedom.
     """
     values = [np.asarray(v, dtype=float).reshape(len(s), -1) for v, s in zip(values, seeds)]
     n, n_obj = len(values), max((v.shape[1] for v in values), default=0)
     keep = [i for i, v in enumerate(values) if v.size and np.isfinite(v).all()]
     means, variance, dof = np.full((n, n_obj), np.nan), np.full((n, n_obj), np.nan), np.zeros((n, n_obj))
-    covariance, seed_variance, pools = np.full((n_obj, n, n), np.nan), np.full(n_obj, np.nan), ["all"] * n
+    covariance, seed_variance = np.full((n_obj, n, n), np.nan), np.full(n_obj, np.nan)
+    prior = np.full((n_obj, 2), np.nan)
     if not keep:
-        return Fit(means, covariance, variance, dof, seed_variance, tuple(pools))
+        return Fit(means, covariance, variance, dof, seed_variance, prior)
     kept = [values[i] for i in keep]
     config_of, seed_of = _layout([seeds[i] for i in keep])
-    ss, own_dof = _blocked_residuals(np.concatenate(kept), config_of, seed_of)
-    labels = [groups[i] for i in keep] if groups is not None else ["all"] * len(keep)
-    pooled, pooled_dof, kept_pools = pooled_variance(ss, own_dof, labels, min_group_dof)
-    floor = np.full(n_obj, np.nan) if eval_var is None else np.asarray(eval_var, dtype=float)
-    variance[keep], dof[keep] = np.fmax(pooled, floor), pooled_dof[:, None]
-    seed_variance[:] = _seed_variance(kept, _pool(ss, own_dof))
     response = np.concatenate(kept)
+    floor = np.full(n_obj, np.nan) if eval_var is None else np.asarray(eval_var, dtype=float)
     for m in range(n_obj):
+        weights = _starting_weights([v[:, m] for v in kept])
+        for _ in range(FIT_ITERATIONS):
+            ss, own_dof = _blocked_residuals(response[:, m], config_of, seed_of, weights[config_of])
+            moderated, moderated_dof, prior[m] = moderated_variance(ss, own_dof)
+            moderated = np.fmax(moderated, floor[m])
+            usable = (np.isfinite(moderated) & (moderated > 0)).all()
+            if not usable or np.allclose(weights, 1.0 / moderated, rtol=FIT_TOLERANCE, atol=0.0):
+                break
+            weights = 1.0 / moderated
+        variance[keep, m], dof[keep, m] = moderated, moderated_dof
+        seed_variance[m] = _seed_variance([v[:, m] for v in kept], moderated)
         means[keep, m], covariance[m][np.ix_(keep, keep)] = _gls(
-            response[:, m], config_of, seed_of, variance[keep, m][config_of], seed_variance[m]
+            response[:, m], config_of, seed_of, moderated[config_of], seed_variance[m]
         )
-    for k, i in enumerate(keep):
-        pools[i] = kept_pools[k]
-    return Fit(means, covariance, variance, dof, seed_variance, tuple(pools))
+    return Fit(means, covariance, variance, dof, seed_variance, prior)
 
 
 def _layout(seeds: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -174,30 +212,43 @@ def _layout(seeds: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return config_of, seed_of
 
 
+def _starting_weights(values: Sequence[np.ndarray]) -> np.ndarray:
+    """(N,) 1 / the moderated raw within-configuration variances of ``values`` (K_i,) (ones where there is none).
+
+    The weighted fit starts here, not from equal weights: an unweighted seed-blocked fit spreads one
+    unstable configuration's swings over every configuration's residuals (through the seed effects),
+    which then look alike, and the moderation would see no difference to start from."""
+    ss = np.array([((v - v.mean()) ** 2).sum() for v in values])
+    variance, _, _ = moderated_variance(ss, np.array([len(v) - 1.0 for v in values]))
+    usable = np.isfinite(variance) & (variance > 0)
+    return np.where(usable, 1.0 / np.where(usable, variance, 1.0), 1.0) if usable.all() else np.ones(len(values))
+
+
 def _blocked_residuals(
-    response: np.ndarray, config_of: np.ndarray, seed_of: np.ndarray
+    response: np.ndarray, config_of: np.ndarray, seed_of: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(residual sums of squares (N, M), residual degrees of freedom (N,)) of the additive configuration + seed fit.
+    """(residual sums of squares (N,), residual degrees of freedom (N,)) of the additive configuration + seed fit
+    of ``response`` (n,), weighted least squares with ``weights`` (n,).
 
     A configuration's degrees of freedom are the sum of 1 - leverage over its values, so they add
     up to the fit's residual degrees of freedom (n - rank: disjoint seed sets are allowed).
     """
     configs, seeds = config_of.max() + 1, seed_of.max() + 1
     design = np.hstack([np.eye(configs)[config_of], np.eye(seeds)[seed_of][:, 1:]])
-    gram = np.linalg.pinv(design.T @ design)
-    residual = response - design @ (gram @ design.T @ response)
-    spare = 1.0 - np.einsum("ij,jk,ik->i", design, gram, design)
-    ss = np.array([(residual[config_of == k] ** 2).sum(axis=0) for k in range(configs)])
+    weighted = design * np.sqrt(weights)[:, None]
+    gram = np.linalg.pinv(weighted.T @ weighted)
+    residual = response - design @ (gram @ weighted.T @ (response * np.sqrt(weights)))
+    spare = 1.0 - np.einsum("ij,jk,ik->i", weighted, gram, weighted)
+    ss = np.array([(residual[config_of == k] ** 2).sum() for k in range(configs)])
     return ss, np.clip([spare[config_of == k].sum() for k in range(configs)], 0.0, None)
 
 
-def _seed_variance(values: Sequence[np.ndarray], residual_variance: np.ndarray) -> np.ndarray:
-    """(M,) tau²: pooled within-configuration variance of raw ``values`` (K_i, M) minus ``residual_variance`` (M,)."""
-    dof = sum(len(v) - 1 for v in values)
-    if dof == 0:
-        return np.zeros(len(residual_variance))
-    within = sum(((v - v.mean(axis=0)) ** 2).sum(axis=0) for v in values) / dof
-    return np.clip(np.nan_to_num(within - residual_variance), 0.0, None)
+def _seed_variance(values: Sequence[np.ndarray], residual_variance: np.ndarray) -> float:
+    """tau²: the median over configurations with two or more ``values`` (K_i,) of their raw within-configuration
+    variance minus their ``residual_variance`` (N,) (a median, so that one unstable configuration does not set
+    it); 0 if negative or if no configuration has two values."""
+    excess = [np.var(v, ddof=1) - residual_variance[k] for k, v in enumerate(values) if len(v) > 1]
+    return float(max(0.0, np.median(excess))) if excess else 0.0
 
 
 def _gls(
@@ -224,47 +275,37 @@ def _gls(
 def standard_errors(
     values: Sequence[np.ndarray],
     seeds: Sequence[Sequence[int]],
-    groups: Sequence[Hashable] | None = None,
     eval_var: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, M) comparison standard errors of the configurations' means, in the values' units (see :func:`fit`).
 
-    The SE of each mean's distance to the average of all the kept means, times sqrt(N / (N - 1)):
-    sigma / sqrt(K) in a balanced sweep. The seed effect all configurations share is not in it: it
-    says how well configurations are told apart, not how far a mean is from other seeds' mean. NaN
-    where no variance is known (one seed each and no evaluation floor), never a claim of 0.
+    Each configuration's moderated residual SD over the square root of its seed count: sigma / sqrt(K) in a
+    balanced sweep. The seed effect all configurations share is not in it: it says how well
+    configurations are told apart, not how far a mean is from other seeds' mean. NaN where no
+    variance is known (one seed each and no evaluation floor), never a claim of 0.
     """
-    result = fit(values, seeds, groups, eval_var)
-    keep = np.flatnonzero(np.isfinite(result.means).all(axis=1))
-    errors = np.full(result.means.shape, np.nan)
-    centre = np.eye(len(keep)) - 1.0 / len(keep) if len(keep) > 1 else np.eye(len(keep))
-    scale = len(keep) / (len(keep) - 1) if len(keep) > 1 else 1.0
-    for m in range(result.means.shape[1]):
-        centred = centre @ result.covariance[m][np.ix_(keep, keep)] @ centre
-        errors[keep, m] = np.sqrt(np.clip(np.diag(centred) * scale, 0.0, None))
-    return np.where(np.isfinite(result.variance), errors, np.nan)  # no variance known (one seed each): unknown
+    result = fit(values, seeds, eval_var)
+    counts = np.array([len(s) for s in seeds], dtype=float)[:, None]
+    return np.where(np.isfinite(result.means), np.sqrt(result.variance / counts), np.nan)
 
 
 def posterior_draws(
     values: Sequence[np.ndarray],
     seeds: Sequence[Sequence[int]],
-    groups: Sequence[Hashable] | None = None,
     eval_var: np.ndarray | None = None,
     draws: int = 4000,
     rng_seed: int = 0,
 ) -> np.ndarray:
     """(D, N, M) plausible configuration means (multivariate t around :func:`fit`'s means); NaN rows left out."""
-    result = fit(values, seeds, groups, eval_var)
+    result = fit(values, seeds, eval_var)
     keep = np.flatnonzero(np.isfinite(result.means).all(axis=1))
     sample = np.full((draws, *result.means.shape), np.nan)
     rng = np.random.default_rng(rng_seed)
-    pools = np.array(result.pools, dtype=object)[keep]
     for m in range(result.means.shape[1]):
         noise = rng.standard_normal((draws, len(keep))) @ _sqrt_psd(result.covariance[m][np.ix_(keep, keep)]).T
-        for pool in dict.fromkeys(pools.tolist()):
-            members, nu = pools == pool, result.dof[keep[pools == pool][0], m]
-            if nu > 1e-9:
-                noise[:, members] /= np.sqrt(rng.chisquare(nu, size=(draws, 1)) / nu)
+        nu = float(np.median(result.dof[keep, m])) if len(keep) else 0.0
+        if nu > 1e-9:  # one scale per draw, so that the seed effect the configurations share still cancels
+            noise /= np.sqrt(rng.chisquare(nu, size=(draws, 1)) / nu)
         sample[:, keep, m] = result.means[keep, m] + noise
     return sample
 
@@ -277,7 +318,7 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
 
 def front_probability(*args: Any, **kwargs: Any) -> np.ndarray:
     """(N,) probability that each configuration is non-dominated, over :func:`posterior_draws` (called with
-    these arguments: values, seeds, groups, eval_var, draws, rng_seed); 0 if left out."""
+    these arguments: values, seeds, eval_var, draws, rng_seed); 0 if left out."""
     return non_dominated_fraction(posterior_draws(*args, **kwargs))
 
 

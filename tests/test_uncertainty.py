@@ -1,4 +1,5 @@
-"""The front's uncertainty model: pooling, seed blocking, t tails, evaluation floor, adaptive policy, replay.
+"""The front's uncertainty model: moderated variances, seed blocking, t tails, evaluation floor, adaptive seeds,
+replay.
 
 The replay fixture (``tests/data/front_replay_fixture.csv``) is constructed, not recorded: 6
 configurations (3 noise modes) x 4 seeds in the recorder's columns, with a seed effect shared by
@@ -40,11 +41,38 @@ def test_two_agreeing_seeds_no_longer_claim_certainty():
     assert (uncertainty.standard_errors(values, [[0, 1]] * 5)[:2] > 0.004).all()
 
 
-def test_pooled_variance_by_hand():
-    ss, dof = np.array([[1.0], [3.0], [2.0], [10.0]]), np.array([1.0, 1.0, 2.0, 1.0])
-    variance, pool_dof, pools = uncertainty.pooled_variance(ss, dof, ["a", "a", "a", "b"], min_group_dof=3)
-    assert variance[:, 0].tolist() == [1.5, 1.5, 1.5, 3.2]  # (1 + 3 + 2) / 4; b has 1 dof: all, 16 / 5
-    assert pool_dof.tolist() == [4.0, 4.0, 4.0, 5.0] and pools == ("a", "a", "a", "all")
+def test_moderated_variance_by_hand():
+    # equal variances: the likelihood's prior is the pooled variance sum(ss) / sum(dof) = 9 / 6 with the largest
+    # dof, so every configuration gets it, with the sweep's residual dof
+    variance, dof, (prior_var, prior_dof) = uncertainty.moderated_variance(np.array([1.5, 1.5, 3.0, 3.0]), [1, 1, 2, 2])
+    assert prior_var == pytest.approx(1.5, rel=1e-3) and prior_dof == pytest.approx(uncertainty.PRIOR_DOF_RANGE[1])
+    assert variance == pytest.approx([1.5] * 4, rel=1e-3) and dof.tolist() == [6.0] * 4
+    # a prior of finite dof: (nu0 s0² + ss) / (nu0 + d), with nu0 + d dof, at most the sweep's 6
+    ss, own = np.array([0.0, 0.2, 0.1, 4.0]), np.array([1.0, 1.0, 2.0, 2.0])
+    variance, dof, (prior_var, prior_dof) = uncertainty.moderated_variance(ss, own)
+    assert 0.5 <= prior_dof < 100
+    assert variance == pytest.approx((prior_dof * prior_var + ss) / (prior_dof + own))
+    assert dof == pytest.approx(np.minimum(prior_dof + own, 6.0))
+
+
+def test_the_prior_is_recovered_from_the_variances_it_generates():
+    rng = np.random.default_rng(1)
+    for prior_dof, own in ((4.0, 1.0), (4.0, 2.0), (20.0, 4.0)):
+        true_variance = 0.01 * prior_dof / rng.chisquare(prior_dof, 2000)  # scaled inverse chi², s0² = 0.01
+        ss = true_variance * rng.chisquare(own, 2000)  # each configuration's residual sum of squares
+        scale, nu = uncertainty.prior_variance(ss, np.full(2000, own))
+        assert scale == pytest.approx(0.01, rel=0.1) and nu == pytest.approx(prior_dof, rel=0.3)
+
+
+def test_an_unstable_configuration_does_not_make_the_others_uncertain():
+    rng = np.random.default_rng(0)
+    stable = [np.array([[-0.95 + 0.01 * c], [-0.95 + 0.01 * c]]) + rng.normal(0, 0.003, (2, 1)) for c in range(6)]
+    unstable = np.array([[-0.95], [-0.65]])  # accuracy 0.95 with one seed, 0.65 with the other
+    errors = uncertainty.standard_errors(stable + [unstable], [[0, 1]] * 7)[:, 0]
+    fit = uncertainty.fit(stable + [unstable], [[0, 1]] * 7)
+    assert np.isfinite(fit.prior[0, 1]) and (errors[:6] < 0.03).all() and errors[6] > 0.1
+    pooled = np.sqrt(np.mean([np.var(v, ddof=1) for v in stable + [unstable]]) / 2)  # one pooled variance for all
+    assert (errors[:6] < pooled / 3).all()
 
 
 def test_blocked_two_by_two_by_hand():
@@ -149,5 +177,5 @@ def test_replay_runs_end_to_end_on_the_fixture(tmp_path):
     text = out.read_text()
     for heading in ("| policy | seed-runs |", "| policy | probability bin |", "| objective | seed SD"):
         assert heading in text
-    for policy in ("today K=2", "pooled K=2", "pooled K=4", "adaptive +6"):
+    for policy in ("today K=2", "moderated K=2", "moderated K=4", "adaptive +6"):
         assert f"| {policy} |" in text
