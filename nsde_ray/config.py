@@ -664,7 +664,7 @@ class SweepConfig(RunConfig):
     space: SearchSpace = field(default_factory=SearchSpace)
     num_samples: int = 8
     seed: int = 0
-    seeds_per_config: int | str = 2
+    seeds_per_config: int | str = AUTO
     max_seeds: int = 4
     seed_budget: int | None = None
     undecided_band: tuple[float, float] = BAND
