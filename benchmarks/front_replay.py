@@ -208,18 +208,25 @@ def reliability(outcomes: list) -> list[tuple[str, float, float, int]]:
 
 
 def spreads(design: Design) -> list[str]:
-    """Per objective, over every common seed: raw seed SD, seed-blocked residual SD, evaluation SD (units)."""
+    """Per objective, over every common seed: raw seed SD, the configurations' median seed-blocked residual SD and
+    the moderation's prior (:func:`nsde_ray.uncertainty.fit`), evaluation SD (units)."""
     values = [pareto.as_minimisation([design.runs[c, s] for s in design.seeds], OBJECTIVES) for c in design.configs]
     finite = [v for v in values if np.isfinite(v).all()]
     raw = np.sqrt(sum(((v - v.mean(axis=0)) ** 2).sum(axis=0) for v in finite) / sum(len(v) - 1 for v in finite))
-    blocked = np.sqrt(uncertainty.fit(finite, [design.seeds] * len(finite)).variance[0])
+    fitted = uncertainty.fit(finite, [design.seeds] * len(finite))
+    blocked = np.median(np.sqrt(fitted.variance), axis=0)
     evals = eval_variances(design)
     lines = [
-        "| objective | seed SD (within configuration) | residual SD (seed-blocked) | evaluation SD |",
-        "|---|---|---|---|",
+        "| objective | seed SD (within configuration) | residual SD, median of the configurations (seed-blocked, "
+        "moderated) | moderation prior: s0, nu0 | evaluation SD |",
+        "|---|---|---|---|---|",
     ]
     for m, (name, _) in enumerate(OBJECTIVES):
-        lines.append(f"| {name} | {raw[m]:.4g} | {blocked[m]:.4g} | {math.sqrt(evals.get(name, math.nan)):.4g} |")
+        prior_sd, prior_dof = math.sqrt(fitted.prior[m, 0]), fitted.prior[m, 1]
+        lines.append(
+            f"| {name} | {raw[m]:.4g} | {blocked[m]:.4g} | {prior_sd:.4g}, {prior_dof:.3g} | "
+            f"{math.sqrt(evals.get(name, math.nan)):.4g} |"
+        )
     return lines
 
 
