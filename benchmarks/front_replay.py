@@ -54,11 +54,10 @@ START_SEEDS = 2
 
 @dataclass
 class Design:
-    """Recorded outcomes: configuration ids (N,), their noise modes (N,), runs[(config, seed)] metrics, common seeds."""
+    """Recorded outcomes: configuration ids (N,), runs[(config, seed)] metrics, common seeds."""
 
     name: str
     configs: list[str]
-    groups: list[str]
     runs: dict[tuple[str, int], dict[str, float]]
     seeds: list[int]
 
@@ -71,15 +70,15 @@ def load(paths: list[str]) -> Design:
             rows.extend(csv.DictReader(handle))
     if not rows:
         raise SystemExit(f"no rows in {', '.join(paths)}")
-    groups = {row["config_id"]: row["noise_mode"] for row in rows}
+    configs = list(dict.fromkeys(row["config_id"] for row in rows))
     runs = {
         (row["config_id"], int(row["seed"])): {
             k: float(v) for k, v in row.items() if k in METRICS or k.endswith("_eval1")
         }
         for row in rows
     }
-    seeds = sorted(set.intersection(*({s for c, s in runs if c == config} for config in groups)))
-    return Design(rows[0]["design"], list(groups), list(groups.values()), runs, seeds)
+    seeds = sorted(set.intersection(*({s for c, s in runs if c == config} for config in configs)))
+    return Design(rows[0]["design"], configs, runs, seeds)
 
 
 def eval_variances(design: Design) -> dict[str, float]:
