@@ -221,7 +221,7 @@ def _starting_weights(values: Sequence[np.ndarray]) -> np.ndarray:
     ss = np.array([((v - v.mean()) ** 2).sum() for v in values])
     variance, _, _ = moderated_variance(ss, np.array([len(v) - 1.0 for v in values]))
     usable = np.isfinite(variance) & (variance > 0)
-    return np.where(usable, 1.0 / np.where(usable, variance, 1.0), 1.0) if usable.all() else np.ones(len(values))
+    return 1.0 / variance if usable.all() else np.ones(len(values))
 
 
 def _blocked_residuals(

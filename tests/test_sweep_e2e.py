@@ -29,7 +29,7 @@ def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep
     parents = [r for r in runs if r.data.tags.get("nsde.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("nsde.role") == "trial"]
     seeds = [r for r in runs if r.data.tags.get("nsde.role") == "seed"]
-    # 3 configurations x 2 seeds (up to 2.5 seed runs per configuration in all where the guide runs it with auto)
+    # 3 configurations x 2 seeds, then (--seeds-per-config auto) up to 2.5 seed runs per configuration in all
     assert len(parents) == 1 and len(children) == 3 and 6 <= len(seeds) <= 7
     parent_id = parents[0].info.run_id
     for run in children:
@@ -86,6 +86,7 @@ def test_smoke_sweep_logs_the_contract_to_an_mlflow_server(tmp_path, smoke_sweep
     assert {a.path for a in client.list_artifacts(parent_id)} >= {FRONT_CSV, FRONT_HTML, FRONT_PNG}
     assert client.get_metric_history(parent_id, "hypervolume")[-1].step == 3
     assert "pareto_probability" in output and " ± " in output and "noise floors" in output
+    assert "note: adaptive seeds: every configuration started with 2" in output
     header = next(line for line in output.splitlines() if "pareto_probability" in line and "noise_mode" in line)
     assert "  seeds  " in header  # how many seeds each configuration got; the notes say why
 
