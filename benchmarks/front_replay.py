@@ -7,8 +7,9 @@ replays, draws one random subset of seed ids used by every configuration (a real
 the sweep aggregates its seeds, then :func:`nsde_ray.front.assess_front`: same
 objectives, SIC gating and exclusions), under these policies:
 
-- ``today K``: :func:`nsde_ray.pareto.front_probability` (each configuration's own SE, normal, independent);
-- ``moderated K``: :func:`nsde_ray.uncertainty.front_probability` (seed-blocked, moderated variances,
+- ``today K`` (K = 2, 3, 4 seeds each): :func:`nsde_ray.pareto.front_probability` (each configuration's
+  own SE, normal, independent);
+- ``moderated K`` (the same K): :func:`nsde_ray.uncertainty.front_probability` (seed-blocked, moderated variances,
   t tails, the evaluation-repeat variance of every ``<objective>_eval1`` pair as floor; that
   variance is a one-off calibration of the evaluation, so it comes from all recorded pairs);
 - ``adaptive +B``: 2 seeds each, then :func:`nsde_ray.uncertainty.next_seeds` (band 0.1-0.9, and
@@ -17,8 +18,11 @@ objectives, SIC gating and exclusions), under these policies:
 
 The truth is the front of the means over every seed all configurations have (with its own SIC
 gating). Scores: Brier score; a reliability table (probability bins: mean predicted, observed
-frequency, count); how often a confident prediction (>= 0.95 or <= 0.05) is wrong; membership
-errors (probability >= 0.5 against the truth) per replay against the seed-runs spent. The truth
+frequency with a 90% interval that resamples configurations, count, distinct configurations); how
+often a confident prediction (>= 0.95 or <= 0.05) is wrong; membership errors per replay against the
+seed-runs spent, both of the probability (>= 0.5 against the truth) and of the front on the means
+(the ``*`` a sweep prints, which only the seeds change: fixed K at 2, 3 and 4 against adaptive
+budgets is the cost curve at equal seed-runs). The truth
 shares seeds with every subset, so larger subsets look better than they would against fresh seeds;
 ``--held-out`` (8 seeds or more) scores each replay against the front of the half of the seeds its
 policies did not see instead, a truth as noisy as that half.
@@ -50,6 +54,7 @@ BINS = (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0)
 BUDGETS = (0.5, 1.0, 2.0, 4.0)  # adaptive policies' extra seed-runs, in multiples of the configuration count
 WIDE_BAND = (0.05, 0.95)  # the band the largest budget is also replayed with, against uncertainty.BAND
 START_SEEDS = 2
+FIXED_SEEDS = (2, 3, 4)  # the fixed-replication policies' seeds per configuration
 
 
 @dataclass
@@ -111,12 +116,12 @@ def assess(
     report = front.assess_front(rows)
     eligible = [i for i, row in enumerate(rows) if not row["excluded"]]
     model = np.zeros(len(rows))
-    model[eligible] = uncertainty.front_probability(
+    fitted = uncertainty.fit(
         [pareto.as_minimisation(per_seed[i], report.objectives) for i in eligible],
         [seed_sets[i] for i in eligible],
         np.array([eval_var.get(name, math.nan) for name, _ in report.objectives]),
-        draws=draws,
     )
+    model[eligible] = uncertainty.front_probability(fitted, draws=draws)
     return (
         np.array([row["pareto_probability"] for row in rows]),
         model,
@@ -131,14 +136,15 @@ def adaptive(
     eval_var: dict[str, float],
     draws: int,
     band: tuple[float, float] = uncertainty.BAND,
-) -> tuple[np.ndarray, int]:
-    """(the model's probabilities (N,), seed-runs spent) of the adaptive policy, seeds taken in ``order``."""
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """(the model's probabilities (N,), seed-runs spent, front on the means (N,)) of the adaptive policy, seeds
+    taken in ``order``."""
     counts, spent = np.full(len(design.configs), START_SEEDS), 0
     while True:
-        _, probability, _ = assess(design, [list(order[:k]) for k in counts], eval_var, draws)
+        _, probability, on_means = assess(design, [list(order[:k]) for k in counts], eval_var, draws)
         chosen = uncertainty.next_seeds(probability, counts, len(order), extra - spent, band)
         if not len(chosen):
-            return probability, int(counts.sum())
+            return probability, int(counts.sum()), on_means
         counts[chosen] += 1
         spent += len(chosen)
 
@@ -146,7 +152,8 @@ def adaptive(
 def replay(
     design: Design, replays: int, draws: int, seed: int, held_out: bool = False
 ) -> tuple[np.ndarray, dict[str, list]]:
-    """(all-seeds truth (N,) bool, {policy: [(probabilities (N,), seed-runs, truth (N,))] per replay}).
+    """(all-seeds truth (N,) bool, {policy: [(probabilities (N,), seed-runs, truth (N,), front on the means (N,))]
+    per replay}).
 
     ``held_out``: each replay's policies see the first half of its seed order and are scored against
     the front of the other half (a truth no subset shares seeds with, but one as noisy as half the seeds).
@@ -161,49 +168,71 @@ def replay(
         if held_out:
             _, _, truth = assess(design, [list(order[half:])] * n, eval_var, draws)
             order = order[:half]
-        for k in (2, 4):
-            today, model, _ = assess(design, [list(order[:k])] * n, eval_var, draws)
-            results.setdefault(f"today K={k}", []).append((today, k * n, truth))
-            results.setdefault(f"moderated K={k}", []).append((model, k * n, truth))
+        for k in FIXED_SEEDS:
+            today, model, on_means = assess(design, [list(order[:k])] * n, eval_var, draws)
+            results.setdefault(f"today K={k}", []).append((today, k * n, truth, on_means))
+            results.setdefault(f"moderated K={k}", []).append((model, k * n, truth, on_means))
         for budget in BUDGETS:
             extra = int(round(budget * n))
-            spent = adaptive(design, order, extra, eval_var, draws)
-            results.setdefault(f"adaptive +{extra}", []).append((*spent, truth))
+            probability, spent, on_means = adaptive(design, order, extra, eval_var, draws)
+            results.setdefault(f"adaptive +{extra}", []).append((probability, spent, truth, on_means))
+        probability, spent, on_means = adaptive(design, order, extra, eval_var, draws, WIDE_BAND)
         results.setdefault(f"adaptive +{extra}, band {WIDE_BAND[0]}-{WIDE_BAND[1]}", []).append(
-            (*adaptive(design, order, extra, eval_var, draws, WIDE_BAND), truth)
+            (probability, spent, truth, on_means)
         )
     return everything, results
 
 
 def scores(outcomes: list) -> dict[str, float]:
-    """Brier score, confident predictions and their wrong fraction, membership errors and seed-runs per replay."""
-    probability = np.concatenate([p for p, _, _ in outcomes])
-    observed = np.concatenate([truth for _, _, truth in outcomes]).astype(float)
+    """Brier score, confident predictions and their wrong fraction, membership errors (probability >= 0.5, and the
+    front on the means) and seed-runs, per replay."""
+    probability = np.concatenate([p for p, _, _, _ in outcomes])
+    observed = np.concatenate([truth for _, _, truth, _ in outcomes]).astype(bool)
+    on_means = np.concatenate([front for _, _, _, front in outcomes]).astype(bool)
     confident = (probability >= 0.95) | (probability <= 0.05)
-    wrong = confident & ((probability >= 0.5) != (observed > 0))
+    wrong = confident & ((probability >= 0.5) != observed)
     return {
         "brier": float(np.mean((probability - observed) ** 2)),
         "confident": int(confident.sum()),
         "confident_wrong": float(wrong.sum() / max(confident.sum(), 1)),
-        "errors": float(np.sum((probability >= 0.5) != (observed > 0)) / len(outcomes)),
-        "seed_runs": float(np.mean([runs for _, runs, _ in outcomes])),
+        "errors": float(np.sum((probability >= 0.5) != observed) / len(outcomes)),
+        "front_errors": float(np.sum(on_means != observed) / len(outcomes)),
+        "seed_runs": float(np.mean([runs for _, runs, _, _ in outcomes])),
     }
 
 
-def reliability(outcomes: list) -> list[tuple[str, float, float, int]]:
-    """(bin, mean predicted, observed frequency, count) per probability bin of :data:`BINS`."""
-    probability = np.concatenate([p for p, _, _ in outcomes])
-    observed = np.concatenate([truth for _, _, truth in outcomes]).astype(float)
+def reliability(outcomes: list, resamples: int = 2000, seed: int = 0) -> list[tuple]:
+    """(bin, mean predicted, observed frequency, its 90% interval (low, high), count, configurations) per bin of
+    :data:`BINS`.
+
+    A configuration's predictions over the replays move together (the same configuration, seeds drawn
+    from the same few), so a bin's count overstates its evidence: ``configurations`` says how many
+    distinct ones it holds, and the interval resamples configurations (with replacement, each with
+    all its predictions), the percentile bootstrap's 5% and 95%. It leaves out the replays' shared seeds.
+    """
+    probability = np.stack([p for p, _, _, _ in outcomes])  # (R, N)
+    observed = np.stack([truth for _, _, truth, _ in outcomes]).astype(bool)
     index = np.clip(np.searchsorted(BINS, probability, side="right") - 1, 0, len(BINS) - 2)
-    return [
-        (
-            f"[{BINS[b]:.2f}, {BINS[b + 1]:.2f}{']' if b == len(BINS) - 2 else ')'}",
-            float(probability[index == b].mean()) if (index == b).any() else math.nan,
-            float(observed[index == b].mean()) if (index == b).any() else math.nan,
-            int((index == b).sum()),
+    configs = probability.shape[1]
+    weights = np.random.default_rng(seed).multinomial(configs, np.full(configs, 1.0 / configs), size=resamples)
+    rows = []
+    for b in range(len(BINS) - 1):
+        in_bin = index == b
+        count, hits = in_bin.sum(axis=0), (in_bin & observed).sum(axis=0)  # per configuration
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = (weights @ hits) / (weights @ count)
+        low, high = np.nanquantile(boot, [0.05, 0.95]) if count.any() else (math.nan, math.nan)
+        rows.append(
+            (
+                f"[{BINS[b]:.2f}, {BINS[b + 1]:.2f}{']' if b == len(BINS) - 2 else ')'}",
+                float(probability[in_bin].mean()) if in_bin.any() else math.nan,
+                float(observed[in_bin].mean()) if in_bin.any() else math.nan,
+                (float(low), float(high)),
+                int(count.sum()),
+                int((count > 0).sum()),
+            )
         )
-        for b in range(len(BINS) - 1)
-    ]
+    return rows
 
 
 def spreads(design: Design) -> list[str]:
@@ -244,19 +273,30 @@ def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replay
         "",
         *spreads(design),
         "",
-        "| policy | seed-runs | membership errors / replay | Brier | confident (<=0.05 or >=0.95) | of them wrong |",
-        "|---|---|---|---|---|---|",
+        "| policy | seed-runs | membership errors / replay (probability >= 0.5) | front on the means: errors / "
+        "replay | Brier | confident (<=0.05 or >=0.95) | of them wrong |",
+        "|---|---|---|---|---|---|---|",
     ]
     for policy, outcomes in results.items():
         s = scores(outcomes)
         lines.append(
-            f"| {policy} | {s['seed_runs']:.1f} | {s['errors']:.2f} | {s['brier']:.4f} | "
+            f"| {policy} | {s['seed_runs']:.1f} | {s['errors']:.2f} | {s['front_errors']:.2f} | {s['brier']:.4f} | "
             f"{s['confident']} | {s['confident_wrong']:.3f} |"
         )
-    lines += ["", "| policy | probability bin | mean predicted | observed frequency | count |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| policy | probability bin | mean predicted | observed frequency | 90% interval (configurations resampled) "
+        "| count | configurations |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for policy, outcomes in results.items():
         if policy.startswith(("today", "moderated")):
-            lines += [f"| {policy} | {b} | {p:.3f} | {o:.3f} | {n} |" for b, p, o, n in reliability(outcomes)]
+            lines += [
+                f"| {policy} | {b} | {p:.3f} | {o:.3f} | {low:.2f}-{high:.2f} | {n} | {c} |"
+                if n
+                else f"| {policy} | {b} | - | - | - | 0 | 0 |"
+                for b, p, o, (low, high), n, c in reliability(outcomes)
+            ]
     return "\n".join(lines) + "\n"
 
 

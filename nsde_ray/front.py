@@ -118,15 +118,16 @@ def assess_front(rows: list[dict[str, Any]], seed: int = 0, modes: tuple[str, ..
     if eligible:
         values, seeds = _seed_values(eligible, all_objectives)
         used = [all_objectives.index(objective) for objective in objectives]
-        probability = uncertainty.front_probability([v[:, used] for v in values], seeds, rng_seed=seed)
-        errors = uncertainty.standard_errors(values, seeds)
+        fitted = uncertainty.fit(values, seeds)
+        probability = uncertainty.front_probability(fitted, rng_seed=seed, objectives=used)
+        errors = uncertainty.standard_errors(fitted)
         for row, on_front, p, se in zip(
             eligible, pareto.non_dominated(pareto.as_minimisation(eligible, objectives)), probability, errors
         ):
             row["pareto_front"], row["pareto_probability"] = bool(on_front), float(p)
             row.update({f"{name}_se": float(error) for (name, _), error in zip(all_objectives, se)})
         compared = [all_objectives.index(objective) for objective in mode_fronts.FRONT_OBJECTIVES]
-        sample = uncertainty.posterior_draws([v[:, compared] for v in values], seeds, draws=MODE_DRAWS, rng_seed=seed)
+        sample = uncertainty.posterior_draws(fitted, draws=MODE_DRAWS, rng_seed=seed, objectives=compared)
         sample[..., 0] *= -1  # accuracy back from minimisation form
         draws[:, [rows.index(row) for row in eligible]] = sample
     floors = {

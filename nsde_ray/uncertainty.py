@@ -55,7 +55,8 @@ configuration is non-dominated (ties are not dominance, as in :func:`nsde_ray.pa
 :func:`standard_errors` are the comparison standard errors behind it (the shared seed effect left
 out), for display and for :func:`nsde_ray.pareto.noise_floor`. :func:`next_seeds` is the
 adaptive replication policy: one more seed to the configurations whose membership is undecided.
-Configurations with a non-finite value are left out: NaN means and errors, probability 0.
+A configuration with a non-finite value of an objective is left out of that objective's fit (NaN mean
+and error there) and out of the draws of any set of objectives that includes it (probability 0).
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import optimize
@@ -81,14 +81,16 @@ _DRAW_CHUNK = 500
 
 @dataclass(frozen=True)
 class Fit:
-    """The fit of N configurations' M objectives (rows of left-out configurations are NaN).
+    """The fit of N configurations' M objectives (a configuration left out of an objective's fit
+    is NaN there).
 
     means: (N, M) each configuration's GLS mean, in the values' units;
     covariance: (M, N, N) covariance of those means (the shared seed effect included), units²;
     variance: (N, M) the residual variance of one seed-run of each configuration (moderated, floored), units²;
     dof: (N, M) degrees of freedom of that variance (0: none, the draws are normal);
     seed_variance: (M,) tau², the variance of the seed effect, units²;
-    prior: (M, 2) the moderation's prior (s₀² in units², ν₀; ν₀ infinite: every configuration gets s₀²).
+    prior: (M, 2) the moderation's prior (s₀² in units², ν₀; ν₀ infinite: every configuration gets s₀²);
+    counts: (N,) seeds per configuration.
     """
 
     means: np.ndarray
@@ -97,6 +99,7 @@ class Fit:
     dof: np.ndarray
     seed_variance: np.ndarray
     prior: np.ndarray
+    counts: np.ndarray
 
 
 def prior_variance(ss: np.ndarray, dof: np.ndarray) -> tuple[float, float]:
@@ -176,20 +179,20 @@ def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], eval_var: 
     """
     values = [np.asarray(v, dtype=float).reshape(len(s), -1) for v, s in zip(values, seeds)]
     n, n_obj = len(values), max((v.shape[1] for v in values), default=0)
-    keep = [i for i, v in enumerate(values) if v.size and np.isfinite(v).all()]
     means, variance, dof = np.full((n, n_obj), np.nan), np.full((n, n_obj), np.nan), np.zeros((n, n_obj))
     covariance, seed_variance = np.full((n_obj, n, n), np.nan), np.full(n_obj, np.nan)
-    prior = np.full((n_obj, 2), np.nan)
-    if not keep:
-        return Fit(means, covariance, variance, dof, seed_variance, prior)
-    kept = [values[i] for i in keep]
-    config_of, seed_of = _layout([seeds[i] for i in keep])
-    response = np.concatenate(kept)
+    prior, counts = np.full((n_obj, 2), np.nan), np.array([len(s) for s in seeds], dtype=float)
     floor = np.full(n_obj, np.nan) if eval_var is None else np.asarray(eval_var, dtype=float)
     for m in range(n_obj):
-        weights = _starting_weights([v[:, m] for v in kept])
+        keep = [i for i, v in enumerate(values) if v.size and np.isfinite(v[:, m]).all()]
+        if not keep:
+            continue
+        kept = [values[i][:, m] for i in keep]
+        config_of, seed_of = _layout([seeds[i] for i in keep])
+        response = np.concatenate(kept)
+        weights = _starting_weights(kept)
         for _ in range(FIT_ITERATIONS):
-            ss, own_dof = _blocked_residuals(response[:, m], config_of, seed_of, weights[config_of])
+            ss, own_dof = _blocked_residuals(response, config_of, seed_of, weights[config_of])
             moderated, moderated_dof, prior[m] = moderated_variance(ss, own_dof)
             moderated = np.fmax(moderated, floor[m])
             usable = (np.isfinite(moderated) & (moderated > 0)).all()
@@ -197,11 +200,11 @@ def fit(values: Sequence[np.ndarray], seeds: Sequence[Sequence[int]], eval_var: 
                 break
             weights = 1.0 / moderated
         variance[keep, m], dof[keep, m] = moderated, moderated_dof
-        seed_variance[m] = _seed_variance([v[:, m] for v in kept], moderated)
+        seed_variance[m] = _seed_variance(kept, moderated)
         means[keep, m], covariance[m][np.ix_(keep, keep)] = _gls(
-            response[:, m], config_of, seed_of, moderated[config_of], seed_variance[m]
+            response, config_of, seed_of, moderated[config_of], seed_variance[m]
         )
-    return Fit(means, covariance, variance, dof, seed_variance, prior)
+    return Fit(means, covariance, variance, dof, seed_variance, prior, counts)
 
 
 def _layout(seeds: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -272,11 +275,7 @@ def _gls(
     return covariance @ configs.T @ inverse @ response, covariance
 
 
-def standard_errors(
-    values: Sequence[np.ndarray],
-    seeds: Sequence[Sequence[int]],
-    eval_var: np.ndarray | None = None,
-) -> np.ndarray:
+def standard_errors(fitted: Fit) -> np.ndarray:
     """(N, M) comparison standard errors of the configurations' means, in the values' units (see :func:`fit`).
 
     Each configuration's moderated residual SD over the square root of its seed count: sigma / sqrt(K) in a
@@ -284,29 +283,25 @@ def standard_errors(
     configurations are told apart, not how far a mean is from other seeds' mean. NaN where no
     variance is known (one seed each and no evaluation floor), never a claim of 0.
     """
-    result = fit(values, seeds, eval_var)
-    counts = np.array([len(s) for s in seeds], dtype=float)[:, None]
-    return np.where(np.isfinite(result.means), np.sqrt(result.variance / counts), np.nan)
+    counts = fitted.counts[:, None]
+    return np.where(np.isfinite(fitted.means), np.sqrt(fitted.variance / counts), np.nan)
 
 
 def posterior_draws(
-    values: Sequence[np.ndarray],
-    seeds: Sequence[Sequence[int]],
-    eval_var: np.ndarray | None = None,
-    draws: int = 4000,
-    rng_seed: int = 0,
+    fitted: Fit, draws: int = 4000, rng_seed: int = 0, objectives: Sequence[int] | None = None
 ) -> np.ndarray:
-    """(D, N, M) plausible configuration means (multivariate t around :func:`fit`'s means); NaN rows left out."""
-    result = fit(values, seeds, eval_var)
-    keep = np.flatnonzero(np.isfinite(result.means).all(axis=1))
-    sample = np.full((draws, *result.means.shape), np.nan)
+    """(D, N, M') plausible configuration means (multivariate t around ``fitted``'s means) of the ``objectives``
+    (column indices of the fit, M' of them; all M by default); NaN rows left out."""
+    columns = range(fitted.means.shape[1]) if objectives is None else list(objectives)
+    keep = np.flatnonzero(np.isfinite(fitted.means[:, columns]).all(axis=1))
+    sample = np.full((draws, fitted.means.shape[0], len(columns)), np.nan)
     rng = np.random.default_rng(rng_seed)
-    for m in range(result.means.shape[1]):
-        noise = rng.standard_normal((draws, len(keep))) @ _sqrt_psd(result.covariance[m][np.ix_(keep, keep)]).T
-        nu = float(np.median(result.dof[keep, m])) if len(keep) else 0.0
+    for k, m in enumerate(columns):
+        noise = rng.standard_normal((draws, len(keep))) @ _sqrt_psd(fitted.covariance[m][np.ix_(keep, keep)]).T
+        nu = float(np.median(fitted.dof[keep, m])) if len(keep) else 0.0
         if nu > 1e-9:  # one scale per draw, so that the seed effect the configurations share still cancels
             noise /= np.sqrt(rng.chisquare(nu, size=(draws, 1)) / nu)
-        sample[:, keep, m] = result.means[keep, m] + noise
+        sample[:, keep, k] = fitted.means[keep, m] + noise
     return sample
 
 
@@ -316,10 +311,12 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     return vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
-def front_probability(*args: Any, **kwargs: Any) -> np.ndarray:
-    """(N,) probability that each configuration is non-dominated, over :func:`posterior_draws` (called with
-    these arguments: values, seeds, eval_var, draws, rng_seed); 0 if left out."""
-    return non_dominated_fraction(posterior_draws(*args, **kwargs))
+def front_probability(
+    fitted: Fit, draws: int = 4000, rng_seed: int = 0, objectives: Sequence[int] | None = None
+) -> np.ndarray:
+    """(N,) probability that each configuration is non-dominated in the ``objectives`` (as
+    :func:`posterior_draws`), the fraction of its draws; 0 if left out."""
+    return non_dominated_fraction(posterior_draws(fitted, draws, rng_seed, objectives))
 
 
 def non_dominated_fraction(sample: np.ndarray) -> np.ndarray:

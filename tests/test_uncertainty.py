@@ -37,8 +37,8 @@ def test_two_agreeing_seeds_no_longer_claim_certainty():
         np.array([[-0.86, 0.15], [-0.84, 0.17]]),
     ]
     assert _today(values)[0] == 1.0
-    assert uncertainty.front_probability(values, [[0, 1]] * 5)[0] < 0.85
-    assert (uncertainty.standard_errors(values, [[0, 1]] * 5)[:2] > 0.004).all()
+    assert uncertainty.front_probability(uncertainty.fit(values, [[0, 1]] * 5))[0] < 0.85
+    assert (uncertainty.standard_errors(uncertainty.fit(values, [[0, 1]] * 5))[:2] > 0.004).all()
 
 
 def test_moderated_variance_by_hand():
@@ -68,8 +68,8 @@ def test_an_unstable_configuration_does_not_make_the_others_uncertain():
     rng = np.random.default_rng(0)
     stable = [np.array([[-0.95 + 0.01 * c], [-0.95 + 0.01 * c]]) + rng.normal(0, 0.003, (2, 1)) for c in range(6)]
     unstable = np.array([[-0.95], [-0.65]])  # accuracy 0.95 with one seed, 0.65 with the other
-    errors = uncertainty.standard_errors(stable + [unstable], [[0, 1]] * 7)[:, 0]
     fit = uncertainty.fit(stable + [unstable], [[0, 1]] * 7)
+    errors = uncertainty.standard_errors(fit)[:, 0]
     assert np.isfinite(fit.prior[0, 1]) and (errors[:6] < 0.03).all() and errors[6] > 0.1
     pooled = np.sqrt(np.mean([np.var(v, ddof=1) for v in stable + [unstable]]) / 2)  # one pooled variance for all
     assert (errors[:6] < pooled / 3).all()
@@ -81,7 +81,7 @@ def test_blocked_two_by_two_by_hand():
     assert fit.variance[:, 0] == pytest.approx([4.0, 4.0])  # (y11 - y12 - y21 + y22)² / 4, 1 dof
     assert fit.dof[:, 0].tolist() == pytest.approx([1.0, 1.0])
     assert fit.means[:, 0] == pytest.approx([2.0, 5.0])
-    assert uncertainty.standard_errors(values, [[0, 1], [0, 1]])[:, 0] == pytest.approx([2**0.5] * 2)
+    assert uncertainty.standard_errors(fit)[:, 0] == pytest.approx([2**0.5] * 2)
 
 
 def _seeded(index, shift):
@@ -93,7 +93,7 @@ def _seeded(index, shift):
 def test_seed_blocking_removes_a_large_shared_seed_effect():
     shifts = [np.array([-0.90, 0.20]), np.array([-0.91, 0.21]), np.array([-0.89, 0.21])]  # the last is dominated
     values = [_seeded(i, shift) for i, shift in enumerate(shifts)]
-    today, pooled = _today(values), uncertainty.front_probability(values, [[0, 1, 2, 3]] * 3)
+    today, pooled = _today(values), uncertainty.front_probability(uncertainty.fit(values, [[0, 1, 2, 3]] * 3))
     assert today[2] > 0.2  # the seed effect, counted into every comparison, hides the dominance
     assert pooled[2] < 0.01 and (pooled[:2] > 0.99).all()
     unbalanced = values[:2] + [values[2][:3]]  # the last configuration misses seed 3
@@ -110,8 +110,8 @@ def test_seeds_only_one_configuration_has_still_count():
     fit = uncertainty.fit(values, seeds)
     assert fit.seed_variance[0] > 0 and fit.means[0, 0] == pytest.approx(values[0].mean())
     assert (
-        uncertainty.standard_errors(values, seeds)[0, 0]
-        < 0.9 * uncertainty.standard_errors([values[0][:2]] + values[1:], [[0, 1]] * 3)[0, 0]
+        uncertainty.standard_errors(fit)[0, 0]
+        < 0.9 * uncertainty.standard_errors(uncertainty.fit([values[0][:2]] + values[1:], [[0, 1]] * 3))[0, 0]
     )
 
 
@@ -119,8 +119,8 @@ def test_t_tails_are_wider_than_normal_at_few_dof():
     rng = np.random.default_rng(3)
     values = [rng.normal(size=(3, 1)) for _ in range(4)]  # (3 - 1)(4 - 1) = 6 residual dof
     fit = uncertainty.fit(values, [[0, 1, 2]] * 4)
-    error = uncertainty.standard_errors(values, [[0, 1, 2]] * 4)[0, 0]
-    draws = uncertainty.posterior_draws(values, [[0, 1, 2]] * 4, draws=40000)[:, 0, 0]
+    error = uncertainty.standard_errors(fit)[0, 0]
+    draws = uncertainty.posterior_draws(fit, draws=40000)[:, 0, 0]
     quantile = np.quantile(np.abs(draws - fit.means[0, 0]) / error, 0.95)
     assert fit.dof[0, 0] == pytest.approx(6.0)
     assert quantile == pytest.approx(stats.t.ppf(0.975, 6), rel=0.05) and quantile > stats.norm.ppf(0.975) * 1.15
@@ -128,8 +128,10 @@ def test_t_tails_are_wider_than_normal_at_few_dof():
 
 def test_evaluation_variance_floors_the_residual():
     values = [np.array([[0.1], [0.1]]), np.array([[0.2], [0.2]]), np.array([[0.3], [0.3]])]
-    assert uncertainty.standard_errors(values, [[0, 1]] * 3)[:, 0] == pytest.approx([0.0] * 3, abs=1e-12)
-    floored = uncertainty.standard_errors(values, [[0, 1]] * 3, eval_var=np.array([0.02]))
+    assert uncertainty.standard_errors(uncertainty.fit(values, [[0, 1]] * 3))[:, 0] == pytest.approx(
+        [0.0] * 3, abs=1e-12
+    )
+    floored = uncertainty.standard_errors(uncertainty.fit(values, [[0, 1]] * 3, eval_var=np.array([0.02])))
     assert floored[:, 0] == pytest.approx([0.1] * 3)  # sqrt(0.02 / 2)
     assert uncertainty.eval_variance(np.array([[1.0], [2.0]]), np.array([[1.2], [2.0]]))[0] == pytest.approx(0.01)
 
@@ -140,9 +142,13 @@ def test_non_finite_configurations_are_left_out():
         np.array([[np.nan, 0.1], [0.2, 0.1]]),
         np.array([[0.2, 0.1], [0.21, 0.12]]),
     ]
-    probability = uncertainty.front_probability(values, [[0, 1]] * 3)
+    fit = uncertainty.fit(values, [[0, 1]] * 3)
+    probability = uncertainty.front_probability(fit)
     assert probability[1] == 0.0 and (probability[[0, 2]] > 0.9).all()
-    assert np.isnan(uncertainty.fit(values, [[0, 1]] * 3).means[1]).all()
+    assert np.isnan(fit.means[1, 0]) and np.isnan(uncertainty.standard_errors(fit)[1, 0])
+    # its finite objective keeps its own fit: the mean of its seeds, and a probability over that objective alone
+    assert fit.means[1, 1] == pytest.approx(0.1) and np.isfinite(uncertainty.standard_errors(fit)[1, 1])
+    assert uncertainty.front_probability(fit, objectives=[1])[1] > 0.0
 
 
 def test_adaptive_policy_spends_only_inside_its_band():
@@ -177,5 +183,6 @@ def test_replay_runs_end_to_end_on_the_fixture(tmp_path):
     text = out.read_text()
     for heading in ("| policy | seed-runs |", "| policy | probability bin |", "| objective | seed SD"):
         assert heading in text
-    for policy in ("today K=2", "moderated K=2", "moderated K=4", "adaptive +6"):
+    for policy in ("today K=2", "moderated K=2", "moderated K=3", "moderated K=4", "adaptive +6"):
         assert f"| {policy} |" in text
+    assert "| front on the means: errors / replay |" in text and "| configurations |" in text
