@@ -24,7 +24,8 @@ row. Each draw recomputes both curves from the drawn values, the accuracy thresh
 accuracy uncertainty moves the curves too. A draw where a curve is undefined (no drawn accuracy
 reaches a, or a drawn value is NaN: unknown) counts as evidence for *both* signs: it enters
 P(diff <= 0) and P(diff >= 0), and sits at -inf for the interval's low end and +inf for its high
-end; so it can only weaken a verdict. p = 2 min(P(diff <= 0), P(diff >= 0)), floored at 1/D.
+end; so it can only weaken a verdict: p is at least twice the share of such draws, which the tables
+report (``undefined``). p = 2 min(P(diff <= 0), P(diff >= 0)), floored at 1/D.
 Holm's step-down method adjusts the p-values over the family of all tested comparisons (every
 pair and level where both curves are defined on the means); a verdict ("X less sensitive than Y
 at accuracy >= a", or the reverse) needs the Holm-adjusted p <= alpha, else it is "no resolvable
@@ -79,6 +80,7 @@ class Verdict:
     p: float
     p_holm: float
     verdict: str
+    undefined: float = math.nan  # share of the draws in which either curve was undefined at the level
 
     @property
     def tested(self) -> bool:
@@ -118,6 +120,7 @@ class ModeReport:
                 "high": v.high,
                 "p": v.p,
                 "p_holm": v.p_holm,
+                "undefined_share": v.undefined,
                 "verdict": v.verdict,
                 "configs_x": self.counts[v.mode_x][0],
                 "seeds_x": self.counts[v.mode_x][1],
@@ -180,7 +183,18 @@ class ModeReport:
             if untested
             else []
         )
-        notes = [*left_out, *self.notes]
+        undefined = [v.undefined for v in self.verdicts if v.tested and v.undefined > 0]
+        weakened = (
+            [
+                f"undefined: the share of draws in which a curve was undefined at the level (the mode's drawn "
+                f"accuracies all below it); each counts for both signs, so p is at least twice that share, and "
+                f"above {self.alpha / 2:.1%} the interval reaches infinity ({len(undefined)} comparisons, up to "
+                f"{max(undefined):.0%})."
+            ]
+            if undefined
+            else []
+        )
+        notes = [*left_out, *weakened, *self.notes]
         return ["", *notes] if notes else []
 
     def untested_modes(self) -> list[str]:
@@ -211,7 +225,20 @@ class ModeReport:
         return header, cells
 
     def _verdict_table(self) -> tuple[list[str], list[list[str]]]:
-        header = ["X", "Y", "acc >=", "S_X - S_Y", "interval", "p", "p Holm", "n X", "n Y", "test", "verdict"]
+        header = [
+            "X",
+            "Y",
+            "acc >=",
+            "S_X - S_Y",
+            "interval",
+            "undefined",
+            "p",
+            "p Holm",
+            "n X",
+            "n Y",
+            "test",
+            "verdict",
+        ]
         untested = set(self.untested_modes())
         cells = [
             [
@@ -220,6 +247,7 @@ class ModeReport:
                 f"{v.level:g}",
                 _value(v.difference, "+.3g"),
                 f"[{v.low:+.3g}, {v.high:+.3g}]" if v.tested else "",
+                _value(v.undefined, ".0%"),
                 _value(v.p, ".2g"),
                 _value(v.p_holm, ".2g"),
                 self._n(v.mode_x),
@@ -323,10 +351,11 @@ def choose_levels(fronts: dict[str, list[dict[str, Any]]]) -> list[float]:
     return sorted({round(math.floor((low + f * span) / step + 1e-9) * step, 6) for f in LEVEL_FRACTIONS})
 
 
-def draw_test(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, float, float, int]:
-    """(low, high, p, sign) of the difference of drawn curves ``x - y`` (D,); NaN draws count for both signs.
+def draw_test(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, float, float, int, float]:
+    """(low, high, p, sign, undefined share) of the difference of drawn curves ``x - y`` (D,); NaN draws count for
+    both signs.
 
-    ``sign`` is -1 when the difference leans below 0, else +1.
+    ``sign`` is -1 when the difference leans below 0, else +1; the undefined share is that of the NaN draws.
     """
     diff = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
     undefined = np.isnan(diff)
@@ -334,7 +363,7 @@ def draw_test(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, float,
     p = min(1.0, max(1.0 / len(diff), 2 * min(below, above)))
     low = np.quantile(np.where(undefined, -np.inf, diff), alpha / 2, method="lower")
     high = np.quantile(np.where(undefined, np.inf, diff), 1 - alpha / 2, method="higher")
-    return float(low), float(high), float(p), -1 if above < below else 1
+    return float(low), float(high), float(p), -1 if above < below else 1, float(undefined.mean())
 
 
 def compare_modes(
@@ -470,5 +499,5 @@ def _compare(
             untested.verdict = f"not reached: {names[mode]} tops at accuracy {means[groups[mode], 0].max():.4g}"
             return untested, 0
     drawn = {mode: attainable(draws[:, groups[mode], 0], draws[:, groups[mode], 1], level) for mode in (x, y)}
-    low, high, p, sign = draw_test(drawn[x], drawn[y], alpha)
-    return Verdict(x, y, level, curves[x] - curves[y], low, high, p, math.nan, NOT_RESOLVED), sign
+    low, high, p, sign, undefined = draw_test(drawn[x], drawn[y], alpha)
+    return Verdict(x, y, level, curves[x] - curves[y], low, high, p, math.nan, NOT_RESOLVED, undefined), sign

@@ -175,6 +175,9 @@ def test_a_draw_where_a_curve_is_not_reached_counts_against_the_verdict():
     draws[:300, 0, 0] = 0.89  # the drawn accuracy of gaussian's only configuration misses 0.9 in 30% of the draws
     shaky = compare_modes(rows, LABELS, draws=draws, levels=[0.9]).verdicts[0]
     assert shaky.p == pytest.approx(0.6) and shaky.low == -np.inf and shaky.verdict == "no resolvable difference"
+    assert sure.undefined == 0.0 and shaky.undefined == pytest.approx(0.3)  # p = 2 x 0.3: the report says why
+    text = compare_modes(rows, LABELS, draws=draws, levels=[0.9]).to_text()
+    assert "30%" in text and "p is at least twice that share" in text
     with pytest.raises(ValueError):
         compare_modes(rows, LABELS, draws=draws[:, :1])
 
