@@ -22,7 +22,8 @@ frequency with a 90% interval that resamples configurations, count, distinct con
 often a confident prediction (>= 0.95 or <= 0.05) is wrong; membership errors per replay against the
 seed-runs spent, both of the probability (>= 0.5 against the truth) and of the front on the means
 (the ``*`` a sweep prints, which only the seeds change: fixed K at 2, 3 and 4 against adaptive
-budgets is the cost curve at equal seed-runs). The truth
+budgets is the cost curve at equal seed-runs), and each adaptive policy's difference in those errors
+from fixed K = 3 and K = 4, with an interval that resamples configurations. The truth
 shares seeds with every subset, so larger subsets look better than they would against fresh seeds;
 ``--held-out`` (8 seeds or more) scores each replay against the front of the half of the seeds its
 policies did not see instead, a truth as noisy as that half.
@@ -235,6 +236,40 @@ def reliability(outcomes: list, resamples: int = 2000, seed: int = 0) -> list[tu
     return rows
 
 
+def cost_comparisons(results: dict[str, list], resamples: int = 2000, seed: int = 0) -> list[str]:
+    """Markdown rows: each adaptive policy against fixed moderated K = 3 and K = 4, the difference in membership
+    errors per replay (adaptive minus fixed; of the probability and of the front on the means) with a 90% interval
+    that resamples configurations, as :func:`reliability` does (the replays' shared seeds are left out)."""
+
+    def errors(policy: str) -> tuple[np.ndarray, np.ndarray]:  # (R, N) each
+        outcomes = results[policy]
+        truth = np.stack([t for _, _, t, _ in outcomes]).astype(bool)
+        probability = np.stack([p for p, _, _, _ in outcomes])
+        return (probability >= 0.5) != truth, np.stack([f for _, _, _, f in outcomes]).astype(bool) != truth
+
+    rows = []
+    for policy in [p for p in results if p.startswith("adaptive")]:
+        for fixed in [f"moderated K={k}" for k in FIXED_SEEDS if k > START_SEEDS]:
+            cells = []
+            for mine, theirs in zip(errors(policy), errors(fixed)):
+                per_config = (mine.astype(float) - theirs).sum(axis=0)  # (N,)
+                configs, replays = len(per_config), mine.shape[0]
+                weights = np.random.default_rng(seed).multinomial(
+                    configs, np.full(configs, 1.0 / configs), size=resamples
+                )
+                low, high = np.quantile(weights @ per_config / replays, [0.05, 0.95])
+                cells.append(f"{per_config.sum() / replays:+.2f} ({low:+.2f} to {high:+.2f})")
+            spent = np.mean([runs for _, runs, _, _ in results[policy]])
+            fixed_runs = np.mean([runs for _, runs, _, _ in results[fixed]])
+            rows.append(f"| {policy} ({spent:.1f}) | {fixed} ({fixed_runs:.0f}) | {cells[0]} | {cells[1]} |")
+    return [
+        "| adaptive (seed-runs) | against (seed-runs) | probability errors / replay, difference (90% interval) "
+        "| front-on-the-means errors / replay, difference (90% interval) |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
 def spreads(design: Design) -> list[str]:
     """Per objective, over every common seed: raw seed SD, the configurations' median seed-blocked residual SD and
     the moderation's prior (:func:`nsde_ray.uncertainty.fit`), evaluation SD (units)."""
@@ -283,6 +318,7 @@ def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replay
             f"| {policy} | {s['seed_runs']:.1f} | {s['errors']:.2f} | {s['front_errors']:.2f} | {s['brier']:.4f} | "
             f"{s['confident']} | {s['confident_wrong']:.3f} |"
         )
+    lines += ["", *cost_comparisons(results)]
     lines += [
         "",
         "| policy | probability bin | mean predicted | observed frequency | 90% interval (configurations resampled) "

@@ -186,3 +186,4 @@ def test_replay_runs_end_to_end_on_the_fixture(tmp_path):
     for policy in ("today K=2", "moderated K=2", "moderated K=3", "moderated K=4", "adaptive +6"):
         assert f"| {policy} |" in text
     assert "| front on the means: errors / replay |" in text and "| configurations |" in text
+    assert "| adaptive +6 (" in text and "| moderated K=4 (" in text  # the cost comparisons
