@@ -184,12 +184,22 @@ def replay(
     return everything, results
 
 
+def _stacked(outcomes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A policy's replays as arrays: (probabilities (R, N), truth (R, N) bool, front on the means (R, N) bool,
+    seed-runs (R,))."""
+    probability, runs, truth, on_means = zip(*outcomes)
+    return np.stack(probability), np.stack(truth).astype(bool), np.stack(on_means).astype(bool), np.array(runs)
+
+
+def _configuration_weights(configs: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, configs) how often each configuration is drawn in each bootstrap resample (with replacement)."""
+    return np.random.default_rng(seed).multinomial(configs, np.full(configs, 1.0 / configs), size=resamples)
+
+
 def scores(outcomes: list) -> dict[str, float]:
     """Brier score, confident predictions and their wrong fraction, membership errors (probability >= 0.5, and the
     front on the means) and seed-runs, per replay."""
-    probability = np.concatenate([p for p, _, _, _ in outcomes])
-    observed = np.concatenate([truth for _, _, truth, _ in outcomes]).astype(bool)
-    on_means = np.concatenate([front for _, _, _, front in outcomes]).astype(bool)
+    probability, observed, on_means, runs = _stacked(outcomes)
     confident = (probability >= 0.95) | (probability <= 0.05)
     wrong = confident & ((probability >= 0.5) != observed)
     return {
@@ -198,7 +208,7 @@ def scores(outcomes: list) -> dict[str, float]:
         "confident_wrong": float(wrong.sum() / max(confident.sum(), 1)),
         "errors": float(np.sum((probability >= 0.5) != observed) / len(outcomes)),
         "front_errors": float(np.sum(on_means != observed) / len(outcomes)),
-        "seed_runs": float(np.mean([runs for _, runs, _, _ in outcomes])),
+        "seed_runs": float(runs.mean()),
     }
 
 
@@ -211,11 +221,9 @@ def reliability(outcomes: list, resamples: int = 2000, seed: int = 0) -> list[tu
     distinct ones it holds, and the interval resamples configurations (with replacement, each with
     all its predictions), the percentile bootstrap's 5% and 95%. It leaves out the replays' shared seeds.
     """
-    probability = np.stack([p for p, _, _, _ in outcomes])  # (R, N)
-    observed = np.stack([truth for _, _, truth, _ in outcomes]).astype(bool)
+    probability, observed, _, _ = _stacked(outcomes)
     index = np.clip(np.searchsorted(BINS, probability, side="right") - 1, 0, len(BINS) - 2)
-    configs = probability.shape[1]
-    weights = np.random.default_rng(seed).multinomial(configs, np.full(configs, 1.0 / configs), size=resamples)
+    weights = _configuration_weights(probability.shape[1], resamples, seed)
     rows = []
     for b in range(len(BINS) - 1):
         in_bin = index == b
@@ -241,26 +249,21 @@ def cost_comparisons(results: dict[str, list], resamples: int = 2000, seed: int 
     errors per replay (adaptive minus fixed; of the probability and of the front on the means) with a 90% interval
     that resamples configurations, as :func:`reliability` does (the replays' shared seeds are left out)."""
 
-    def errors(policy: str) -> tuple[np.ndarray, np.ndarray]:  # (R, N) each
-        outcomes = results[policy]
-        truth = np.stack([t for _, _, t, _ in outcomes]).astype(bool)
-        probability = np.stack([p for p, _, _, _ in outcomes])
-        return (probability >= 0.5) != truth, np.stack([f for _, _, _, f in outcomes]).astype(bool) != truth
+    def errors(policy: str) -> tuple[tuple[np.ndarray, np.ndarray], float]:  # ((R, N) each, mean seed-runs)
+        probability, truth, on_means, runs = _stacked(results[policy])
+        return ((probability >= 0.5) != truth, on_means != truth), float(runs.mean())
 
-    rows = []
+    configs = len(next(iter(results.values()))[0][0])  # N: the length of any replay's probabilities
+    rows, weights = [], _configuration_weights(configs, resamples, seed)
     for policy in [p for p in results if p.startswith("adaptive")]:
+        mine, spent = errors(policy)
         for fixed in [f"moderated K={k}" for k in FIXED_SEEDS if k > START_SEEDS]:
+            theirs, fixed_runs = errors(fixed)
             cells = []
-            for mine, theirs in zip(errors(policy), errors(fixed)):
-                per_config = (mine.astype(float) - theirs).sum(axis=0)  # (N,)
-                configs, replays = len(per_config), mine.shape[0]
-                weights = np.random.default_rng(seed).multinomial(
-                    configs, np.full(configs, 1.0 / configs), size=resamples
-                )
-                low, high = np.quantile(weights @ per_config / replays, [0.05, 0.95])
-                cells.append(f"{per_config.sum() / replays:+.2f} ({low:+.2f} to {high:+.2f})")
-            spent = np.mean([runs for _, runs, _, _ in results[policy]])
-            fixed_runs = np.mean([runs for _, runs, _, _ in results[fixed]])
+            for own, other in zip(mine, theirs):
+                per_config = (own.astype(float) - other).sum(axis=0) / len(own)  # (N,), per replay
+                low, high = np.quantile(weights @ per_config, [0.05, 0.95])
+                cells.append(f"{per_config.sum():+.2f} ({low:+.2f} to {high:+.2f})")
             rows.append(f"| {policy} ({spent:.1f}) | {fixed} ({fixed_runs:.0f}) | {cells[0]} | {cells[1]} |")
     return [
         "| adaptive (seed-runs) | against (seed-runs) | probability errors / replay, difference (90% interval) "
