@@ -249,16 +249,17 @@ def cost_comparisons(results: dict[str, list], resamples: int = 2000, seed: int 
     errors per replay (adaptive minus fixed; of the probability and of the front on the means) with a 90% interval
     that resamples configurations, as :func:`reliability` does (the replays' shared seeds are left out)."""
 
-    def errors(policy: str) -> tuple[tuple[np.ndarray, np.ndarray], float]:  # ((R, N) each, mean seed-runs)
-        probability, truth, on_means, runs = _stacked(results[policy])
+    def errors(outcomes: list) -> tuple[tuple[np.ndarray, np.ndarray], float]:  # ((R, N) each, mean seed-runs)
+        probability, truth, on_means, runs = _stacked(outcomes)
         return ((probability >= 0.5) != truth, on_means != truth), float(runs.mean())
 
-    configs = len(next(iter(results.values()))[0][0])  # N: the length of any replay's probabilities
+    per_policy = {policy: errors(outcomes) for policy, outcomes in results.items()}
+    configs = next(iter(per_policy.values()))[0][0].shape[1]
     rows, weights = [], _configuration_weights(configs, resamples, seed)
     for policy in [p for p in results if p.startswith("adaptive")]:
-        mine, spent = errors(policy)
+        mine, spent = per_policy[policy]
         for fixed in [f"moderated K={k}" for k in FIXED_SEEDS if k > START_SEEDS]:
-            theirs, fixed_runs = errors(fixed)
+            theirs, fixed_runs = per_policy[fixed]
             cells = []
             for own, other in zip(mine, theirs):
                 per_config = (own.astype(float) - other).sum(axis=0) / len(own)  # (N,), per replay
@@ -296,6 +297,22 @@ def spreads(design: Design) -> list[str]:
     return lines
 
 
+def configuration_means(design: Design) -> list[str]:
+    """Per configuration, each objective's mean ± SD over the common seeds (units of the objective)."""
+    lines = [
+        "| configuration | " + " | ".join(f"{name} ({direction})" for name, direction in OBJECTIVES) + " |",
+        "|---|" + "---|" * len(OBJECTIVES),
+    ]
+    for config in design.configs:
+        cells = []
+        for name, _ in OBJECTIVES:
+            values = [design.runs[config, seed][name] for seed in design.seeds]
+            sd = np.std(values, ddof=1) if len(values) > 1 else math.nan
+            cells.append(f"{np.mean(values):.4f} ± {sd:.4f}")
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replays: int, held_out: bool) -> str:
     """The report: data, scores and cost, reliability."""
     lines = [
@@ -308,6 +325,8 @@ def markdown(design: Design, truth: np.ndarray, results: dict[str, list], replay
             if held_out
             else "the front of all seeds (which every subset shares seeds with)."
         ),
+        "",
+        *configuration_means(design),
         "",
         *spreads(design),
         "",
