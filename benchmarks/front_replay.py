@@ -48,6 +48,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nsde_ray import front, pareto, uncertainty  # noqa: E402
+from nsde_ray.aggregate import mean_and_spread  # noqa: E402
 
 OBJECTIVES = (("val_accuracy", "max"), ("sensitivity", "min"), ("sic", "max"))  # the recorded objectives
 METRICS = ("val_accuracy", "sensitivity", "sic", "sic_valid_fraction_ig", "randomisation_passed_ig", "noise_energy")
@@ -304,12 +305,8 @@ def configuration_means(design: Design) -> list[str]:
         "|---|" + "---|" * len(OBJECTIVES),
     ]
     for config in design.configs:
-        cells = []
-        for name, _ in OBJECTIVES:
-            values = [design.runs[config, seed][name] for seed in design.seeds]
-            sd = np.std(values, ddof=1) if len(values) > 1 else math.nan
-            cells.append(f"{np.mean(values):.4f} ± {sd:.4f}")
-        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+        cells = [mean_and_spread([design.runs[config, seed][name] for seed in design.seeds]) for name, _ in OBJECTIVES]
+        lines.append(f"| {config} | " + " | ".join(f"{mean:.4f} ± {sd:.4f}" for mean, sd in cells) + " |")
     return lines
 
 

@@ -299,8 +299,8 @@ def test_fused_kernel_model_trains_and_compiles():
     model(images).sum().backward()
     assert calls == []  # the fused path ran (the module path would have called the hook)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    # the tail is a custom op: compiled graphs call the kernels as they are (one block: compiling the whole
-    # model costs about 4 times as long under the interpreter and checks nothing more)
+    # the tail is a custom op: compiled graphs call the kernels as they are (one block, whose graph holds the op;
+    # the whole model compiled about 4 times as long under the interpreter)
     block = model.layer1[0]
     compiled = torch.compile(block)
     features = torch.randn(4, block.conv1.in_channels, 8, 8, device=_FUSED_DEVICE)
